@@ -1,0 +1,52 @@
+# Two commands do all set-up on a fresh machine:  `make book` (the main job) and `make test`.
+# Everything runs inside .venv, created on first use from pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RESULTS := results
+ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
+SEEDS ?= 0 1 2
+DATA_DIR ?= data
+
+.PHONY: all book test test-lib test-notebooks smoke reproduce bench clean
+
+all: book
+
+$(BIN)/reproresnet-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+# The main job: the book from the run records in results/ and the cheap notebooks (offline).
+book: $(BIN)/reproresnet-installed
+	$(BIN)/jupyter-book build . -W --keep-going
+	$(BIN)/python scripts/check_book.py _build/html
+
+test-lib: $(BIN)/reproresnet-installed
+	$(BIN)/python -m pytest tests
+
+test-notebooks: $(BIN)/reproresnet-installed
+	$(BIN)/python -m pytest --nbval-lax notebooks/
+
+# The whole test suite: library, notebooks, and the book built and checked.
+test: test-lib test-notebooks book
+
+# The reproduce pipeline end to end on a tiny budget, on CPU, with the embedded synthetic data.
+smoke: $(BIN)/reproresnet-installed
+	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds 0 --results runs/smoke \
+		--dataset synthetic --epochs 1 --limit-train 256 --limit-test 256 --device cpu
+
+# The real thing, on a GPU with internet: CIFAR-10, the three networks x SEEDS, then the book.
+reproduce: $(BIN)/reproresnet-installed
+	$(BIN)/python -c "from reproresnet.data import load_splits; load_splits('cifar10', '$(DATA_DIR)', download=True)"
+	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds $(SEEDS) --results $(RESULTS) \
+		--dataset cifar10 --data-dir $(DATA_DIR)
+	$(MAKE) book
+
+bench: $(BIN)/reproresnet-installed
+	$(BIN)/python -m reproresnet bench
+
+clean:
+	rm -rf _build runs

@@ -1,0 +1,137 @@
+"""Command line: `python -m reproresnet list | train | bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, TrainConfig
+from .recipes import RECIPES, ConfigError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .models import ARCHITECTURES
+    parser.add_argument("--arch", required=True, metavar="NAME",
+                        help=f"network, one of: {', '.join(ARCHITECTURES)}")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for records and checkpoints")
+    parser.add_argument("--recipe", default="seed", help=f"one of {list(RECIPES)} (default: seed)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (or start it)")
+    budget = parser.add_argument_group("recipe overrides (default: the recipe's)")
+    budget.add_argument("--epochs", type=_positive_int, help="shorter run; milestones scale with it")
+    budget.add_argument("--batch-size", type=_positive_int)
+    budget.add_argument("--lr", type=_number)
+    budget.add_argument("--weight-decay", type=_number)
+    budget.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
+    data.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default: $REPRORESNET_DATA "
+                                         "or ~/.cache/reproresnet/data)")
+    data.add_argument("--download", action="store_true", help="download CIFAR if missing (checksums verified)")
+    data.add_argument("--limit-train", type=_positive_int, help="a fixed, seeded subset of the training set")
+    data.add_argument("--limit-test", type=_positive_int, help="a fixed, seeded subset of the test set")
+    data.add_argument("--val-size", type=int, default=0, help="hold out N training images (the seed: 5000)")
+    data.add_argument("--normalization", choices=NORMALIZATIONS, default="per_pixel_mean")
+    data.add_argument("--augmentation", choices=AUGMENTATIONS, default="per_image")
+    network = parser.add_argument_group("network options (default: the network's)")
+    network.add_argument("--shortcut", choices=("projection", "input_projection", "zero_pad"))
+    network.add_argument("--bottleneck-stride", choices=("1x1", "3x3"))
+    network.add_argument("--dropout", type=_number)
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--seed", type=int, default=0)
+    runtime.add_argument("--device", default="auto", help=f"one of {DEVICES} or cuda:N")
+    for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format"),
+                       ("compile", "torch.compile")):
+        runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
+                             help=f"{what} (default: on for CUDA, off for CPU)")
+    runtime.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+    settings = {key: value for key, value in vars(args).items()
+                if key not in ("command", "resume", "quiet", "handler")}
+    config = TrainConfig(**settings)
+    record = train(config, resume=args.resume, progress=not args.quiet)
+    final = record["final"]
+    print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
+          f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
+          f"on {record['device']['name']}; record in {config.out}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .models import describe_architectures
+    rows = describe_architectures()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<20} {'family':<9} {'block':<11} {'depth':>5} {'width':>5} {'params':>12}")
+    for row in rows:
+        print(f"{row['name']:<20} {row['family']:<9} {row['block']:<11} {row['depth']:>5} "
+              f"{row['width']:>5} {row['params']:>12,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reproresnet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="registered networks with exact parameter counts")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+    training = commands.add_parser("train", help="train one network (resumable)")
+    _add_train_arguments(training)
+    training.set_defaults(handler=_train)
+    commands.add_parser("bench", help="seconds per epoch against a plain PyTorch baseline "
+                                      "(see `bench --help`)", add_help=False)
+    commands.add_parser("sweep", help="papermill over networks x seeds (see `sweep --help`)", add_help=False)
+    return parser
+
+
+# Subcommands with parsers of their own, in their modules.
+DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .data import DataError
+    from .records import RunDirError
+    from .train import TrainingDiverged
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, RunDirError, TrainingDiverged) as error:
+        print(f"reproresnet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reproresnet: interrupted; rerun with --resume to continue from the last epoch",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,331 @@
+"""The training loop: CUDA first, resumable, recording everything a reader needs to check it.
+
+`train(config)` runs (or resumes) one run in `config.out`. After every epoch it writes,
+each atomically: `checkpoint.pt` (model, optimizer and metrics: the source of truth),
+`metrics.csv` and `run.json`. The random state of an epoch is derived from (seed, epoch),
+so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from . import records
+from .config import RESUMABLE_CHANGES, TrainConfig, select_device
+from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
+from .models import build_model, count_parameters
+from .recipes import Recipe, Schedule, make_schedule
+from .records import RunDirError
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """The fast path's switches, each on by default on CUDA only."""
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    fused_optimizer: bool
+
+    @classmethod
+    def for_device(cls, config: TrainConfig, device: torch.device) -> "Speedups":
+        cuda = device.type == "cuda"
+        pick = lambda value: cuda if value is None else value  # noqa: E731
+        return cls(pick(config.bf16), pick(config.channels_last), pick(config.compile), cuda)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, torch.bfloat16) if self.bf16 else nullcontext()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
+    # Weight decay on every parameter, BN included, as in the authors' Torch code.
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+                           fused=speedups.fused_optimizer or None)
+
+
+def train_step(model, optimizer, images, labels, speedups: Speedups):
+    """One SGD step; returns the summed loss and the number of errors, left on the device."""
+    with speedups.autocast(images.device):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * len(labels), (logits.argmax(1) != labels).sum()
+
+
+@dataclass
+class Run:
+    """Everything one training run works with, built once by `_setup`."""
+    config: TrainConfig
+    recipe: Recipe
+    schedule: Schedule
+    splits: DataSplits
+    normalizer: Normalizer
+    model: torch.nn.Module
+    step_model: torch.nn.Module     # what training and evaluation call: compiled on the fast path
+    optimizer: torch.optim.Optimizer
+    speedups: Speedups
+    device: torch.device
+
+
+def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step) -> dict:
+    generator = torch.Generator(run.device).manual_seed(epoch_seed(run.config.seed, epoch))
+    torch.manual_seed(epoch_seed(run.config.seed, epoch))  # dropout draws
+    schedule = run.schedule
+    first = epoch * schedule.iterations_per_epoch
+    steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first)
+    batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
+                            augmentation=run.config.augmentation, generator=generator, device=run.device)
+    loss_sum = torch.zeros((), device=run.device)
+    errors = torch.zeros((), device=run.device, dtype=torch.long)
+    seen = 0
+    run.step_model.train()
+    _synchronize(run.device)
+    start = time.perf_counter()
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
+               disable=not progress, unit="step")
+    for index, (images, labels) in zip(range(steps), batches):
+        lr = schedule.lr_at(first + index)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        if run.speedups.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch_loss, batch_errors = step(run.step_model, run.optimizer, images, labels, run.speedups)
+        loss_sum += batch_loss
+        errors += batch_errors
+        seen += len(labels)
+        bar.update()
+        if progress and index % 50 == 49:  # an occasional sync for the bar, not one per step
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
+    _synchronize(run.device)
+    seconds = time.perf_counter() - start
+    bar.close()
+    return {"lr": lr, "train_loss": loss_sum.item() / seen, "train_error": 100.0 * errors.item() / seen,
+            "seconds": seconds, "images_per_second": seen / seconds}
+
+
+@torch.no_grad()
+def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
+    """Mean loss and error (%) over `data`, in large batches; restores train mode."""
+    was_training = run.step_model.training
+    run.step_model.eval()
+    loss_sum = torch.zeros((), device=run.device)
+    errors = torch.zeros((), device=run.device, dtype=torch.long)
+    for images, labels in eval_batches(data, run.config.eval_batch_size, normalizer=run.normalizer,
+                                       device=run.device):
+        if run.speedups.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with run.speedups.autocast(run.device):
+            logits = run.step_model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        errors += (logits.argmax(1) != labels).sum()
+    run.step_model.train(was_training)
+    return loss_sum.item() / len(data.labels), 100.0 * errors.item() / len(data.labels)
+
+
+def flops_per_image(model: torch.nn.Module, device: torch.device) -> int:
+    """Forward FLOPs for one 32x32 image (a multiply-add counts 2), by torch's flop counter."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict | str | None:
+    """The checkpoint to continue from, "complete" for a finished run, or None for a fresh
+    run; refuses to mix two runs in one directory."""
+    checkpoint_path = run_dir / records.CHECKPOINT_FILE
+    record_path = run_dir / records.RUN_FILE
+    if not checkpoint_path.exists() and not record_path.exists():
+        return None
+    if not resume:
+        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                          f"or choose another --out")
+    try:
+        record = records.read_run(run_dir)
+    except ValueError:
+        record = None  # unreadable: the checkpoint decides
+    checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    saved = checkpoint["config"] if checkpoint else record["config"] if record else None
+    if saved is not None:
+        _check_same_settings(run_dir, saved, config.as_dict())
+    if record is not None and record["status"] == "complete":
+        return "complete"
+    return checkpoint  # None: killed before its first epoch ended, so start again
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise RunDirError(f"{path} cannot be read ({error}); delete it to start the run again") from error
+
+
+def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
+    changed = [key for key, value in requested.items() if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {requested[key]!r}" for key in changed)
+        raise RunDirError(f"cannot resume {run_dir} with different settings ({details}); "
+                          f"use the original settings or another --out")
+
+
+def _new_record(config, splits, recipe, schedule, model, device, speedups) -> dict:
+    return {
+        "format": records.RUN_FORMAT,
+        "status": "running",
+        "name": Path(config.out).name,
+        "arch": config.arch,
+        "config": config.as_dict(),
+        "recipe": recipe.as_dict(),
+        "schedule": schedule.as_dict(),
+        "data": {**splits.describe(), "normalization": config.normalization,
+                 "augmentation": config.augmentation},
+        "device": {"type": device.type,
+                   "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+                   "speedups": speedups.__dict__},
+        "params": count_parameters(model),
+        "flops_per_image": flops_per_image(model, device),
+        "versions": records.library_versions(),
+        "git": records.git_state(),
+        "epochs_planned": schedule.epochs,
+        "epochs_done": 0,
+        "final": None,
+        "message": None,
+        "started": records.now(),
+        "updated": records.now(),
+    }
+
+
+def summarize(metrics: list[dict], val_size: int) -> dict:
+    """The run's reported result: the final epoch (He et al.), or the epoch of the best
+    validation error when a validation split was held out (the seed's protocol)."""
+    if val_size:
+        chosen = min(metrics, key=lambda row: row["val_error"])
+        selected_by = "best_validation"
+    else:
+        chosen = metrics[-1]
+        selected_by = "final_epoch"
+    timed = [row["seconds"] for row in metrics[1:]] or [metrics[0]["seconds"]]  # epoch 1 compiles
+    return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "selected_by": selected_by,
+            "seconds_per_epoch": statistics.median(timed),
+            "images_per_second": statistics.median(row["images_per_second"] for row in metrics)}
+
+
+def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:
+    # The checkpoint first: it is the source of truth a resumption rebuilds the others from.
+    if checkpoint is not None:
+        records.write_atomic(run_dir / records.CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
+    records.write_metrics(run_dir / records.METRICS_FILE, metrics)
+    record["updated"] = records.now()
+    records.write_json(run_dir / records.RUN_FILE, record)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) the run `config` describes; returns its run record."""
+    run_dir = Path(config.out)
+    with records.run_dir_lock(run_dir):
+        checkpoint = _prepare_run_dir(run_dir, config, resume)
+        if checkpoint == "complete":
+            return records.read_run(run_dir)
+        run, record = _setup(config, checkpoint)
+        metrics = checkpoint["metrics"] if checkpoint else []
+        for epoch in range(len(metrics), run.schedule.epochs):
+            metrics.append(_train_and_evaluate(run, record, epoch, metrics, run_dir, progress))
+            if progress:
+                tqdm.write(_epoch_line(metrics[-1], run.schedule.epochs))
+        return record
+
+
+def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
+    device = select_device(config.device)
+    speedups = Speedups.for_device(config, device)
+    recipe = config.resolved_recipe()
+    splits = load_splits(config.dataset, config.data_dir, download=config.download,
+                         limit_train=config.limit_train, limit_test=config.limit_test,
+                         val_size=config.val_size, seed=config.seed)
+    splits = _on_device(splits, device)  # the whole data set lives on the device, as uint8
+    schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
+    normalizer = Normalizer.fit(splits.train.images, config.normalization).to(device)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
+    if speedups.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe, speedups)
+    record = _new_record(config, splits, recipe, schedule, model, device, speedups)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
+    # Compile the model only: the optimizer's lr is a Python float that changes every step.
+    step_model = torch.compile(model) if speedups.compile else model
+    run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
+    return run, record
+
+
+def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:
+    val = splits.val.to(device) if splits.val is not None else None
+    return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
+
+
+def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict], run_dir: Path,
+                        progress: bool) -> dict:
+    """One epoch of training and evaluation, then every file of the run written atomically."""
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    row = {"epoch": epoch + 1, **train_one_epoch(run, epoch, progress)}
+    if not math.isfinite(row["train_loss"]):
+        record.update(status="diverged", message=f"training loss became {row['train_loss']} in epoch "
+                      f"{epoch + 1}; the checkpoint of epoch {epoch} is kept")
+        _save(run_dir, record, metrics, None)
+        raise TrainingDiverged(record["message"])
+    if run.splits.val is not None:
+        row["val_loss"], row["val_error"] = evaluate(run, run.splits.val)
+        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf):
+            best = run.model.state_dict()  # the seed's best-validation snapshot
+            records.write_atomic(run_dir / records.BEST_FILE, lambda file: torch.save(best, file))
+    row["test_loss"], row["test_error"] = evaluate(run, run.splits.test)
+    if run.device.type == "cuda":
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
+    rows = metrics + [row]
+    done = epoch + 1 == run.schedule.epochs
+    record.update(epochs_done=epoch + 1, status="complete" if done else "running",
+                  final=summarize(rows, run.config.val_size) if done else None)
+    _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                  "metrics": rows, "config": run.config.as_dict(),
+                                  "started": record["started"]})
+    return row
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    val = f"  val err {row['val_error']:5.2f}%" if "val_error" in row else ""
+    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.3f} "
+            f"err {row['train_error']:5.2f}%{val}  test err {row['test_error']:5.2f}%  "
+            f"{row['seconds']:.1f} s  {row['images_per_second']:.0f} img/s")

@@ -1,0 +1,119 @@
+"""Shared test fixtures."""
+
+import hashlib
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets
+
+# ---------------------------------------------------------------- data fixtures
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes bytes as Python 2 `str`, the opcodes of the real CIFAR pickles.
+
+    torchvision reads those files with `pickle.load(f, encoding="latin1")`, which turns
+    Python 2 strings (keys such as b"data", the numpy buffer) into `str`; Python 3 `bytes`
+    would stay bytes and torchvision's `entry["data"]` would not find them.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def _write_pickle(path: Path, obj) -> None:
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(obj)
+
+
+def _write_batch(path: Path, rng: np.random.Generator, n: int, n_classes: int, label_key: bytes):
+    """A CIFAR batch: N x 3072 uint8 rows, each row the R, G, B 32x32 planes one after another."""
+    images = rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, n_classes, size=n).tolist()
+    _write_pickle(path, {b"batch_label": b"fixture", b"data": images.reshape(n, 3072), label_key: labels})
+    return torch.from_numpy(images), torch.tensor(labels)
+
+
+@pytest.fixture
+def cifar_files(tmp_path):
+    """Tiny CIFAR-10 and CIFAR-100 in torchvision's on-disk format; md5s differ from the real ones.
+
+    Returns (root, expected) with expected[name] = {"train": (images NCHW, labels),
+    "test": (...), "classes": [...]}.
+    """
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar"
+    expected = {}
+
+    folder = root / datasets.CIFAR10.base_folder
+    folder.mkdir(parents=True)
+    batches = [_write_batch(folder / f"data_batch_{i}", rng, 3, 10, b"labels") for i in range(1, 6)]
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _write_pickle(folder / "batches.meta", {b"label_names": [c.encode() for c in classes], b"num_vis": 3072})
+    expected["cifar10"] = {
+        "train": (torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])),
+        "test": _write_batch(folder / "test_batch", rng, 4, 10, b"labels"),
+        "classes": classes,
+    }
+
+    folder = root / datasets.CIFAR100.base_folder
+    folder.mkdir(parents=True)
+    classes = [f"fine{i:02d}" for i in range(100)]
+    _write_pickle(folder / "meta", {b"fine_label_names": [c.encode() for c in classes],
+                                    b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]})
+    expected["cifar100"] = {
+        "train": _write_batch(folder / "train", rng, 6, 100, b"fine_labels"),
+        "test": _write_batch(folder / "test", rng, 3, 100, b"fine_labels"),
+        "classes": classes,
+    }
+    return root, expected
+
+
+@pytest.fixture
+def cifar_root(cifar_files, monkeypatch):
+    """cifar_files with torchvision's expected md5s patched to the fixture files' own."""
+    root, expected = cifar_files
+
+    def md5(cls, name):
+        return hashlib.md5((root / cls.base_folder / name).read_bytes()).hexdigest()
+
+    for cls in (datasets.CIFAR10, datasets.CIFAR100):
+        monkeypatch.setattr(cls, "train_list", [[name, md5(cls, name)] for name, _ in cls.train_list])
+        monkeypatch.setattr(cls, "test_list", [[name, md5(cls, name)] for name, _ in cls.test_list])
+        monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5(cls, cls.meta["filename"])})
+    return root, expected
+
+
+@pytest.fixture
+def make_image_folder(tmp_path):
+    """Factory: an ImageFolder tree of random images; returns (root, {split: [(path, class, CHW uint8)]})."""
+
+    def make(name="tiny", train_classes=("cat", "dog"), test_classes=None, per_class=3, ext=".png"):
+        rng = np.random.default_rng(len(tmp_path.name))
+        root = tmp_path / name
+        written = {}
+        for split, classes in (("train", train_classes), ("test", test_classes or train_classes)):
+            written[split] = []
+            for cls in sorted(classes):
+                (root / split / cls).mkdir(parents=True)
+                for i in range(per_class):
+                    pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                    path = root / split / cls / f"{i:04d}{ext}"
+                    Image.fromarray(pixels).save(path)
+                    written[split].append((path, cls, torch.from_numpy(pixels).permute(2, 0, 1)))
+        return root, written
+
+    return make

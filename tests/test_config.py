@@ -1,0 +1,87 @@
+"""Settings are checked before anything runs, with a message naming the bad value."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from reproresnet.config import TrainConfig, select_device
+from reproresnet.recipes import ConfigError
+
+
+def test_defaults_are_valid_and_round_trip_through_a_dict():
+    config = TrainConfig(milestones=[1, 2], epochs=3)
+    assert config.milestones == (1, 2)
+    assert TrainConfig.from_dict(config.as_dict()) == config
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"arch": "resnet111"}, "resnet111"),
+    ({"recipe": "fast"}, "recipe='fast'"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"epochs": -1}, "epochs=-1"),
+    ({"epochs": "3"}, "epochs='3'"),
+    ({"epochs": 2.5}, "epochs=2.5"),
+    ({"batch_size": 0}, "batch_size=0"),
+    ({"lr": -0.1}, "lr=-0.1"),
+    ({"lr": "0.1"}, "lr='0.1'"),
+    ({"weight_decay": -1.0}, "weight_decay=-1.0"),
+    ({"weight_decay": float("inf")}, "weight_decay=inf"),
+    ({"epochs": 10, "milestones": [8, 4]}, "milestones=(8, 4)"),
+    ({"epochs": 10, "milestones": [4, 12]}, "milestones=(4, 12)"),
+    ({"dataset": "imagenet"}, "dataset='imagenet'"),
+    ({"device": "tpu"}, "device='tpu'"),
+    ({"normalization": "zca"}, "normalization='zca'"),
+    ({"augmentation": "cutout"}, "augmentation='cutout'"),
+    ({"limit_train": 0}, "limit_train=0"),
+    ({"val_size": -5}, "val_size=-5"),
+    ({"dropout": 1.5}, "dropout=1.5"),
+    ({"seed": "zero"}, "seed='zero'"),
+    ({"bf16": "yes"}, "bf16='yes'"),
+    ({"arch": "preact_resnet20", "bottleneck_stride": "3x3"}, "bottleneck_stride"),
+    ({"arch": "preact_resnet110", "shortcut": "option_c"}, "option_c"),
+])
+def test_bad_settings_are_refused_with_their_value(settings, named):
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(**settings)
+    assert named in str(error.value)
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ConfigError, match="unknown setting.*'epoch'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_network_options_reach_the_model_only_when_set():
+    assert TrainConfig().model_options() == {}
+    config = TrainConfig(arch="preact_resnet164", bottleneck_stride="3x3", shortcut="input_projection")
+    assert config.model_options() == {"bottleneck_stride": "3x3", "shortcut": "input_projection"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="device='cuda' but no CUDA GPU is visible"):
+        select_device("cuda")
+    assert select_device("auto").type == "cpu"
+
+
+@hypothesis_settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["epochs", "batch_size", "lr", "weight_decay", "seed",
+                                        "limit_train", "val_size"]),
+                       st.one_of(st.integers(-3, 300), st.floats(allow_nan=True), st.text(max_size=3),
+                                 st.none(), st.booleans()),
+                       max_size=4))
+def test_any_settings_either_validate_or_raise_config_error(settings):
+    """No combination of values crashes with anything but a ConfigError, and what is accepted
+    yields a recipe whose values are the ones given."""
+    try:
+        config = TrainConfig(**settings)
+    except ConfigError as error:
+        assert "expected" in str(error)
+        return
+    recipe = config.resolved_recipe()
+    for field in ("batch_size", "lr", "weight_decay"):
+        if settings.get(field) is not None:
+            assert getattr(recipe, field) == settings[field]
+    if settings.get("epochs") is not None:
+        assert recipe.length == settings["epochs"]

@@ -8,8 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from PIL import Image
 from torchvision import datasets
+
+# CI shares 2 cores with other work: judge hypothesis tests by their assertions, not their speed.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 # ---------------------------------------------------------------- data fixtures
 

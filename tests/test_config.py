@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from reproresnet.config import TrainConfig, select_device
@@ -65,7 +65,6 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     assert select_device("auto").type == "cpu"
 
 
-@hypothesis_settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(["epochs", "batch_size", "lr", "weight_decay", "seed",
                                         "limit_train", "val_size"]),
                        st.one_of(st.integers(-3, 300), st.floats(allow_nan=True), st.text(max_size=3),

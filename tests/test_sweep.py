@@ -1,0 +1,201 @@
+"""The papermill sweep: which runs it executes, with which parameters, and the notebook itself."""
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from reproresnet import records, sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
+
+
+def write_record(run_dir, status="complete", **config):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"format": records.RUN_FORMAT, "status": status, "name": run_dir.name,
+              "config": {"arch": "preact_resnet20", "seed": 0, "epochs": 2, "dataset": "synthetic",
+                         "out": str(run_dir), **config}}
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """Records every papermill call; each "execution" writes a complete run record."""
+    import papermill
+    calls = []
+
+    def execute_notebook(input_path, output_path, parameters, cwd, **kwargs):
+        calls.append({"notebook": input_path, "output": output_path, "parameters": parameters, "cwd": cwd})
+        write_record(Path(parameters["run_dir"]), arch=parameters["arch"], seed=parameters["seed"])
+        Path(output_path).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    return calls
+
+
+def test_sweep_skips_a_complete_run_and_passes_the_right_parameters(tmp_path, fake_papermill):
+    write_record(tmp_path / "preact_resnet20-seed0")
+    outcomes = sweep.run_sweep(["preact_resnet20"], [0, 1], tmp_path, {"epochs": 2, "dataset": "synthetic"},
+                               notebook=str(TRAIN_NOTEBOOK))
+    assert [(o["run"], o["status"]) for o in outcomes] == [("preact_resnet20-seed0", "skipped"),
+                                                          ("preact_resnet20-seed1", "complete")]
+    [call] = fake_papermill
+    run_dir = tmp_path / "preact_resnet20-seed1"
+    assert call["parameters"] == {"epochs": 2, "dataset": "synthetic", "arch": "preact_resnet20", "seed": 1,
+                                  "run_dir": str(run_dir)}
+    assert call["output"] == str(run_dir / "train.ipynb")
+    assert call["cwd"] is None  # the caller's directory: relative paths keep their meaning
+    # the page of each run is titled with its name
+    assert call["notebook"].cells[0].source.startswith("# Training run `preact_resnet20-seed1`")
+
+
+def test_sweep_executes_an_interrupted_run_again_so_it_resumes(tmp_path, fake_papermill):
+    write_record(tmp_path / "wrn_16_4-seed0", status="running", arch="wrn_16_4")
+    outcomes = sweep.run_sweep(["wrn_16_4"], [0], tmp_path, {"epochs": 2}, notebook=str(TRAIN_NOTEBOOK))
+    assert outcomes[0]["status"] == "complete"
+    assert len(fake_papermill) == 1
+
+
+def test_sweep_reports_a_complete_run_recorded_with_other_settings(tmp_path, fake_papermill):
+    write_record(tmp_path / "preact_resnet20-seed0", epochs=2)
+    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, {"epochs": 200},
+                                notebook=str(TRAIN_NOTEBOOK))
+    assert outcome["status"] == "conflict" and "epochs" in outcome["message"]
+    assert fake_papermill == []
+
+
+def test_sweep_names_runs_by_tag_relative_to_the_callers_directory(tmp_path, fake_papermill, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep.run_sweep(["wrn_16_4"], [3], "results", {"data_dir": "data"}, notebook=str(TRAIN_NOTEBOOK),
+                    tag="he2016")
+    [call] = fake_papermill
+    assert call["parameters"]["run_dir"] == "results/wrn_16_4-he2016-seed3"
+    assert call["parameters"]["data_dir"] == "data"
+    assert (tmp_path / "results" / "wrn_16_4-he2016-seed3" / "run.json").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"parameters": {"arch": "wrn_16_4"}}, "set per run"),
+    ({"parameters": {}, "jobs": 0}, "jobs"),
+])
+def test_sweep_rejects_bad_arguments(tmp_path, fake_papermill, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.run_sweep(["wrn_16_4"], [0], tmp_path, **kwargs)
+    assert fake_papermill == []
+
+
+def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_path, monkeypatch):
+    captured = {}
+
+    def run_sweep(archs, seeds, results_dir, parameters, jobs, notebook, tag):
+        captured.update(archs=archs, seeds=seeds, results_dir=results_dir, parameters=parameters, jobs=jobs)
+        return [{"run": "x", "status": "skipped", "message": None}]
+
+    monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    assert sweep.main(["--archs", "preact_resnet110", "wrn_16_4", "--seeds", "0", "1", "2",
+                       "--results", str(tmp_path), "--jobs", "2"]) == 0
+    assert captured["archs"] == ["preact_resnet110", "wrn_16_4"] and captured["seeds"] == [0, 1, 2]
+    assert captured["jobs"] == 2 and captured["results_dir"] == str(tmp_path)
+    assert captured["parameters"] == {"recipe": "seed", "epochs": None, "batch_size": None, "dataset": "cifar10",
+                                      "data_dir": None, "device": "auto", "limit_train": None,
+                                      "limit_test": None, "val_size": 0}
+    sweep.main(["--archs", "wrn_16_4", "--epochs", "3", "--limit-train", "256", "--dataset", "synthetic"])
+    assert captured["parameters"]["epochs"] == 3 and captured["parameters"]["limit_train"] == 256
+
+
+def test_main_exit_status_says_whether_every_run_finished(monkeypatch):
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: [{"run": "x", "status": "failed", "message": "boom"}])
+    assert sweep.main(["--archs", "wrn_16_4"]) == 1
+
+
+# ---------------------------------------------------------------- the notebooks themselves
+
+def test_train_notebook_has_literal_parameters_and_no_outputs():
+    nb = nbformat.read(TRAIN_NOTEBOOK, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    names = {}
+    for line in code[0].source.splitlines():
+        name, _, value = line.partition("#")[0].partition("=")
+        if value.strip():
+            names[name.strip()] = eval(value, {})  # literals only: eval without names must work
+    assert set(names) >= {"arch", "recipe", "epochs", "batch_size", "seed", "dataset", "data_dir", "run_dir",
+                          "device", "limit_train", "limit_test"}
+    assert names["dataset"] == "synthetic" and not names["run_dir"].startswith("results")
+    assert all(not cell.get("outputs") for cell in code), "commit train.ipynb without outputs"
+    assert "train(config, resume=True" in code[1].source
+
+
+def test_papermill_parameter_of_the_wrong_type_fails_naming_it(tmp_path):
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    run_dir = tmp_path / "run"
+    with pytest.raises(PapermillExecutionError) as error:
+        papermill.execute_notebook(str(TRAIN_NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(TRAIN_NOTEBOOK.parent),
+                                   parameters={"epochs": "three", "run_dir": str(run_dir), "limit_train": 64,
+                                               "limit_test": 64}, progress_bar=False)
+    assert error.value.ename == "ConfigError"
+    assert "epochs='three'" in error.value.evalue
+    assert not (run_dir / records.RUN_FILE).exists()
+
+
+def test_sweep_reports_a_failed_notebook_and_goes_on(tmp_path, monkeypatch):
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    calls = []
+
+    def execute_notebook(input_path, output_path, parameters, **kwargs):
+        calls.append(parameters["arch"])
+        raise PapermillExecutionError(cell_index=2, exec_count=1, source="", ename="ConfigError",
+                                      evalue="epochs='three' is not valid: expected int or None, got str",
+                                      traceback=[])
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    outcomes = sweep.run_sweep(["preact_resnet20", "wrn_16_4"], [0], tmp_path, {"epochs": "three"},
+                               notebook=str(TRAIN_NOTEBOOK))
+    assert calls == ["preact_resnet20", "wrn_16_4"]
+    assert [o["status"] for o in outcomes] == ["failed", "failed"]
+    assert outcomes[0]["message"].startswith("epochs='three' is not valid")
+    assert sweep.main(["--archs", "wrn_16_4", "--results", str(tmp_path / "other")]) == 1
+
+
+@pytest.mark.slow
+def test_sweep_runs_the_training_notebook_end_to_end_and_then_skips_it(tmp_path):
+    parameters = {"epochs": 1, "limit_train": 128, "limit_test": 64, "batch_size": 64, "device": "cpu",
+                  "dataset": "synthetic"}
+    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, parameters, notebook=str(TRAIN_NOTEBOOK))
+    assert outcome["status"] == "complete", outcome
+    run_dir = tmp_path / "preact_resnet20-seed0"
+    assert records.read_run(run_dir)["status"] == "complete"
+    executed = nbformat.read(run_dir / "train.ipynb", as_version=4)
+    glued = {output.metadata.get("scrapbook", {}).get("name") for cell in executed.cells
+             if cell.cell_type == "code" for output in cell.outputs if "metadata" in output}
+    assert {"test_error", "seconds_per_epoch", "params"} <= glued
+    assert any("image/png" in output.get("data", {}) for cell in executed.cells if cell.cell_type == "code"
+               for output in cell.outputs)
+    [again] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, parameters, notebook=str(TRAIN_NOTEBOOK))
+    assert again["status"] == "skipped"
+
+
+@pytest.mark.slow
+def test_sweep_with_jobs_runs_notebooks_in_separate_processes(tmp_path):
+    # A stand-in notebook that writes a complete record and the id of the process it ran in.
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                                 "display_name": "Python 3"}})
+    parameters = nbformat.v4.new_code_cell('arch = "x"\nseed = 0\nrun_dir = ""')
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [nbformat.v4.new_markdown_cell("# Training run"), parameters, nbformat.v4.new_code_cell(
+        "import json, os, pathlib\n"
+        "record = {'format': 'reproresnet-run/1', 'status': 'complete', 'config': {'arch': arch, 'seed': seed},\n"
+        "          'parent': os.getppid()}\n"
+        "pathlib.Path(run_dir, 'run.json').write_text(json.dumps(record))")]
+    path = tmp_path / "stand-in.ipynb"
+    nbformat.write(notebook, path)
+    outcomes = sweep.run_sweep(["a", "b"], [0], tmp_path / "results", {}, jobs=2, notebook=str(path))
+    assert [o["status"] for o in outcomes] == ["complete", "complete"]
+    parents = {json.loads((tmp_path / "results" / f"{arch}-seed0" / "run.json").read_text())["parent"]
+               for arch in ("a", "b")}
+    assert len(parents) == 2 and os.getpid() not in parents  # each kernel started by its own worker

@@ -103,7 +103,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
     _synchronize(run.device)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
-               disable=not progress, unit="step")
+               disable=None if progress else True, unit="step")  # None: no bar off a terminal
     for index, (images, labels) in zip(range(steps), batches):
         lr = schedule.lr_at(first + index)
         for group in run.optimizer.param_groups:
@@ -115,7 +115,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
         errors += batch_errors
         seen += len(labels)
         bar.update()
-        if progress and index % 50 == 49:  # an occasional sync for the bar, not one per step
+        if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
     _synchronize(run.device)
     seconds = time.perf_counter() - start

@@ -49,10 +49,25 @@ def write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if _disk_full(error):
             raise RunDirError(f"disk full while writing {path}; free some space and rerun with "
                               f"--resume (the last complete files are intact)") from error
         raise
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    # torch.save reports a failed write as a RuntimeError whose context is the OSError.
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def remove_orphans(run_dir: Path) -> None:
+    """Delete temporary files a killed writer left; call with the run directory locked."""
+    for orphan in Path(run_dir).glob(".*.tmp"):
+        orphan.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -251,6 +251,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
     """Train (or resume) the run `config` describes; returns its run record."""
     run_dir = Path(config.out)
     with records.run_dir_lock(run_dir):
+        records.remove_orphans(run_dir)
         checkpoint = _prepare_run_dir(run_dir, config, resume)
         if checkpoint == "complete":
             return records.read_run(run_dir)
@@ -295,15 +296,28 @@ def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:
     return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
 
 
+def _divergence(run: Run, train_loss: float) -> str | None:
+    """What went non-finite, if anything: the loss, or weights and BN statistics (these can
+    overflow while the epoch's mean loss is still a finite 1e27)."""
+    if not math.isfinite(train_loss):
+        return f"training loss became {train_loss}"
+    broken = [name for name, tensor in run.model.state_dict().items()
+              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        return f"weights became non-finite ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
+    return None
+
+
 def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict], run_dir: Path,
                         progress: bool) -> dict:
     """One epoch of training and evaluation, then every file of the run written atomically."""
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     row = {"epoch": epoch + 1, **train_one_epoch(run, epoch, progress)}
-    if not math.isfinite(row["train_loss"]):
-        record.update(status="diverged", message=f"training loss became {row['train_loss']} in epoch "
-                      f"{epoch + 1}; the checkpoint of epoch {epoch} is kept")
+    problem = _divergence(run, row["train_loss"])
+    if problem:
+        kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
+        record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
         _save(run_dir, record, metrics, None)
         raise TrainingDiverged(record["message"])
     if run.splits.val is not None:

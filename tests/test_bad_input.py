@@ -1,0 +1,520 @@
+"""Bad input through the command line: a non-zero exit, a message that names the bad value and
+what is accepted, and nothing partial left behind.
+
+The CLI runs in-process (`cli.main` returns the exit code; argparse errors raise SystemExit),
+so the CIFAR fixtures' patched checksums and the simulated full disk apply to it. "Nothing
+partial" means: the run directory does not exist, or holds nothing but its `.lock` (taken
+before the data is loaded), so the same --out can be used again once the input is fixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reproresnet import cli, records
+from reproresnet import train as training
+from reproresnet.config import TrainConfig
+
+BASE = {"--arch": "preact_resnet20", "--dataset": "synthetic", "--limit-train": "64", "--limit-test": "32",
+        "--batch-size": "16", "--epochs": "3", "--device": "cpu", "--quiet": True}
+RUN_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE, records.BEST_FILE)
+TIMING_COLUMNS = {"seconds", "images_per_second", "peak_memory_mb"}
+
+
+def argv(out, changes: dict | None = None, resume: bool = False) -> list[str]:
+    """`train` arguments: BASE with `changes` (a value of None drops the flag)."""
+    merged = {**BASE, "--out": str(out), **(changes or {})}
+    args = ["train"]
+    for flag, value in merged.items():
+        if value is True:
+            args.append(flag)
+        elif value is not None:
+            args += [flag, str(value)]
+    return args + (["--resume"] if resume else [])
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str]:
+    """Exit code and stderr of `python -m reproresnet ARGS`, run in-process."""
+    capsys.readouterr()
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    except Exception:  # what the interpreter would do: a traceback and exit status 1
+        print(traceback.format_exc(), file=sys.stderr)
+        code = 1
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code: int, err: str, *words: str) -> None:
+    assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(("reproresnet: error:", "reproresnet train: error:")), err
+    for word in words:
+        assert word in err, f"{word!r} not in the message:\n{err}"
+
+
+def assert_nothing_left(out: Path) -> None:
+    if out.is_dir():
+        left = sorted(path.name for path in out.iterdir() if path.name != ".lock")
+        assert not left, f"partial run left in {out}: {left}"
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {path.name: path.read_bytes() for path in run_dir.iterdir() if path.name != ".lock"}
+
+
+def checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / records.METRICS_FILE, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
+    got, want = checkpoint(run_dir)["model"], checkpoint(reference_dir)["model"]
+    assert got.keys() == want.keys()
+    assert [key for key in want if not torch.equal(got[key], want[key])] == []
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]  # noqa: E731
+    assert strip(metrics_rows(run_dir)) == strip(metrics_rows(reference_dir))
+
+
+def non_finite(state: dict) -> list[str]:
+    return [name for name, tensor in state.items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The training here is tiny; on 2 shared cores, one thread is the fastest and steadiest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """BASE trained to the end without interruption."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert cli.main(argv(out)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """BASE stopped by Ctrl-C in epoch 2: the checkpoint, metrics and run.json of epoch 1."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        _interrupt_in_epoch(patch, 2)
+        assert cli.main(argv(out)) == 130
+    assert records.read_run(out)["epochs_done"] == 1
+    return out
+
+
+def _interrupt_in_epoch(patch, number: int) -> None:
+    real = training.train_one_epoch
+
+    def interrupted(run, epoch, *args, **kwargs):
+        if epoch + 1 == number:
+            raise KeyboardInterrupt
+        return real(run, epoch, *args, **kwargs)
+
+    patch.setattr(training, "train_one_epoch", interrupted)
+
+
+# ---------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("changes, words", [
+    pytest.param({"--arch": "resnet19"}, ["resnet19", "preact_resnet20", "wrn_28_10"], id="unknown-network"),
+    pytest.param({"--recipe": "fast"}, ["fast", "seed", "he2016", "wrn2016"], id="unknown-recipe"),
+    pytest.param({"--dataset": "imagenet"}, ["imagenet", "cifar10", "synthetic", "folder:PATH"], id="unknown-dataset"),
+    pytest.param({"--device": "tpu"}, ["tpu", "cpu", "cuda"], id="unknown-device"),
+    pytest.param({"--dropout": "1.5"}, ["dropout=1.5", "[0, 1)"], id="dropout-above-1"),
+    pytest.param({"--val-size": "-3"}, ["val_size=-3", "0 or a positive integer"], id="val-size-negative"),
+    pytest.param({"--out": ""}, ["out=''", "run directory path"], id="empty-out"),
+])
+def test_unknown_choice_or_bad_setting(tmp_path, capsys, changes, words):
+    code, err = run_cli(capsys, argv(tmp_path / "run", changes))
+    assert_refused(code, err, *words)
+    assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.parametrize("flag, value, accepted", [
+    ("--epochs", "0", "positive"), ("--epochs", "-3", "positive"),
+    ("--epochs", "abc", "integer"), ("--epochs", "2.5", "integer"),
+    ("--batch-size", "0", "positive"), ("--batch-size", "-16", "positive"), ("--batch-size", "ten", "integer"),
+    ("--lr", "0", "positive number"), ("--lr", "-0.1", "positive number"), ("--lr", "abc", "number"),
+    ("--lr", "nan", "finite"), ("--lr", "inf", "finite"),
+    ("--weight-decay", "-0.0001", ">= 0"), ("--weight-decay", "abc", "number"),
+    ("--weight-decay", "nan", "finite"),
+])
+def test_bad_number_names_the_value_and_what_is_accepted(tmp_path, capsys, flag, value, accepted):
+    code, err = run_cli(capsys, argv(tmp_path / "run", {flag: value}))
+    name = flag.lstrip("-")
+    assert name in err or name.replace("-", "_") in err, err
+    assert_refused(code, err, value, accepted)
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_zero_weight_decay_is_a_valid_setting():
+    """Zero turns weight decay off (the recipes accept "a number >= 0"); it is not bad input."""
+    args = cli.build_parser().parse_args(argv("unused", {"--weight-decay": "0"}))
+    assert TrainConfig(arch=args.arch, out="unused", weight_decay=args.weight_decay).resolved_recipe().weight_decay == 0
+
+
+@pytest.mark.parametrize("milestones, words", [
+    pytest.param("3,1", ["milestones=(3, 1)", "strictly increasing"], id="out-of-order"),
+    pytest.param("2,2", ["milestones=(2, 2)", "strictly increasing"], id="repeated"),
+    pytest.param("5", ["milestones=(5,)", "between 1 and 4", "5 epochs"], id="at-the-last-epoch"),
+    pytest.param("2,9", ["milestones=(2, 9)", "between 1 and 4"], id="beyond-the-last-epoch"),
+    pytest.param("0,2", ["milestones=(0, 2)", "between 1 and 4"], id="at-zero"),
+    pytest.param("a,b", ["'a,b'", "comma-separated list of integers"], id="not-integers"),
+])
+def test_bad_milestones(tmp_path, capsys, milestones, words):
+    code, err = run_cli(capsys, argv(tmp_path / "run", {"--epochs": "5", "--milestones": milestones}))
+    assert_refused(code, err, "milestones", *words)
+    assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu(tmp_path, capsys, device):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    code, err = run_cli(capsys, argv(tmp_path / "run", {"--device": device}))
+    assert_refused(code, err, repr(device), "no CUDA GPU", "--device cpu")
+    assert_nothing_left(tmp_path / "run")
+
+
+# ---------------------------------------------------------------- data
+
+@pytest.mark.parametrize("changes, words", [
+    pytest.param({"--limit-train": "5001"}, ["limit_train=5001", "5000 images"], id="limit-train"),
+    pytest.param({"--limit-test": "1001"}, ["limit_test=1001", "1000 images"], id="limit-test"),
+    pytest.param({"--val-size": "64"}, ["val_size=64", "smaller val_size"], id="val-size-takes-every-image"),
+])
+def test_subset_larger_than_the_data(tmp_path, capsys, changes, words):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, argv(out, changes))
+    assert_refused(code, err, *words)
+    assert_nothing_left(out)
+    if "--limit-train" in changes:  # the same --out is usable at once, without --resume
+        assert run_cli(capsys, argv(out, {"--epochs": "1"}))[0] == 0
+        assert records.read_run(out)["status"] == "complete"
+
+
+def _cifar(data_dir, **changes) -> dict:
+    return {"--dataset": "cifar10", "--data-dir": str(data_dir), "--limit-train": None, "--limit-test": None,
+            **changes}
+
+
+def test_cifar_data_dir_missing(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(missing)))
+    assert_refused(code, err, "CIFAR-10 not found", str(missing), "--download", "cifar-10-batches-py")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_cifar_data_dir_empty(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "cifar-10-batches-py").mkdir(parents=True)
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(empty)))
+    assert_refused(code, err, "CIFAR-10 not found", str(empty), "--download")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_cifar_batch_file_truncated(tmp_path, capsys, cifar_root):
+    root, _ = cifar_root
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(root)))
+    assert_refused(code, err, str(batch), "md5", "truncated", "--download")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_cifar_checksum_mismatch(tmp_path, capsys, cifar_files):
+    root, _ = cifar_files  # the fixture's files, checked against the real CIFAR-10 md5s
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(root)))
+    assert_refused(code, err, "data_batch_1", "does not match its md5 checksum", "--download")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_cifar_batch_file_missing(tmp_path, capsys, cifar_root):
+    root, _ = cifar_root
+    (root / "cifar-10-batches-py" / "test_batch").unlink()
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(root)))
+    assert_refused(code, err, "incomplete", "test_batch missing", "--download")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_cifar_limit_larger_than_the_fixture(tmp_path, capsys, cifar_root):
+    root, expected = cifar_root
+    n_train = len(expected["cifar10"]["train"][1])
+    code, err = run_cli(capsys, argv(tmp_path / "run", _cifar(root, **{"--limit-train": str(n_train + 1)})))
+    assert_refused(code, err, f"limit_train={n_train + 1}", f"({n_train} images)")
+    assert_nothing_left(tmp_path / "run")
+
+
+def _folder(root) -> dict:
+    return {"--dataset": f"folder:{root}", "--limit-train": None, "--limit-test": None}
+
+
+def test_image_folder_missing(tmp_path, capsys):
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(tmp_path / "nowhere")))
+    assert_refused(code, err, str(tmp_path / "nowhere"), "does not exist", "train/<class>")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_image_folder_empty(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(tmp_path / "empty")))
+    assert_refused(code, err, "has no train/ folder", "train/<class>")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_image_folder_without_class_folders(tmp_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / "flat" / split).mkdir(parents=True)
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(tmp_path / "flat")))
+    assert_refused(code, err, "no class folders", str(tmp_path / "flat" / "train"))
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_image_folder_class_without_images(tmp_path, capsys, make_image_folder):
+    root, _ = make_image_folder()
+    for split in ("train", "test"):
+        (root / split / "emu").mkdir()
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(root)))
+    assert_refused(code, err, "no images", "emu")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_image_folder_wrong_image_size(tmp_path, capsys, make_image_folder):
+    root, written = make_image_folder()
+    path = written["train"][1][0]
+    Image.fromarray(np.zeros((32, 33, 3), dtype=np.uint8)).save(path)  # 33 wide, 32 high
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(root)))
+    assert_refused(code, err, str(path), "33x32", "32x32")
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_image_folder_mismatched_class_folders(tmp_path, capsys, make_image_folder):
+    root, _ = make_image_folder(train_classes=("cat", "dog"), test_classes=("bird", "cat"))
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(root)))
+    assert_refused(code, err, "class folders differ", "only in train: ['dog']", "only in test: ['bird']")
+    assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
+def test_image_folder_unreadable_image(tmp_path, capsys, make_image_folder, damage):
+    root, written = make_image_folder()
+    path = written["test"][2][0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a png at all")
+    code, err = run_cli(capsys, argv(tmp_path / "run", _folder(root)))
+    assert_refused(code, err, "cannot decode image", str(path))
+    assert_nothing_left(tmp_path / "run")
+
+
+def test_folder_dataset_without_a_path(tmp_path, capsys):
+    code, err = run_cli(capsys, argv(tmp_path / "run", {"--dataset": "folder:"}))
+    assert_refused(code, err, "'folder:'", "folder:PATH")
+    assert_nothing_left(tmp_path / "run")
+
+
+# ---------------------------------------------------------------- the output directory
+
+@pytest.mark.parametrize("where", ["under-a-file", "is-a-file"])
+def test_output_directory_cannot_be_written(tmp_path, capsys, where):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a directory\n")
+    out = blocker / "run" if where == "under-a-file" else blocker
+    code, err = run_cli(capsys, argv(out))
+    assert_refused(code, err, "cannot write to run directory", str(out), "--out")
+    assert blocker.read_text() == "not a directory\n"
+
+
+class _FullDisk:
+    """Simulates a disk that fills up: once `full`, write(2) takes `free` more bytes, then
+    fails with ENOSPC (short writes first, as the kernel does)."""
+
+    def __init__(self, free: int):
+        self.free, self.full = free, False
+        disk = self
+
+        class File(io.FileIO):
+            def write(self, data):
+                if disk.free <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                n = min(len(data), disk.free)
+                disk.free -= n
+                return super().write(bytes(memoryview(data)[:n]))
+
+        self.File = File
+
+    def fdopen(self, fd, mode="r", *args, **kwargs):
+        if self.full and "w" in mode:
+            return io.BufferedWriter(self.File(fd, "wb", closefd=True))
+        return os.fdopen(fd, mode, *args, **kwargs)
+
+
+class _RecordsOs:
+    """`os` as records sees it, with the full disk's fdopen."""
+
+    def __init__(self, disk: _FullDisk):
+        self._disk = disk
+
+    def __getattr__(self, name):
+        return self._disk.fdopen if name == "fdopen" else getattr(os, name)
+
+
+@pytest.mark.parametrize("fills_in, free", [
+    pytest.param(records.CHECKPOINT_FILE, 0, id="checkpoint-at-its-first-byte"),
+    pytest.param(records.CHECKPOINT_FILE, 4096, id="checkpoint-after-4kB"),
+    pytest.param(records.CHECKPOINT_FILE, 1_000_000, id="checkpoint-after-1MB"),
+    pytest.param(records.METRICS_FILE, 0, id="metrics"),
+    pytest.param(records.RUN_FILE, 100, id="run-record"),
+])
+def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, reference, fills_in, free):
+    out = tmp_path / "run"
+    disk = _FullDisk(free)
+    monkeypatch.setattr(records, "os", _RecordsOs(disk))
+    real_write_atomic, writes = records.write_atomic, []
+
+    def write_atomic(path, write):
+        writes.append(Path(path).name)
+        if writes.count(fills_in) == 2:  # the disk fills up while epoch 2 is being saved
+            disk.full = True
+        return real_write_atomic(path, write)
+
+    monkeypatch.setattr(records, "write_atomic", write_atomic)
+    code, err = run_cli(capsys, argv(out))
+    assert disk.full
+    assert_refused(code, err, "disk full", str(out / fills_in), "--resume")
+
+    # The previous epoch's files are whole (the checkpoint may be epoch 2's if it was saved
+    # before the disk filled up), and no temporary file is left.
+    monkeypatch.undo()
+    assert records.read_run(out)["epochs_done"] == 1 and records.read_run(out)["status"] == "running"
+    assert len(metrics_rows(out)) == (2 if fills_in == records.RUN_FILE else 1)
+    assert len(checkpoint(out)["metrics"]) == (1 if fills_in == records.CHECKPOINT_FILE else 2)
+    assert sorted(path.name for path in out.iterdir()) == [".lock", *sorted(RUN_FILES[:3])]
+
+    # Space freed: the run resumes and ends exactly as an uninterrupted one.
+    assert run_cli(capsys, argv(out, resume=True))[0] == 0
+    assert records.read_run(out)["status"] == "complete"
+    assert_same_weights(out, reference)
+
+
+# ---------------------------------------------------------------- reusing a run directory
+
+@pytest.mark.parametrize("which", ["interrupted", "complete"])
+def test_existing_run_dir_without_resume(capsys, request, which):
+    out = request.getfixturevalue("interrupted" if which == "interrupted" else "reference")
+    before = snapshot(out)
+    code, err = run_cli(capsys, argv(out))
+    assert_refused(code, err, str(out), "already holds a run", "--resume", "another --out")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("changes, words", [
+    pytest.param({"--lr": "0.05"}, ["lr: None -> 0.05"], id="lr"),
+    pytest.param({"--seed": "1"}, ["seed: 0 -> 1"], id="seed"),
+    pytest.param({"--epochs": "4"}, ["epochs: 3 -> 4"], id="epochs"),
+    pytest.param({"--batch-size": "32"}, ["batch_size: 16 -> 32"], id="batch-size"),
+    pytest.param({"--arch": "preact_resnet32"}, ["arch: 'preact_resnet20' -> 'preact_resnet32'"], id="network"),
+    pytest.param({"--limit-train": "48"}, ["limit_train: 64 -> 48"], id="subset"),
+    pytest.param({"--augmentation": "none"}, ["augmentation: 'per_image' -> 'none'"], id="augmentation"),
+])
+@pytest.mark.parametrize("which", ["interrupted", "complete"])
+def test_resume_with_different_settings(capsys, request, which, changes, words):
+    out = request.getfixturevalue("interrupted" if which == "interrupted" else "reference")
+    before = snapshot(out)
+    code, err = run_cli(capsys, argv(out, changes, resume=True))
+    assert_refused(code, err, f"cannot resume {out} with different settings", *words)
+    assert snapshot(out) == before
+
+
+def test_resume_may_change_where_it_runs(tmp_path, capsys, interrupted, reference):
+    """--device (like --out and --data-dir) may differ: it changes where, not what."""
+    out = tmp_path / "moved"
+    shutil.copytree(interrupted, out)
+    assert run_cli(capsys, argv(out, {"--device": "auto"}, resume=True))[0] == 0
+    assert records.read_run(out)["status"] == "complete"
+    assert_same_weights(out, reference)
+
+
+def test_ctrl_c_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch, reference):
+    out = tmp_path / "run"
+    _interrupt_in_epoch(monkeypatch, 3)
+    code, err = run_cli(capsys, argv(out))
+    assert code == 130 and "interrupted" in err and "--resume" in err
+    assert records.read_run(out)["epochs_done"] == 2 and len(checkpoint(out)["metrics"]) == 2
+    monkeypatch.undo()
+    assert run_cli(capsys, argv(out, resume=True))[0] == 0
+    assert_same_weights(out, reference)
+
+
+# ---------------------------------------------------------------- divergence
+
+def _assert_diverged(out: Path, err: str, epoch: int) -> dict | None:
+    """The run stopped in `epoch` with a clear message; the last good checkpoint is kept."""
+    message = err.strip().splitlines()[-1].removeprefix("reproresnet: error: ")
+    assert f"epoch {epoch}" in message and any(word in message for word in ("nan", "inf", "finite")), err
+    record = records.read_run(out)
+    assert record["status"] == "diverged" and record["message"] == message
+    assert record["epochs_done"] == epoch - 1 == len(metrics_rows(out))
+    if epoch == 1:
+        assert not (out / records.CHECKPOINT_FILE).exists()
+        return None
+    kept = checkpoint(out)
+    assert len(kept["metrics"]) == epoch - 1
+    assert non_finite(kept["model"]) == [], "the kept checkpoint is not a good one: it holds NaN/inf"
+    return kept
+
+
+def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, argv(out, {"--lr": "1e6"}))
+    assert code == 2 and "Traceback" not in err, err
+    record = records.read_run(out)
+    _assert_diverged(out, err, record["epochs_done"] + 1)
+
+
+def test_divergence_keeps_the_last_good_checkpoint_and_can_be_resumed(tmp_path, capsys, monkeypatch, reference):
+    """A NaN loss in epoch 2 (the loss is poisoned for that epoch only)."""
+    out = tmp_path / "run"
+    real_epoch, real_loss = training.train_one_epoch, training.F.cross_entropy
+
+    def nan_loss(*args, **kwargs):
+        return real_loss(*args, **kwargs) * float("nan")
+
+    def epoch_2_diverges(run, epoch, *args, **kwargs):
+        if epoch != 1:
+            return real_epoch(run, epoch, *args, **kwargs)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(training.F, "cross_entropy", nan_loss)
+            return real_epoch(run, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_one_epoch", epoch_2_diverges)
+    code, err = run_cli(capsys, argv(out))
+    assert code == 2 and "Traceback" not in err, err
+    _assert_diverged(out, err, 2)
+    monkeypatch.undo()
+    assert run_cli(capsys, argv(out, resume=True))[0] == 0  # from the kept epoch-1 checkpoint
+    assert records.read_run(out)["status"] == "complete"
+    assert_same_weights(out, reference)

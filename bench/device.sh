@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The speed benchmark on one CUDA GPU, in one command, from the repository root:
+#
+#     bash bench/device.sh
+#
+# 1. versions and nvidia-smi;
+# 2. `python3 -m reproresnet.bench` on CUDA for WRN-16-4, pre-act ResNet-110 and ResNet-164:
+#    this project's path against the plain PyTorch baseline (bench.json);
+# 3. with the time left: (a) the reproresnet path with CUDA graphs (torch.compile mode
+#    "reduce-overhead"), which cannot be tried without a GPU (bench-reduce-overhead.json);
+#    (b) two real epochs of each network through train_one_epoch, the first of which compiles
+#    the epoch's last, smaller batch once (bench-epochs.json);
+# 4. with the time left, and only if BENCH_DATA_DIR names a folder holding CIFAR-10
+#    (cifar-10-batches-py): a two-epoch training run of pre-act ResNet-110 on the real data.
+#
+# Records go to $OUT when it is set (the device tool sets it), else to results/bench-<gpu>/.
+# Needs no network. Every step runs under `timeout`; the whole script keeps within
+# BENCH_BUDGET_S seconds (default 450, for a 480-second slot). A step that fails or times
+# out is reported and the next one still runs; the exit status says whether any failed.
+# The benchmark rewrites its record after each network, so a step cut short keeps what it
+# measured.
+#
+# Environment: OUT, BENCH_BUDGET_S, BENCH_ARCHS (default "wrn_16_4 preact_resnet110
+# preact_resnet164"; step 3a runs the 110 and 164 first), BENCH_EXTRA (more flags, appended to
+# steps 2 and 3, so they override), BENCH_DATA_DIR, PYTHON (python3), BENCH_DEVICE (cuda; cpu
+# only to try the script itself on a machine without a GPU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=$SECONDS
+budget=${BENCH_BUDGET_S:-450}
+archs=(${BENCH_ARCHS:-wrn_16_4 preact_resnet110 preact_resnet164})
+py=${PYTHON:-python3}
+device=${BENCH_DEVICE:-cuda}
+read -r -a extra <<<"${BENCH_EXTRA:-}"
+failed=0
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+left() { echo $((budget - (SECONDS - start))); }
+
+# Under the device tool everything also goes to $OUT/device.log, which comes back whole.
+if [[ -n "${OUT:-}" ]]; then
+    mkdir -p "$OUT"
+    exec > >(tee -a "$OUT/device.log") 2>&1
+fi
+
+# run_step NAME LIMIT_SECONDS required|optional COMMAND...: run under timeout; report, never
+# abort the script. An optional step that runs out of time is no failure: its record keeps
+# the networks it finished.
+run_step() {
+    local name=$1 limit=$2 kind=$3
+    shift 3
+    if ((limit < 45)); then
+        echo "== $name: skipped, ${limit} s left"
+        [[ $kind == optional ]] || failed=1
+        return 0
+    fi
+    echo "== $name (limit ${limit} s, $(left) s of the budget left)"
+    local rc=0
+    timeout --kill-after=15 "$limit" "$@" || rc=$?
+    if ((rc == 124 || rc == 137)); then
+        echo "== $name: TIMED OUT after ${limit} s"
+        [[ $kind == optional ]] || failed=1
+    elif ((rc != 0)); then
+        echo "== $name: FAILED (exit $rc)"
+        failed=1
+    fi
+    return 0
+}
+
+min() { echo $(($1 < $2 ? $1 : $2)); }
+
+echo "== versions"
+uname -srm
+"$py" - "$device" <<'EOF'
+import platform, sys
+print("python", platform.python_version(), sys.executable)
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(),
+      "available", torch.cuda.is_available())
+try:
+    import torchvision
+    print("torchvision", torchvision.__version__)
+except ImportError:
+    sys.exit("torchvision is missing: carry a wheel matching this torch (see bench/README.md)")
+import numpy, pandas, tqdm, PIL
+print("numpy", numpy.__version__, "pandas", pandas.__version__, "tqdm", tqdm.__version__, "pillow", PIL.__version__)
+if sys.argv[1] == "cuda":
+    if not torch.cuda.is_available():
+        sys.exit("no CUDA GPU visible")
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", p.multi_processor_count, "SMs", f"sm_{p.major}{p.minor}")
+EOF
+nvidia-smi || echo "(nvidia-smi failed)"
+nproc
+
+if [[ -n "${OUT:-}" ]]; then
+    dest=$OUT
+else
+    slug=$("$py" -c "import torch, sys; from reproresnet.bench import device_slug; print(device_slug(torch.device(sys.argv[1])))" "$device")
+    dest=results/bench-$slug
+fi
+mkdir -p "$dest"
+echo "== records in $dest"
+
+# Step 2: the benchmark proper, both paths, in the compile mode reproresnet.train uses.
+run_step "benchmark" "$(min "$(left)" 300)" required \
+    "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --epochs 0 \
+    --out "$dest/bench.json" "${extra[@]}"
+
+# Step 3a: CUDA graphs on the reproresnet path only; deep, narrow nets are launch-bound.
+variant_archs=()
+for arch in preact_resnet110 preact_resnet164 "${archs[@]}"; do
+    [[ " ${archs[*]} " == *" $arch "* && " ${variant_archs[*]} " != *" $arch "* ]] && variant_archs+=("$arch")
+done
+run_step "benchmark, compile mode reduce-overhead" "$(min "$(left)" 180)" optional \
+    "$py" -m reproresnet.bench --device "$device" --archs "${variant_archs[@]}" \
+    --compile-mode reduce-overhead --no-baseline --steps 100 --warmup-steps 30 --epochs 0 \
+    --out "$dest/bench-reduce-overhead.json" "${extra[@]}"
+
+# Step 3b: real epochs through train_one_epoch, the last batch of 80 included: the first epoch
+# compiles it once, the second must compile nothing. The batch-128 graphs come from the
+# compile cache that step 2 filled.
+run_step "real epochs" "$(min "$(left)" 240)" optional \
+    "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --no-baseline \
+    --steps 20 --warmup-steps 5 --data-batches 20 --epochs 2 \
+    --out "$dest/bench-epochs.json" "${extra[@]}"
+
+# Step 4: real data, only if a folder is given (CIFAR-10 is 163 MB: it cannot travel with the
+# working tree, whose limit is 64 MiB; it must already be on the machine).
+if [[ -n "${BENCH_DATA_DIR:-}" ]]; then
+    if [[ -d "$BENCH_DATA_DIR/cifar-10-batches-py" ]]; then
+        run_step "real-data training, preact_resnet110, 2 epochs" "$(left)" optional \
+            "$py" -m reproresnet train --arch preact_resnet110 --recipe he2016 --epochs 2 --dataset cifar10 \
+            --data-dir "$BENCH_DATA_DIR" --out "$dest/train-preact_resnet110" --quiet
+        rm -f "$dest/train-preact_resnet110/checkpoint.pt" "$dest/train-preact_resnet110/.lock"
+    else
+        echo "== real-data training: skipped, no cifar-10-batches-py in $BENCH_DATA_DIR"
+    fi
+else
+    echo "== real-data training: skipped (set BENCH_DATA_DIR to a folder holding cifar-10-batches-py)"
+fi
+
+echo "== summary ($((SECONDS - start)) s)"
+"$py" - "$dest" <<'EOF' || failed=1
+import json, sys
+from pathlib import Path
+from reproresnet.bench import format_table
+for path in sorted(Path(sys.argv[1]).glob("bench*.json")):
+    record = json.loads(path.read_text())
+    print(f"-- {path.name}{'' if record['complete'] else ' (INCOMPLETE: a step ran out of time or failed)'}")
+    print(format_table(record))
+EOF
+exit $failed

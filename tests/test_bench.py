@@ -1,0 +1,112 @@
+"""The speed benchmark's record: shape, arithmetic and errors (not its timings)."""
+
+import json
+
+import pytest
+import torch
+
+from reproresnet import bench
+from reproresnet.models import UnknownArchitectureError
+
+QUIET = {"log": lambda line: None}
+
+
+@pytest.fixture(scope="module")
+def cpu_record(tmp_path_factory):
+    """One small CPU benchmark of preact_resnet20, both paths, through the command line."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    argv = ["--archs", "preact_resnet20", "--device", "cpu", "--batch-size", "16", "--steps", "2",
+            "--warmup-steps", "1", "--rounds", "2", "--data-batches", "3", "--train-images", "512",
+            "--out", str(out), "--quiet"]
+    assert bench.main(argv) == 0
+    return out
+
+
+def test_record_holds_both_paths_with_positive_numbers(cpu_record):
+    record = json.loads(cpu_record.read_text())
+    assert record["format"] == bench.BENCH_FORMAT and record["complete"] is True
+    assert record["device"]["type"] == "cpu" and record["device"]["name"]
+    assert (record["batch_size"], record["steps"], record["warmup_steps"]) == (16, 2, 1)
+    assert record["settings"]["speedups"] == {"bf16": False, "channels_last": False, "compile": False,
+                                              "fused_optimizer": False}  # Speedups.for_device on CPU
+    assert {"torch", "torchvision", "python"} <= set(record["versions"]) and "commit" in record["git"]
+    assert [(row["arch"], row["path"]) for row in record["rows"]] == [
+        ("preact_resnet20", "reproresnet"), ("preact_resnet20", "baseline")]
+    for row in record["rows"]:
+        for key in ("seconds_per_epoch", "images_per_second", "data_images_per_second", "warmup_seconds",
+                    "tflops", "seconds_per_step"):
+            assert row[key] > 0, (row["path"], key)
+        assert row["peak_memory_mb"] is None  # no GPU
+        assert row["loss_finite"] is True
+        # The recipe's epoch is 50,000 images, whatever the synthetic set's size.
+        assert row["seconds_per_epoch"] == pytest.approx(bench.TRAIN_IMAGES / row["images_per_second"])
+        assert row["images_per_second"] == pytest.approx(16 / row["seconds_per_step"])
+        low, high = row["seconds_per_step_range"]
+        assert low <= row["seconds_per_step"] <= high
+        assert row["tflops"] == pytest.approx(3 * row["forward_flops_per_image"] * row["images_per_second"] / 1e12)
+
+
+def test_ratios_are_the_quotients_of_the_rows(cpu_record):
+    record = json.loads(cpu_record.read_text())
+    ours, base = record["rows"]
+    (ratio,) = record["ratios"]
+    assert ratio["arch"] == "preact_resnet20"
+    assert ratio["step_speedup"] == pytest.approx(ours["images_per_second"] / base["images_per_second"])
+    assert ratio["data_speedup"] == pytest.approx(ours["data_images_per_second"] / base["data_images_per_second"])
+
+
+def test_main_prints_the_table(cpu_record, capsys):
+    record = json.loads(cpu_record.read_text())
+    table = bench.format_table(record)
+    assert "preact_resnet20" in table and "reproresnet" in table and "baseline" in table
+    assert f"{record['ratios'][0]['step_speedup']:.2f}x" in table
+
+
+def test_real_epochs_include_the_partial_batch(tmp_path):
+    """epochs=1 runs train_one_epoch over the whole synthetic set: 5 full batches of 16 and one of 8."""
+    record = bench.benchmark(["preact_resnet20"], device="cpu", batch_size=16, steps=1, warmup_steps=0,
+                             out=tmp_path / "b.json", epochs=1, baseline=False, num_workers=0, train_images=88,
+                             data_batches=2, **QUIET)
+    (row,) = record["rows"]
+    (epoch,) = row["epochs"]
+    assert epoch["seconds"] > 0 and epoch["compiles"] in (0, None)  # nothing compiled on the CPU path
+    assert epoch["images_per_second"] == pytest.approx(88 / epoch["seconds"])
+    assert record["ratios"] == []  # no baseline, no ratio
+
+
+def test_full_batches_skip_the_partial_last_batch():
+    epochs = iter([[(torch.zeros(4), torch.zeros(4)), (torch.zeros(2), torch.zeros(2))]] * 2)
+    batches = bench._full_batches(lambda: iter(next(epochs)), 4)
+    assert [len(labels) for _, labels in (next(batches), next(batches))] == [4, 4]
+
+
+def test_unknown_architecture_is_a_clear_error_before_any_work(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    with pytest.raises(UnknownArchitectureError, match=r"unknown architecture\(s\) 'preact_resnet_nope'.*valid: .*"
+                                                       r"preact_resnet110"):
+        bench.benchmark(["preact_resnet20", "preact_resnet_nope"], device="cpu", out=out, **QUIET)
+    assert not out.exists()
+    assert bench.main(["--archs", "preact_resnet_nope", "--device", "cpu", "--out", str(out)]) == 2
+    assert "unknown architecture(s) 'preact_resnet_nope'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="steps=0 is not valid"):
+        bench.benchmark(["preact_resnet20"], device="cpu", steps=0, out=tmp_path / "b.json", **QUIET)
+    with pytest.raises(ValueError, match="too few batches"):
+        bench.benchmark(["preact_resnet20"], device="cpu", batch_size=64, train_images=100,
+                        out=tmp_path / "b.json", **QUIET)
+    with pytest.raises(ValueError, match="compile_mode='fast' is not valid"):
+        bench.benchmark(["preact_resnet20"], device="cpu", compile_mode="fast", out=tmp_path / "b.json", **QUIET)
+
+
+def test_ratios_pair_rows_by_network():
+    rows = [{"arch": "a", "path": "reproresnet", "images_per_second": 300.0, "data_images_per_second": 9000.0},
+            {"arch": "b", "path": "reproresnet", "images_per_second": 50.0, "data_images_per_second": 10.0},
+            {"arch": "a", "path": "baseline", "images_per_second": 100.0, "data_images_per_second": 1000.0}]
+    assert bench.ratios(rows) == [{"arch": "a", "step_speedup": 3.0, "data_speedup": 9.0}]
+
+
+def test_cpu_device_slug():
+    assert bench.device_slug(torch.device("cpu")) == "cpu"

@@ -285,8 +285,12 @@ def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
-    step_model = torch.compile(model) if speedups.compile else model
+    # dynamic=False: the epoch's smaller last batch gets a graph of its own, once, instead of
+    # turning the full-batch graph into a slower dynamic-shape one.
+    step_model = torch.compile(model, dynamic=False) if speedups.compile else model
     run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
     return run, record
 

@@ -21,7 +21,7 @@ $(BIN)/reproresnet-installed: pyproject.toml
 
 # The main job: the book from the run records in results/ and the cheap notebooks (offline).
 book: $(BIN)/reproresnet-installed
-	$(BIN)/jupyter-book build . -W --keep-going
+	$(BIN)/jupyter-book build . --all -W --keep-going  # --all: results/ may change while the notebooks do not
 	$(BIN)/python scripts/check_book.py _build/html
 
 test-lib: $(BIN)/reproresnet-installed

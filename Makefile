@@ -33,10 +33,14 @@ test-notebooks: $(BIN)/reproresnet-installed
 # The whole test suite: library, notebooks, and the book built and checked.
 test: test-lib test-notebooks book
 
-# The reproduce pipeline end to end on a tiny budget, on CPU, with the embedded synthetic data.
+# The reproduce pipeline end to end on a tiny budget, on CPU, with the embedded synthetic
+# data: papermill over the three networks, then a book whose results page reads those runs.
 smoke: $(BIN)/reproresnet-installed
 	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds 0 --results runs/smoke \
-		--dataset synthetic --epochs 1 --limit-train 256 --limit-test 256 --device cpu
+		--dataset synthetic --epochs 2 --limit-train 256 --limit-test 256 --device cpu
+	REPRORESNET_RESULTS=$(CURDIR)/runs/smoke $(BIN)/jupyter-book build . --all -W --keep-going \
+		--path-output runs/smoke-book
+	@echo "smoke book: runs/smoke-book/_build/html/notebooks/results.html"
 
 # The real thing, on a GPU with internet: CIFAR-10, the three networks x SEEDS, then the book.
 reproduce: $(BIN)/reproresnet-installed

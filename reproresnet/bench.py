@@ -48,7 +48,7 @@ from .models import ARCHITECTURES, UnknownArchitectureError, build_model
 from .recipes import ConfigError, get_recipe, make_schedule
 from .train import Run, Speedups, flops_per_image, make_optimizer, train_one_epoch, train_step
 
-BENCH_FORMAT = "reproresnet-bench/1"
+BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
 DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")

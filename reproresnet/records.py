@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RUN_FORMAT = "reproresnet-run/1"
+BENCH_FORMAT = "reproresnet-bench/1"  # written by bench.py, read by report.py
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",

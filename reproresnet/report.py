@@ -21,7 +21,7 @@ from . import records
 from .reference import REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, reference
 
 CIFAR10 = "CIFAR-10"
-BENCH_FORMAT = "reproresnet-bench/1"
+BENCH_FORMAT = records.BENCH_FORMAT
 NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, MISSING = "not run", "failed", "in progress", "not measured", "—"
 # Config fields that say where a run ran, not what it computed: seeds of one experiment may differ in them.
 _RUNTIME_FIELDS = {"out", "seed", "device", "data_dir", "download", "bf16", "channels_last", "compile",

@@ -10,8 +10,8 @@
 #    "reduce-overhead"), which cannot be tried without a GPU (bench-reduce-overhead.json);
 #    (b) two real epochs of each network through train_one_epoch, the first of which compiles
 #    the epoch's last, smaller batch once (bench-epochs.json);
-# 4. with the time left, and only if BENCH_DATA_DIR names a folder holding CIFAR-10
-#    (cifar-10-batches-py): a two-epoch training run of pre-act ResNet-110 on the real data.
+# 4. with the time left, and only if BENCH_DATASET names a data set (cifar10 with
+#    BENCH_DATA_DIR, or folder:PATH): a short training run of one network on real images.
 #
 # Records go to $OUT when it is set (the device tool sets it), else to results/bench-<gpu>/.
 # Needs no network. Every step runs under `timeout`; the whole script keeps within
@@ -22,7 +22,8 @@
 #
 # Environment: OUT, BENCH_BUDGET_S, BENCH_ARCHS (default "wrn_16_4 preact_resnet110
 # preact_resnet164"; step 3a runs the 110 and 164 first), BENCH_EXTRA (more flags, appended to
-# steps 2 and 3, so they override), BENCH_DATA_DIR, PYTHON (python3), BENCH_DEVICE (cuda; cpu
+# steps 2 and 3, so they override), BENCH_DATASET, BENCH_DATA_DIR, BENCH_TRAIN_ARCH,
+# BENCH_RECIPE, BENCH_EPOCHS (step 4), PYTHON (python3), BENCH_DEVICE (cuda; cpu
 # only to try the script itself on a machine without a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -127,19 +128,20 @@ run_step "real epochs" "$(min "$(left)" 240)" optional \
     --steps 20 --warmup-steps 5 --data-batches 20 --epochs 2 \
     --out "$dest/bench-epochs.json" "${extra[@]}"
 
-# Step 4: real data, only if a folder is given (CIFAR-10 is 163 MB: it cannot travel with the
-# working tree, whose limit is 64 MiB; it must already be on the machine).
-if [[ -n "${BENCH_DATA_DIR:-}" ]]; then
-    if [[ -d "$BENCH_DATA_DIR/cifar-10-batches-py" ]]; then
-        run_step "real-data training, preact_resnet110, 2 epochs" "$(left)" optional \
-            "$py" -m reproresnet train --arch preact_resnet110 --recipe he2016 --epochs 2 --dataset cifar10 \
-            --data-dir "$BENCH_DATA_DIR" --out "$dest/train-preact_resnet110" --quiet
-        rm -f "$dest/train-preact_resnet110/checkpoint.pt" "$dest/train-preact_resnet110/.lock"
-    else
-        echo "== real-data training: skipped, no cifar-10-batches-py in $BENCH_DATA_DIR"
-    fi
+# Step 4: real data with the time left, only if BENCH_DATASET names a data set: "cifar10" (with
+# BENCH_DATA_DIR holding cifar-10-batches-py, which must already be on the machine: at 163 MB it
+# cannot travel with the 64 MiB working tree) or "folder:PATH", e.g. the JPEG mirror of
+# CIFAR-10 extracted into a carried, git-ignored folder (label its numbers as the mirror's).
+# One network, the recipe's schedule compressed to BENCH_EPOCHS epochs; resumable.
+if [[ -n "${BENCH_DATASET:-}" ]]; then
+    train_arch=${BENCH_TRAIN_ARCH:-wrn_16_4}
+    run_step "real-data training, $train_arch on $BENCH_DATASET, ${BENCH_EPOCHS:-10} epochs" "$(left)" optional \
+        "$py" -m reproresnet train --arch "$train_arch" --recipe "${BENCH_RECIPE:-wrn2016}" \
+        --epochs "${BENCH_EPOCHS:-10}" --dataset "$BENCH_DATASET" ${BENCH_DATA_DIR:+--data-dir "$BENCH_DATA_DIR"} \
+        --out "$dest/train-$train_arch" --resume --quiet
+    rm -f "$dest/train-$train_arch/checkpoint.pt" "$dest/train-$train_arch/.lock"
 else
-    echo "== real-data training: skipped (set BENCH_DATA_DIR to a folder holding cifar-10-batches-py)"
+    echo "== real-data training: skipped (set BENCH_DATASET, e.g. cifar10 or folder:PATH)"
 fi
 
 echo "== summary ($((SECONDS - start)) s)"

@@ -232,10 +232,10 @@ def summarize(metrics: list[dict], val_size: int) -> dict:
     else:
         chosen = metrics[-1]
         selected_by = "final_epoch"
-    timed = [row["seconds"] for row in metrics[1:]] or [metrics[0]["seconds"]]  # epoch 1 compiles
+    timed = metrics[1:] or metrics  # the first epoch also compiles and warms up
     return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "selected_by": selected_by,
-            "seconds_per_epoch": statistics.median(timed),
-            "images_per_second": statistics.median(row["images_per_second"] for row in metrics)}
+            "seconds_per_epoch": statistics.median(row["seconds"] for row in timed),
+            "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
 
 
 def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:

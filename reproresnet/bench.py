@@ -46,12 +46,12 @@ from .config import DEVICES, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, train_batches
 from .models import ARCHITECTURES, UnknownArchitectureError, build_model
 from .recipes import ConfigError, get_recipe, make_schedule
-from .train import Run, Speedups, flops_per_image, make_optimizer, train_one_epoch, train_step
+from .train import (COMPILE_MODES, Run, Speedups, compile_model, flops_per_image, make_optimizer,
+                    synchronize, train_one_epoch, train_step)
 
 BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
 DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 # The constants most public CIFAR code bases normalise with (kuangliu/pytorch-cifar).
 BASELINE_MEAN, BASELINE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
@@ -123,19 +123,6 @@ def _full_batches(new_epoch: Callable[[], Iterator], batch_size: int) -> Iterato
 
 
 # ---------------------------------------------------------------- the two paths
-
-def compile_model(model: torch.nn.Module, mode: str = "default", dynamic_shapes: bool = False,
-                  backend="inductor"):
-    """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
-    default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
-    batch size, and every later full batch then runs that dynamic graph instead. With
-    dynamic=False the last batch gets a second static graph, compiled once per process; CUDA
-    graphs (mode "reduce-overhead") then also record one graph per batch size."""
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
-    return torch.compile(model, mode=None if mode == "default" else mode,
-                         dynamic=None if dynamic_shapes else False, backend=backend)
-
 
 def _recipe_for(arch: str):
     return get_recipe("wrn2016" if arch.startswith("wrn") else "he2016")
@@ -247,11 +234,6 @@ class BaselinePath:
 
 # ---------------------------------------------------------------- timing
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _compile_count() -> int | None:
     """Graphs torch.compile has built in this process (None if this torch does not count them)."""
     try:
@@ -267,11 +249,11 @@ def _compiles_since(before: int | None) -> int | None:
 
 
 def _time_steps(path, steps: int, device: torch.device) -> float:
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         path.step()
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -285,7 +267,7 @@ def _time_data(path, windows: list[int], device: torch.device) -> list[float]:
             next(epoch)
         rates = []
         for batches in windows:
-            _synchronize(device)
+            synchronize(device)
             start = time.perf_counter()
             images_seen = 0
             for _ in range(batches):
@@ -293,7 +275,7 @@ def _time_data(path, windows: list[int], device: torch.device) -> list[float]:
                 images = images.to(device, non_blocking=True)  # the baseline's loop copies each batch
                 labels = labels.to(device, non_blocking=True)
                 images_seen += len(labels)
-            _synchronize(device)
+            synchronize(device)
             rates.append(images_seen / (time.perf_counter() - start))
         return rates
     finally:

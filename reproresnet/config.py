@@ -87,7 +87,6 @@ class TrainConfig:
             ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
             if expected is float:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok and expected is float and isinstance(value, float):
                 kind = "a finite number"
             if not ok:
                 raise ConfigError(f"{field.name}={value!r} is not valid: expected {kind}"

@@ -25,7 +25,7 @@ from . import records
 from .config import RESUMABLE_CHANGES, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters
-from .recipes import Recipe, Schedule, make_schedule
+from .recipes import ConfigError, Recipe, Schedule, make_schedule
 from .records import RunDirError
 
 
@@ -51,8 +51,24 @@ class Speedups:
         return torch.autocast(device.type, torch.bfloat16) if self.bf16 else nullcontext()
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
+
+
+def compile_model(model: torch.nn.Module, mode: str = "default", dynamic_shapes: bool = False,
+                  backend="inductor"):
+    """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
+    default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
+    batch size, and every later full batch then runs that dynamic graph instead. With
+    dynamic=False the last batch gets a second static graph, compiled once per process; CUDA
+    graphs (mode "reduce-overhead") then also record one graph per batch size."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+    return torch.compile(model, mode=None if mode == "default" else mode,
+                         dynamic=None if dynamic_shapes else False, backend=backend)
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
@@ -100,7 +116,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
     run.step_model.train()
-    _synchronize(run.device)
+    synchronize(run.device)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
                disable=None if progress else True, unit="step")  # None: no bar off a terminal
@@ -117,7 +133,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
         bar.update()
         if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
-    _synchronize(run.device)
+    synchronize(run.device)
     seconds = time.perf_counter() - start
     bar.close()
     return {"lr": lr, "train_loss": loss_sum.item() / seen, "train_error": 100.0 * errors.item() / seen,
@@ -153,7 +169,7 @@ def flops_per_image(model: torch.nn.Module, device: torch.device) -> int:
     return counter.get_total_flops()
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -288,9 +304,7 @@ def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
-    # dynamic=False: the epoch's smaller last batch gets a graph of its own, once, instead of
-    # turning the full-batch graph into a slower dynamic-shape one.
-    step_model = torch.compile(model, dynamic=False) if speedups.compile else model
+    step_model = compile_model(model) if speedups.compile else model
     run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
     return run, record
 

@@ -24,7 +24,7 @@ from reproresnet import bench
 from reproresnet.data import PAD, Normalizer, augment, train_batches
 from reproresnet.models import build_model, preact_resnet, wide_resnet
 from reproresnet.recipes import get_recipe
-from reproresnet.train import Speedups, make_optimizer, train_step
+from reproresnet.train import Speedups, compile_model, make_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=False)
@@ -175,7 +175,7 @@ def test_compiled_model_keeps_its_full_batch_graph_after_a_partial_batch():
 
     torch._dynamo.reset()
     model = build_model("preact_resnet20")
-    compiled = bench.compile_model(model, backend=counting_backend)
+    compiled = compile_model(model, backend=counting_backend)
     for batch in (8, 5, 8, 5, 8):
         compiled(torch.randn(batch, 3, 32, 32))
     torch._dynamo.reset()
@@ -187,12 +187,12 @@ _COMPILE_CHECK = textwrap.dedent("""
     import json, torch
     from reproresnet import bench
     from reproresnet.models import build_model
-    from reproresnet.train import Speedups, train_step
+    from reproresnet.train import Speedups, compile_model, train_step
     torch.manual_seed(0)
     eager = build_model("preact_resnet20")
     twin = build_model("preact_resnet20")
     twin.load_state_dict(eager.state_dict())
-    compiled = bench.compile_model(twin)
+    compiled = compile_model(twin)
     data = bench.synthetic_train_set(64)
     images = (data.images[:16].float() / 255 - 0.5)
     labels = data.labels[:16]

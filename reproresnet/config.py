@@ -18,8 +18,10 @@ from .data import AUGMENTATIONS, NORMALIZATIONS
 from .recipes import ConfigError, Recipe, as_record, get_recipe
 
 DEVICES = ("auto", "cpu", "cuda")
-# Fields that may differ between a run and its resumption: where it runs, not what it computes.
-RESUMABLE_CHANGES = ("out", "device", "data_dir", "download")
+# Settings that say where and how fast a run runs, not what it computes: a run may resume
+# with other values, the sweep ignores them, and the report's seeds of one experiment may
+# differ in them. bf16 is not one: precision is part of the result.
+RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size")
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,17 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def flops_per_image(model: nn.Module, device: torch.device) -> int:
+    """Forward FLOPs for one 32x32 image (a multiply-add counts 2), by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 32, 32, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
 def describe_architectures(num_classes: int = 10) -> list[dict]:
     """One row per registered network with its exact parameter count (default options)."""
     return [{"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth,

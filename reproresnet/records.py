@@ -1,4 +1,5 @@
-"""Run records on disk: atomic writes, one writer per run directory, provenance.
+"""Run records on disk, written and read: atomic writes, one writer per run directory,
+provenance, and the one reader that training, the sweep and the report share.
 
 A run directory holds `run.json` (config, provenance, status, summary), `metrics.csv`
 (one row per epoch) and `checkpoint.pt`. Every file is replaced atomically, so a reader
@@ -17,11 +18,13 @@ import platform
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 RUN_FORMAT = "reproresnet-run/1"
 BENCH_FORMAT = "reproresnet-bench/1"  # written by bench.py, read by report.py
+CIFAR10 = "CIFAR-10"  # the data label of the real data set (data.py); mirrors are labeled apart
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
@@ -88,8 +91,12 @@ def _csv_value(value):
     return "" if value is None else f"{value:.6g}" if isinstance(value, float) else value
 
 
+_REQUIRED = ("arch", "status", "config", "data", "epochs_planned", "epochs_done")
+
+
 def read_run(run_dir: Path) -> dict:
-    """The run record of `run_dir`; ValueError if it is missing, corrupt or not ours."""
+    """The run record of `run_dir`; ValueError if it is missing, corrupt, not ours, or lacks
+    a field a reader needs."""
     path = Path(run_dir) / RUN_FILE
     try:
         record = json.loads(path.read_text())
@@ -98,7 +105,125 @@ def read_run(run_dir: Path) -> dict:
     if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"{path}: format {found!r} is not {RUN_FORMAT!r}")
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
+    if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
+        raise ValueError(f"{path}: 'data' and 'config' must be objects")
     return record
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run directory and its parsed `run.json`."""
+
+    run_dir: Path
+    record: dict
+
+    @classmethod
+    def read(cls, run_dir) -> "RunRecord":
+        return cls(Path(run_dir), read_run(run_dir))
+
+    @property
+    def name(self) -> str:
+        return self.record.get("name") or self.run_dir.name
+
+    @property
+    def arch(self) -> str:
+        return self.record["arch"]
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    @property
+    def label(self) -> str:
+        return self.record["data"].get("label") or self.record["data"].get("dataset") or "unknown"
+
+    @property
+    def config(self) -> dict:
+        return self.record["config"]
+
+    @property
+    def device(self) -> str:
+        return (self.record.get("device") or {}).get("name") or "unknown device"
+
+    @property
+    def batch_size(self):
+        return (self.record.get("recipe") or {}).get("batch_size", self.config.get("batch_size"))
+
+    @property
+    def test_error(self) -> float | None:
+        final = self.record.get("final") or {}
+        return final.get("test_error")
+
+    @property
+    def full_training_set(self) -> bool:
+        """Trained on the whole training split (no `limit_train`, not the small synthetic set)."""
+        data = self.record["data"]
+        return self.config.get("limit_train") is None and \
+            data.get("n_train", 0) + data.get("n_val", 0) >= 50_000
+
+    @property
+    def is_cifar10_result(self) -> bool:
+        """A complete run on the whole of CIFAR-10: the only kind the error table averages."""
+        return (self.status == "complete" and self.label == CIFAR10 and self.full_training_set
+                and self.config.get("limit_test") is None and self.test_error is not None)
+
+    def metrics(self):
+        """metrics.csv as a pandas DataFrame, or None if it cannot be read."""
+        import pandas as pd
+        try:
+            return pd.read_csv(self.run_dir / METRICS_FILE)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            return None
+
+
+def complete_run(run_dir: Path) -> RunRecord | None:
+    """The run in `run_dir` if its record is readable and says complete, else None."""
+    try:
+        run = RunRecord.read(run_dir)
+    except ValueError:
+        return None
+    return run if run.status == "complete" else None
+
+
+def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
+    """Every `*/run.json` under `results_dir`: (runs, problems).
+
+    A record `read_run` refuses goes into `problems` as {"path", "problem"}, as does an
+    executed training notebook without a record beside it; the others are returned, sorted
+    by name. A missing `results_dir` means no runs yet, not a problem.
+    """
+    runs, problems = [], []
+    for path in sorted(Path(results_dir).glob(f"*/{RUN_FILE}")):
+        try:
+            runs.append(RunRecord.read(path.parent))
+        except ValueError as error:
+            problems.append({"path": str(path), "problem": str(error).removeprefix(f"{path}: ")})
+    for notebook in sorted(Path(results_dir).glob("*/train.ipynb")):
+        if not (notebook.parent / RUN_FILE).exists():
+            problems.append({"path": str(notebook), "problem": f"no {RUN_FILE} beside it: the notebook "
+                             "stopped before the first epoch ended (its page shows why)"})
+    return runs, problems
+
+
+def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
+    """Every `bench-*/bench.json` under `results_dir`: (benchmarks, problems)."""
+    benches, problems = [], []
+    for path in sorted(Path(results_dir).glob("bench-*/bench.json")):
+        try:
+            bench = json.loads(path.read_text())
+            if not isinstance(bench, dict) or bench.get("format") != BENCH_FORMAT:
+                found = bench.get("format") if isinstance(bench, dict) else type(bench).__name__
+                raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
+            if not isinstance(bench.get("rows"), list):
+                raise ValueError("field 'rows' missing")
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            problems.append({"path": str(path), "problem": str(error)})
+            continue
+        benches.append(bench)
+    return benches, problems
 
 
 @contextmanager
@@ -133,6 +258,30 @@ def run_dir_lock(run_dir: Path):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device) -> dict:
+    """Where a run or benchmark ran and with what: the device, library versions, git state."""
+    return {"device": describe_device(device), "versions": library_versions(), "git": git_state()}
+
+
+def describe_device(device) -> dict:
+    import torch
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": properties.name, "capability": f"{properties.major}.{properties.minor}",
+                "memory_mb": properties.total_memory // 2**20, "multiprocessors": properties.multi_processor_count}
+    return {"type": device.type, "name": _cpu_name(), "cpu_count": os.cpu_count()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def git_state() -> dict:

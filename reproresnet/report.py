@@ -7,10 +7,8 @@ run on the full CIFAR-10 data; every other run is listed apart, labeled for what
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,126 +16,54 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from . import records
+from .config import RUNTIME_SETTINGS
+from .models import describe_architectures
+from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, reference
 
-CIFAR10 = "CIFAR-10"
-BENCH_FORMAT = records.BENCH_FORMAT
 NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, MISSING = "not run", "failed", "in progress", "not measured", "—"
-# Config fields that say where a run ran, not what it computed: seeds of one experiment may differ in them.
-_RUNTIME_FIELDS = {"out", "seed", "device", "data_dir", "download", "bf16", "channels_last", "compile",
-                   "eval_batch_size"}
-_REQUIRED = ("arch", "status", "config", "data", "epochs_planned", "epochs_done")
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run directory and its parsed `run.json`."""
-
-    run_dir: Path
-    record: dict
-
-    @property
-    def name(self) -> str:
-        return self.record.get("name") or self.run_dir.name
-
-    @property
-    def arch(self) -> str:
-        return self.record["arch"]
-
-    @property
-    def status(self) -> str:
-        return self.record["status"]
-
-    @property
-    def label(self) -> str:
-        return self.record["data"].get("label") or self.record["data"].get("dataset") or "unknown"
-
-    @property
-    def config(self) -> dict:
-        return self.record["config"]
-
-    @property
-    def device(self) -> str:
-        return (self.record.get("device") or {}).get("name") or "unknown device"
-
-    @property
-    def batch_size(self):
-        return (self.record.get("recipe") or {}).get("batch_size", self.config.get("batch_size"))
-
-    @property
-    def test_error(self) -> float | None:
-        final = self.record.get("final") or {}
-        return final.get("test_error")
-
-    @property
-    def full_training_set(self) -> bool:
-        """Trained on the whole training split (no `limit_train`, not the small synthetic set)."""
-        data = self.record["data"]
-        return self.config.get("limit_train") is None and \
-            data.get("n_train", 0) + data.get("n_val", 0) >= 50_000
-
-    @property
-    def is_cifar10_result(self) -> bool:
-        """A complete run on the whole of CIFAR-10: the only kind the error table averages."""
-        return (self.status == "complete" and self.label == CIFAR10 and self.full_training_set
-                and self.config.get("limit_test") is None and self.test_error is not None)
-
-    def metrics(self) -> pd.DataFrame | None:
-        path = self.run_dir / records.METRICS_FILE
-        try:
-            return pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.EmptyDataError):
-            return None
-
-
-def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
-    """Every `*/run.json` under `results_dir`: (runs, problems).
-
-    A record that cannot be read, is not a run record, or lacks a field the report needs
-    goes into `problems` as {"path", "problem"}, as does an executed training notebook
-    without a record beside it; the others are returned, sorted by name.
-    A missing `results_dir` means no runs yet, not a problem.
-    """
-    runs, problems = [], []
-    for path in sorted(Path(results_dir).glob(f"*/{records.RUN_FILE}")):
-        try:
-            record = records.read_run(path.parent)
-            missing = [key for key in _REQUIRED if key not in record]
-            if missing:
-                raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
-            if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
-                raise ValueError(f"{path}: 'data' and 'config' must be objects")
-        except ValueError as error:
-            problems.append({"path": str(path), "problem": str(error).removeprefix(f"{path}: ")})
-            continue
-        runs.append(RunRecord(path.parent, record))
-    for notebook in sorted(Path(results_dir).glob("*/train.ipynb")):
-        if not (notebook.parent / records.RUN_FILE).exists():
-            problems.append({"path": str(notebook), "problem": f"no {records.RUN_FILE} beside it: the notebook "
-                             "stopped before the first epoch ended (its page shows why)"})
-    return runs, problems
-
-
-def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
-    """Every `bench-*/bench.json` under `results_dir`: (benchmarks, problems)."""
-    benches, problems = [], []
-    for path in sorted(Path(results_dir).glob("bench-*/bench.json")):
-        try:
-            bench = json.loads(path.read_text())
-            if not isinstance(bench, dict) or bench.get("format") != BENCH_FORMAT:
-                found = bench.get("format") if isinstance(bench, dict) else type(bench).__name__
-                raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
-            if not isinstance(bench.get("rows"), list):
-                raise ValueError("field 'rows' missing")
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            problems.append({"path": str(path), "problem": str(error)})
-            continue
-        benches.append(bench)
-    return benches, problems
+# Seeds of one experiment differ in the seed and may differ in where and how fast they ran.
+_RUNTIME_FIELDS = {*RUNTIME_SETTINGS, "seed"}
 
 
 def problems_table(problems: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(problems, columns=["path", "problem"])
+
+
+def format_bench(record: dict) -> str:
+    """A benchmark record as the plain-text table `reproresnet bench` prints."""
+    settings = record.get("settings", {})
+    speedups = settings.get("speedups", {})
+    used = [name for name in ("bf16", "channels_last", "compile", "fused_optimizer") if speedups.get(name)]
+    if speedups.get("compile"):
+        used[used.index("compile")] = f"compile ({settings.get('compile_mode', 'default')})"
+    baseline = f"{'fp32' if settings.get('baseline_fp32', True) else 'TF32'} eager, DataLoader with " \
+               f"{settings.get('num_workers', '?')} workers"
+    lines = [f"{record['device']['name']} ({record['device']['type']}), batch {record['batch_size']}, "
+             f"{record['warmup_steps']} warm-up + {record['steps']} timed steps in {settings.get('rounds', '?')} "
+             f"rounds (median round); epoch = {record.get('epoch_images', 50_000):,} images",
+             f"reproresnet path: {', '.join(used) or 'fp32 eager'}; baseline: {baseline}",
+             f"{'arch':<18} {'path':<12} {'s/epoch':>8} {'img/s':>9} {'data img/s':>11} {'warm-up s':>9} "
+             f"{'peak MB':>8} {'TFLOP/s':>8} {'graphs':>6}"]
+    for row in record["rows"]:
+        peak = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
+        graphs = "-" if row.get("graphs") is None else str(row["graphs"])
+        lines.append(f"{row['arch']:<18} {row['path']:<12} {row['seconds_per_epoch']:>8.2f} "
+                     f"{row['images_per_second']:>9.0f} {row['data_images_per_second']:>11.0f} "
+                     f"{row['warmup_seconds']:>9.1f} {peak:>8} {row['tflops']:>8.3f} {graphs:>6}")
+    if record["ratios"]:
+        lines += ["", f"{'arch':<18} {'step speedup':>12} {'data speedup':>12}"]
+        lines += [f"{r['arch']:<18} {r['step_speedup']:>11.2f}x {r['data_speedup']:>11.1f}x"
+                  for r in record["ratios"]]
+    warnings = [f"{row['arch']}: {warning}" for row in record["rows"] for warning in row.get("warnings", [])]
+    if warnings:
+        lines += ["", "WARNINGS:", *warnings]
+    epochs = [(row["arch"], row["epochs"]) for row in record["rows"] if row.get("epochs")]
+    if epochs:
+        lines += ["", "real epochs through train_one_epoch (reproresnet path, last partial batch included):"]
+        lines += [f"{arch:<18} " + "  ".join(f"epoch {i} {e['seconds']:.2f} s ({e['compiles']} compiled)"
+                                             for i, e in enumerate(rows, 1)) for arch, rows in epochs]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- tables
@@ -246,16 +172,6 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
                                        "not in the CIFAR-10 table because"])
 
 
-@functools.lru_cache(maxsize=None)
-def exact_parameters(network: str) -> int:
-    """Parameters of the registered network with its default options, counted on the meta device."""
-    import torch
-
-    from .models import build_model, count_parameters
-    with torch.device("meta"):
-        return count_parameters(build_model(network))
-
-
 def _bench_rows(benches) -> list[dict]:
     if benches is None:
         return []
@@ -275,6 +191,7 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
              and (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
     networks = list(REPRODUCED)
     networks += sorted(({row["arch"] for row in measured} | {run.arch for run in timed}) - set(networks))
+    params = {row["name"]: row["params"] for row in describe_architectures()}
     rows = []
     for network in networks:
         quoted = reference(network) or {}
@@ -289,10 +206,7 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
             many = f", median of {len(seconds)}" if len(seconds) > 1 else ""
             here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{many})")
         seed_seconds = quoted.get("seed_seconds_per_epoch")
-        try:
-            exact = f"{exact_parameters(network):,}"
-        except ValueError:  # a network the registry no longer has
-            exact = MISSING
+        exact = f"{params[network]:,}" if network in params else MISSING  # gone from the registry
         rows.append({"network": network, "parameters (paper)": quoted.get("paper_params") or MISSING,
                      "parameters (exact, ours)": exact,
                      f"s/epoch seed ({SEED_DEVICE}, batch {SEED_BATCH_SIZE})":
@@ -314,8 +228,7 @@ def architecture_table(flops_max_depth: int = 999) -> pd.DataFrame:
     networks deeper than `flops_max_depth` are left out of that column to keep it quick."""
     import torch
 
-    from .models import build_model, describe_architectures
-    from .train import flops_per_image
+    from .models import build_model, describe_architectures, flops_per_image
     table = pd.DataFrame(describe_architectures())
     meta = torch.device("meta")
 

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from . import records
-from .config import RESUMABLE_CHANGES
+from .config import RUNTIME_SETTINGS
 
 DEFAULT_NOTEBOOK = "notebooks/train.ipynb"
 NOTEBOOK_FILE = "train.ipynb"
@@ -29,19 +29,11 @@ def run_name(arch: str, seed: int, tag: str | None = None) -> str:
     return f"{arch}-{tag}-seed{seed}" if tag else f"{arch}-seed{seed}"
 
 
-def _complete_record(run_dir: Path) -> dict | None:
-    try:
-        record = records.read_run(run_dir)
-    except ValueError:
-        return None
-    return record if record.get("status") == "complete" else None
-
-
-def _conflicts(record: dict, parameters: dict) -> list[str]:
+def _conflicts(run: records.RunRecord, parameters: dict) -> list[str]:
     """Requested settings a complete run was not trained with (it would not be retrained)."""
-    saved = record.get("config", {})
+    saved = run.config
     return [f"{key}: {saved[key]!r} recorded, {value!r} requested" for key, value in parameters.items()
-            if key in saved and key not in RESUMABLE_CHANGES and saved[key] != value]
+            if key in saved and key not in RUNTIME_SETTINGS and saved[key] != value]
 
 
 def _titled(notebook: Path, name: str):
@@ -70,9 +62,9 @@ def execute_run(notebook: str, run_dir: str, parameters: dict, progress: bool = 
     except Exception as error:  # papermill re-raises the cell's error with its traceback
         message = getattr(error, "evalue", None) or (str(error).strip().splitlines() or [repr(error)])[-1]
         return {"run": run_dir.name, "status": "failed", "message": message}
-    record = _complete_record(run_dir)
-    return {"run": run_dir.name, "status": "complete" if record else "incomplete",
-            "message": None if record else f"{run_dir / records.RUN_FILE} does not say complete"}
+    complete = records.complete_run(run_dir)
+    return {"run": run_dir.name, "status": "complete" if complete else "incomplete",
+            "message": None if complete else f"{run_dir / records.RUN_FILE} does not say complete"}
 
 
 def run_sweep(archs, seeds, results_dir, parameters: dict, jobs: int = 1,
@@ -98,9 +90,9 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, jobs: int = 1,
             run_dir = results_dir / run_name(arch, seed, tag)
             run_parameters = {**parameters, "arch": arch, "seed": seed, "run_dir": str(run_dir)}
             index = len(outcomes) + len(tasks)
-            record = _complete_record(run_dir)
-            if record is not None:
-                conflicts = _conflicts(record, {k: v for k, v in run_parameters.items() if k != "run_dir"})
+            complete = records.complete_run(run_dir)
+            if complete is not None:
+                conflicts = _conflicts(complete, {k: v for k, v in run_parameters.items() if k != "run_dir"})
                 outcomes[index] = {"run": run_dir.name, "status": "conflict" if conflicts else "skipped",
                                    "message": "; ".join(conflicts) or "already complete"}
                 _report(outcomes[index])

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import records
-from .config import RESUMABLE_CHANGES, TrainConfig, select_device
+from .config import RUNTIME_SETTINGS, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, flops_per_image
 from .recipes import ConfigError, Recipe, Schedule, make_schedule
 from .records import RunDirError
 
@@ -159,16 +158,6 @@ def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
     return loss_sum.item() / len(data.labels), 100.0 * errors.item() / len(data.labels)
 
 
-def flops_per_image(model: torch.nn.Module, device: torch.device) -> int:
-    """Forward FLOPs for one 32x32 image (a multiply-add counts 2), by torch's flop counter."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, 32, 32, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -205,7 +194,7 @@ def _load_checkpoint(path: Path) -> dict:
 
 
 def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
-    changed = [key for key, value in requested.items() if key not in RESUMABLE_CHANGES and saved.get(key) != value]
+    changed = [key for key, value in requested.items() if key not in RUNTIME_SETTINGS and saved.get(key) != value]
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {requested[key]!r}" for key in changed)
         raise RunDirError(f"cannot resume {run_dir} with different settings ({details}); "
@@ -213,6 +202,7 @@ def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
 
 
 def _new_record(config, splits, recipe, schedule, model, device, speedups) -> dict:
+    provenance = records.provenance(device)
     return {
         "format": records.RUN_FORMAT,
         "status": "running",
@@ -223,13 +213,10 @@ def _new_record(config, splits, recipe, schedule, model, device, speedups) -> di
         "schedule": schedule.as_dict(),
         "data": {**splits.describe(), "normalization": config.normalization,
                  "augmentation": config.augmentation},
-        "device": {"type": device.type,
-                   "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-                   "speedups": speedups.__dict__},
+        **provenance,
+        "device": {**provenance["device"], "speedups": dataclasses.asdict(speedups)},
         "params": count_parameters(model),
         "flops_per_image": flops_per_image(model, device),
-        "versions": records.library_versions(),
-        "git": records.git_state(),
         "epochs_planned": schedule.epochs,
         "epochs_done": 0,
         "final": None,

@@ -15,9 +15,11 @@ TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
 
 def write_record(run_dir, status="complete", **config):
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"format": records.RUN_FORMAT, "status": status, "name": run_dir.name,
-              "config": {"arch": "preact_resnet20", "seed": 0, "epochs": 2, "dataset": "synthetic",
-                         "out": str(run_dir), **config}}
+    config = {"arch": "preact_resnet20", "seed": 0, "epochs": 2, "dataset": "synthetic", "out": str(run_dir),
+              **config}
+    record = {"format": records.RUN_FORMAT, "status": status, "name": run_dir.name, "arch": config["arch"],
+              "config": config, "data": {"label": "synthetic"}, "epochs_planned": 2,
+              "epochs_done": 2 if status == "complete" else 1}
     (run_dir / records.RUN_FILE).write_text(json.dumps(record))
 
 
@@ -190,7 +192,7 @@ def test_sweep_with_jobs_runs_notebooks_in_separate_processes(tmp_path):
     notebook.cells = [nbformat.v4.new_markdown_cell("# Training run"), parameters, nbformat.v4.new_code_cell(
         "import json, os, pathlib\n"
         "record = {'format': 'reproresnet-run/1', 'status': 'complete', 'config': {'arch': arch, 'seed': seed},\n"
-        "          'parent': os.getppid()}\n"
+        "          'arch': arch, 'data': {}, 'epochs_planned': 1, 'epochs_done': 1, 'parent': os.getppid()}\n"
         "pathlib.Path(run_dir, 'run.json').write_text(json.dumps(record))")]
     path = tmp_path / "stand-in.ipynb"
     nbformat.write(notebook, path)

@@ -57,8 +57,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def compile_model(model: torch.nn.Module, mode: str = "default", dynamic_shapes: bool = False,
-                  backend="inductor"):
+def compile_model(model: torch.nn.Module, mode: str = "default", backend="inductor"):
     """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
     default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
     batch size, and every later full batch then runs that dynamic graph instead. With
@@ -67,7 +66,7 @@ def compile_model(model: torch.nn.Module, mode: str = "default", dynamic_shapes:
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
     return torch.compile(model, mode=None if mode == "default" else mode,
-                         dynamic=None if dynamic_shapes else False, backend=backend)
+                         dynamic=False, backend=backend)
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
@@ -103,12 +102,14 @@ class Run:
     device: torch.device
 
 
-def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step) -> dict:
+def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int | None = None) -> dict:
+    """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns its
+    mean loss, error (%), lr, seconds and images per second."""
     generator = torch.Generator(run.device).manual_seed(epoch_seed(run.config.seed, epoch))
     torch.manual_seed(epoch_seed(run.config.seed, epoch))  # dropout draws
     schedule = run.schedule
     first = epoch * schedule.iterations_per_epoch
-    steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first)
+    steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
                             augmentation=run.config.augmentation, generator=generator, device=run.device)
     loss_sum = torch.zeros((), device=run.device)
@@ -125,7 +126,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
             group["lr"] = lr
         if run.speedups.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        batch_loss, batch_errors = step(run.step_model, run.optimizer, images, labels, run.speedups)
+        batch_loss, batch_errors = train_step(run.step_model, run.optimizer, images, labels, run.speedups)
         loss_sum += batch_loss
         errors += batch_errors
         seen += len(labels)
@@ -201,23 +202,23 @@ def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
                           f"use the original settings or another --out")
 
 
-def _new_record(config, splits, recipe, schedule, model, device, speedups) -> dict:
-    provenance = records.provenance(device)
+def _new_record(run: Run) -> dict:
+    config, provenance = run.config, records.provenance(run.device)
     return {
         "format": records.RUN_FORMAT,
         "status": "running",
         "name": Path(config.out).name,
         "arch": config.arch,
         "config": config.as_dict(),
-        "recipe": recipe.as_dict(),
-        "schedule": schedule.as_dict(),
-        "data": {**splits.describe(), "normalization": config.normalization,
+        "recipe": run.recipe.as_dict(),
+        "schedule": run.schedule.as_dict(),
+        "data": {**run.splits.describe(), "normalization": config.normalization,
                  "augmentation": config.augmentation},
         **provenance,
-        "device": {**provenance["device"], "speedups": dataclasses.asdict(speedups)},
-        "params": count_parameters(model),
-        "flops_per_image": flops_per_image(model, device),
-        "epochs_planned": schedule.epochs,
+        "device": {**provenance["device"], "speedups": dataclasses.asdict(run.speedups)},
+        "params": count_parameters(run.model),
+        "flops_per_image": flops_per_image(run.model, run.device),
+        "epochs_planned": run.schedule.epochs,
         "epochs_done": 0,
         "final": None,
         "message": None,
@@ -253,12 +254,19 @@ def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | N
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run `config` describes; returns its run record."""
     run_dir = Path(config.out)
+    device = select_device(config.device)
+    splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
     with records.run_dir_lock(run_dir):
         records.remove_orphans(run_dir)
         checkpoint = _prepare_run_dir(run_dir, config, resume)
         if checkpoint == "complete":
             return records.read_run(run_dir)
-        run, record = _setup(config, checkpoint)
+        run = build_run(config, splits, device)
+        record = _new_record(run)
+        if checkpoint is not None:
+            run.model.load_state_dict(checkpoint["model"])
+            run.optimizer.load_state_dict(checkpoint["optimizer"])
+            record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
         metrics = checkpoint["metrics"] if checkpoint else []
         for epoch in range(len(metrics), run.schedule.epochs):
             metrics.append(_train_and_evaluate(run, record, epoch, metrics, run_dir, progress))
@@ -267,38 +275,31 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         return record
 
 
-def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
-    device = select_device(config.device)
-    speedups = Speedups.for_device(config, device)
-    recipe = config.resolved_recipe()
+def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
+    """The run's data, resident on `device` as uint8."""
     splits = load_splits(config.dataset, config.data_dir, download=config.download,
                          limit_train=config.limit_train, limit_test=config.limit_test,
                          val_size=config.val_size, seed=config.seed)
-    splits = _on_device(splits, device)  # the whole data set lives on the device, as uint8
+    val = splits.val.to(device) if splits.val is not None else None
+    return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
+
+
+def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, compile_mode: str = "default") -> Run:
+    """The network, optimizer and schedule of `config` on `device`, freshly initialised."""
+    speedups = Speedups.for_device(config, device)
+    recipe = config.resolved_recipe()
     schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
     normalizer = Normalizer.fit(splits.train.images, config.normalization).to(device)
-
     torch.manual_seed(config.seed)
     model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
     if speedups.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe, speedups)
-    record = _new_record(config, splits, recipe, schedule, model, device, speedups)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
-    step_model = compile_model(model) if speedups.compile else model
-    run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
-    return run, record
-
-
-def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:
-    val = splits.val.to(device) if splits.val is not None else None
-    return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
+    step_model = compile_model(model, compile_mode) if speedups.compile else model
+    return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
 
 
 def _divergence(run: Run, train_loss: float) -> str | None:

@@ -3,8 +3,8 @@ what is accepted, and nothing partial left behind.
 
 The CLI runs in-process (`cli.main` returns the exit code; argparse errors raise SystemExit),
 so the CIFAR fixtures' patched checksums and the simulated full disk apply to it. "Nothing
-partial" means: the run directory does not exist, or holds nothing but its `.lock` (taken
-before the data is loaded), so the same --out can be used again once the input is fixed.
+partial" means: the run directory was not created (settings, device and data are checked
+first), so the same --out can be used again once the input is fixed.
 """
 
 from __future__ import annotations
@@ -67,9 +67,8 @@ def assert_refused(code: int, err: str, *words: str) -> None:
 
 
 def assert_nothing_left(out: Path) -> None:
-    if out.is_dir():
-        left = sorted(path.name for path in out.iterdir() if path.name != ".lock")
-        assert not left, f"partial run left in {out}: {left}"
+    """Bad input is refused before the run directory is created."""
+    assert not out.exists(), f"refused, yet {out} was created: {sorted(p.name for p in out.iterdir())}"
 
 
 def snapshot(run_dir: Path) -> dict:

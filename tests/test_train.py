@@ -76,7 +76,7 @@ def test_different_seeds_give_different_runs(tmp_path):
 def test_complete_run_is_not_trained_again(tmp_path, monkeypatch):
     config = tiny(tmp_path, epochs=1)
     first = training.train(config, progress=False)
-    monkeypatch.setattr(training, "_setup", lambda *a: pytest.fail("a complete run was set up again"))
+    monkeypatch.setattr(training, "build_run", lambda *a: pytest.fail("a complete run was set up again"))
     assert training.train(config, resume=True, progress=False) == first
 
 

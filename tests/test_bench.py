@@ -1,11 +1,13 @@
 """The speed benchmark's record: shape, arithmetic and errors (not its timings)."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from reproresnet import bench
+from reproresnet import bench, report
+from reproresnet.bench import BenchSettings
 from reproresnet.models import UnknownArchitectureError
 
 QUIET = {"log": lambda line: None}
@@ -17,7 +19,7 @@ def cpu_record(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = ["--archs", "preact_resnet20", "--device", "cpu", "--batch-size", "16", "--steps", "2",
             "--warmup-steps", "1", "--rounds", "2", "--data-batches", "3", "--train-images", "512",
-            "--out", str(out), "--quiet"]
+            "--num-workers", "1", "--out", str(out), "--quiet"]
     assert bench.main(argv) == 0
     return out
 
@@ -32,6 +34,11 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
     assert {"torch", "torchvision", "python"} <= set(record["versions"]) and "commit" in record["git"]
     assert [(row["arch"], row["path"]) for row in record["rows"]] == [
         ("preact_resnet20", "reproresnet"), ("preact_resnet20", "baseline")]
+    ours, base = record["rows"]
+    assert ours["speedups"] == record["settings"]["speedups"] and ours["graphs"] == 0  # eager on the CPU
+    assert ours["cudagraph_skips"] == 0 and ours["warnings"] == []
+    assert (ours["precision"], base["precision"]) == ("fp32", "fp32")  # no TF32 without CUDA
+    assert record["settings"]["num_workers"] == 1
     for row in record["rows"]:
         for key in ("seconds_per_epoch", "images_per_second", "data_images_per_second", "warmup_seconds",
                     "tflops", "seconds_per_step"):
@@ -57,16 +64,16 @@ def test_ratios_are_the_quotients_of_the_rows(cpu_record):
 
 def test_main_prints_the_table(cpu_record, capsys):
     record = json.loads(cpu_record.read_text())
-    table = bench.format_table(record)
+    table = report.format_bench(record)
     assert "preact_resnet20" in table and "reproresnet" in table and "baseline" in table
     assert f"{record['ratios'][0]['step_speedup']:.2f}x" in table
 
 
 def test_real_epochs_include_the_partial_batch(tmp_path):
     """epochs=1 runs train_one_epoch over the whole synthetic set: 5 full batches of 16 and one of 8."""
-    record = bench.benchmark(["preact_resnet20"], device="cpu", batch_size=16, steps=1, warmup_steps=0,
-                             out=tmp_path / "b.json", epochs=1, baseline=False, num_workers=0, train_images=88,
-                             data_batches=2, **QUIET)
+    record = bench.benchmark(BenchSettings(archs=("preact_resnet20",), device="cpu", batch_size=16, steps=1,
+                                           warmup_steps=0, out=str(tmp_path / "b.json"), epochs=1, baseline=False,
+                                           num_workers=0, train_images=88, data_batches=2), **QUIET)
     (row,) = record["rows"]
     (epoch,) = row["epochs"]
     assert epoch["seconds"] > 0 and epoch["compiles"] in (0, None)  # nothing compiled on the CPU path
@@ -74,17 +81,12 @@ def test_real_epochs_include_the_partial_batch(tmp_path):
     assert record["ratios"] == []  # no baseline, no ratio
 
 
-def test_full_batches_skip_the_partial_last_batch():
-    epochs = iter([[(torch.zeros(4), torch.zeros(4)), (torch.zeros(2), torch.zeros(2))]] * 2)
-    batches = bench._full_batches(lambda: iter(next(epochs)), 4)
-    assert [len(labels) for _, labels in (next(batches), next(batches))] == [4, 4]
-
-
 def test_unknown_architecture_is_a_clear_error_before_any_work(tmp_path, capsys):
     out = tmp_path / "b.json"
     with pytest.raises(UnknownArchitectureError, match=r"unknown architecture\(s\) 'preact_resnet_nope'.*valid: .*"
                                                        r"preact_resnet110"):
-        bench.benchmark(["preact_resnet20", "preact_resnet_nope"], device="cpu", out=out, **QUIET)
+        bench.benchmark(BenchSettings(archs=("preact_resnet20", "preact_resnet_nope"), device="cpu", out=str(out)),
+                        **QUIET)
     assert not out.exists()
     assert bench.main(["--archs", "preact_resnet_nope", "--device", "cpu", "--out", str(out)]) == 2
     assert "unknown architecture(s) 'preact_resnet_nope'" in capsys.readouterr().err
@@ -92,13 +94,13 @@ def test_unknown_architecture_is_a_clear_error_before_any_work(tmp_path, capsys)
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
-    with pytest.raises(ValueError, match="steps=0 is not valid"):
-        bench.benchmark(["preact_resnet20"], device="cpu", steps=0, out=tmp_path / "b.json", **QUIET)
-    with pytest.raises(ValueError, match="too few batches"):
-        bench.benchmark(["preact_resnet20"], device="cpu", batch_size=64, train_images=100,
-                        out=tmp_path / "b.json", **QUIET)
-    with pytest.raises(ValueError, match="compile_mode='fast' is not valid"):
-        bench.benchmark(["preact_resnet20"], device="cpu", compile_mode="fast", out=tmp_path / "b.json", **QUIET)
+    base = BenchSettings(archs=("preact_resnet20",), device="cpu", out=str(tmp_path / "b.json"))
+    for changes, message in [({"steps": 0}, "steps=0 is not valid"),
+                             ({"batch_size": 64, "train_images": 100}, "too few batches"),
+                             ({"compile_mode": "fast"}, "compile_mode='fast' is not valid")]:
+        with pytest.raises(ValueError, match=message):
+            bench.benchmark(dataclasses.replace(base, **changes), **QUIET)
+    assert not (tmp_path / "b.json").exists()
 
 
 def test_ratios_pair_rows_by_network():

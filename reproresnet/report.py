@@ -37,7 +37,7 @@ def format_bench(record: dict) -> str:
     used = [name for name in ("bf16", "channels_last", "compile", "fused_optimizer") if speedups.get(name)]
     if speedups.get("compile"):
         used[used.index("compile")] = f"compile ({settings.get('compile_mode', 'default')})"
-    precision = next((row["precision"] for row in record["rows"] if row["path"] == "baseline"), "fp32")
+    precision = next((row.get("precision", "fp32") for row in record["rows"] if row["path"] == "baseline"), "fp32")
     baseline = f"{precision} eager, DataLoader with {settings.get('num_workers', '?')} workers"
     lines = [f"{record['device']['name']} ({record['device']['type']}), batch {record['batch_size']}, "
              f"{record['warmup_steps']} warm-up + {record['steps']} timed steps in {settings.get('rounds', '?')} "

@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -243,9 +244,7 @@ def run_dir_lock(run_dir: Path):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            raise RunDirError(f"run directory {run_dir} is in use by {owner}; wait for it to "
+            raise RunDirError(f"run directory {run_dir} is in use by {_lock_owner(handle)}; wait for it to "
                               f"finish or choose another --out") from None
         handle.seek(0)
         handle.truncate()
@@ -254,6 +253,18 @@ def run_dir_lock(run_dir: Path):
         yield
     finally:
         handle.close()
+
+
+def _lock_owner(handle, wait_s: float = 10.0) -> str:
+    """The "pid N on HOST" line the holder writes just after it takes the lock: on a busy
+    machine it may not be there yet, so wait for it a little."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        handle.seek(0)
+        owner = handle.read().strip()
+        if owner.startswith("pid ") and " on " in owner or time.monotonic() > deadline:
+            return owner or "another process"
+        time.sleep(0.01)
 
 
 def now() -> str:

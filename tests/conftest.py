@@ -1,8 +1,11 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the helpers of the tests that train through the command line
+(import them with `from conftest import ...`)."""
 
 import hashlib
 import pickle
 import struct
+import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,45 @@ from torchvision import datasets
 # CI shares 2 cores with other work: judge hypothesis tests by their assertions, not their speed.
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
+
+# ---------------------------------------------------------------- training through the command line
+
+# The tiny run every process-level test trains: preact_resnet20 on 64 synthetic images, on the CPU.
+BASE = {"--arch": "preact_resnet20", "--dataset": "synthetic", "--limit-train": "64", "--limit-test": "32",
+        "--batch-size": "16", "--epochs": "3", "--device": "cpu", "--quiet": True}
+# metrics.csv columns that measure time or memory: the only ones a resumed run may change.
+TIMING_COLUMNS = {"seconds", "images_per_second", "peak_memory_mb"}
+
+
+def argv(out, changes: dict | None = None, resume: bool = False) -> list[str]:
+    """`train` arguments: BASE with `changes` (a value of None drops the flag)."""
+    merged = {**BASE, "--out": str(out), **(changes or {})}
+    args = ["train"]
+    for flag, value in merged.items():
+        if value is True:
+            args.append(flag)
+        elif value is not None:
+            args += [flag, str(value)]
+    return args + (["--resume"] if resume else [])
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str]:
+    """Exit code and stderr of `python -m reproresnet ARGS`, run in-process."""
+    from reproresnet import cli
+    capsys.readouterr()
+    try:
+        code = cli.main(args)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    except Exception:  # what the interpreter would do: a traceback and exit status 1
+        print(traceback.format_exc(), file=sys.stderr)
+        code = 1
+    return code, capsys.readouterr().err
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
+
 
 # ---------------------------------------------------------------- data fixtures
 

@@ -14,8 +14,6 @@ import errno
 import io
 import os
 import shutil
-import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -23,39 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import argv, run_cli, without_timing
 from reproresnet import cli, records
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
 
-BASE = {"--arch": "preact_resnet20", "--dataset": "synthetic", "--limit-train": "64", "--limit-test": "32",
-        "--batch-size": "16", "--epochs": "3", "--device": "cpu", "--quiet": True}
 RUN_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE, records.BEST_FILE)
-TIMING_COLUMNS = {"seconds", "images_per_second", "peak_memory_mb"}
-
-
-def argv(out, changes: dict | None = None, resume: bool = False) -> list[str]:
-    """`train` arguments: BASE with `changes` (a value of None drops the flag)."""
-    merged = {**BASE, "--out": str(out), **(changes or {})}
-    args = ["train"]
-    for flag, value in merged.items():
-        if value is True:
-            args.append(flag)
-        elif value is not None:
-            args += [flag, str(value)]
-    return args + (["--resume"] if resume else [])
-
-
-def run_cli(capsys, args: list[str]) -> tuple[int, str]:
-    """Exit code and stderr of `python -m reproresnet ARGS`, run in-process."""
-    capsys.readouterr()
-    try:
-        code = cli.main(args)
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    except Exception:  # what the interpreter would do: a traceback and exit status 1
-        print(traceback.format_exc(), file=sys.stderr)
-        code = 1
-    return code, capsys.readouterr().err
 
 
 def assert_refused(code: int, err: str, *words: str) -> None:
@@ -88,8 +59,7 @@ def assert_same_weights(run_dir: Path, reference_dir: Path) -> None:
     got, want = checkpoint(run_dir)["model"], checkpoint(reference_dir)["model"]
     assert got.keys() == want.keys()
     assert [key for key in want if not torch.equal(got[key], want[key])] == []
-    strip = lambda rows: [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]  # noqa: E731
-    assert strip(metrics_rows(run_dir)) == strip(metrics_rows(reference_dir))
+    assert without_timing(metrics_rows(run_dir)) == without_timing(metrics_rows(reference_dir))
 
 
 def non_finite(state: dict) -> list[str]:
@@ -457,15 +427,20 @@ def test_resume_may_change_where_it_runs(tmp_path, capsys, interrupted, referenc
     assert_same_weights(out, reference)
 
 
-def test_ctrl_c_keeps_the_finished_epochs(tmp_path, capsys, monkeypatch, reference):
-    out = tmp_path / "run"
+def test_ctrl_c_keeps_the_finished_epochs_and_resume_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    """The one test of Ctrl-C then --resume: the same run as an uninterrupted one, bit for bit,
+    dropout's random draws included. (A SIGKILL is test_crash_safety's, a full disk and a
+    divergence are tested above and below.)"""
+    dropout, whole, out = {"--dropout": "0.3"}, tmp_path / "whole", tmp_path / "run"
+    assert run_cli(capsys, argv(whole, dropout))[0] == 0
     _interrupt_in_epoch(monkeypatch, 3)
-    code, err = run_cli(capsys, argv(out))
+    code, err = run_cli(capsys, argv(out, dropout))
     assert code == 130 and "interrupted" in err and "--resume" in err
     assert records.read_run(out)["epochs_done"] == 2 and len(checkpoint(out)["metrics"]) == 2
     monkeypatch.undo()
-    assert run_cli(capsys, argv(out, resume=True))[0] == 0
-    assert_same_weights(out, reference)
+    assert run_cli(capsys, argv(out, dropout, resume=True))[0] == 0
+    assert_same_weights(out, whole)
+    assert records.read_run(out)["final"]["test_error"] == records.read_run(whole)["final"]["test_error"]
 
 
 # ---------------------------------------------------------------- divergence

@@ -35,14 +35,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import argv, without_timing
 from reproresnet import records
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 16
-SETTINGS = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "64",
-            "--limit-test", "32", "--batch-size", "16", "--epochs", str(EPOCHS), "--seed", "3",
-            "--device", "cpu", "--quiet"]
-TIMING_COLUMNS = {"seconds", "images_per_second", "peak_memory_mb"}
+SETTINGS = {"--epochs": EPOCHS, "--seed": 3}
 REAL_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE)
 # write_atomic's temporary files: mkstemp(prefix=".<name>.", suffix=".tmp")
 ORPHAN = re.compile(r"^\.(run\.json|metrics\.csv|checkpoint\.pt)\.[A-Za-z0-9_]+\.tmp$")
@@ -245,10 +243,6 @@ def _check_run_dir(run_dir: Path) -> dict:
     return {"epochs": ck, "orphans": orphans}
 
 
-def _without_timing(row: dict) -> dict:
-    return {key: value for key, value in row.items() if key not in TIMING_COLUMNS}
-
-
 # ---------------------------------------------------------------- the kill chain
 
 def _schedule() -> list[dict | None]:
@@ -291,17 +285,17 @@ def test_sigkill_at_two_dozen_points_then_resume_equals_an_uninterrupted_run(tmp
     server = ForkServer(tmp_path)
     try:
         # The uninterrupted run, forked from the same server (same threads, same code).
-        reference_pid, reference_log, reference_marker = server.start(SETTINGS + ["--out", str(reference)])
+        reference_pid, reference_log, reference_marker = server.start(argv(reference, SETTINGS))
 
         rng = random.Random(20160316)
         landed = {"timed": 0, "write": 0}
         landed_points = []
         first = True
         for kill in _schedule():
-            argv = SETTINGS + ["--out", str(chained)] + ([] if first else ["--resume"])
+            args = argv(chained, SETTINGS, resume=not first)
             first = False
             before = _check_run_dir(chained)["epochs"] if chained.exists() else 0
-            pid, log, marker = server.start(argv, kill)
+            pid, log, marker = server.start(args, kill)
             if kill is None:
                 entered = _wait_for_epoch(pid, marker)
                 if entered:
@@ -321,13 +315,13 @@ def test_sigkill_at_two_dozen_points_then_resume_equals_an_uninterrupted_run(tmp
                 "the run completed before the kill schedule ended; raise EPOCHS"
 
         # Resume until the run completes: no more kills, so one attempt must finish it.
-        pid, log, _ = server.start(SETTINGS + ["--out", str(chained), "--resume"])
+        pid, log, _ = server.start(argv(chained, SETTINGS, resume=True))
         assert server.wait(pid) == 0, log.read_text()[-3000:]
         assert server.wait(reference_pid) == 0, reference_log.read_text()[-3000:]
 
         # A resume of the finished run changes nothing.
         finished = {name: (chained / name).read_bytes() for name in REAL_FILES}
-        pid, log, _ = server.start(SETTINGS + ["--out", str(chained), "--resume"])
+        pid, log, _ = server.start(argv(chained, SETTINGS, resume=True))
         assert server.wait(pid) == 0, log.read_text()[-3000:]
         assert finished == {name: (chained / name).read_bytes() for name in REAL_FILES}
     finally:
@@ -352,9 +346,8 @@ def test_sigkill_at_two_dozen_points_then_resume_equals_an_uninterrupted_run(tmp
     got_state, want_state = got["optimizer"]["state"], want["optimizer"]["state"]
     assert got_state.keys() == want_state.keys()
     assert all(torch.equal(got_state[k]["momentum_buffer"], want_state[k]["momentum_buffer"]) for k in want_state)
-    assert [_without_timing(row) for row in got["metrics"]] == [_without_timing(row) for row in want["metrics"]]
-    assert [_without_timing(row) for row in _metrics_rows(chained)] == \
-           [_without_timing(row) for row in _metrics_rows(reference)]
+    assert without_timing(got["metrics"]) == without_timing(want["metrics"])
+    assert without_timing(_metrics_rows(chained)) == without_timing(_metrics_rows(reference))
 
     record, reference_record = records.read_run(chained), records.read_run(reference)
     assert record["status"] == "complete" and record["epochs_done"] == EPOCHS

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import argv, run_cli
 from reproresnet import cli, records
 from reproresnet.config import TrainConfig
 
+pytestmark = pytest.mark.slow  # real processes, each importing torch
+
 REPO = Path(__file__).resolve().parents[1]
-BASE = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "64",
-        "--limit-test", "32", "--batch-size", "16", "--device", "cpu", "--quiet"]
 RUN_FILES = {".lock", records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE}
 TIMEOUT_S = 240
 
@@ -93,15 +94,9 @@ def expected_config(args: list[str]) -> dict:
                           if k not in ("command", "resume", "quiet", "handler")}).as_dict()
 
 
-def run_cli(capsys, args: list[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    code = cli.main(args)
-    return code, capsys.readouterr().err
-
-
 def test_a_second_process_on_a_busy_run_dir_is_refused(tmp_path, capsys):
     out, gate = tmp_path / "run", tmp_path / "gate"
-    args = BASE + ["--epochs", "2", "--seed", "5", "--out", str(out), "--resume"]
+    args = argv(out, {"--epochs": 2, "--seed": 5}, resume=True)
     # Two real processes race for the directory: exactly one gets it.
     children = [Child(gate, args, tmp_path / f"child{i}.log") for i in range(2)]
     try:
@@ -114,7 +109,7 @@ def test_a_second_process_on_a_busy_run_dir_is_refused(tmp_path, capsys):
         assert winner.proc.poll() is None and lock_owner(out) == owner
 
         # The same from this process, with or without --resume, and with other settings.
-        for attempt in (args, args[:-1], BASE + ["--epochs", "3", "--lr", "0.5", "--out", str(out)]):
+        for attempt in (args, args[:-1], argv(out, {"--lr": 0.5})):
             code, err = run_cli(capsys, attempt)
             assert code == 2 and in_use in err, err
         assert winner.proc.poll() is None and lock_owner(out) == owner
@@ -139,11 +134,10 @@ def test_a_second_process_on_a_busy_run_dir_is_refused(tmp_path, capsys):
 def test_two_runs_in_different_directories_at_once(tmp_path):
     gate = tmp_path / "gate"
     runs = {
-        tmp_path / "runs" / "a": BASE + ["--epochs", "2", "--seed", "1", "--lr", "0.05"],
-        tmp_path / "runs" / "b": BASE + ["--epochs", "3", "--seed", "2", "--lr", "0.2",
-                                         "--augmentation", "per_batch"],
+        tmp_path / "runs" / "a": {"--epochs": 2, "--seed": 1, "--lr": 0.05},
+        tmp_path / "runs" / "b": {"--epochs": 3, "--seed": 2, "--lr": 0.2, "--augmentation": "per_batch"},
     }
-    args = {out: settings + ["--out", str(out)] for out, settings in runs.items()}
+    args = {out: argv(out, settings) for out, settings in runs.items()}
     children = {out: Child(gate, args[out], tmp_path / f"{out.name}.log") for out in runs}
     try:
         # Both hold their own directory at the same moment, then train side by side.

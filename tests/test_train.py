@@ -43,29 +43,6 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
-    uninterrupted = training.train(tiny(tmp_path, "whole", dropout=0.3, arch="wrn_16_4"), progress=False)
-
-    interrupted = tiny(tmp_path, "split", dropout=0.3, arch="wrn_16_4")
-    real_epoch = training._train_and_evaluate
-
-    def stop_after_first_epoch(run, record, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(run, record, epoch, *args)
-
-    monkeypatch.setattr(training, "_train_and_evaluate", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(interrupted, progress=False)
-    assert records.read_run(tmp_path / "split")["epochs_done"] == 1
-    monkeypatch.undo()
-    resumed = training.train(interrupted, resume=True, progress=False)
-
-    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
-    assert all(torch.equal(whole[key], split[key]) for key in whole)
-    assert resumed["final"]["test_error"] == uninterrupted["final"]["test_error"]
-
-
 def test_different_seeds_give_different_runs(tmp_path):
     training.train(tiny(tmp_path, "a", epochs=1), progress=False)
     training.train(tiny(tmp_path, "b", epochs=1, seed=1), progress=False)

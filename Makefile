@@ -8,7 +8,7 @@ ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
 
-.PHONY: all book test test-lib test-notebooks smoke reproduce bench clean
+.PHONY: all book test test-fast test-lib test-notebooks smoke reproduce bench clean
 
 all: book
 
@@ -26,6 +26,10 @@ book: $(BIN)/reproresnet-installed
 
 test-lib: $(BIN)/reproresnet-installed
 	$(BIN)/python -m pytest tests
+
+# The quick tier, about a minute on 2 cores: every library test that starts no training process.
+test-fast: $(BIN)/reproresnet-installed
+	$(BIN)/python -m pytest -m "not slow" tests
 
 test-notebooks: $(BIN)/reproresnet-installed
 	$(BIN)/python -m pytest --nbval-lax notebooks/

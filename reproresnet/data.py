@@ -330,19 +330,6 @@ class Normalizer:
     def to(self, device) -> Normalizer:
         return Normalizer(self.mode, self.mean.to(device), self.std.to(device))
 
-    def state_dict(self) -> dict:
-        return {"mode": self.mode, "mean": self.mean.cpu(), "std": self.std.cpu()}
-
-    def load_state_dict(self, state: dict) -> Normalizer:
-        _check_mode(state["mode"], NORMALIZATIONS, "normalization")
-        self.mode = state["mode"]
-        self.mean, self.std = state["mean"].to(self.mean.device), state["std"].to(self.std.device)
-        return self
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> Normalizer:
-        return cls(state["mode"], state["mean"], state["std"])
-
 
 def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
     """Random 32x32 crop of the 4-pixel zero-padded images and a horizontal flip with p=0.5.

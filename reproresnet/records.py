@@ -255,10 +255,10 @@ def run_dir_lock(run_dir: Path):
         handle.close()
 
 
-def _lock_owner(handle, wait_s: float = 10.0) -> str:
+def _lock_owner(handle) -> str:
     """The "pid N on HOST" line the holder writes just after it takes the lock: on a busy
     machine it may not be there yet, so wait for it a little."""
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + 10
     while True:
         handle.seek(0)
         owner = handle.read().strip()

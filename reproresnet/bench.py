@@ -179,8 +179,9 @@ class LibraryPath:
 class PILImageDataset(Dataset):
     """CIFAR as torchvision's `datasets.CIFAR10` serves it: HWC uint8 rows, a PIL image per item."""
 
-    def __init__(self, images_hwc, labels: list[int], transform):
-        self.images, self.labels, self.transform = images_hwc, labels, transform
+    def __init__(self, data: ImageSet, transform):
+        self.images, self.labels = data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.tolist()
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -198,9 +199,8 @@ class BaselinePath:
         from torchvision import transforms
         transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                         transforms.ToTensor(), transforms.Normalize(BASELINE_MEAN, BASELINE_STD)])
-        dataset = PILImageDataset(data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.tolist(),
-                                  transform)
-        self.loader = DataLoader(dataset, batch_size=s.batch_size, shuffle=True, num_workers=s.num_workers,
+        self.loader = DataLoader(PILImageDataset(data, transform), batch_size=s.batch_size, shuffle=True,
+                                 num_workers=s.num_workers,
                                  pin_memory=device.type == "cuda", persistent_workers=s.num_workers > 0,
                                  drop_last=True)
         self.device = device
@@ -340,9 +340,7 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         rows[0].update(graphs=_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
                        cudagraph_skips=skipped, speedups=dataclasses.asdict(paths[0].run.speedups),
                        warnings=warnings)
-        for row in rows:
-            log(f"{arch}: {row['path']} {row['seconds_per_step'] * 1e3:.1f} ms/step, "
-                f"{row['seconds_per_epoch']:.1f} s/epoch")
+        log("; ".join(f"{arch}: {row['path']} {row['seconds_per_epoch']:.1f} s/epoch" for row in rows))
         for warning in warnings:
             log(f"{arch}: WARNING: {warning}")
         if s.epochs:
@@ -361,22 +359,15 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
 def _row(arch: str, path, measured: dict, s: BenchSettings, forward_flops: int) -> dict:
     per_step = statistics.median(measured["round_seconds"])
     images_per_second = s.batch_size / per_step
-    return {
-        "arch": arch,
-        "path": path.name,
-        "precision": path.precision,
-        "seconds_per_epoch": TRAIN_IMAGES / images_per_second,
-        "images_per_second": images_per_second,
-        "data_images_per_second": statistics.median(measured["data_rates"]),
-        "data_images_per_second_range": [min(measured["data_rates"]), max(measured["data_rates"])],
-        "warmup_seconds": measured["warmup_seconds"],
-        "peak_memory_mb": measured["peak_memory_mb"],
-        "tflops": TRAINING_FLOPS_PER_FORWARD * forward_flops * images_per_second / 1e12,
-        "seconds_per_step": per_step,
-        "seconds_per_step_range": [min(measured["round_seconds"]), max(measured["round_seconds"])],
-        "forward_flops_per_image": forward_flops,
-        "loss_finite": math.isfinite(sum(path.losses)),
-    }
+    rounds, rates = measured["round_seconds"], measured["data_rates"]
+    return {"arch": arch, "path": path.name, "precision": path.precision,
+            "seconds_per_epoch": TRAIN_IMAGES / images_per_second, "images_per_second": images_per_second,
+            "data_images_per_second": statistics.median(rates),
+            "data_images_per_second_range": [min(rates), max(rates)],
+            "warmup_seconds": measured["warmup_seconds"], "peak_memory_mb": measured["peak_memory_mb"],
+            "tflops": TRAINING_FLOPS_PER_FORWARD * forward_flops * images_per_second / 1e12,
+            "seconds_per_step": per_step, "seconds_per_step_range": [min(rounds), max(rounds)],
+            "forward_flops_per_image": forward_flops, "loss_finite": math.isfinite(sum(path.losses))}
 
 
 def ratios(rows: list[dict]) -> list[dict]:

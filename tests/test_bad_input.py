@@ -351,6 +351,7 @@ class _RecordsOs:
         return self._disk.fdopen if name == "fdopen" else getattr(os, name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fills_in, free", [
     pytest.param(records.CHECKPOINT_FILE, 0, id="checkpoint-at-its-first-byte"),
     pytest.param(records.CHECKPOINT_FILE, 4096, id="checkpoint-after-4kB"),
@@ -391,6 +392,7 @@ def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, referenc
 
 # ---------------------------------------------------------------- reusing a run directory
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["interrupted", "complete"])
 def test_existing_run_dir_without_resume(capsys, request, which):
     out = request.getfixturevalue("interrupted" if which == "interrupted" else "reference")
@@ -400,6 +402,7 @@ def test_existing_run_dir_without_resume(capsys, request, which):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes, words", [
     pytest.param({"--lr": "0.05"}, ["lr: None -> 0.05"], id="lr"),
     pytest.param({"--seed": "1"}, ["seed: 0 -> 1"], id="seed"),
@@ -418,6 +421,7 @@ def test_resume_with_different_settings(capsys, request, which, changes, words):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_resume_may_change_where_it_runs(tmp_path, capsys, interrupted, reference):
     """--device (like --out and --data-dir) may differ: it changes where, not what."""
     out = tmp_path / "moved"
@@ -427,11 +431,12 @@ def test_resume_may_change_where_it_runs(tmp_path, capsys, interrupted, referenc
     assert_same_weights(out, reference)
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_finished_epochs_and_resume_equals_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
     """The one test of Ctrl-C then --resume: the same run as an uninterrupted one, bit for bit,
     dropout's random draws included. (A SIGKILL is test_crash_safety's, a full disk and a
     divergence are tested above and below.)"""
-    dropout, whole, out = {"--dropout": "0.3"}, tmp_path / "whole", tmp_path / "run"
+    dropout, whole, out = {"--arch": "wrn_16_4", "--dropout": "0.3"}, tmp_path / "whole", tmp_path / "run"
     assert run_cli(capsys, argv(whole, dropout))[0] == 0
     _interrupt_in_epoch(monkeypatch, 3)
     code, err = run_cli(capsys, argv(out, dropout))
@@ -461,6 +466,7 @@ def _assert_diverged(out: Path, err: str, epoch: int) -> dict | None:
     return kept
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
     out = tmp_path / "run"
     code, err = run_cli(capsys, argv(out, {"--lr": "1e6"}))
@@ -469,6 +475,7 @@ def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
     _assert_diverged(out, err, record["epochs_done"] + 1)
 
 
+@pytest.mark.slow
 def test_divergence_keeps_the_last_good_checkpoint_and_can_be_resumed(tmp_path, capsys, monkeypatch, reference):
     """A NaN loss in epoch 2 (the loss is poisoned for that epoch only)."""
     out = tmp_path / "run"

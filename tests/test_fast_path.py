@@ -93,6 +93,7 @@ def test_channels_last_fp32_matches_plain(name):
     assert _cosine(fast_grads, grads) > 0.9999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETWORKS)
 def test_channels_last_is_exact_in_float64(name):
     """channels_last in float64: loss and every gradient tensor within 1e-9 relative of NCHW; a
@@ -108,6 +109,7 @@ def test_channels_last_is_exact_in_float64(name):
     assert max(errors) <= 1e-9, f"largest gradient error {max(errors):.2e} (tensor {errors.index(max(errors))})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NETWORKS)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_bf16_autocast_close_to_plain(name, channels_last):
@@ -157,6 +159,7 @@ def test_fused_sgd_matches_plain_sgd():
     assert all(not torch.equal(p, q) for p, q in zip(model.parameters(), initial.parameters()))
 
 
+@pytest.mark.slow
 def test_compiled_model_keeps_its_full_batch_graph_after_a_partial_batch():
     """compile_model (dynamic=False): the epoch's smaller last batch gets its own graph, and
     full batches keep running the first, static one; torch's default would switch them to

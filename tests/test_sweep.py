@@ -131,6 +131,7 @@ def test_train_notebook_has_literal_parameters_and_no_outputs():
     assert "train(config, resume=True" in code[1].source
 
 
+@pytest.mark.slow
 def test_papermill_parameter_of_the_wrong_type_fails_naming_it(tmp_path):
     import papermill
     from papermill.exceptions import PapermillExecutionError

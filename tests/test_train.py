@@ -23,6 +23,7 @@ def weights(run_dir):
     return torch.load(run_dir / records.CHECKPOINT_FILE, weights_only=False)["model"]
 
 
+@pytest.mark.slow
 def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     config = tiny(tmp_path)
     record = training.train(config, progress=False)
@@ -43,6 +44,7 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_different_seeds_give_different_runs(tmp_path):
     training.train(tiny(tmp_path, "a", epochs=1), progress=False)
     training.train(tiny(tmp_path, "b", epochs=1, seed=1), progress=False)
@@ -50,6 +52,7 @@ def test_different_seeds_give_different_runs(tmp_path):
     assert not all(torch.equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.slow
 def test_complete_run_is_not_trained_again(tmp_path, monkeypatch):
     config = tiny(tmp_path, epochs=1)
     first = training.train(config, progress=False)
@@ -57,6 +60,7 @@ def test_complete_run_is_not_trained_again(tmp_path, monkeypatch):
     assert training.train(config, resume=True, progress=False) == first
 
 
+@pytest.mark.slow
 def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
     training.train(tiny(tmp_path, epochs=1), progress=False)
     with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
@@ -65,6 +69,7 @@ def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
         training.train(tiny(tmp_path, epochs=1, lr=0.05), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_validation_split_reports_the_best_validation_epoch(tmp_path):
     record = training.train(tiny(tmp_path, val_size=32), progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / records.METRICS_FILE)))
@@ -76,6 +81,7 @@ def test_validation_split_reports_the_best_validation_epoch(tmp_path):
     assert (tmp_path / "run" / records.BEST_FILE).exists()
 
 
+@pytest.mark.slow
 def test_cli_train_and_list(tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli.main(["train", "--arch", "preact_resnet20", "--out", str(out), "--dataset", "synthetic",

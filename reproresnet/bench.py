@@ -42,10 +42,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import records
-from .config import DEVICES, TrainConfig, select_device
+from .config import DEVICES, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, train_batches
 from .models import ARCHITECTURES, UnknownArchitectureError, build_model
-from .recipes import ConfigError, get_recipe, make_schedule
+from .recipes import get_recipe, make_schedule
 from .train import (COMPILE_MODES, Run, Speedups, compile_model, flops_per_image, make_optimizer,
                     synchronize, train_one_epoch, train_step)
 

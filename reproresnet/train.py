@@ -22,10 +22,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from . import records
-from .config import RESUMABLE_CHANGES, TrainConfig, select_device
+from .config import RESUMABLE_CHANGES, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters
-from .recipes import ConfigError, Recipe, Schedule, make_schedule
+from .recipes import Recipe, Schedule, make_schedule
 from .records import RunDirError
 
 
@@ -72,8 +72,16 @@ def compile_model(model: torch.nn.Module, mode: str = "default", dynamic_shapes:
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
-    # Weight decay on every parameter, BN included, as in the authors' Torch code.
-    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
+    # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
+    # 'regularizable' tag: W, not b, not BN's beta and gamma).
+    groups = [{"params": list(model.parameters())}]
+    if recipe.weight_decay_on == "weights":
+        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        chosen = {id(p) for p in weights}
+        groups = [{"params": weights},
+                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
                            fused=speedups.fused_optimizer or None)
 
@@ -111,7 +119,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=run.config.augmentation, generator=generator, device=run.device)
+                            augmentation=run.recipe.augmentation, generator=generator, device=run.device)
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -221,8 +229,9 @@ def _new_record(config, splits, recipe, schedule, model, device, speedups) -> di
         "config": config.as_dict(),
         "recipe": recipe.as_dict(),
         "schedule": schedule.as_dict(),
-        "data": {**splits.describe(), "normalization": config.normalization,
-                 "augmentation": config.augmentation},
+        "data": {**splits.describe(), "normalization": recipe.normalization,
+                 "augmentation": recipe.augmentation},
+        "precision": "bf16" if speedups.bf16 else "fp32",  # bf16 and fp32 runs are different experiments
         "device": {"type": device.type,
                    "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
                    "speedups": speedups.__dict__},
@@ -286,10 +295,10 @@ def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
     recipe = config.resolved_recipe()
     splits = load_splits(config.dataset, config.data_dir, download=config.download,
                          limit_train=config.limit_train, limit_test=config.limit_test,
-                         val_size=config.val_size, seed=config.seed)
+                         val_size=recipe.val_size, seed=config.seed)
     splits = _on_device(splits, device)  # the whole data set lives on the device, as uint8
     schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
-    normalizer = Normalizer.fit(splits.train.images, config.normalization).to(device)
+    normalizer = Normalizer.fit(splits.train.images, recipe.normalization).to(device)
 
     torch.manual_seed(config.seed)
     model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
@@ -349,7 +358,7 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     rows = metrics + [row]
     done = epoch + 1 == run.schedule.epochs
     record.update(epochs_done=epoch + 1, status="complete" if done else "running",
-                  final=summarize(rows, run.config.val_size) if done else None)
+                  final=summarize(rows, run.recipe.val_size) if done else None)
     _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                   "metrics": rows, "config": run.config.as_dict(),
                                   "started": record["started"]})

@@ -11,6 +11,13 @@ from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, ConfigError, TrainCo
 from .recipes import RECIPES
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -40,36 +47,36 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help=f"one of {list(RECIPES)} (default: {_default('recipe')})")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (or start it)")
     owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
-    owned.add_argument("--epochs", type=int, help="shorter run; milestones and warm-up scale with it")
-    owned.add_argument("--batch-size", type=int)
+    owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
+    owned.add_argument("--batch-size", type=_integer)
     owned.add_argument("--lr", type=_number)
     owned.add_argument("--weight-decay", type=_number)
     owned.add_argument("--weight-decay-on", metavar="all|weights",
                        help="every parameter, or conv and linear weights only (Lasagne's L2)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
-    owned.add_argument("--val-size", type=int, help="hold out N training images (the seed's code: 5000)")
+    owned.add_argument("--val-size", type=_integer, help="hold out N training images (the seed's code: 5000)")
     owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS))
     owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS))
     owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad")
     owned.add_argument("--bottleneck-stride", metavar="1x1|3x3")
     owned.add_argument("--dropout", type=_number)
-    owned.add_argument("--bn-batch", type=int, help="images per batch-norm statistic (He et al.: 64)")
+    owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
                                         f"(default: {_default('dataset')})")
     data.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default: $REPRORESNET_DATA "
                                          "or ~/.cache/reproresnet/data)")
     data.add_argument("--download", action="store_true", help="download CIFAR if missing (checksums verified)")
-    data.add_argument("--limit-train", type=int, help="a fixed, seeded subset of the training set")
-    data.add_argument("--limit-test", type=int, help="a fixed, seeded subset of the test set")
+    data.add_argument("--limit-train", type=_integer, help="a fixed, seeded subset of the training set")
+    data.add_argument("--limit-test", type=_integer, help="a fixed, seeded subset of the test set")
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--seed", type=int)
+    runtime.add_argument("--seed", type=_integer)
     runtime.add_argument("--device", help=f"one of {DEVICES} or cuda:N (default: {_default('device')})")
     for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format"),
                        ("compile", "torch.compile")):
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
-    runtime.add_argument("--eval-batch-size", type=int)
+    runtime.add_argument("--eval-batch-size", type=_integer)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -132,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "positions also in iterations")
     recipe.add_argument("name", metavar="NAME", help=f"one of {list(RECIPES)}")
     recipe.add_argument("--arch", required=True, metavar="ARCH")
-    recipe.add_argument("--train-size", type=int, help="training images (default: 50,000 less the "
+    recipe.add_argument("--train-size", type=_integer, help="training images (default: 50,000 less the "
                                                        "recipe's validation split)")
     recipe.add_argument("--json", action="store_true")
     recipe.set_defaults(handler=_recipe)

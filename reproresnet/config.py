@@ -143,6 +143,16 @@ class TrainConfig:
                 "milestones_iterations": list(schedule.milestones), "warmup_iterations": schedule.warmup_iterations,
                 "lost": list(schedule.lost), **{name: network.get(name) for name in NETWORK_OPTIONS}}
 
+    def effective(self) -> dict:
+        """`as_dict()` with each recipe-owned value resolved: what a run and its resumption
+        must share, however each was asked for (a default or the same value given explicitly)."""
+        recipe = self.resolved_recipe()
+        values = self.as_dict()
+        values.update({name: value for name, value in recipe.as_dict().items()
+                       if name in RECIPE_OWNED and name not in NETWORK_OPTIONS and name != "epochs"})
+        values.update({name: None for name in NETWORK_OPTIONS}, **self.model_options())
+        return values
+
     def as_dict(self) -> dict:
         return as_record(self)
 

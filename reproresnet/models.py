@@ -317,7 +317,7 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
     if bn_batch is not None and not _is_int(bn_batch, 1):
-        raise ValueError(f"bn_batch must be None or an int >= 1, got {bn_batch!r}")
+        raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
     if not _is_int(k, 1):
         raise ValueError(f"widening factor k must be an int >= 1, got {k!r}")
     per_unit, extra = _DEPTH_RULES[family, block]

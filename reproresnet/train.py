@@ -199,7 +199,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict |
     checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     saved = checkpoint["config"] if checkpoint else record["config"] if record else None
     if saved is not None:
-        _check_same_settings(run_dir, saved, config.as_dict())
+        _check_same_settings(run_dir, _effective(saved), config.effective())
     if record is not None and record["status"] == "complete":
         return "complete"
     return checkpoint  # None: killed before its first epoch ended, so start again
@@ -210,6 +210,13 @@ def _load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise RunDirError(f"{path} cannot be read ({error}); delete it to start the run again") from error
+
+
+def _effective(saved: dict) -> dict:
+    try:
+        return TrainConfig.from_dict(saved).effective()
+    except ConfigError:
+        return saved  # settings this version cannot read: compared as they were written
 
 
 def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:

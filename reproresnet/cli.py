@@ -37,15 +37,16 @@ def _tidy(value: float):
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field; a flag left out is not passed, so TrainConfig's default (or the
-    recipe's) applies and TrainConfig checks every value: one default and one check per setting."""
+    """Every TrainConfig field. The parser has argument_default=SUPPRESS: a flag left out is not
+    passed, so TrainConfig's default (or the recipe's) applies and TrainConfig checks every
+    value: one default and one check per setting."""
     from .models import ARCHITECTURES
-    parser.set_defaults(**{key: argparse.SUPPRESS for key in _fields()})
     parser.add_argument("--arch", required=True, metavar="NAME",
                         help=f"network, one of: {', '.join(ARCHITECTURES)}")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for records and checkpoints")
     parser.add_argument("--recipe", help=f"one of {list(RECIPES)} (default: {_default('recipe')})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (or start it)")
+    parser.add_argument("--resume", action="store_true", default=False,
+                        help="continue the run in RUN_DIR (or start it)")
     owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
     owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
     owned.add_argument("--batch-size", type=_integer)
@@ -77,7 +78,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
     runtime.add_argument("--eval-batch-size", type=_integer)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
 
 
 def _fields() -> list[str]:
@@ -132,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="registered networks with exact parameter counts")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
-    training = commands.add_parser("train", help="train one network (resumable)")
+    # A flag left out is not passed at all (argument_default), so TrainConfig's default applies.
+    training = commands.add_parser("train", help="train one network (resumable)",
+                                   argument_default=argparse.SUPPRESS)
     _add_train_arguments(training)
     training.set_defaults(handler=_train)
     recipe = commands.add_parser("recipe", help="a recipe resolved for one network: every value, "

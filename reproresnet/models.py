@@ -284,7 +284,7 @@ def default_options(family: str, block: str) -> dict:
     # [He 2015]", whose CIFAR nets use "identity shortcuts in all cases (i.e., option A)";
     # fb.resnet.torch: "Default shortcutType=A" for cifar10. WRN's code: a 1x1 Convolution.
     shortcut = "projection" if block == "bottleneck" or family == "wide" else "zero_pad"
-    defaults = {"num_classes": 10, "shortcut": shortcut, "bn_batch": None}
+    defaults = {"num_classes": 10, "shortcut": shortcut}
     if block == "bottleneck":
         defaults["bottleneck_stride"] = "1x1"
     if family == "wide":
@@ -293,6 +293,7 @@ def default_options(family: str, block: str) -> dict:
         # The seed's code: `projection = ConvLayer(l, ...)` on the unit's raw input where the
         # stride changes; `DropoutLayer(conv_1, p=0.3)`.
         defaults.update(shortcut="input_projection", dropout=0.3)
+    defaults["bn_batch"] = None  # images per batch-norm statistic; None: the whole batch
     return defaults
 
 
@@ -301,10 +302,6 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
     if (family, block) not in _BLOCKS:
         raise ValueError(f"block {block!r} is not one of 'basic', 'bottleneck'")
     defaults = default_options(family, block)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {family} {block}-block "
-                         f"networks; accepted: {', '.join(defaults)}")
     opts = {**defaults, **options}
     num_classes, dropout, bn_batch = opts.pop("num_classes"), opts.get("dropout", 0.0), opts.pop("bn_batch")
     if not _is_int(num_classes, 2):
@@ -315,11 +312,15 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
         raise ValueError(f"bottleneck_stride {opts['bottleneck_stride']!r} is not one of "
                          f"{BOTTLENECK_STRIDES}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        raise ValueError(f"dropout={dropout!r} is not valid: expected a float in [0, 1)")
     if bn_batch is not None and not _is_int(bn_batch, 1):
         raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
     if not _is_int(k, 1):
         raise ValueError(f"widening factor k must be an int >= 1, got {k!r}")
+    unknown = sorted(set(options) - set(defaults))  # after the values: a bad value is named first
+    if unknown:
+        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {family} {block}-block "
+                         f"networks; accepted: {', '.join(defaults)}")
     per_unit, extra = _DEPTH_RULES[family, block]
     if not _is_int(depth, per_unit + extra) or (depth - extra) % per_unit:
         valid = ", ".join(str(per_unit * n + extra) for n in (1, 2, 3))
@@ -399,7 +400,7 @@ class UnknownArchitectureError(ValueError):
 
 
 def build_model(name: str, num_classes: int = 10, **options) -> nn.Module:
-    """Build a registered network by name; options as for its factory."""
+    """Build a registered network by name; options as for its family (`default_options`)."""
     if name not in ARCHITECTURES:
         raise UnknownArchitectureError(f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name].build(num_classes=num_classes, **options)

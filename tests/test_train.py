@@ -111,7 +111,7 @@ def test_cli_train_and_list(tmp_path, capsys):
     assert cli.main(["list", "--json"]) == 0
     listing = {row["name"]: row["params"] for row in json.loads(capsys.readouterr().out)}
     assert listing["preact_resnet164"] == 1_703_258 and listing["wrn_16_4"] == 2_748_890
-    assert listing["preact_resnet110"] == 1_730_522
+    assert listing["preact_resnet110"] == 1_727_962  # zero-padding shortcuts by default (He 2015, option A)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

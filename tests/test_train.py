@@ -29,7 +29,8 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     assert record == records.read_run(run_dir)
     assert record["status"] == "complete" and record["epochs_done"] == record["epochs_planned"] == 3
-    assert record["params"] == count_parameters(build_model("preact_resnet20")) == 272_282
+    assert record["params"] == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
+    assert record["precision"] == "fp32" and record["schedule"]["lost"] == []
     assert record["flops_per_image"] > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
     assert record["data"]["label"] == "synthetic" and record["data"]["n_train"] == 96
     assert record["config"] == config.as_dict() and record["recipe"]["name"] == "seed"

@@ -34,10 +34,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from . import records
-from .config import TrainConfig, select_device
+from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
 from .models import ARCHITECTURES, UnknownArchitectureError, build_model, flops_per_image
-from .recipes import ConfigError
 from .train import COMPILE_MODES, Speedups, build_run, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
@@ -157,7 +156,7 @@ class LibraryPath:
     def new_epoch(self) -> Iterator:
         run = self.run
         return train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=run.config.augmentation,
+                             augmentation=run.recipe.augmentation,
                              generator=torch.Generator(run.device).manual_seed(run.config.seed),
                              device=run.device)
 

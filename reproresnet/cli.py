@@ -1,23 +1,21 @@
-"""Command line: `python -m reproresnet list | train | bench`."""
+"""Command line: `python -m reproresnet list | recipe | train | bench | sweep`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, TrainConfig
-from .recipes import RECIPES, ConfigError
+from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, ConfigError, TrainConfig
+from .recipes import RECIPES
 
 
-def _positive_int(text: str) -> int:
+def _integer(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not positive")
-    return value
 
 
 def _number(text: str) -> float:
@@ -27,60 +25,92 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def _int_list(text: str) -> tuple[float, ...]:
     try:
-        return tuple(int(part) for part in text.split(","))
+        return tuple(_tidy(float(part)) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _tidy(value: float):
+    return int(value) if value.is_integer() else value
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field. The parser has argument_default=SUPPRESS: a flag left out is not
+    passed, so TrainConfig's default (or the recipe's) applies and TrainConfig checks every
+    value: one default and one check per setting."""
     from .models import ARCHITECTURES
     parser.add_argument("--arch", required=True, metavar="NAME",
                         help=f"network, one of: {', '.join(ARCHITECTURES)}")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for records and checkpoints")
-    parser.add_argument("--recipe", default="seed", help=f"one of {list(RECIPES)} (default: seed)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (or start it)")
-    budget = parser.add_argument_group("recipe overrides (default: the recipe's)")
-    budget.add_argument("--epochs", type=_positive_int, help="shorter run; milestones scale with it")
-    budget.add_argument("--batch-size", type=_positive_int)
-    budget.add_argument("--lr", type=_number)
-    budget.add_argument("--weight-decay", type=_number)
-    budget.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    parser.add_argument("--recipe", help=f"one of {list(RECIPES)} (default: {_default('recipe')})")
+    parser.add_argument("--resume", action="store_true", default=False,
+                        help="continue the run in RUN_DIR (or start it)")
+    owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
+    owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
+    owned.add_argument("--batch-size", type=_integer)
+    owned.add_argument("--lr", type=_number)
+    owned.add_argument("--weight-decay", type=_number)
+    owned.add_argument("--weight-decay-on", metavar="all|weights",
+                       help="every parameter, or conv and linear weights only (Lasagne's L2)")
+    owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    owned.add_argument("--val-size", type=_integer, help="hold out N training images (the seed's code: 5000)")
+    owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS))
+    owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS))
+    owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad")
+    owned.add_argument("--bottleneck-stride", metavar="1x1|3x3")
+    owned.add_argument("--dropout", type=_number)
+    owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
+    data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
+                                        f"(default: {_default('dataset')})")
     data.add_argument("--data-dir", help="where CIFAR lives or is downloaded (default: $REPRORESNET_DATA "
                                          "or ~/.cache/reproresnet/data)")
     data.add_argument("--download", action="store_true", help="download CIFAR if missing (checksums verified)")
-    data.add_argument("--limit-train", type=_positive_int, help="a fixed, seeded subset of the training set")
-    data.add_argument("--limit-test", type=_positive_int, help="a fixed, seeded subset of the test set")
-    data.add_argument("--val-size", type=int, default=0, help="hold out N training images (the seed: 5000)")
-    data.add_argument("--normalization", choices=NORMALIZATIONS, default="per_pixel_mean")
-    data.add_argument("--augmentation", choices=AUGMENTATIONS, default="per_image")
-    network = parser.add_argument_group("network options (default: the network's)")
-    network.add_argument("--shortcut", choices=("projection", "input_projection", "zero_pad"))
-    network.add_argument("--bottleneck-stride", choices=("1x1", "3x3"))
-    network.add_argument("--dropout", type=_number)
+    data.add_argument("--limit-train", type=_integer, help="a fixed, seeded subset of the training set")
+    data.add_argument("--limit-test", type=_integer, help="a fixed, seeded subset of the test set")
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--seed", type=int, default=0)
-    runtime.add_argument("--device", default="auto", help=f"one of {DEVICES} or cuda:N")
+    runtime.add_argument("--seed", type=_integer)
+    runtime.add_argument("--device", help=f"one of {DEVICES} or cuda:N (default: {_default('device')})")
     for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format"),
                        ("compile", "torch.compile")):
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
-    runtime.add_argument("--quiet", action="store_true", help="no progress bar")
+    runtime.add_argument("--eval-batch-size", type=_integer)
+    parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
+
+
+def _fields() -> list[str]:
+    return [field.name for field in dataclasses.fields(TrainConfig)]
+
+
+def _default(name: str):
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 def _train(args: argparse.Namespace) -> int:
     from .train import train
-    settings = {key: value for key, value in vars(args).items()
-                if key not in ("command", "resume", "quiet", "handler")}
+    settings = {key: value for key, value in vars(args).items() if key in _fields()}
     config = TrainConfig(**settings)
     record = train(config, resume=args.resume, progress=not args.quiet)
     final = record["final"]
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")
+    return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    if args.name not in RECIPES:
+        raise ConfigError(f"recipe={args.name!r} is not valid: expected one of {list(RECIPES)}")
+    resolved = TrainConfig(arch=args.arch, recipe=args.name).describe(args.train_size)
+    if args.json:
+        print(json.dumps(resolved, indent=2))
+        return 0
+    width = max(map(len, resolved))
+    for key, value in resolved.items():
+        print(f"{key:<{width}}  {value}")
     return 0
 
 
@@ -103,9 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="registered networks with exact parameter counts")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_list)
-    training = commands.add_parser("train", help="train one network (resumable)")
+    # A flag left out is not passed at all (argument_default), so TrainConfig's default applies.
+    training = commands.add_parser("train", help="train one network (resumable)",
+                                   argument_default=argparse.SUPPRESS)
     _add_train_arguments(training)
     training.set_defaults(handler=_train)
+    recipe = commands.add_parser("recipe", help="a recipe resolved for one network: every value, "
+                                                "positions also in iterations")
+    recipe.add_argument("name", metavar="NAME", help=f"one of {list(RECIPES)}")
+    recipe.add_argument("--arch", required=True, metavar="ARCH")
+    recipe.add_argument("--train-size", type=_integer, help="training images (default: 50,000 less the "
+                                                       "recipe's validation split)")
+    recipe.add_argument("--json", action="store_true")
+    recipe.set_defaults(handler=_recipe)
     commands.add_parser("bench", help="seconds per epoch against a plain PyTorch baseline "
                                       "(see `bench --help`)", add_help=False)
     commands.add_parser("sweep", help="papermill over networks x seeds (see `sweep --help`)", add_help=False)

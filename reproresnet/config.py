@@ -1,8 +1,10 @@
-"""One training run's settings, checked before anything runs.
+"""One training run's settings, checked here, once, before anything runs.
 
 Every field has a plain literal default, so the same object serves the command line, a
 papermill parameter cell and the run record. `None` means "the recipe's (or the
-network's, or the device's) own choice".
+network's, or the device's) own choice": a recipe owns its optimiser, schedule,
+preprocessing, augmentation, validation split and network options, and a value given
+here wins over it. `resolved_recipe()` is the recipe with this run's values applied.
 """
 
 from __future__ import annotations
@@ -15,13 +17,22 @@ from typing import Optional
 import torch
 
 from .data import AUGMENTATIONS, NORMALIZATIONS
-from .recipes import ConfigError, Recipe, as_record, get_recipe
+from .recipes import NETWORK_OPTIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule
 
 DEVICES = ("auto", "cpu", "cuda")
+DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
+CIFAR_TRAIN_IMAGES = 50_000
 # Settings that say where and how fast a run runs, not what it computes: a run may resume
 # with other values, the sweep ignores them, and the report's seeds of one experiment may
 # differ in them. bf16 is not one: precision is part of the result.
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size")
+# Settings a recipe owns; a value given in the config replaces the recipe's.
+RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",
+                "normalization", "augmentation", "val_size", *NETWORK_OPTIONS)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it and what would be accepted."""
 
 
 @dataclass(frozen=True)
@@ -33,19 +44,21 @@ class TrainConfig:
     batch_size: Optional[int] = None      # images per SGD step
     lr: Optional[float] = None            # peak learning rate at `batch_size`
     weight_decay: Optional[float] = None
+    weight_decay_on: Optional[str] = None  # all | weights (conv and linear weights only)
     milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
     seed: int = 0
-    dataset: str = "synthetic"            # cifar10 | cifar100 | folder:PATH | synthetic
+    dataset: str = "cifar10"              # cifar10 | cifar100 | folder:PATH | synthetic
     data_dir: Optional[str] = None        # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
     download: bool = False
     limit_train: Optional[int] = None     # a fixed, seeded subset for quick runs
     limit_test: Optional[int] = None
-    val_size: int = 0                     # >0: hold out that many training images (the seed: 5000)
-    normalization: str = "per_pixel_mean"
-    augmentation: str = "per_image"
-    shortcut: Optional[str] = None        # network options; None: the network's default
+    val_size: Optional[int] = None        # >0: hold out that many training images (the seed: 5000)
+    normalization: Optional[str] = None   # per_pixel_mean | per_channel
+    augmentation: Optional[str] = None    # per_image | per_batch | none
+    shortcut: Optional[str] = None        # network options; None: the recipe's, else the network's
     bottleneck_stride: Optional[str] = None
     dropout: Optional[float] = None
+    bn_batch: Optional[int] = None        # images per batch-norm statistic ("ghost" batch norm)
     device: str = "auto"
     bf16: Optional[bool] = None           # None: on for CUDA, off for CPU
     channels_last: Optional[bool] = None
@@ -56,19 +69,16 @@ class TrainConfig:
         if isinstance(self.milestones, list):
             object.__setattr__(self, "milestones", tuple(self.milestones))
         self._check_types()
-        self._check_network()
-        get_recipe(self.recipe)
-        _choice("normalization", self.normalization, NORMALIZATIONS)
-        _choice("augmentation", self.augmentation, AUGMENTATIONS)
+        _choice("recipe", self.recipe, RECIPES)
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is not valid: expected one of {DEVICES} or 'cuda:N'")
-        if not self.dataset or not (self.dataset in ("cifar10", "cifar100", "synthetic")
-                                    or self.dataset.startswith("folder:")):
-            raise ConfigError(f"dataset={self.dataset!r} is not valid: expected cifar10, cifar100, "
-                              f"synthetic or folder:PATH")
+        if not self.dataset or not (self.dataset in DATASETS or self.dataset.startswith("folder:")) \
+                or self.dataset == "folder:":
+            raise ConfigError(f"dataset={self.dataset!r} is not valid: expected one of {list(DATASETS)}")
         if not self.out:
             raise ConfigError("out='' is not valid: expected a run directory path")
-        self.resolved_recipe()  # checks epochs, batch size, lr, weight decay and milestones together
+        check_recipe(self.resolved_recipe())  # schedule, batch, data and optimiser values together
+        self._check_network()
 
     def _check_network(self):
         from .models import build_model
@@ -88,31 +98,62 @@ class TrainConfig:
             expected = hints[kind]
             ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
             if expected is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                ok = _is_number(value)
                 kind = "a finite number"
             if not ok:
                 raise ConfigError(f"{field.name}={value!r} is not valid: expected {kind}"
                                   f"{' or None' if field.type.startswith('Optional') else ''}, "
                                   f"got {type(value).__name__}")
         for name in ("limit_train", "limit_test", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name}={value!r} is not valid: expected a positive integer")
-        if self.val_size < 0:
-            raise ConfigError(f"val_size={self.val_size!r} is not valid: expected 0 or a positive integer")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"dropout={self.dropout!r} is not valid: expected a number in [0, 1)")
+            _require(getattr(self, name) is None or getattr(self, name) > 0, name, getattr(self, name),
+                     "a positive integer")
 
     def resolved_recipe(self) -> Recipe:
-        """The recipe with this run's overrides applied, validated as a whole."""
-        overrides = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                     "weight_decay": self.weight_decay, "milestones": self.milestones}
-        return get_recipe(self.recipe).replace(**{k: v for k, v in overrides.items() if v is not None})
+        """The recipe as it applies to this network, with this run's values over it."""
+        given = {name: getattr(self, name) for name in RECIPE_OWNED if getattr(self, name) is not None}
+        if "epochs" in given:
+            _require(_is_int(given["epochs"]) and given["epochs"] > 0, "epochs", given["epochs"],
+                     "a positive integer")
+        return RECIPES[self.recipe].for_arch(self.arch).replace(**given)
 
     def model_options(self) -> dict:
-        options = {"shortcut": self.shortcut, "bottleneck_stride": self.bottleneck_stride,
-                   "dropout": self.dropout}
-        return {k: v for k, v in options.items() if v is not None}
+        """Network options: the recipe's where the network has them, then this run's."""
+        from .models import ARCHITECTURES, default_options
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"arch={self.arch!r} is not valid: expected one of {list(ARCHITECTURES)}")
+        spec = ARCHITECTURES[self.arch]
+        accepted = default_options(spec.family, spec.block)
+        recipe = self.resolved_recipe().model_options()
+        given = {name: getattr(self, name) for name in NETWORK_OPTIONS if getattr(self, name) is not None}
+        return {**{k: v for k, v in recipe.items() if k in accepted}, **given}
+
+    def describe(self, train_size: Optional[int] = None) -> dict:
+        """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
+        from .models import ARCHITECTURES, default_options
+        recipe = self.resolved_recipe()
+        if train_size is None:
+            train_size = (self.limit_train or CIFAR_TRAIN_IMAGES) - recipe.val_size
+        _require(_is_int(train_size) and train_size > 0, "train_size", train_size, "a positive integer")
+        schedule = make_schedule(recipe, self.arch, train_size)
+        spec = ARCHITECTURES[self.arch]
+        network = {**default_options(spec.family, spec.block), **self.model_options()}
+        network.pop("num_classes")
+        skip = ("warmup_archs", "batch_size_for", *NETWORK_OPTIONS)
+        fields = {k: v for k, v in recipe.as_dict().items() if k not in skip}
+        return {"arch": self.arch, **fields, "train_size": train_size,
+                "iterations": schedule.total_iterations, "iterations_per_epoch": schedule.iterations_per_epoch,
+                "milestones_iterations": list(schedule.milestones), "warmup_iterations": schedule.warmup_iterations,
+                "lost": list(schedule.lost), **{name: network.get(name) for name in NETWORK_OPTIONS}}
+
+    def effective(self) -> dict:
+        """`as_dict()` with each recipe-owned value resolved: what a run and its resumption
+        must share, however each was asked for (a default or the same value given explicitly)."""
+        recipe = self.resolved_recipe()
+        values = self.as_dict()
+        values.update({name: value for name, value in recipe.as_dict().items()
+                       if name in RECIPE_OWNED and name not in NETWORK_OPTIONS and name != "epochs"})
+        values.update({name: None for name in NETWORK_OPTIONS}, **self.model_options())
+        return values
 
     def as_dict(self) -> dict:
         return as_record(self)
@@ -124,6 +165,48 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """Every value of a (resolved) recipe, checked together; raises ConfigError naming the first bad one."""
+    _require(recipe.unit in UNITS, "unit", recipe.unit, f"one of {UNITS}")
+    _require(_is_int(recipe.length) and recipe.length > 0, "epochs" if recipe.unit == "epoch" else "length",
+             recipe.length, "a positive integer")
+    _require(_is_int(recipe.batch_size) and recipe.batch_size > 0, "batch_size", recipe.batch_size,
+             "a positive integer")
+    for field in ("lr", "gamma"):
+        value = getattr(recipe, field)
+        _require(_is_number(value) and value > 0, field, value, "a positive number")
+    for field in ("weight_decay", "momentum", "warmup_lr"):
+        value = getattr(recipe, field)
+        _require(_is_number(value) and value >= 0, field, value, "a number >= 0")
+    _require(all(_is_number(m) for m in recipe.milestones), "milestones", recipe.milestones, "numbers")
+    ordered = all(a < b for a, b in zip(recipe.milestones, recipe.milestones[1:]))
+    _require(ordered, "milestones", recipe.milestones, "strictly increasing values")
+    inside = all(0 < m < recipe.length for m in recipe.milestones)
+    _require(inside, "milestones", recipe.milestones, f"values between 0 and {recipe.length} "
+             f"(the run is {recipe.length} {recipe.unit}s long)")
+    _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
+             recipe.warmup_length, f"a number in [0, {recipe.length})")
+    _choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
+    _choice("normalization", recipe.normalization, NORMALIZATIONS)
+    _choice("augmentation", recipe.augmentation, AUGMENTATIONS)
+    _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
+             "0 or a positive integer")
+    return recipe
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _require(ok: bool, name: str, value, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not valid: expected {accepted}")
 
 
 def _choice(name: str, value, choices) -> None:

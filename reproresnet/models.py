@@ -2,7 +2,6 @@
 (Zagoruyko & Komodakis 2016); where the sources differ, the choice is a named option."""
 import functools
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -44,15 +43,59 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str, with_
     return conv1x1(in_planes, out_planes, stride)
 
 
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come from consecutive chunks of `ghost_batch` images.
+
+    He et al. 2016, appendix: "mini-batch size of 128 on 2 GPUs (64 each)", so each BN layer
+    normalises over 64 images. Running statistics move once per step, by the average of the
+    chunks' statistics; evaluation is plain BatchNorm2d. Build with `convert`, as torch's
+    `SyncBatchNorm.convert_sync_batchnorm`."""
+
+    def __init__(self, num_features: int, ghost_batch: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.ghost_batch = ghost_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] <= self.ghost_batch:
+            return super().forward(x)  # one chunk (e.g. one GPU's share): plain batch norm
+        chunks = x.split(self.ghost_batch)
+        out = torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                         for c in chunks])
+        if self.track_running_stats:
+            with torch.no_grad():
+                stats = [torch.var_mean(c.float(), (0, 2, 3), correction=1) for c in chunks]
+                var, mean = (torch.stack(s).mean(0) for s in zip(*stats))
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var, momentum)
+        return out
+
+    @classmethod
+    def convert(cls, module: nn.Module, ghost_batch: int) -> nn.Module:
+        """`module` with every BatchNorm2d replaced by a GhostBatchNorm2d holding the same state."""
+        if type(module) is nn.BatchNorm2d:
+            ghost = cls(module.num_features, ghost_batch, eps=module.eps, momentum=module.momentum,
+                        affine=module.affine, track_running_stats=module.track_running_stats)
+            ghost.load_state_dict(module.state_dict())
+            return ghost
+        for name, child in module.named_children():
+            module.add_module(name, cls.convert(child, ghost_batch))
+        return module
+
+
 class _PreActBlock(nn.Module):
     """Shared shortcut logic of the pre-activation units."""
 
-    def _init_shortcut(self, in_planes: int, out_planes: int, stride: int, shortcut: str) -> None:
+    def _init_shortcut(self, in_planes: int, out_planes: int, stride: int, shortcut: str, first: bool) -> None:
         self.shortcut = make_shortcut(in_planes, out_planes, stride, shortcut, with_bn=False)
-        # Authors' code: a unit that changes shape applies one BN-ReLU before the split, so its
-        # shortcut reads the pre-activated tensor; the seed's projection read the raw input.
+        # He 2016, appendix: "For the first Residual Unit (that follows a stand-alone convolutional
+        # layer, conv1), we adopt the first activation right after conv1 and before splitting into
+        # two paths" (fb.resnet.torch: stem conv-BN-ReLU, 'first' unit without its own BN-ReLU;
+        # the seed's code: `if first: bn_pre_relu = l`). Units that change shape do the same in the
+        # authors' code ("common BN, ReLU"); the seed's later projections read the raw input.
         changes_shape = not isinstance(self.shortcut, nn.Identity)
-        self.shortcut_reads_preact = changes_shape and shortcut != "input_projection"
+        self.shortcut_reads_preact = first or (changes_shape and shortcut != "input_projection")
 
 
 class PreActBasicBlock(_PreActBlock):
@@ -61,14 +104,14 @@ class PreActBasicBlock(_PreActBlock):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "projection",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, first: bool = False, conv2_bias: bool = False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = conv3x3(planes, planes)
-        self._init_shortcut(in_planes, planes, stride, shortcut)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=conv2_bias)
+        self._init_shortcut(in_planes, planes, stride, shortcut, first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         preact = F.relu(self.bn1(x))
@@ -86,7 +129,7 @@ class PreActBottleneck(_PreActBlock):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "projection",
-                 bottleneck_stride: str = "1x1"):
+                 bottleneck_stride: str = "1x1", first: bool = False):
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if bottleneck_stride == "1x1" else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -95,7 +138,7 @@ class PreActBottleneck(_PreActBlock):
         self.conv2 = conv3x3(planes, planes, stride_3x3)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, planes * self.expansion)
-        self._init_shortcut(in_planes, planes * self.expansion, stride, shortcut)
+        self._init_shortcut(in_planes, planes * self.expansion, stride, shortcut, first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         preact = F.relu(self.bn1(x))
@@ -152,36 +195,42 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """3x3 stem, three stages at strides 1/2/2, global average pool, linear classifier."""
 
-    def __init__(self, block: type[nn.Module], units_per_stage: int, widths=(16, 32, 64),
+    def __init__(self, block: type[nn.Module], units: tuple[int, int, int], widths=(16, 32, 64),
                  num_classes: int = 10, **block_options):
         super().__init__()
         preact = issubclass(block, _PreActBlock)
         self.in_planes = 16
         conv = conv3x3(3, 16)
-        # Pre-activation nets start each unit with BN-ReLU, so their stem is a bare conv.
+        # Pre-activation nets start each unit with BN-ReLU, so their stem is a bare conv; the
+        # first unit's BN-ReLU is the "activation right after conv1" of He 2016.
         self.stem = conv if preact else nn.Sequential(conv, nn.BatchNorm2d(16), nn.ReLU())
-        self.stage1 = self._make_stage(block, widths[0], units_per_stage, 1, block_options)
-        self.stage2 = self._make_stage(block, widths[1], units_per_stage, 2, block_options)
-        self.stage3 = self._make_stage(block, widths[2], units_per_stage, 2, block_options)
+        first = {"first": True} if preact else {}
+        self.stage1 = self._make_stage(block, widths[0], units[0], 1, block_options, first)
+        self.stage2 = self._make_stage(block, widths[1], units[1], 2, block_options)
+        self.stage3 = self._make_stage(block, widths[2], units[2], 2, block_options)
         # ... and end with a BN-ReLU before pooling, since their last unit ends with a conv.
         self.final_act = nn.Sequential(nn.BatchNorm2d(self.in_planes), nn.ReLU()) if preact else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.in_planes, num_classes)
 
         # He et al. 2015 ("Delving deep"), as in the authors' Torch code: N(0, sqrt(2/(k*k*out))),
-        # BN gamma 1, beta 0. The Linear layer keeps PyTorch's default init, as torchvision's
-        # resnet.py does: neither paper specifies it, and any PyTorch user expects that default.
+        # BN gamma 1, beta 0. The classifier's weight keeps the Torch/PyTorch default,
+        # U(+-1/sqrt(in)); its bias is zero, as every source sets it (fb.resnet.torch and
+        # resnet-1k-layers: "for k,v in pairs(model:findModules('nn.Linear')) do v.bias:zero()";
+        # WRN: utils.FCinit; Lasagne's DenseLayer: b=Constant(0.)).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.fc.bias)
 
-    def _make_stage(self, block, planes: int, units: int, stride: int, block_options) -> nn.Sequential:
+    def _make_stage(self, block, planes: int, units: int, stride: int, block_options, first=None) -> nn.Sequential:
         layers = []
         for i in range(units):
-            layers.append(block(self.in_planes, planes, stride if i == 0 else 1, **block_options))
+            extra = first if (first and i == 0) else {}
+            layers.append(block(self.in_planes, planes, stride if i == 0 else 1, **block_options, **extra))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
 
@@ -196,30 +245,65 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
+def _lasagne_init(model: ResNet) -> ResNet:
+    """Initialise as the seed's Lasagne code: convolutions `W=he_norm` (HeNormal(gain='relu'):
+    N(0, 2/fan_in)), projections Lasagne's default GlorotUniform, the dense layer
+    `W=HeNormal()` (gain 1), every bias Constant(0.); BatchNormLayer's epsilon=1e-4."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            if name.endswith("shortcut"):
+                nn.init.xavier_uniform_(m.weight)
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-4
+    nn.init.kaiming_normal_(model.fc.weight, mode="fan_in", nonlinearity="linear")
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
 _BLOCKS = {("preact", "basic"): PreActBasicBlock, ("preact", "bottleneck"): PreActBottleneck,
            ("original", "basic"): BasicBlock, ("original", "bottleneck"): Bottleneck,
-           ("wide", "basic"): PreActBasicBlock}
+           ("wide", "basic"): PreActBasicBlock, ("seed_wide", "basic"): PreActBasicBlock}
+# depth = per_unit * n + extra; seed_wide stacks n, n+2, n+2 units (the seed's
+# `for _ in range(1,(n+2))` in stages 2 and 3), so its depth is 2 + 2 * (3n + 4).
+_DEPTH_RULES = {("preact", "basic"): (6, 2), ("preact", "bottleneck"): (9, 2),
+                ("original", "basic"): (6, 2), ("original", "bottleneck"): (9, 2),
+                ("wide", "basic"): (6, 4), ("seed_wide", "basic"): (6, 10)}
 
 
 def _is_int(value, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNet:
-    """Validate the architecture and every option, then build the network."""
-    if block not in ("basic", "bottleneck"):
-        raise ValueError(f"block {block!r} is not one of 'basic', 'bottleneck'")
-    defaults = {"num_classes": 10, "shortcut": "projection"}
+def default_options(family: str, block: str) -> dict:
+    """Each network's options as its source builds it."""
+    # He 2016: "we use projection shortcuts [for the bottleneck nets] ... otherwise, we follow
+    # [He 2015]", whose CIFAR nets use "identity shortcuts in all cases (i.e., option A)";
+    # fb.resnet.torch: "Default shortcutType=A" for cifar10. WRN's code: a 1x1 Convolution.
+    shortcut = "projection" if block == "bottleneck" or family == "wide" else "zero_pad"
+    defaults = {"num_classes": 10, "shortcut": shortcut}
     if block == "bottleneck":
         defaults["bottleneck_stride"] = "1x1"
     if family == "wide":
         defaults["dropout"] = 0.3  # the report's WRN-16-4 is the dropout variant
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {family} {block}-block "
-                         f"networks; accepted: {', '.join(defaults)}")
+    if family == "seed_wide":
+        # The seed's code: `projection = ConvLayer(l, ...)` on the unit's raw input where the
+        # stride changes; `DropoutLayer(conv_1, p=0.3)`.
+        defaults.update(shortcut="input_projection", dropout=0.3)
+    defaults["bn_batch"] = None  # images per batch-norm statistic; None: the whole batch
+    return defaults
+
+
+def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNet:
+    """Validate the architecture and every option, then build the network."""
+    if (family, block) not in _BLOCKS:
+        raise ValueError(f"block {block!r} is not one of 'basic', 'bottleneck'")
+    defaults = default_options(family, block)
     opts = {**defaults, **options}
-    num_classes, dropout = opts.pop("num_classes"), opts.get("dropout", 0.0)
+    num_classes, dropout, bn_batch = opts.pop("num_classes"), opts.get("dropout", 0.0), opts.pop("bn_batch")
     if not _is_int(num_classes, 2):
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     if opts["shortcut"] not in SHORTCUTS:
@@ -228,20 +312,33 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
         raise ValueError(f"bottleneck_stride {opts['bottleneck_stride']!r} is not one of "
                          f"{BOTTLENECK_STRIDES}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        raise ValueError(f"dropout={dropout!r} is not valid: expected a float in [0, 1)")
+    if bn_batch is not None and not _is_int(bn_batch, 1):
+        raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
     if not _is_int(k, 1):
         raise ValueError(f"widening factor k must be an int >= 1, got {k!r}")
-    per_unit, extra = (6, 4) if family == "wide" else (9, 2) if block == "bottleneck" else (6, 2)
+    unknown = sorted(set(options) - set(defaults))  # after the values: a bad value is named first
+    if unknown:
+        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {family} {block}-block "
+                         f"networks; accepted: {', '.join(defaults)}")
+    per_unit, extra = _DEPTH_RULES[family, block]
     if not _is_int(depth, per_unit + extra) or (depth - extra) % per_unit:
         valid = ", ".join(str(per_unit * n + extra) for n in (1, 2, 3))
-        kind = "wide networks" if family == "wide" else f"{block} blocks"
+        kind = f"{family} networks" if "wide" in family else f"{block} blocks"
         raise ValueError(f"depth {depth!r} is not {per_unit}n+{extra} for {kind}; valid: {valid}, ...")
+    n = (depth - extra) // per_unit
     widths = (16 * k, 32 * k, 64 * k)
-    return ResNet(_BLOCKS[family, block], (depth - extra) // per_unit, widths, num_classes, **opts)
+    if family == "seed_wide":
+        # The seed's code: `conv_2 = ConvLayer(...)` keeps Lasagne's default bias (b=Constant(0.)).
+        model = _lasagne_init(ResNet(PreActBasicBlock, (n, n + 2, n + 2), widths, num_classes,
+                                     conv2_bias=True, **opts))
+    else:
+        model = ResNet(_BLOCKS[family, block], (n, n, n), widths, num_classes, **opts)
+    return GhostBatchNorm2d.convert(model, bn_batch) if bn_batch else model
 
 
 def preact_resnet(depth: int, block: str = "basic", **options) -> ResNet:
-    """Pre-activation ResNet; options: num_classes, shortcut, bottleneck_stride (bottleneck only)."""
+    """Pre-activation ResNet; options: num_classes, shortcut, bn_batch, bottleneck_stride (bottleneck only)."""
     return _create("preact", block, depth, 1, options)
 
 
@@ -252,86 +349,61 @@ def resnet(depth: int, block: str = "basic", **options) -> ResNet:
 
 
 def wide_resnet(depth: int, k: int, **options) -> ResNet:
-    """WRN-depth-k; options: num_classes, shortcut, dropout (default 0.3)."""
+    """WRN-depth-k; options: num_classes, shortcut, bn_batch, dropout (default 0.3)."""
     return _create("wide", "basic", depth, k, options)
 
 
 @dataclass(frozen=True)
 class ArchSpec:
     name: str
-    family: str  # "preact" | "original" | "wide"
+    family: str  # "preact" | "original" | "wide" | "seed_wide"
     block: str  # "basic" | "bottleneck"
     depth: int
     width: int  # widening factor k; 1 unless wide
-    factory: Callable[..., nn.Module]
+
+    def build(self, **options) -> ResNet:
+        return _create(self.family, self.block, self.depth, self.width, options)
 
 
-ARCHITECTURES: dict[str, ArchSpec] = {}
+# One row per registered network: name, family, block, depth, width.
+ARCHITECTURES: dict[str, ArchSpec] = {row[0]: ArchSpec(*row) for row in (
+    # Pre-activation ResNets (He et al. 2016), basic then bottleneck blocks.
+    ("preact_resnet20", "preact", "basic", 20, 1),
+    ("preact_resnet32", "preact", "basic", 32, 1),
+    ("preact_resnet44", "preact", "basic", 44, 1),
+    ("preact_resnet56", "preact", "basic", 56, 1),
+    ("preact_resnet110", "preact", "basic", 110, 1),
+    ("preact_resnet1202", "preact", "basic", 1202, 1),
+    ("preact_resnet164", "preact", "bottleneck", 164, 1),
+    ("preact_resnet1001", "preact", "bottleneck", 1001, 1),
+    # Original post-activation ResNets (He et al. 2015).
+    ("resnet20", "original", "basic", 20, 1),
+    ("resnet32", "original", "basic", 32, 1),
+    ("resnet44", "original", "basic", 44, 1),
+    ("resnet56", "original", "basic", 56, 1),
+    ("resnet110", "original", "basic", 110, 1),
+    ("resnet1202", "original", "basic", 1202, 1),
+    ("resnet164", "original", "bottleneck", 164, 1),
+    ("resnet1001", "original", "bottleneck", 1001, 1),
+    # Wide ResNets (Zagoruyko & Komodakis 2016); WRN-16-4 is the network of the seed's table.
+    ("wrn_16_4", "wide", "basic", 16, 4),
+    ("wrn_16_8", "wide", "basic", 16, 8),
+    ("wrn_28_10", "wide", "basic", 28, 10),
+    ("wrn_40_4", "wide", "basic", 40, 4),
+    # The seed's "WRN n=2 k=4" as its code builds it (ResNet_FullPre_Wide(n=2, k=4)): 22 layers.
+    ("seed_wrn_n2_k4", "seed_wide", "basic", 22, 4),
+)}
 
 
 class UnknownArchitectureError(ValueError):
     pass
 
 
-def _register(family: str, block: str, depth: int, width: int = 1):
-    def add(factory):
-        ARCHITECTURES[factory.__name__] = ArchSpec(factory.__name__, family, block, depth, width, factory)
-        return factory
-    return add
-
-
-# Pre-activation ResNets (He et al. 2016), basic then bottleneck blocks.
-@_register("preact", "basic", 20)
-def preact_resnet20(**options): return preact_resnet(20, "basic", **options)
-@_register("preact", "basic", 32)
-def preact_resnet32(**options): return preact_resnet(32, "basic", **options)
-@_register("preact", "basic", 44)
-def preact_resnet44(**options): return preact_resnet(44, "basic", **options)
-@_register("preact", "basic", 56)
-def preact_resnet56(**options): return preact_resnet(56, "basic", **options)
-@_register("preact", "basic", 110)
-def preact_resnet110(**options): return preact_resnet(110, "basic", **options)
-@_register("preact", "basic", 1202)
-def preact_resnet1202(**options): return preact_resnet(1202, "basic", **options)
-@_register("preact", "bottleneck", 164)
-def preact_resnet164(**options): return preact_resnet(164, "bottleneck", **options)
-@_register("preact", "bottleneck", 1001)
-def preact_resnet1001(**options): return preact_resnet(1001, "bottleneck", **options)
-
-# Original post-activation ResNets (He et al. 2015).
-@_register("original", "basic", 20)
-def resnet20(**options): return resnet(20, "basic", **options)
-@_register("original", "basic", 32)
-def resnet32(**options): return resnet(32, "basic", **options)
-@_register("original", "basic", 44)
-def resnet44(**options): return resnet(44, "basic", **options)
-@_register("original", "basic", 56)
-def resnet56(**options): return resnet(56, "basic", **options)
-@_register("original", "basic", 110)
-def resnet110(**options): return resnet(110, "basic", **options)
-@_register("original", "basic", 1202)
-def resnet1202(**options): return resnet(1202, "basic", **options)
-@_register("original", "bottleneck", 164)
-def resnet164(**options): return resnet(164, "bottleneck", **options)
-@_register("original", "bottleneck", 1001)
-def resnet1001(**options): return resnet(1001, "bottleneck", **options)
-
-# Wide ResNets (Zagoruyko & Komodakis 2016); WRN-16-4 is the seed's network.
-@_register("wide", "basic", 16, 4)
-def wrn_16_4(**options): return wide_resnet(16, 4, **options)
-@_register("wide", "basic", 16, 8)
-def wrn_16_8(**options): return wide_resnet(16, 8, **options)
-@_register("wide", "basic", 28, 10)
-def wrn_28_10(**options): return wide_resnet(28, 10, **options)
-@_register("wide", "basic", 40, 4)
-def wrn_40_4(**options): return wide_resnet(40, 4, **options)
-
-
 def build_model(name: str, num_classes: int = 10, **options) -> nn.Module:
-    """Build a registered network by name; options as for its factory."""
+    """Build a registered network by name; options as for its family (`default_options`)."""
     if name not in ARCHITECTURES:
         raise UnknownArchitectureError(f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name].factory(num_classes=num_classes, **options)
+    return ARCHITECTURES[name].build(num_classes=num_classes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,8 +1,11 @@
-"""Training recipes as the papers state them, and the learning-rate schedule they imply.
+"""Training recipes as their sources state them, and the learning-rate schedule they imply.
 
-A `Recipe` is written in the units its source uses (epochs or iterations). `make_schedule`
-turns it into a `Schedule` in iterations for a concrete run; the learning rate is then a
-pure function of the iteration (`Schedule.lr_at`), easy to test and to plot.
+A `Recipe` is written in the units its source uses (epochs or iterations) and owns every
+choice its source makes: optimiser, schedule, batch-norm batch, preprocessing, augmentation,
+validation split and the network options. `config.TrainConfig` picks one, applies a run's
+explicit values over it and checks the result (config owns validation). `make_schedule`
+turns it into a `Schedule` in iterations; the learning rate is then a pure function of the
+iteration (`Schedule.lr_at`), easy to test and to plot.
 """
 
 from __future__ import annotations
@@ -11,135 +14,131 @@ import bisect
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 UNITS = ("epoch", "iteration")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it and what would be accepted."""
+WEIGHT_DECAY_SCOPES = ("all", "weights")  # every parameter | conv and linear weights only
+# Fields a run may set over its recipe; the network options go to models.build_model.
+NETWORK_OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "bn_batch")
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    source: str                    # where the numbers come from
+    source: str                    # where the numbers come from, quoted where it can be
     length: int                    # training length, in `unit`s
     unit: str                      # "epoch" or "iteration"
     lr: float                      # learning rate for a batch of `batch_size`
-    milestones: tuple[int, ...]    # in `unit`s; lr is multiplied by `gamma` at each
+    milestones: tuple[float, ...]  # in `unit`s; lr is multiplied by `gamma` at each
     gamma: float
     batch_size: int
     momentum: float = 0.9
     nesterov: bool = True
-    weight_decay: float = 1e-4     # PyTorch SGD weight decay, applied to every parameter
+    weight_decay: float = 1e-4     # PyTorch SGD weight decay ...
+    weight_decay_on: str = "all"   # ... on every parameter, or on conv/linear weights only
     warmup_lr: float = 0.0         # lr used before `warmup_length` (in `unit`s) ...
-    warmup_length: int = 0
-    warmup_archs: tuple[str, ...] = ()   # ... for these networks only
+    warmup_length: float = 0
+    warmup_archs: Optional[tuple[str, ...]] = None  # ... for these networks only; None: every one
+    batch_size_for: tuple[tuple[str, int], ...] = ()  # per-network exceptions to batch_size
+    normalization: str = "per_pixel_mean"
+    augmentation: str = "per_image"
+    val_size: int = 0              # training images held out; the best-validation epoch is reported
+    bn_batch: Optional[int] = None  # images per batch-norm statistic; None: the whole mini-batch
+    shortcut: Optional[str] = None  # network options; None: the network's own default
+    bottleneck_stride: Optional[str] = None
+    dropout: Optional[float] = None
 
-    def validate(self) -> "Recipe":
-        _require(self.unit in UNITS, "unit", self.unit, f"one of {UNITS}")
-        _require(_is_int(self.length) and self.length > 0, "epochs" if self.unit == "epoch" else "length",
-                 self.length, "a positive integer")
-        _require(_is_int(self.batch_size) and self.batch_size > 0, "batch_size", self.batch_size,
-                 "a positive integer")
-        for field in ("lr", "gamma"):
-            value = getattr(self, field)
-            _require(_is_number(value) and value > 0, field, value, "a positive number")
-        for field in ("weight_decay", "momentum", "warmup_lr"):
-            value = getattr(self, field)
-            _require(_is_number(value) and value >= 0, field, value, "a number >= 0")
-        _require(all(_is_int(m) for m in self.milestones), "milestones", self.milestones, "integers")
-        ordered = all(a < b for a, b in zip(self.milestones, self.milestones[1:]))
-        _require(ordered, "milestones", self.milestones, "strictly increasing values")
-        inside = all(0 < m < self.length for m in self.milestones)
-        _require(inside, "milestones", self.milestones, f"values between 1 and {self.length - 1} "
-                 f"(the run is {self.length} {self.unit}s long)")
-        _require(_is_int(self.warmup_length) and 0 <= self.warmup_length < self.length, "warmup_length",
-                 self.warmup_length, f"an integer in [0, {self.length})")
-        return self
+    def for_arch(self, arch: str) -> "Recipe":
+        """The recipe as it applies to one network: its batch size and warm-up resolved."""
+        warms_up = self.warmup_archs is None or arch in self.warmup_archs
+        return dataclasses.replace(self, batch_size=dict(self.batch_size_for).get(arch, self.batch_size),
+                                   batch_size_for=(), warmup_archs=None,
+                                   warmup_length=self.warmup_length if warms_up else 0)
 
     def replace(self, **overrides) -> "Recipe":
-        """A copy with some fields overridden. A new `epochs` keeps the schedule's shape:
-        milestones and warm-up are scaled to the new length unless given too."""
+        """A copy with some fields overridden (config.TrainConfig checks the values). A new
+        `epochs` keeps the schedule's shape: milestones and warm-up move to the same fraction
+        of the new length, as fractional epochs, so that no decay merges with another and a
+        warm-up does not round to nothing (make_schedule rounds them to iterations)."""
         epochs = overrides.pop("epochs", None)
         if epochs is not None:
-            _require(_is_int(epochs) and epochs > 0, "epochs", epochs, "a positive integer")
             overrides.setdefault("length", epochs)
             overrides.setdefault("unit", "epoch")
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        _require(not unknown, "recipe field", ", ".join(sorted(unknown)),
-                 f"one of {[f.name for f in dataclasses.fields(self)]}")
+            scale = epochs / self.length  # an iteration recipe is read at its nominal 50,000-image epoch
+            overrides.setdefault("milestones", tuple(_tidy(m * scale) for m in self.milestones))
+            overrides.setdefault("warmup_length", _tidy(self.warmup_length * scale))
         if "milestones" in overrides:
             overrides["milestones"] = tuple(overrides["milestones"])
-        new = dataclasses.replace(self, **overrides)
-        if epochs is not None:
-            scaled = {"warmup_length": self._scaled((self.warmup_length,), new)[0],
-                      "milestones": tuple(sorted({m for m in self._scaled(self.milestones, new) if m > 0}))}
-            new = dataclasses.replace(new, **{k: v for k, v in scaled.items() if k not in overrides})
-        return new.validate()
+        return dataclasses.replace(self, **overrides)
 
-    def _scaled(self, positions: tuple[int, ...], new: "Recipe") -> tuple[int, ...]:
-        """Positions of this recipe moved to the same fraction of `new` (in epochs); an
-        iteration-based recipe is read at its nominal epoch of 50,000 CIFAR images."""
-        epochs_per_unit = 1 if self.unit == "epoch" else self.batch_size / 50_000
-        scale = new.length / (self.length * epochs_per_unit)
-        return tuple(min(round(p * epochs_per_unit * scale), new.length - 1) for p in positions)
+    def model_options(self) -> dict:
+        return {name: getattr(self, name) for name in NETWORK_OPTIONS if getattr(self, name) is not None}
 
     def as_dict(self) -> dict:
         return as_record(self)
 
 
+def _tidy(value: float):
+    """Whole numbers stay ints, so that records read 80, not 80.0."""
+    return int(value) if float(value).is_integer() else value
+
+
 def as_record(settings) -> dict:
     """A dataclass as run records store it: JSON types only (tuples become lists)."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(settings).items()}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(ok: bool, name: str, value, accepted: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is not valid: expected {accepted}")
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
+    return {key: plain(value) for key, value in dataclasses.asdict(settings).items()}
 
 
 BOTTLENECK_NETWORKS = ("preact_resnet164", "preact_resnet1001", "resnet164", "resnet1001")
 
-RECIPES: dict[str, Recipe] = {
-    recipe.name: recipe.validate()
-    for recipe in (
-        Recipe(
-            name="seed",
-            source="Muellerklein, ReScience reproduction (the recipe as its text states it)",
-            length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
-            weight_decay=1e-4,
-            warmup_lr=0.01, warmup_length=10, warmup_archs=BOTTLENECK_NETWORKS,
-        ),
-        Recipe(
-            name="he2016",
-            source="He et al. 2016, Identity Mappings in Deep Residual Networks, section 4",
-            length=64_000, unit="iteration", lr=0.1, milestones=(32_000, 48_000), gamma=0.1,
-            batch_size=128, weight_decay=1e-4,
-            warmup_lr=0.01, warmup_length=400, warmup_archs=("preact_resnet110", "resnet110"),
-        ),
-        Recipe(
-            name="wrn2016",
-            source="Zagoruyko & Komodakis 2016, Wide Residual Networks (v2), section 3",
-            length=200, unit="epoch", lr=0.1, milestones=(60, 120, 160), gamma=0.2, batch_size=128,
-            weight_decay=5e-4,
-        ),
-    )
-}
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
+    Recipe(
+        name="seed",
+        source="Muellerklein, ReScience reproduction, as its text states it: \"200 epochs\", "
+               "\"nesterov momentum of 0.9\", \"For the bottleneck architecture, the initial learning rate "
+               "was set to 0.01 ... increased to 0.1 at epoch 10\", \"{0:0.1, 80: 0.01, 120: 0.001}\", "
+               "\"L2 regularization of 0.0001\", \"batch sizes of 64\", \"perpixel mean subtraction\"",
+        length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
+        weight_decay=1e-4, warmup_lr=0.01, warmup_length=10, warmup_archs=BOTTLENECK_NETWORKS,
+    ),
+    Recipe(
+        name="seed_code",
+        source="Muellerklein's code (Identity-Mapping-ResNet-Lasagne, train_nn.py, utils.py, README): "
+               "\"LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001}\", \"ITERS = 200\", "
+               "\"nesterov_momentum(..., momentum=0.9)\", \"regularize_layer_params(all_layers, "
+               "lasagne.regularization.l2) * 0.0001\" (= weight decay 2e-4 on conv and dense weights), "
+               "\"train_test_split(X_train, y_train, test_size=0.1)\" with the best-validation parameters "
+               "kept, one crop offset and one flip per mini-batch, \"batch sizes of 64 for ResNet-110 and "
+               "48 for ResNet-164\", projections \"ConvLayer(l, ...)\" on the raw input, stride on the 3x3",
+        length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
+        weight_decay=2e-4, weight_decay_on="weights", warmup_lr=0.01, warmup_length=10,
+        batch_size_for=tuple((arch, 48) for arch in BOTTLENECK_NETWORKS),
+        augmentation="per_batch", val_size=5000, shortcut="input_projection", bottleneck_stride="3x3",
+    ),
+    Recipe(
+        name="he2016",
+        source="He et al. 2016, Identity Mappings, appendix (CIFAR): batch 128 on 2 GPUs, 64 each; "
+               "weight decay 0.0001, momentum 0.9; lr 0.01 for the first 400 iterations in all CIFAR "
+               "experiments, then 0.1, divided by 10 at 32k and 48k iterations, 64k in all; He et al. 2015, "
+               "4.2: \"32x32 images, with the per-pixel mean subtracted\". Nesterov momentum is "
+               "fb.resnet.torch's (the paper says momentum 0.9)",
+        length=64_000, unit="iteration", lr=0.1, milestones=(32_000, 48_000), gamma=0.1,
+        batch_size=128, weight_decay=1e-4, warmup_lr=0.01, warmup_length=400, bn_batch=64,
+    ),
+    Recipe(
+        name="wrn2016",
+        source="Zagoruyko & Komodakis 2016, Wide Residual Networks (v2), section 3 and the authors' "
+               "code: lr 0.1 \"dropped by 0.2 at 60, 120 and 160 epochs\", 200 epochs, batch 128, "
+               "Nesterov 0.9, weight decay 0.0005, \"mean/std normalization\"",
+        length=200, unit="epoch", lr=0.1, milestones=(60, 120, 160), gamma=0.2, batch_size=128,
+        weight_decay=5e-4, normalization="per_channel",
+    ),
+)}
 
 
 def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ConfigError(f"recipe={name!r} is not valid: expected one of {list(RECIPES)}")
+    """The preset by name (KeyError if none; config.TrainConfig names the accepted ones)."""
     return RECIPES[name]
 
 
@@ -153,6 +152,7 @@ class Schedule:
     gamma: float
     warmup_iterations: int
     warmup_lr: float
+    lost: tuple[str, ...] = ()  # what a run too short to hold the recipe's schedule dropped
 
     @property
     def epochs(self) -> int:
@@ -168,15 +168,25 @@ class Schedule:
 
 
 def make_schedule(recipe: Recipe, arch: str, train_size: int) -> Schedule:
+    """The recipe in iterations of `train_size` images. Positions round to whole iterations;
+    a warm-up keeps at least one, and a milestone that would fall on another, on the start or
+    past the end is dropped and named in `lost`."""
+    recipe = recipe.for_arch(arch)
     per_epoch = math.ceil(train_size / recipe.batch_size)
     to_iterations = per_epoch if recipe.unit == "epoch" else 1
-    warmup = recipe.warmup_length if arch in recipe.warmup_archs else 0
-    return Schedule(
-        total_iterations=recipe.length * to_iterations,
-        iterations_per_epoch=per_epoch,
-        lr=recipe.lr,
-        milestones=tuple(m * to_iterations for m in recipe.milestones),
-        gamma=recipe.gamma,
-        warmup_iterations=warmup * to_iterations,
-        warmup_lr=recipe.warmup_lr,
-    )
+    total = recipe.length * to_iterations
+    warmup = max(1, round(recipe.warmup_length * to_iterations)) if recipe.warmup_length else 0
+    lost = []
+    if warmup >= total:
+        lost.append(f"warm-up of {recipe.warmup_length} {recipe.unit}s: the run has {total} iterations")
+        warmup = 0
+    milestones: list[int] = []
+    for m in recipe.milestones:
+        position = round(m * to_iterations)
+        if (milestones and position <= milestones[-1]) or not 0 < position < total:
+            lost.append(f"milestone {m} {recipe.unit}s: iteration {position} of {total} is taken or outside")
+        else:
+            milestones.append(position)
+    return Schedule(total_iterations=total, iterations_per_epoch=per_epoch, lr=recipe.lr,
+                    milestones=tuple(milestones), gamma=recipe.gamma, warmup_iterations=warmup,
+                    warmup_lr=recipe.warmup_lr, lost=tuple(lost))

@@ -247,13 +247,17 @@ def recipe_table() -> pd.DataFrame:
     from .recipes import RECIPES
     rows = []
     for recipe in RECIPES.values():
-        warmup = (f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s "
-                  f"({', '.join(recipe.warmup_archs)})" if recipe.warmup_length else "none")
+        archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
+        warmup = (f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
+                  if recipe.warmup_length else "none")
+        batch = ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for])
         rows.append({"recipe": recipe.name, "length": f"{recipe.length:,} {recipe.unit}s",
-                     "batch": recipe.batch_size, "lr": f"{recipe.lr:g}",
+                     "batch": batch, "lr": f"{recipe.lr:g}",
                      "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
                      "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
-                     "weight decay": f"{recipe.weight_decay:g}", "warm-up": warmup, "source": recipe.source})
+                     "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
+                     "BN batch": recipe.bn_batch or "mini-batch", "data": f"{recipe.normalization}, "
+                     f"{recipe.augmentation}, val {recipe.val_size:,}", "warm-up": warmup, "source": recipe.source})
     return pd.DataFrame(rows)
 
 

@@ -121,7 +121,22 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE for any TrainConfig field; VALUE is a Python literal (3, 0.1, None, True,
+    [80, 120]) or else a string (input_projection)."""
+    import ast
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .config import TrainConfig
+    default = {f: TrainConfig.__dataclass_fields__[f].default for f in ("recipe", "dataset", "device")}
     parser = argparse.ArgumentParser(prog="python -m reproresnet.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", required=True, metavar="NAME")
@@ -131,25 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks run at once, one process each (default: 1)")
     parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK)
     parser.add_argument("--tag", help="run directories are named <arch>-<tag>-seed<k> instead of <arch>-seed<k>")
-    # Defaults here are the full experiment, not the notebook's one-minute smoke defaults.
+    # Defaults here are the full experiment (TrainConfig's and the recipe's), replacing the
+    # notebook's one-minute smoke values.
     run = parser.add_argument_group("training parameters (passed to the notebook)")
-    run.add_argument("--recipe", default="seed")
+    run.add_argument("--recipe", default=default["recipe"])
     run.add_argument("--epochs", type=_optional_int, default=None, help="default: the recipe's length")
     run.add_argument("--batch-size", type=_optional_int, default=None, help="default: the recipe's")
-    run.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
+    run.add_argument("--dataset", default=default["dataset"], help="cifar10 | cifar100 | folder:PATH | synthetic")
     run.add_argument("--data-dir", default=None)
-    run.add_argument("--device", default="auto")
+    run.add_argument("--device", default=default["device"])
     run.add_argument("--limit-train", type=_optional_int, default=None, help="default: the whole split")
     run.add_argument("--limit-test", type=_optional_int, default=None, help="default: the whole split")
-    run.add_argument("--val-size", type=int, default=0, help="hold out N training images (the seed: 5000)")
+    run.add_argument("--val-size", type=_optional_int, default=None, help="default: the recipe's")
+    run.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                     help="any other training setting, e.g. --set shortcut=input_projection (repeatable)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import TrainConfig
     args = build_parser().parse_args(argv)
     parameters = {"recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size,
                   "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device,
                   "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
+    unknown = sorted({key for key, _ in args.set} - set(TrainConfig.__dataclass_fields__) - {"run_dir"})
+    if unknown:
+        print(f"reproresnet.sweep: error: --set {', '.join(unknown)}: not a training setting; expected "
+              f"one of {sorted(TrainConfig.__dataclass_fields__)}", file=sys.stderr)
+        return 2
+    parameters.update(args.set)
     try:
         outcomes = run_sweep(args.archs, args.seeds, args.results_dir, parameters, jobs=args.jobs,
                              notebook=args.notebook, tag=args.tag)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import records
-from .config import RUNTIME_SETTINGS, TrainConfig, select_device
+from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters, flops_per_image
-from .recipes import ConfigError, Recipe, Schedule, make_schedule
+from .recipes import Recipe, Schedule, make_schedule
 from .records import RunDirError
 
 
@@ -70,8 +70,16 @@ def compile_model(model: torch.nn.Module, mode: str = "default", backend="induct
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
-    # Weight decay on every parameter, BN included, as in the authors' Torch code.
-    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+    # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
+    # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
+    # 'regularizable' tag: W, not b, not BN's beta and gamma).
+    groups = [{"params": list(model.parameters())}]
+    if recipe.weight_decay_on == "weights":
+        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        chosen = {id(p) for p in weights}
+        groups = [{"params": weights},
+                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
                            fused=speedups.fused_optimizer or None)
 
@@ -111,7 +119,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=run.config.augmentation, generator=generator, device=run.device)
+                            augmentation=run.recipe.augmentation, generator=generator, device=run.device)
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -181,7 +189,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict |
     checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
     saved = checkpoint["config"] if checkpoint else record["config"] if record else None
     if saved is not None:
-        _check_same_settings(run_dir, saved, config.as_dict())
+        _check_same_settings(run_dir, _effective(saved), config.effective())
     if record is not None and record["status"] == "complete":
         return "complete"
     return checkpoint  # None: killed before its first epoch ended, so start again
@@ -192,6 +200,13 @@ def _load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
         raise RunDirError(f"{path} cannot be read ({error}); delete it to start the run again") from error
+
+
+def _effective(saved: dict) -> dict:
+    try:
+        return TrainConfig.from_dict(saved).effective()
+    except ConfigError:
+        return saved  # settings this version cannot read: compared as they were written
 
 
 def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
@@ -212,8 +227,9 @@ def _new_record(run: Run) -> dict:
         "config": config.as_dict(),
         "recipe": run.recipe.as_dict(),
         "schedule": run.schedule.as_dict(),
-        "data": {**run.splits.describe(), "normalization": config.normalization,
-                 "augmentation": config.augmentation},
+        "data": {**run.splits.describe(), "normalization": run.recipe.normalization,
+                 "augmentation": run.recipe.augmentation},
+        "precision": "bf16" if run.speedups.bf16 else "fp32",  # bf16 and fp32 runs are different experiments
         **provenance,
         "device": {**provenance["device"], "speedups": dataclasses.asdict(run.speedups)},
         "params": count_parameters(run.model),
@@ -279,7 +295,7 @@ def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
     """The run's data, resident on `device` as uint8."""
     splits = load_splits(config.dataset, config.data_dir, download=config.download,
                          limit_train=config.limit_train, limit_test=config.limit_test,
-                         val_size=config.val_size, seed=config.seed)
+                         val_size=config.resolved_recipe().val_size, seed=config.seed)
     val = splits.val.to(device) if splits.val is not None else None
     return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
 
@@ -289,7 +305,7 @@ def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, com
     speedups = Speedups.for_device(config, device)
     recipe = config.resolved_recipe()
     schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
-    normalizer = Normalizer.fit(splits.train.images, config.normalization).to(device)
+    normalizer = Normalizer.fit(splits.train.images, recipe.normalization).to(device)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
     if speedups.channels_last:
@@ -337,7 +353,7 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     rows = metrics + [row]
     done = epoch + 1 == run.schedule.epochs
     record.update(epochs_done=epoch + 1, status="complete" if done else "running",
-                  final=summarize(rows, run.config.val_size) if done else None)
+                  final=summarize(rows, run.recipe.val_size) if done else None)
     _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                   "metrics": rows, "config": run.config.as_dict(),
                                   "started": record["started"]})

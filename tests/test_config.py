@@ -5,8 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reproresnet.config import TrainConfig, select_device
-from reproresnet.recipes import ConfigError
+from reproresnet.config import ConfigError, TrainConfig, select_device
 
 
 def test_defaults_are_valid_and_round_trip_through_a_dict():
@@ -38,6 +37,9 @@ def test_defaults_are_valid_and_round_trip_through_a_dict():
     ({"dropout": 1.5}, "dropout=1.5"),
     ({"seed": "zero"}, "seed='zero'"),
     ({"bf16": "yes"}, "bf16='yes'"),
+    ({"weight_decay_on": "bn"}, "weight_decay_on='bn'"),
+    ({"bn_batch": -1}, "bn_batch"),
+    ({"val_size": 2.5}, "val_size=2.5"),
     ({"arch": "preact_resnet20", "bottleneck_stride": "3x3"}, "bottleneck_stride"),
     ({"arch": "preact_resnet110", "shortcut": "option_c"}, "option_c"),
 ])
@@ -50,6 +52,18 @@ def test_bad_settings_are_refused_with_their_value(settings, named):
 def test_unknown_setting_is_named():
     with pytest.raises(ConfigError, match="unknown setting.*'epoch'"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_recipe_owned_values_stay_none_until_resolved():
+    config = TrainConfig(recipe="he2016")
+    assert (config.batch_size, config.normalization, config.val_size, config.bn_batch) == (None,) * 4
+    assert config.as_dict()["batch_size"] is None  # the record keeps what was asked ...
+    assert config.resolved_recipe().batch_size == 128  # ... and the recipe what it resolved to
+
+
+def test_config_error_lives_in_config():
+    from reproresnet import cli, train
+    assert train.ConfigError is ConfigError and cli.ConfigError is ConfigError
 
 
 def test_network_options_reach_the_model_only_when_set():
@@ -84,3 +98,25 @@ def test_any_settings_either_validate_or_raise_config_error(settings):
             assert getattr(recipe, field) == settings[field]
     if settings.get("epochs") is not None:
         assert recipe.length == settings["epochs"]
+
+
+def test_train_notebook_takes_every_setting_and_leaves_the_recipes_to_the_recipe():
+    """Every TrainConfig field can be passed through papermill, and a recipe-owned value is
+    None in the parameters cell, so that no notebook default overrides a recipe."""
+    import dataclasses
+    from pathlib import Path
+
+    import nbformat
+
+    from reproresnet.config import RECIPE_OWNED
+
+    nb = nbformat.read(Path(__file__).parents[1] / "notebooks" / "train.ipynb", as_version=4)
+    names = {}
+    for line in nb.cells[1].source.splitlines():
+        name, _, value = line.partition("#")[0].partition("=")
+        if value.strip():
+            names[name.strip()] = eval(value, {})
+    fields = {field.name for field in dataclasses.fields(TrainConfig)} - {"out"}
+    assert fields <= set(names), sorted(fields - set(names))
+    assert all(names[name] is None for name in RECIPE_OWNED if name != "epochs"), \
+        {name: names[name] for name in RECIPE_OWNED if names[name] is not None}

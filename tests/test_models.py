@@ -3,32 +3,38 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from reproresnet.models import (
     ARCHITECTURES,
     BOTTLENECK_STRIDES,
     SHORTCUTS,
+    GhostBatchNorm2d,
     UnknownArchitectureError,
     ZeroPadShortcut,
     build_model,
     count_parameters,
     describe_architectures,
     preact_resnet,
-    preact_resnet20,
-    preact_resnet110,
-    preact_resnet164,
     resnet,
-    resnet20,
     wide_resnet,
-    wrn_16_4,
 )
+
+
+def _factory(name):
+    return lambda **options: build_model(name, **options)
+
+
+preact_resnet20, preact_resnet110, preact_resnet164, resnet20, wrn_16_4, seed_wrn_n2_k4 = map(
+    _factory, ["preact_resnet20", "preact_resnet110", "preact_resnet164", "resnet20", "wrn_16_4",
+               "seed_wrn_n2_k4"])
 
 EXPECTED_NAMES = [
     "preact_resnet20", "preact_resnet32", "preact_resnet44", "preact_resnet56",
     "preact_resnet110", "preact_resnet1202", "preact_resnet164", "preact_resnet1001",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
     "resnet164", "resnet1001",
-    "wrn_16_4", "wrn_16_8", "wrn_28_10", "wrn_40_4",
+    "wrn_16_4", "wrn_16_8", "wrn_28_10", "wrn_40_4", "seed_wrn_n2_k4",
 ]
 
 
@@ -58,9 +64,9 @@ def test_registry_names_and_order():
     assert list(ARCHITECTURES) == EXPECTED_NAMES
     for name, spec in ARCHITECTURES.items():
         assert spec.name == name
-        assert spec.family in ("preact", "original", "wide")
+        assert spec.family in ("preact", "original", "wide", "seed_wide")
         assert spec.block in ("basic", "bottleneck")
-        assert (spec.width > 1) == (spec.family == "wide")
+        assert (spec.width > 1) == ("wide" in spec.family)
 
 
 @pytest.mark.parametrize("name", _registry_params())
@@ -77,20 +83,33 @@ def test_forward_backward_cifar100(name):
 
 # --- exact parameter counts ---------------------------------------------------------------
 
-def test_parameter_counts():
-    assert count_parameters(preact_resnet164()) == 1_703_258  # the authors' log
-    assert count_parameters(wrn_16_4()) == 2_748_890
-    assert count_parameters(preact_resnet110()) == 1_730_522
-    assert count_parameters(preact_resnet110(shortcut="zero_pad")) == 1_727_962
+# Exact counts, each against its source. ResNet-110 defaults to He 2015's option A (zero
+# padding, no shortcut weights); the projection adds 16*32 + 32*64 weights. The seed's wide
+# network, built as ResNet_FullPre_Wide(n=2, k=4) builds it: 2/4/4 units of widths 64/128/256,
+# a bias on each unit's second convolution (64*2 + 128*4 + 256*4 = 1,664), 1x1 projections
+# 16->64, 64->128, 128->256 without bias: 5,702,746, which is what Lasagne's
+# count_params(trainable=True) gives (BN's running mean and inv_std are not parameters).
+PARAMETER_COUNTS = [
+    ("preact_resnet110", {}, 1_727_962),
+    ("preact_resnet110", {"shortcut": "projection"}, 1_730_522),
+    ("preact_resnet164", {}, 1_703_258),  # the authors' log (WRN repo, resnet-pre-act)
+    ("wrn_16_4", {}, 2_748_890),
+    ("seed_wrn_n2_k4", {}, 5_702_746),
+]
+
+
+@pytest.mark.parametrize("name, options, expected", PARAMETER_COUNTS)
+def test_parameter_counts(name, options, expected):
+    assert count_parameters(build_model(name, **options)) == expected
 
 
 def test_describe_architectures():
     rows = describe_architectures()
     assert [row["name"] for row in rows] == EXPECTED_NAMES
     by_name = {row["name"]: row for row in rows}
-    assert by_name["preact_resnet164"]["params"] == 1_703_258
-    assert by_name["wrn_16_4"]["params"] == 2_748_890
-    assert by_name["preact_resnet110"]["params"] == 1_730_522
+    for name, options, expected in PARAMETER_COUNTS:
+        if not options:
+            assert by_name[name]["params"] == expected
     for row in rows:
         spec = ARCHITECTURES[row["name"]]
         assert (row["family"], row["block"], row["depth"], row["width"]) == (
@@ -119,6 +138,136 @@ def test_he_init():
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+
+
+def test_classifier_bias_starts_at_zero_as_in_every_source():
+    for name in ("preact_resnet20", "resnet20", "wrn_16_4", "seed_wrn_n2_k4"):
+        fc = build_model(name).fc
+        assert torch.all(fc.bias == 0) and fc.weight.abs().max() > 0
+
+
+# --- the first unit and scale invariance (He 2016, appendix) ---------------------------------
+
+def _preact_and_wide():
+    return [pytest.param(name, marks=pytest.mark.slow) if spec.depth >= 1000 else name
+            for name, spec in ARCHITECTURES.items() if spec.family != "original"]
+
+
+@pytest.mark.parametrize("name", _preact_and_wide())
+def test_logits_are_invariant_to_input_scale_in_training_mode(name):
+    """Every path out of the bare stem conv passes a batch norm first ("the first activation
+    right after conv1 and before splitting into two paths"), so in training mode, where BN uses
+    the batch's statistics, scaling the input by a positive constant changes nothing."""
+    torch.manual_seed(0)
+    model = build_model(name).double().train()
+    for m in model.modules():  # BN's eps is the only scale in the network
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-12
+    x = _images(batch=2).double()
+    outputs = []
+    with torch.no_grad():
+        for scale in (1.0, 0.25, 3.0):
+            torch.manual_seed(1)  # the same dropout masks for every pass
+            outputs.append(model(x * scale))
+    for scaled in outputs[1:]:
+        torch.testing.assert_close(scaled, outputs[0], rtol=1e-6, atol=1e-7)
+
+
+def test_first_unit_splits_after_the_activation():
+    """fb.resnet.torch's stem conv-BN-ReLU with a 'first' unit that skips its own BN-ReLU is
+    the same function as our bare stem plus the first unit's BN-ReLU feeding both paths."""
+    torch.manual_seed(0)
+    model = preact_resnet20().train()
+    unit = model.stage1[0]
+    assert unit.shortcut_reads_preact and not model.stage1[1].shortcut_reads_preact
+    x = _images(batch=4)
+    stem = F.relu(unit.bn1(model.stem(x)))
+    out = unit.conv2(F.relu(unit.bn2(unit.conv1(stem)))) + stem
+    unit.bn1.reset_running_stats()
+    torch.testing.assert_close(model.stage1[0](model.stem(x)), out)
+
+
+# --- the seed's wide network ------------------------------------------------------------------
+
+def test_seed_wrn_is_built_as_the_seeds_code_builds_it():
+    model = seed_wrn_n2_k4()
+    assert [len(stage) for stage in (model.stage1, model.stage2, model.stage3)] == [2, 4, 4]
+    units = _all_units(model)
+    assert all(unit.conv2.bias is not None and unit.conv1.bias is None for unit in units)
+    assert all(isinstance(unit.dropout, nn.Dropout) and unit.dropout.p == 0.3 for unit in units)
+    first, down = model.stage1[0], [model.stage2[0], model.stage3[0]]
+    # `elif first: projection = ConvLayer(l, ...)`: a 1x1 projection of the activated stem ...
+    assert first.shortcut.kernel_size == (1, 1) and first.shortcut_reads_preact
+    # ... and `if increase_dim: projection = ConvLayer(l, ...)` on the raw input elsewhere.
+    assert all(u.shortcut.stride == (2, 2) and not u.shortcut_reads_preact for u in down)
+    assert all(m.eps == 1e-4 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_seed_wrn_uses_lasagne_init():
+    torch.manual_seed(0)
+    model = seed_wrn_n2_k4()
+    conv = model.stage3[1].conv1  # HeNormal(gain='relu'): std sqrt(2 / fan_in), fan_in = 256*9
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
+    assert torch.all(model.stage3[1].conv2.bias == 0)
+    projection = model.stage3[0].shortcut.weight  # GlorotUniform: bound sqrt(6 / (in + out))
+    assert projection.abs().max().item() <= math.sqrt(6 / (128 + 256))
+    assert model.fc.weight.std().item() == pytest.approx(math.sqrt(1 / 256), rel=0.1)
+
+
+# --- default shortcuts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, shortcut", [
+    ("preact_resnet110", "zero_pad"), ("preact_resnet20", "zero_pad"), ("resnet110", "zero_pad"),
+    ("preact_resnet164", "projection"), ("resnet164", "projection"), ("wrn_16_4", "projection"),
+    ("seed_wrn_n2_k4", "input_projection"),
+])
+def test_default_shortcut_follows_each_networks_paper(name, shortcut):
+    model = build_model(name)
+    changing = [u for u in _all_units(model) if not isinstance(u.shortcut, nn.Identity)]
+    assert changing
+    if shortcut == "zero_pad":
+        assert all(isinstance(u.shortcut, ZeroPadShortcut) for u in changing)
+    else:
+        assert all(count_parameters(u.shortcut) > 0 for u in changing)
+
+
+# --- ghost batch norm (bn_batch) ------------------------------------------------------------
+
+def test_ghost_batch_norm_normalises_each_chunk_and_averages_the_running_update():
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3, momentum=0.1)
+    ghost = GhostBatchNorm2d.convert(nn.BatchNorm2d(3, momentum=0.1), ghost_batch=4)
+    x = torch.randn(10, 3, 5, 5) * torch.tensor([1.0, 2.0, 5.0]).view(1, 3, 1, 1) + 3
+    out = ghost(x)
+    chunks = x.split(4)  # 4, 4 and 2 images
+    for chunk, got in zip(chunks, out.split(4)):
+        torch.testing.assert_close(got, F.batch_norm(chunk, None, None, training=True, eps=plain.eps))
+    mean = torch.stack([c.mean((0, 2, 3)) for c in chunks]).mean(0)
+    var = torch.stack([c.var((0, 2, 3), unbiased=True) for c in chunks]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, 0.1 * mean)
+    torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * var)
+    assert ghost.num_batches_tracked.item() == 1
+    # evaluation mode is plain batch norm with the running statistics
+    plain.load_state_dict(ghost.state_dict())
+    plain.eval(), ghost.eval()
+    torch.testing.assert_close(ghost(x), plain(x))
+
+
+def test_ghost_batch_norm_is_plain_batch_norm_for_one_chunk():
+    torch.manual_seed(0)
+    plain, ghost = nn.BatchNorm2d(3), GhostBatchNorm2d(3, ghost_batch=8)
+    x = torch.randn(8, 3, 4, 4)
+    torch.testing.assert_close(ghost(x), plain(x))
+    torch.testing.assert_close(ghost.running_var, plain.running_var)
+
+
+def test_bn_batch_option_converts_every_batch_norm_and_keeps_parameters():
+    model = build_model("preact_resnet20", bn_batch=64)
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, GhostBatchNorm2d) and m.ghost_batch == 64 for m in norms)
+    assert count_parameters(model) == count_parameters(build_model("preact_resnet20"))
+    with pytest.raises(ValueError, match="bn_batch.*int >= 1"):
+        build_model("preact_resnet20", bn_batch=0)
 
 
 # --- options --------------------------------------------------------------------------------
@@ -150,7 +299,7 @@ def test_every_shortcut_runs_on_every_family(build, shortcut):
 
 def test_zero_pad_removes_exactly_the_projections():
     # preact_resnet110 has two projections: 16 -> 32 and 32 -> 64, 1x1, no BN
-    assert count_parameters(preact_resnet110()) - count_parameters(preact_resnet110(shortcut="zero_pad")) \
+    assert count_parameters(preact_resnet110(shortcut="projection")) - count_parameters(preact_resnet110()) \
         == 16 * 32 + 32 * 64
 
 

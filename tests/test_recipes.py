@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reproresnet.recipes import RECIPES, ConfigError, get_recipe, make_schedule
+import torch
+
+from reproresnet.cli import main
+from reproresnet.config import ConfigError, TrainConfig, check_recipe
+from reproresnet.models import build_model
+from reproresnet.recipes import RECIPES, get_recipe, make_schedule
+from reproresnet.train import Speedups, make_optimizer
 
 CIFAR_TRAIN = 50_000
 
@@ -39,6 +45,37 @@ def test_seed_recipe_warms_up_the_bottleneck_network_only():
     assert lr_at_epoch(make_schedule(recipe, "wrn_16_4", CIFAR_TRAIN), 0) == pytest.approx(0.1)
 
 
+def test_seed_code_recipe_as_the_seeds_code_runs_it():
+    """train_nn.py: LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001} for every network."""
+    for arch, batch in (("preact_resnet110", 64), ("preact_resnet164", 48), ("seed_wrn_n2_k4", 64)):
+        config = TrainConfig(arch=arch, recipe="seed_code")
+        recipe = config.resolved_recipe()
+        assert (recipe.batch_size, recipe.weight_decay, recipe.weight_decay_on) == (batch, 2e-4, "weights")
+        assert (recipe.augmentation, recipe.normalization, recipe.val_size) == ("per_batch", "per_pixel_mean", 5000)
+        schedule = make_schedule(recipe, arch, CIFAR_TRAIN - 5000)
+        for epoch, lr in {0: 0.01, 9: 0.01, 10: 0.1, 79: 0.1, 80: 0.01, 120: 0.001, 199: 0.001}.items():
+            assert lr_at_epoch(schedule, epoch) == pytest.approx(lr), (arch, epoch)
+    assert TrainConfig(arch="preact_resnet164", recipe="seed_code").model_options() == {
+        "shortcut": "input_projection", "bottleneck_stride": "3x3"}
+    # a network without a bottleneck takes the recipe's shortcut only
+    assert TrainConfig(arch="preact_resnet110", recipe="seed_code").model_options() == {
+        "shortcut": "input_projection"}
+
+
+@pytest.mark.parametrize("recipe, normalization, bn_batch", [
+    ("seed", "per_pixel_mean", None), ("seed_code", "per_pixel_mean", None),
+    ("he2016", "per_pixel_mean", 64), ("wrn2016", "per_channel", None)])
+def test_each_recipe_owns_its_preprocessing_and_bn_batch(recipe, normalization, bn_batch):
+    config = TrainConfig(arch="preact_resnet110", recipe=recipe)
+    assert config.resolved_recipe().normalization == normalization
+    assert config.model_options().get("bn_batch") == bn_batch
+    # an explicit value still wins
+    explicit = TrainConfig(arch="preact_resnet110", recipe=recipe, normalization="per_channel", bn_batch=32,
+                           augmentation="none", val_size=100)
+    resolved = explicit.resolved_recipe()
+    assert (resolved.normalization, resolved.augmentation, resolved.val_size) == ("per_channel", "none", 100)
+    assert explicit.model_options()["bn_batch"] == 32
+
 def test_he2016_recipe_in_iterations():
     recipe = get_recipe("he2016")
     schedule = make_schedule(recipe, "preact_resnet110", CIFAR_TRAIN)
@@ -48,7 +85,11 @@ def test_he2016_recipe_in_iterations():
                 48_000: 0.001, 63_999: 0.001}
     for iteration, lr in expected.items():
         assert schedule.lr_at(iteration) == pytest.approx(lr), iteration
-    assert make_schedule(recipe, "preact_resnet164", CIFAR_TRAIN).lr_at(0) == pytest.approx(0.1)
+    # "for all CIFAR experiments": the bottleneck nets warm up too
+    assert make_schedule(recipe, "preact_resnet164", CIFAR_TRAIN).lr_at(399) == pytest.approx(0.01)
+    assert make_schedule(recipe, "wrn_16_4", CIFAR_TRAIN).lr_at(400) == pytest.approx(0.1)
+    assert (recipe.batch_size, recipe.bn_batch, recipe.momentum, recipe.nesterov) == (128, 64, 0.9, True)
+    assert "appendix" in recipe.source and "fb.resnet.torch" in recipe.source
 
 
 def test_wrn2016_recipe():
@@ -79,6 +120,8 @@ def test_explicit_milestones_are_taken_literally():
     ({"lr": 0.0}, "lr=0.0"),
     ({"lr": float("nan")}, "lr=nan"),
     ({"weight_decay": -1e-4}, "weight_decay=-0.0001"),
+    ({"weight_decay_on": "bn"}, "weight_decay_on='bn'"),
+    ({"bn_batch": 0}, "bn_batch"),
     ({"milestones": (120, 80)}, "milestones=(120, 80)"),
     ({"milestones": (80, 250)}, "milestones=(80, 250)"),
     ({"epochs": 10, "milestones": (5, 10)}, "milestones=(5, 10)"),
@@ -86,13 +129,13 @@ def test_explicit_milestones_are_taken_literally():
 ])
 def test_bad_overrides_name_the_value(overrides, bad):
     with pytest.raises(ConfigError) as error:
-        get_recipe("seed").replace(**overrides)
+        TrainConfig.from_dict({"recipe": "seed", **overrides})
     assert bad in str(error.value) and "expected" in str(error.value)
 
 
 def test_unknown_recipe_lists_the_presets():
-    with pytest.raises(ConfigError, match="seed.*he2016.*wrn2016"):
-        get_recipe("he2015")
+    with pytest.raises(ConfigError, match="seed.*seed_code.*he2016.*wrn2016"):
+        TrainConfig(recipe="he2015")
 
 
 @given(name=st.sampled_from(sorted(RECIPES)), epochs=st.integers(1, 400),
@@ -116,8 +159,67 @@ def test_schedule_properties(name, epochs, train_size, arch):
 def test_milestone_validation_accepts_exactly_increasing_in_range(milestones, epochs):
     valid = all(0 < m < epochs for m in milestones) and all(a < b for a, b in zip(milestones, milestones[1:]))
     try:
-        get_recipe("seed").replace(epochs=epochs, milestones=milestones)
+        check_recipe(get_recipe("seed").replace(epochs=epochs, milestones=milestones))
     except ConfigError as error:
         assert not valid, error
     else:
         assert valid
+
+
+@given(name=st.sampled_from(sorted(RECIPES)), epochs=st.integers(1, 400),
+       arch=st.sampled_from(["preact_resnet110", "preact_resnet164"]))
+def test_short_runs_keep_every_decay_and_the_warm_up(name, epochs, arch):
+    """On the full training set a shortened recipe keeps each milestone as its own decay and
+    a stated warm-up stays at least one iteration (the old rounding to epochs merged them)."""
+    recipe = get_recipe(name).for_arch(arch)
+    schedule = make_schedule(recipe.replace(epochs=epochs), arch, CIFAR_TRAIN)
+    assert len(schedule.milestones) == len(recipe.milestones) and not schedule.lost
+    assert (schedule.warmup_iterations > 0) == (recipe.warmup_length > 0)
+    final = schedule.lr_at(schedule.total_iterations - 1)
+    assert final == pytest.approx(recipe.lr * recipe.gamma ** len(recipe.milestones))
+
+
+def test_a_run_too_short_for_its_milestones_says_so():
+    schedule = make_schedule(get_recipe("seed").replace(epochs=1), "preact_resnet110", 64)  # one iteration
+    assert schedule.total_iterations == 1 and schedule.milestones == ()
+    assert len(schedule.lost) == 2 and all("milestone" in line for line in schedule.lost)
+    assert schedule.as_dict()["lost"] == list(schedule.lost)
+
+
+def test_two_epoch_run_keeps_both_decays():
+    schedule = make_schedule(get_recipe("seed").replace(epochs=2), "preact_resnet20", 5000)
+    assert schedule.milestones == (round(0.8 * 79), round(1.2 * 79))
+
+
+@pytest.mark.parametrize("scope", ["all", "weights"])
+def test_weight_decay_applies_only_where_the_scope_says(scope):
+    torch.manual_seed(0)
+    model = build_model("preact_resnet20")
+    for p in model.parameters():  # non-zero BN shift and classifier bias, so decay would show
+        torch.nn.init.normal_(p)
+    recipe = get_recipe("seed").replace(weight_decay=0.1, weight_decay_on=scope, momentum=0.0, nesterov=False)
+    optimizer = make_optimizer(model, recipe, Speedups(False, False, False, False))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        is_weight = name.endswith("weight") and p.dim() > 1  # conv and linear weights
+        decayed = scope == "all" or is_weight
+        expected = before[name] * (1 - recipe.lr * 0.1) if decayed else before[name]
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+def test_recipe_command_prints_every_resolved_value(capsys):
+    assert main(["recipe", "he2016", "--arch", "preact_resnet164", "--json"]) == 0
+    resolved = __import__("json").loads(capsys.readouterr().out)
+    assert resolved["batch_size"] == 128 and resolved["bn_batch"] == 64 and resolved["gamma"] == 0.1
+    assert resolved["milestones_iterations"] == [32_000, 48_000] and resolved["warmup_iterations"] == 400
+    assert (resolved["shortcut"], resolved["bottleneck_stride"], resolved["dropout"]) == ("projection", "1x1", None)
+    assert (resolved["weight_decay_on"], resolved["normalization"], resolved["val_size"]) == (
+        "all", "per_pixel_mean", 0)
+    assert main(["recipe", "seed_code", "--arch", "seed_wrn_n2_k4", "--train-size", "45000"]) == 0
+    text = capsys.readouterr().out
+    assert "input_projection" in text and "per_batch" in text and "0.3" in text
+    assert main(["recipe", "nope", "--arch", "preact_resnet20"]) == 2
+    assert "recipe='nope'" in capsys.readouterr().err

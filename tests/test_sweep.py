@@ -97,15 +97,22 @@ def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_pat
         return [{"run": "x", "status": "skipped", "message": None}]
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
+    captured["tag"] = None
     assert sweep.main(["--archs", "preact_resnet110", "wrn_16_4", "--seeds", "0", "1", "2",
                        "--results", str(tmp_path), "--jobs", "2"]) == 0
     assert captured["archs"] == ["preact_resnet110", "wrn_16_4"] and captured["seeds"] == [0, 1, 2]
     assert captured["jobs"] == 2 and captured["results_dir"] == str(tmp_path)
     assert captured["parameters"] == {"recipe": "seed", "epochs": None, "batch_size": None, "dataset": "cifar10",
                                       "data_dir": None, "device": "auto", "limit_train": None,
-                                      "limit_test": None, "val_size": 0}
+                                      "limit_test": None, "val_size": None}
     sweep.main(["--archs", "wrn_16_4", "--epochs", "3", "--limit-train", "256", "--dataset", "synthetic"])
     assert captured["parameters"]["epochs"] == 3 and captured["parameters"]["limit_train"] == 256
+    # any setting, for an ablation: --set KEY=VALUE, with --tag naming its run directories
+    assert sweep.main(["--archs", "preact_resnet110", "--set", "shortcut=input_projection", "--set", "bn_batch=32",
+                       "--set", "milestones=[1, 2]", "--set", "lr=None", "--tag", "shortcut-raw"]) == 0
+    assert captured["parameters"]["shortcut"] == "input_projection" and captured["parameters"]["bn_batch"] == 32
+    assert captured["parameters"]["milestones"] == [1, 2] and captured["parameters"]["lr"] is None
+    assert sweep.main(["--archs", "preact_resnet110", "--set", "shortcutt=zero_pad"]) == 2
 
 
 def test_main_exit_status_says_whether_every_run_finished(monkeypatch):

@@ -30,7 +30,8 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     assert record == records.read_run(run_dir)
     assert record["status"] == "complete" and record["epochs_done"] == record["epochs_planned"] == 3
-    assert record["params"] == count_parameters(build_model("preact_resnet20")) == 272_282
+    assert record["params"] == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
+    assert record["precision"] == "fp32" and record["schedule"]["lost"] == []
     assert record["flops_per_image"] > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
     assert record["data"]["label"] == "synthetic" and record["data"]["n_train"] == 96
     assert record["config"] == config.as_dict() and record["recipe"]["name"] == "seed"
@@ -94,7 +95,7 @@ def test_cli_train_and_list(tmp_path, capsys):
     assert cli.main(["list", "--json"]) == 0
     listing = {row["name"]: row["params"] for row in json.loads(capsys.readouterr().out)}
     assert listing["preact_resnet164"] == 1_703_258 and listing["wrn_16_4"] == 2_748_890
-    assert listing["preact_resnet110"] == 1_730_522
+    assert listing["preact_resnet110"] == 1_727_962  # zero-padding shortcuts by default (He 2015, option A)
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):

@@ -334,6 +334,9 @@ def _training_seconds(run: RunRecord) -> float:
     return ((run.record.get("final") or {}).get("seconds_per_epoch") or 0.0) * run.record["epochs_done"]
 
 
+SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
+
+
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
     """What the runs behind the error table cost, one row per row of that table with runs,
     next to the seed's times (its seconds per epoch on a GTX 980 × its 200 epochs).
@@ -348,8 +351,8 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
         groups = _counted_groups(runs, network)
         if seconds is None and not groups:
             continue
-        seed = {"network": network, "seed device": SEED_DEVICE if seconds else MISSING,
-                "seed s/epoch": MISSING if seconds is None else f"{seconds:.0f}",
+        seed = {"network": network,
+                SEED_SECONDS: MISSING if seconds is None else f"{seconds:.0f}",
                 "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
@@ -458,9 +461,10 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
 
 def bench_table(benches) -> pd.DataFrame:
     """Every benchmark row, ours and the baseline's, with the device and batch it ran at."""
-    columns = ["arch", "path", "device", "batch_size", "seconds_per_epoch", "images_per_second",
-               "data_images_per_second", "warmup_seconds", "peak_memory_mb", "tflops"]
-    return pd.DataFrame(_bench_rows(benches)).reindex(columns=columns).round(2)
+    columns = {"arch": "network", "path": "path", "device": "device", "batch_size": "batch",
+               "seconds_per_epoch": "s/epoch", "images_per_second": "images/s",
+               "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
+    return pd.DataFrame(_bench_rows(benches)).reindex(columns=list(columns)).round(1).rename(columns=columns)
 
 
 def architecture_table(flops_max_depth: int = 999) -> pd.DataFrame:
@@ -525,7 +529,10 @@ def html_table(table: pd.DataFrame, table_id: str) -> str:
     numbers = _number_columns(table)
 
     def cell(tag: str, column, value) -> str:
-        return f'<{tag} class="{"num" if column in numbers else "text"}">{escape(_cell_text(value))}</{tag}>'
+        text = escape(_cell_text(value))
+        if column not in numbers:  # identifiers may wrap after "_" and "/", never inside a word
+            text = text.replace("_", "_<wbr>").replace("/", "/<wbr>")
+        return f'<{tag} class="{"num" if column in numbers else "text"}">{text}</{tag}>'
     head = "".join(cell("th", column, column) for column in table.columns)
     body = "".join("<tr>" + "".join(cell("td", column, value) for column, value in zip(table.columns, row)) +
                    "</tr>" for row in table.itertuples(index=False))

@@ -387,7 +387,7 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
              seconds_per_epoch=1000.0)  # not behind the table: not counted
     table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
     line = table.loc["preact_resnet110"]
-    assert line["seed device"] == "GTX 980" and line["seed s/epoch"] == "90" and line["seed hours per run"] == "5.0"
+    assert line["seed s/epoch (GTX 980)"] == "90" and line["seed hours per run"] == "5.0"
     assert line["our s/epoch (median)"] == "22.5" and line["runs"] == 2
     assert line["wall time per run (h, median)"] == "2.5"  # 06:00 to 08:30
     assert line["GPU-hours, all runs"] == f"{200 * (18 + 27) / 3600:.1f}"

@@ -209,7 +209,12 @@ def test_every_page_loads_cleanly_in_chromium(server, browser):
 def test_search_finds_resnet164(server, browser):
     browser.set_window_size(WIDTHS[-1], 1000)
     browser.get(f"{server}/search.html?q=ResNet-164")
-    summary = wait_for(browser, "(document.querySelector('#search-results .search-summary') || {}).textContent")
+    from selenium.common.exceptions import TimeoutException
+    try:
+        summary = wait_for(browser, "(document.querySelector('#search-results .search-summary') || {}).textContent")
+    except TimeoutException:
+        pytest.fail(f"the search page never finished a search for 'ResNet-164' "
+                    f"(console: {page_errors(browser, server)})")
     titles = browser.execute_script(
         "return Array.from(document.querySelectorAll('#search-results ul.search li a')).map(a => a.textContent)")
     assert titles, f"the search page found nothing for 'ResNet-164': {summary}"

@@ -166,12 +166,6 @@ def _recipe_text(run: RunRecord) -> str:
     return f"{run.config.get('recipe', '?')}, batch {run.batch_size}"
 
 
-def _data_text(run: RunRecord) -> str:
-    data = run.record["data"]
-    val = f" + {data['n_val']:,} val" if data.get("n_val") else ""
-    return f"{run.label} ({data.get('n_train', 0):,} train{val}, {data.get('n_test', 0):,} test)"
-
-
 def _join(values) -> str:
     return ", ".join(dict.fromkeys(str(v) for v in values))
 

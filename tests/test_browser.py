@@ -70,8 +70,9 @@ def ids_in(page: Path) -> frozenset:
     return frozenset(parser.ids)
 
 
-def link_target_problem(href: str, origin: str) -> str | None:
-    """Why an internal link (on this server) points nowhere, or None if its page and anchor exist."""
+def link_target_problem(href: str) -> str | None:
+    """Why an internal link ("/path#anchor" on this server) points nowhere, or None if its page
+    and anchor exist."""
     url = urlsplit(href)
     path = BUILD / unquote(url.path).lstrip("/")
     if path.is_dir():
@@ -173,16 +174,15 @@ def check_page(driver, origin: str, page: Path) -> list[str]:
     driver.set_window_size(WIDTHS[-1], 1000)
     driver.get(f"{origin}/{relative}")
     problems = [f"console: {error}" for error in page_errors(driver, origin)]
+    driver.execute_script("for (const image of document.images) image.loading = 'eager'")  # lazy ones too
     wait_for(driver, ALL_IMAGES_SETTLED)
     problems += [f"image did not load: {src}" for src in driver.execute_script(f"return {BROKEN_IMAGES}")]
     for width in WIDTHS:
         driver.set_window_size(width, 1000)
         problems += [f"at {width} px, table wider than the article: {table}"
                      for table in driver.execute_script(WIDE_TABLES)]
-    links = {href.split("#")[0] + ("#" + href.split("#", 1)[1] if "#" in href else "")
-             for href in driver.execute_script(INTERNAL_LINKS) if href.startswith(origin)}
-    problems += [f"broken link: {problem}" for href in sorted(links)
-                 if (problem := link_target_problem(href[len(origin):], origin))]
+    links = {href[len(origin):] for href in driver.execute_script(INTERNAL_LINKS) if href.startswith(origin)}
+    problems += [f"broken link: {problem}" for href in sorted(links) if (problem := link_target_problem(href))]
     driver.set_window_size(WIDTHS[-1], 1000)
     name = relative.removesuffix(".html").replace("/", "__")
     screenshot(driver, name)

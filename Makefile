@@ -8,7 +8,7 @@ ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
 
-.PHONY: all book test test-fast test-lib test-notebooks smoke reproduce bench clean
+.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench clean
 
 all: book
 
@@ -25,17 +25,21 @@ book: $(BIN)/reproresnet-installed
 	$(BIN)/python scripts/check_book.py _build/html
 
 test-lib: $(BIN)/reproresnet-installed
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/test_browser.py
 
 # The quick tier, about a minute on 2 cores: every library test that starts no training process.
 test-fast: $(BIN)/reproresnet-installed
-	$(BIN)/python -m pytest -m "not slow" tests
+	$(BIN)/python -m pytest -m "not slow" tests --ignore=tests/test_browser.py
 
 test-notebooks: $(BIN)/reproresnet-installed
 	$(BIN)/python -m pytest --nbval-lax notebooks/
 
-# The whole test suite: library, notebooks, and the book built and checked.
-test: test-lib test-notebooks book
+# The built book, every page, in headless Chromium (apt-get install chromium chromium-driver).
+test-browser: book
+	$(BIN)/python -m pytest tests/test_browser.py
+
+# The whole test suite: library, notebooks, and the book built once, checked, and read in a browser.
+test: test-lib test-notebooks book test-browser
 
 # The reproduce pipeline end to end on a tiny budget, on CPU, with the embedded synthetic
 # data: papermill over the three networks, then a book whose results page reads those runs.

@@ -8,7 +8,10 @@ run on the full CIFAR-10 data; every other run is listed apart, labeled for what
 from __future__ import annotations
 
 import json
+import math
+import re
 import statistics
+from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +22,8 @@ from . import records
 from .config import RUNTIME_SETTINGS
 from .models import describe_architectures
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, reference
+from .reference import (REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
+                        reference)
 
 NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, MISSING = "not run", "failed", "in progress", "not measured", "—"
 # Seeds of one experiment differ in the seed and may differ in where and how fast they ran.
@@ -88,51 +92,199 @@ def _recipe_text(run: RunRecord) -> str:
     return f"{run.config.get('recipe', '?')}, batch {run.batch_size}"
 
 
-def _data_text(run: RunRecord) -> str:
-    data = run.record["data"]
-    val = f" + {data['n_val']:,} val" if data.get("n_val") else ""
-    return f"{run.label} ({data.get('n_train', 0):,} train{val}, {data.get('n_test', 0):,} test)"
-
-
 def _join(values) -> str:
     return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+# The error table's columns, each naming the statistic its numbers are.
+PAPER, PAPER_STATISTIC = "original paper (%)", "paper's statistic"
+SEED = f"seed (%): {SEED_STATISTIC}"
+OURS, EACH_SEED, NOTES = "this project (%): mean ± std", "each seed (%)", "notes"
+JPEG_MIRROR = "CIFAR-10 (JPEG mirror)"
+
+
+def _table_networks(runs: list[RunRecord]) -> list[str]:
+    """Networks the sources quote, in their order, then any other with a CIFAR-10 result."""
+    networks = [row["network"] for row in REFERENCE]
+    return networks + sorted({run.arch for run in runs if run.is_cifar10_result} - set(networks))
+
+
+def _counted_groups(runs: list[RunRecord], network: str) -> list[list[RunRecord]]:
+    """The network's complete full CIFAR-10 runs, one list per setting (the seeds of one experiment)."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for run in runs:
+        if run.arch == network and run.is_cifar10_result:
+            groups.setdefault(_setting(run), []).append(run)
+    return [sorted(group, key=lambda run: str(run.config.get("seed"))) for group in groups.values()]
+
+
+def _length(recipe: dict) -> str:
+    return f"{recipe['length']:,} {recipe['unit']}s"
+
+
+def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
+    """How the run's recorded recipe differs from the library's recipe for the paper, or None."""
+    from .recipes import RECIPES
+    name = quoted.get("paper_recipe")
+    ours = run.record.get("recipe") or {}
+    if name not in RECIPES or not ours:
+        return None
+    paper = RECIPES[name].as_dict()
+    differences = []  # only what the record states is compared
+    if {"length", "unit"} <= ours.keys() and (ours["length"], ours["unit"]) != (paper["length"], paper["unit"]):
+        differences.append(f"{_length(ours)} instead of {_length(paper)}")
+    if {"milestones", "gamma", "unit"} <= ours.keys() and \
+            (ours["milestones"], ours["gamma"]) != (paper["milestones"], paper["gamma"]):
+        differences.append(f"learning rate ×{ours['gamma']} at {ours['milestones']} {ours['unit']}s "
+                           f"instead of ×{paper['gamma']} at {paper['milestones']} {paper['unit']}s")
+    for field, label in (("batch_size", "batch"), ("lr", "learning rate"), ("weight_decay", "weight decay"),
+                         ("momentum", "momentum"), ("nesterov", "Nesterov")):
+        if field in ours and ours[field] != paper.get(field):
+            differences.append(f"{label} {ours[field]} instead of {paper.get(field)}")
+    if "warmup_length" in ours:
+        warm = [f"{r['warmup_lr']} for {r['warmup_length']} {r['unit']}s" if run.arch in r.get("warmup_archs", ())
+                and r.get("warmup_length") else "none" for r in (ours, paper)]
+        if warm[0] != warm[1]:
+            differences.append(f"warm-up {warm[0]} instead of {warm[1]}")
+    if not differences:
+        return None
+    return (f"{run.arch}, recipe '{run.config.get('recipe')}': " + "; ".join(differences) +
+            f" (the paper's recipe here is '{name}': {paper['source']}).")
+
+
+def _data_note(run: RunRecord, quoted: dict) -> str | None:
+    """How the run's data differs from the paper's (all 50,000 training images, per-image
+    augmentation, the paper's normalization), or None."""
+    data = run.record["data"]
+    differences = []
+    if data.get("n_val"):
+        differences.append(f"trained on {data.get('n_train', 0):,} images with {data['n_val']:,} held out to choose "
+                           f"the reported epoch ({(run.record.get('final') or {}).get('selected_by', '?')}); "
+                           "the papers train on all 50,000")
+    normalization, paper_normalization = data.get("normalization"), quoted.get("paper_normalization")
+    if normalization and paper_normalization and normalization != paper_normalization:
+        differences.append(f"inputs normalized {normalization} instead of {paper_normalization}")
+    if data.get("augmentation") not in (None, "per_image"):
+        differences.append(f"crop and flip drawn {data['augmentation'].replace('_', ' ')} instead of per image")
+    return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
+
+
+def _seed_network_note(quoted: dict) -> str | None:
+    """For the paper's network and for the one the seed trained in its place: which is which."""
+    paper = next((row for row in REFERENCE if quoted and row.get("seed_network") == quoted["network"]), quoted)
+    seed = reference(paper.get("seed_network") or "")
+    if seed is None:
+        return None
+    return (f"The seed's {paper['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
+            f"{seed['paper_params']} parameters, not the paper's {paper['title']} of {paper['paper_params']} "
+            f"(the seed's own table says {paper['paper_params']}); that network has its own row, {seed['network']}.")
+
+
+def _number_notes(rows: list[dict]) -> list[str]:
+    """Replace each row's list of note texts by their numbers; return the texts in order."""
+    texts: list[str] = []
+    for row in rows:
+        numbers = []
+        for text in row[NOTES]:
+            if text not in texts:
+                texts.append(text)
+            numbers.append(str(texts.index(text) + 1))
+        row[NOTES] = ", ".join(dict.fromkeys(numbers)) or MISSING
+    return texts
 
 
 def error_table(runs: list[RunRecord]) -> pd.DataFrame:
     """CIFAR-10 test error (%): the original paper, the seed, and this project.
 
-    "this project" is the mean ± std over seeds of complete full CIFAR-10 runs of one
-    setting (runs that differ in more than seed and runtime get a row each). A network
-    without such a run shows "not run", or "failed" if its CIFAR-10 runs diverged, or
-    "in progress" if one is still running. Networks the sources quote come first.
+    Each number column names its statistic: the paper's varies by row (its own column says
+    which), the seed's is a single run, ours is the mean ± std over seeds of complete full
+    CIFAR-10 runs of one setting (runs that differ in more than seed and runtime get a row
+    each), with `n` and each seed's value. A network without such a run shows "not run", or
+    "failed" if its CIFAR-10 runs diverged, or "in progress" if one is still running.
+    Footnotes (`table.attrs["notes"]`, numbered in the notes column) give the paper's
+    statistic in full and, from the records, how each row's recipe or data differs from the paper's.
     """
     cifar = [run for run in runs if run.label == CIFAR10]
-    networks = [row["network"] for row in REFERENCE]
-    networks += sorted({run.arch for run in cifar if run.is_cifar10_result} - set(networks))
     rows = []
-    for network in networks:
+    for network in _table_networks(runs):
         quoted = reference(network) or {}
-        base = {"network": network, "original paper": _percent(quoted.get("paper_error")),
-                "seed reproduction": _percent(quoted.get("seed_error"))}
-        counted = [run for run in cifar if run.arch == network and run.is_cifar10_result]
+        statistic = quoted.get("paper_statistic")
+        base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
+                PAPER_STATISTIC: statistic[0] if statistic else MISSING,
+                SEED: _percent(quoted.get("seed_error"))}
+        quoted_notes = [text for text in (statistic[1] if statistic else None, _seed_network_note(quoted)) if text]
         failed = sum(run.arch == network and run.status == "diverged" for run in cifar)
-        groups: dict[tuple, list[RunRecord]] = {}
-        for run in counted:
-            groups.setdefault(_setting(run), []).append(run)
-        for group in groups.values():
+        groups = _counted_groups(runs, network)
+        for group in groups:
             result = mean_std([run.test_error for run in group])
-            rows.append({**base, "this project": result + (f" ({failed} failed)" if failed else ""),
-                         "n": len(group), "epochs": _join(run.record["epochs_done"] for run in group),
-                         "recipe": _join(_recipe_text(run) for run in group),
-                         "data set": _join(_data_text(run) for run in group),
-                         "device": _join(run.device for run in group)})
+            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted)) if text]
+            rows.append({**base, OURS: result + (f" ({failed} failed)" if failed else ""), "n": len(group),
+                         EACH_SEED: ", ".join(f"{run.test_error:.2f} (seed {run.config.get('seed', '?')})"
+                                              for run in group),
+                         NOTES: quoted_notes + notes})
         if not groups:
             running = any(run.arch == network and run.status == "running" for run in cifar)
             result = FAILED if failed else IN_PROGRESS if running else NOT_RUN
-            rows.append({**base, "this project": result, "n": 0, "epochs": MISSING, "recipe": MISSING,
-                         "data set": MISSING, "device": MISSING})
-    return pd.DataFrame(rows, columns=["network", "original paper", "seed reproduction", "this project",
-                                       "n", "epochs", "recipe", "data set", "device"])
+            rows.append({**base, OURS: result, "n": 0, EACH_SEED: MISSING, NOTES: quoted_notes})
+    notes = _number_notes(rows)
+    table = pd.DataFrame(rows, columns=["network", PAPER, PAPER_STATISTIC, SEED, OURS, "n", EACH_SEED, NOTES])
+    table.attrs["notes"] = notes
+    return table
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f}"
+
+
+def _wall_seconds(run: RunRecord) -> float | None:
+    """From the run's first start to its last write: evaluation and any pause included."""
+    from datetime import datetime
+    try:
+        return (datetime.fromisoformat(run.record["updated"]) -
+                datetime.fromisoformat(run.record["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _training_seconds(run: RunRecord) -> float:
+    """The run's training steps, summed over its epochs (evaluation excluded)."""
+    metrics = run.metrics()
+    if metrics is not None and "seconds" in metrics:
+        return float(metrics["seconds"].sum())
+    return ((run.record.get("final") or {}).get("seconds_per_epoch") or 0.0) * run.record["epochs_done"]
+
+
+SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
+
+
+def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """What the runs behind the error table cost, one row per row of that table with runs,
+    next to the seed's times (its seconds per epoch on a GTX 980 × its 200 epochs).
+
+    Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
+    record), the epochs, the median wall time of one run (first start to last write) and the
+    GPU-hours of all its runs (their training steps, one device each)."""
+    rows = []
+    for network in _table_networks(runs):
+        quoted = reference(network) or {}
+        seconds = quoted.get("seed_seconds_per_epoch")
+        groups = _counted_groups(runs, network)
+        if seconds is None and not groups:
+            continue
+        seed = {"network": network,
+                SEED_SECONDS: MISSING if seconds is None else f"{seconds:.0f}",
+                "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
+        for group in groups or [[]]:
+            walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
+            per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
+                         if (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
+            rows.append({**seed, "our device": _join(run.device for run in group) or NOT_RUN,
+                         "our s/epoch (median)": f"{statistics.median(per_epoch):.1f}" if per_epoch else MISSING,
+                         "epochs": _join(run.record["epochs_done"] for run in group) or MISSING,
+                         "wall time per run (h, median)": _hours(statistics.median(walls)) if walls else MISSING,
+                         "GPU-hours, all runs": _hours(sum(map(_training_seconds, group))) if group else MISSING,
+                         "runs": len(group)})
+    return pd.DataFrame(rows)
 
 
 def _why_not_counted(run: RunRecord) -> str:
@@ -217,9 +369,10 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
 
 def bench_table(benches) -> pd.DataFrame:
     """Every benchmark row, ours and the baseline's, with the device and batch it ran at."""
-    columns = ["arch", "path", "device", "batch_size", "seconds_per_epoch", "images_per_second",
-               "data_images_per_second", "warmup_seconds", "peak_memory_mb", "tflops"]
-    return pd.DataFrame(_bench_rows(benches)).reindex(columns=columns).round(2)
+    columns = {"arch": "network", "path": "path", "device": "device", "batch_size": "batch",
+               "seconds_per_epoch": "s/epoch", "images_per_second": "images/s",
+               "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
+    return pd.DataFrame(_bench_rows(benches)).reindex(columns=list(columns)).round(1).rename(columns=columns)
 
 
 def architecture_table(flops_max_depth: int = 999) -> pd.DataFrame:
@@ -261,9 +414,72 @@ def recipe_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# "6.37", "-1.5", "≈5.7M", "3/3", "50,000", "6.50 ± 0.71"; and note numbers "3, 4".
+_NUMBER = re.compile(r"[≈-]?\d[\d,./]*M?( ± \d[\d.]*)?|\d+(, \d+)+")
+_NO_VALUE = {MISSING, NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, ""}
+
+
+def _cell_text(value) -> str:
+    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _number_columns(table: pd.DataFrame) -> set:
+    """Columns whose cells are all numbers (or say there is none): the book right-aligns them."""
+    numbers = set()
+    for column in table.columns:
+        cells = [_cell_text(value) for value in table[column]]
+        if all(_NUMBER.fullmatch(cell) or cell in _NO_VALUE for cell in cells):
+            numbers.add(column)
+    return numbers
+
+
 def html_table(table: pd.DataFrame, table_id: str) -> str:
-    """The table as HTML with an id the book's checker looks for."""
-    return table.to_html(index=False, table_id=table_id, border=0, na_rep=MISSING)
+    """The table as HTML with an id the book's checker looks for: number columns carry the
+    class `num` (right-aligned by `_static/tables.css`), and the table's footnotes
+    (`table.attrs["notes"]`) follow it as a numbered list."""
+    numbers = _number_columns(table)
+
+    def cell(tag: str, column, value) -> str:
+        text = escape(_cell_text(value))
+        if column not in numbers:  # identifiers may wrap after "_" and "/", never inside a word
+            text = text.replace("_", "_<wbr>").replace("/", "/<wbr>")
+        return f'<{tag} class="{"num" if column in numbers else "text"}">{text}</{tag}>'
+    head = "".join(cell("th", column, column) for column in table.columns)
+    body = "".join("<tr>" + "".join(cell("td", column, value) for column, value in zip(table.columns, row)) +
+                   "</tr>" for row in table.itertuples(index=False))
+    notes = "".join(f"<li>{escape(note)}</li>" for note in table.attrs.get("notes", []))
+    return (f'<table id="{table_id}" class="report-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            f'</table>' + (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
+
+
+def _runs_text(runs: list[RunRecord]) -> str:
+    """"preact_resnet20 (3 epochs on 5,000 training images)" for each run, joined."""
+    return "; ".join(f"{run.arch} ({run.record['epochs_done']} epochs on "
+                     f"{run.record['data'].get('n_train', 0):,} training images)" for run in runs)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{'no' if n == 0 else n} {what}{'' if n == 1 else 's'}"
+
+
+def status_summary(runs: list[RunRecord]) -> str:
+    """What the records hold now, in a few sentences for the book's introduction: complete
+    runs on the full CIFAR-10 data, complete runs on the JPEG mirror (never CIFAR-10
+    results), every other run, and the networks still without a CIFAR-10 result."""
+    counted = [run for run in runs if run.is_cifar10_result]
+    mirror = [run for run in runs if run.label == JPEG_MIRROR and run.status == "complete"]
+    others = len(runs) - len(counted) - len(mirror)
+    missing = [network for network in REPRODUCED if not any(run.arch == network for run in counted)]
+    sentences = [f"The run records hold {_count(len(counted), 'complete run')} on the full CIFAR-10 data"
+                 + (f": {_runs_text(counted)}" if counted else "") + ".",
+                 f"On the JPEG mirror of CIFAR-10, a lossy copy whose numbers are never CIFAR-10 results, they "
+                 f"hold {_count(len(mirror), 'complete run')}" + (f": {_runs_text(mirror)}" if mirror else "") + "."]
+    if others:
+        sentences.append(f"{_count(others, 'other run')} (other data, subsets, unfinished or diverged) "
+                         f"{'is' if others == 1 else 'are'} listed on the results page apart from the CIFAR-10 table.")
+    sentences.append(f"Still without a complete CIFAR-10 run: {', '.join(missing)}." if missing else
+                     f"Each of {', '.join(REPRODUCED)} has at least one complete CIFAR-10 run.")
+    return " ".join(sentences)
 
 
 def budget_summary(runs: list[RunRecord]) -> str:
@@ -337,11 +553,17 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
     return figure
 
 
+def is_real_data(run: RunRecord) -> bool:
+    """Trained on real images (CIFAR, the JPEG mirror, an image folder), not the synthetic stand-in."""
+    return run.record["data"].get("dataset") != "synthetic" and run.label != "synthetic"
+
+
 def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
     """The network's curves: its complete CIFAR-10 runs with the paper's error as reference,
-    else its longest other run and that run's repeats, titled as not a CIFAR-10 result and
-    without the paper's line; None if the network has no run with metrics."""
-    mine = [run for run in runs if run.arch == network and run.metrics() is not None]
+    else its longest other run on real data and that run's repeats, titled as not a CIFAR-10
+    result and without the paper's line; None if the network has no real-data run with
+    metrics (synthetic smoke runs are never plotted: they say nothing about the network)."""
+    mine = [run for run in runs if run.arch == network and is_real_data(run) and run.metrics() is not None]
     counted = [run for run in mine if run.is_cifar10_result]
     if counted:
         groups: dict[tuple, list[RunRecord]] = {}

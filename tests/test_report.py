@@ -7,14 +7,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reproresnet import records, reference, report
+from reproresnet import recipes, records, reference, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_run(results, name, *, arch="preact_resnet110", label="CIFAR-10", status="complete", test_error=6.0,
              seed=0, n_train=50_000, limit_train=None, recipe="seed", epochs=200, device="NVIDIA H100",
-             seconds_per_epoch=20.0, metric_rows=None):
+             seconds_per_epoch=20.0, metric_rows=None, n_val=0, dataset=None):
     """A run directory as `reproresnet.train` writes it, with the fields the report reads."""
     run_dir = Path(results) / name
     run_dir.mkdir(parents=True)
@@ -26,16 +26,19 @@ def make_run(results, name, *, arch="preact_resnet110", label="CIFAR-10", status
     record = {
         "format": records.RUN_FORMAT, "status": status, "name": name, "arch": arch,
         "config": {"arch": arch, "out": str(run_dir), "recipe": recipe, "epochs": epochs, "batch_size": None,
-                   "seed": seed, "dataset": "cifar10" if label.startswith("CIFAR") else "synthetic",
+                   "seed": seed, "dataset": dataset or ("cifar10" if label.startswith("CIFAR") else "synthetic"),
                    "limit_train": limit_train, "limit_test": None, "val_size": 0, "device": "auto"},
-        "recipe": {"name": recipe, "batch_size": 64 if recipe == "seed" else 128},
-        "data": {"dataset": "cifar10", "label": label, "n_train": n_train, "n_val": 0, "n_test": 10_000},
+        "recipe": {**recipes.get_recipe(recipe).as_dict(), "length": epochs, "unit": "epoch"},
+        "data": {"dataset": dataset or ("cifar10" if label.startswith("CIFAR") else "synthetic"), "label": label,
+                 "n_train": n_train, "n_val": n_val, "n_test": 10_000, "normalization": "per_pixel_mean",
+                 "augmentation": "per_image"},
         "device": {"type": "cuda", "name": device, "speedups": {}},
         "params": 1_730_522, "epochs_planned": epochs, "epochs_done": done, "final": final, "message": None,
+        "started": "2026-11-27T06:00:00+00:00", "updated": f"2026-11-27T{6 + epochs // 100:02d}:30:00+00:00",
     }
     (run_dir / records.RUN_FILE).write_text(json.dumps(record))
-    rows = metric_rows or [{"epoch": e, "train_loss": 2.0 / e, "test_error": test_error + 10 / e}
-                           for e in range(1, done + 1)]
+    rows = metric_rows or [{"epoch": e, "train_loss": 2.0 / e, "test_error": test_error + 10 / e,
+                            "seconds": seconds_per_epoch} for e in range(1, done + 1)]
     pd.DataFrame(rows).to_csv(run_dir / records.METRICS_FILE, index=False)
     return run_dir
 
@@ -51,26 +54,33 @@ def test_error_table_shows_mean_std_and_n_over_two_cifar10_seeds(tmp_path):
     make_run(tmp_path, "preact_resnet110-seed1", seed=1, test_error=7.0, device="NVIDIA H200")
     runs, problems = report.load_runs(tmp_path)
     assert problems == []
-    line = row(report.error_table(runs), "preact_resnet110")
-    assert line["this project"] == "6.50 ± 0.71"  # sample standard deviation
+    table = report.error_table(runs)
+    line = row(table, "preact_resnet110")
+    assert line[report.OURS] == "6.50 ± 0.71"  # sample standard deviation
     assert line["n"] == 2
-    assert line["original paper"] == "6.37" and line["seed reproduction"] == "6.38"
-    assert line["epochs"] == "200"
-    assert "NVIDIA H100" in line["device"] and "NVIDIA H200" in line["device"]
-    assert line["data set"].startswith("CIFAR-10 (50,000 train")
+    assert line[report.EACH_SEED] == "6.00 (seed 0), 7.00 (seed 1)"
+    assert line[report.PAPER] == "6.37" and line[report.SEED] == "6.38"
+    assert report.OURS.endswith("mean ± std") and report.SEED.endswith("single run")
+    compute = row(report.compute_table(runs), "preact_resnet110")
+    assert compute["epochs"] == "200"
+    assert "NVIDIA H100" in compute["our device"] and "NVIDIA H200" in compute["our device"]
+    # The seed recipe on all 50,000 images: its recipe differs from He et al.'s, its data does not.
+    notes = [table.attrs["notes"][int(n) - 1] for n in line[report.NOTES].split(", ")]
+    assert any("recipe 'seed'" in note and "batch 64 instead of 128" in note for note in notes)
+    assert not any("data:" in note for note in notes)
 
 
 def test_one_run_shows_its_error_without_a_spread(tmp_path):
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=5.123)
     line = row(report.error_table(report.load_runs(tmp_path)[0]), "wrn_16_4")
-    assert line["this project"] == "5.12" and line["n"] == 1
+    assert line[report.OURS] == "5.12" and line["n"] == 1
 
 
 def test_network_without_runs_shows_not_run(tmp_path):
     make_run(tmp_path, "preact_resnet110-seed0")
     table = report.error_table(report.load_runs(tmp_path)[0])
     for network in ("preact_resnet164", "wrn_16_4", "resnet110", "resnet164"):
-        assert row(table, network)["this project"] == "not run"
+        assert row(table, network)[report.OURS] == "not run"
         assert row(table, network)["n"] == 0
     assert list(table["network"][:3]) == list(reference.REPRODUCED)
 
@@ -79,7 +89,7 @@ def test_empty_results_every_network_not_run(tmp_path):
     runs, problems = report.load_runs(tmp_path / "does-not-exist")
     assert runs == [] and problems == []
     table = report.error_table(runs)
-    assert set(table["this project"]) == {"not run"}
+    assert set(table[report.OURS]) == {"not run"}
     assert "not run" in report.budget_summary(runs)
     assert report.other_runs_table(runs).empty
     assert set(report.speed_table(runs)["s/epoch here"]) == {"not measured"}
@@ -95,7 +105,7 @@ def test_runs_not_on_full_cifar10_never_land_in_the_cifar10_column(tmp_path, lab
              test_error=1.23)
     runs, _ = report.load_runs(tmp_path)
     errors = report.error_table(runs)
-    assert row(errors, "preact_resnet110")["this project"] == "not run"
+    assert row(errors, "preact_resnet110")[report.OURS] == "not run"
     assert not errors.apply(lambda column: column.astype(str).str.contains("1.23")).any().any()
     other = report.other_runs_table(runs)
     assert list(other["run"]) == ["preact_resnet110-seed0"]
@@ -108,7 +118,7 @@ def test_runs_not_on_full_cifar10_never_land_in_the_cifar10_column(tmp_path, lab
 def test_diverged_run_shows_failed(tmp_path):
     make_run(tmp_path, "preact_resnet164-seed0", arch="preact_resnet164", status="diverged")
     runs, _ = report.load_runs(tmp_path)
-    assert row(report.error_table(runs), "preact_resnet164")["this project"] == "failed"
+    assert row(report.error_table(runs), "preact_resnet164")[report.OURS] == "failed"
     other = report.other_runs_table(runs)
     assert other.iloc[0]["status"] == "diverged"
     assert "diverged" in other.iloc[0]["not in the CIFAR-10 table because"]
@@ -118,7 +128,7 @@ def test_diverged_seed_is_counted_beside_the_complete_ones(tmp_path):
     make_run(tmp_path, "preact_resnet164-seed0", arch="preact_resnet164", test_error=5.5)
     make_run(tmp_path, "preact_resnet164-seed1", arch="preact_resnet164", seed=1, status="diverged")
     line = row(report.error_table(report.load_runs(tmp_path)[0]), "preact_resnet164")
-    assert line["this project"] == "5.50 (1 failed)" and line["n"] == 1
+    assert line[report.OURS] == "5.50 (1 failed)" and line["n"] == 1
 
 
 def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path):
@@ -126,7 +136,7 @@ def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path
              metric_rows=[{"epoch": 1, "train_loss": 2.0, "test_error": 50.0},
                           {"epoch": 2, "train_loss": 1.5, "test_error": 40.25}])
     runs, _ = report.load_runs(tmp_path)
-    assert row(report.error_table(runs), "wrn_16_4")["this project"] == "in progress"
+    assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == "in progress"
     other = report.other_runs_table(runs)
     assert other.iloc[0]["test error (%)"] == "40.25 (epoch 2)"
     assert other.iloc[0]["epochs (done/planned)"] == "2/200"
@@ -135,10 +145,12 @@ def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path
 def test_runs_with_different_settings_are_not_averaged_together(tmp_path):
     make_run(tmp_path, "a", recipe="seed", test_error=6.0)
     make_run(tmp_path, "b", recipe="he2016", test_error=7.0, epochs=164)
-    table = report.error_table(report.load_runs(tmp_path)[0])
+    runs = report.load_runs(tmp_path)[0]
+    table = report.error_table(runs)
     lines = table[table["network"] == "preact_resnet110"]
-    assert sorted(lines["this project"]) == ["6.00", "7.00"]
-    assert sorted(lines["epochs"]) == ["164", "200"]
+    assert sorted(lines[report.OURS]) == ["6.00", "7.00"]
+    compute = report.compute_table(runs)
+    assert sorted(compute[compute["network"] == "preact_resnet110"]["epochs"]) == ["164", "200"]
 
 
 def test_corrupt_and_foreign_records_are_problems_and_the_rest_render(tmp_path):
@@ -156,7 +168,7 @@ def test_corrupt_and_foreign_records_are_problems_and_the_rest_render(tmp_path):
     assert "JSON" in by_path["broken"]
     assert "someone-else/2" in by_path["foreign"]
     assert "arch" in by_path["partial"]
-    assert row(report.error_table(runs), "preact_resnet110")["this project"] == "6.25"
+    assert row(report.error_table(runs), "preact_resnet110")[report.OURS] == "6.25"
     assert list(report.problems_table(problems).columns) == ["path", "problem"]
 
 
@@ -190,13 +202,27 @@ def test_plot_curves_from_a_dataframe_without_reference(tmp_path):
     assert figure._suptitle.get_text() == "two epochs"
 
 
-def test_curves_of_a_synthetic_run_have_no_paper_line_and_say_so(tmp_path):
-    make_run(tmp_path, "preact_resnet110-smoke", label="synthetic", n_train=1000, limit_train=1000, epochs=2)
+def test_curves_of_a_jpeg_mirror_run_have_no_paper_line_and_say_so(tmp_path):
+    make_run(tmp_path, "preact_resnet110-mirror", label="CIFAR-10 (JPEG mirror)", dataset="folder:/mirror",
+             n_train=5000, limit_train=5000, epochs=2)
     runs, _ = report.load_runs(tmp_path)
     figure = report.curves_for_network(runs, "preact_resnet110")
     assert "not a CIFAR-10 result" in figure._suptitle.get_text()
+    assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text()
     assert not [line for line in figure.axes[1].get_lines() if line.get_gid() == "paper_error"]
     assert report.curves_for_network(runs, "wrn_16_4") is None
+
+
+def test_synthetic_smoke_runs_are_never_plotted(tmp_path):
+    make_run(tmp_path, "preact_resnet110-smoke", label="synthetic", n_train=1000, limit_train=1000, epochs=2)
+    make_run(tmp_path, "wrn_16_4-smoke", arch="wrn_16_4", label="synthetic", n_train=1000, limit_train=1000,
+             epochs=9)
+    make_run(tmp_path, "wrn_16_4-mirror", arch="wrn_16_4", label="CIFAR-10 (JPEG mirror)", dataset="folder:/m",
+             n_train=5000, limit_train=5000, epochs=3)
+    runs, _ = report.load_runs(tmp_path)
+    assert report.curves_for_network(runs, "preact_resnet110") is None
+    figure = report.curves_for_network(runs, "wrn_16_4")  # the mirror run, although the smoke run is longer
+    assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text() and "3/3 epochs" in figure._suptitle.get_text()
 
 
 def test_curves_of_cifar10_runs_carry_the_paper_error(tmp_path):
@@ -261,7 +287,7 @@ def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
     html = report.html_table(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html
     for name in ("seed", "he2016", "wrn2016"):
-        assert f"<td>{name}</td>" in html
+        assert f'<td class="text">{name}</td>' in html
 
 
 def test_run_summary_and_figure_of_one_run(tmp_path):
@@ -287,6 +313,7 @@ def write_page(build, figure="../_images/curves.png", with_file=True, error_tabl
     errors = report.html_table(report.error_table([]), "error-table") if error_table else ""
     speed = report.html_table(pd.DataFrame({"network": ["wrn_16_4"], "parameters (exact, ours)": ["1"]}),
                               "speed-table")
+    speed += report.html_table(report.compute_table([]), "compute-table")
     page.write_text(f"<html><body><main>{errors}{speed}<div class='cell tag_hide-input tag_training-curves'>"
                     f"<div class='output'><img alt='x' src='{figure}' /></div></div></main></body></html>")
     if with_file:
@@ -313,3 +340,80 @@ def test_check_book_rejects_a_page_missing_a_part(tmp_path, capsys, page, expect
 def test_check_book_without_a_build(tmp_path, capsys):
     assert load_check_book().main([str(tmp_path / "_build" / "html")]) == 1
     assert "build the book first" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what each column holds, notes, compute
+
+def notes_of(table, network):
+    line = row(table, network)
+    return [table.attrs["notes"][int(n) - 1] for n in line[report.NOTES].split(", ")] \
+        if line[report.NOTES] != report.MISSING else []
+
+
+def test_every_quoted_number_says_its_statistic_and_the_seed_network_has_its_row():
+    table = report.error_table([])
+    assert dict(zip(table["network"], table[report.PAPER_STATISTIC]))["preact_resnet164"] == "median of 5"
+    assert dict(zip(table["network"], table[report.PAPER_STATISTIC]))["resnet110"] == "mean of 5"
+    for quoted in reference.REFERENCE:
+        if quoted["paper_error"] is not None:
+            assert row(table, quoted["network"])[report.PAPER_STATISTIC] != report.MISSING
+            assert any("He et al." in note or "Zagoruyko" in note for note in notes_of(table, quoted["network"]))
+    seed_net = row(table, "seed_wrn_n2_k4")
+    assert seed_net[report.SEED] == "5.41" and seed_net[report.PAPER] == report.MISSING
+    wrn_notes = notes_of(table, "wrn_16_4")
+    assert any("2/4/4 units" in note and "≈5.7M" in note and "seed_wrn_n2_k4" in note for note in wrn_notes)
+    assert notes_of(table, "seed_wrn_n2_k4") == [note for note in wrn_notes if "2/4/4" in note]
+
+
+def test_notes_say_how_recipe_and_data_differ_from_the_papers(tmp_path):
+    make_run(tmp_path, "preact_resnet110-he", recipe="he2016", epochs=164)
+    make_run(tmp_path, "wrn_16_4-val", arch="wrn_16_4", recipe="wrn2016", n_train=45_000, n_val=5_000)
+    table = report.error_table(report.load_runs(tmp_path)[0])
+    he_notes = notes_of(table, "preact_resnet110")
+    # He et al.'s recipe, recorded in epochs: only the length differs, and the data not at all.
+    assert [note for note in he_notes if "recipe 'he2016'" in note] == \
+        [note for note in he_notes if "164 epochs instead of 64,000 iterations" in note]
+    assert not any("data:" in note for note in he_notes)
+    wrn_notes = notes_of(table, "wrn_16_4")
+    assert any("45,000 images with 5,000 held out" in note for note in wrn_notes)
+    assert any("per_pixel_mean instead of per_channel" in note for note in wrn_notes)
+    assert not any("recipe 'wrn2016'" in note for note in wrn_notes)  # the paper's own recipe, 200 epochs
+
+
+def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tmp_path):
+    make_run(tmp_path, "preact_resnet110-seed0", seconds_per_epoch=18.0, epochs=200)
+    make_run(tmp_path, "preact_resnet110-seed1", seed=1, seconds_per_epoch=27.0, epochs=200)
+    make_run(tmp_path, "preact_resnet110-mirror", label="CIFAR-10 (JPEG mirror)", dataset="folder:/m",
+             seconds_per_epoch=1000.0)  # not behind the table: not counted
+    table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
+    line = table.loc["preact_resnet110"]
+    assert line["seed s/epoch (GTX 980)"] == "90" and line["seed hours per run"] == "5.0"
+    assert line["our s/epoch (median)"] == "22.5" and line["runs"] == 2
+    assert line["wall time per run (h, median)"] == "2.5"  # 06:00 to 08:30
+    assert line["GPU-hours, all runs"] == f"{200 * (18 + 27) / 3600:.1f}"
+    assert table.loc["preact_resnet164", "our device"] == "not run"
+    assert "resnet110" not in table.index  # neither the seed's times nor our runs
+
+
+def test_status_summary_counts_what_the_records_hold(tmp_path):
+    assert report.status_summary([]).startswith("The run records hold no complete runs on the full CIFAR-10 data")
+    make_run(tmp_path, "preact_resnet20-mirror", arch="preact_resnet20", label="CIFAR-10 (JPEG mirror)",
+             dataset="folder:/m", n_train=5000, limit_train=5000, epochs=3)
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4")
+    make_run(tmp_path, "wrn_16_4-smoke", arch="wrn_16_4", label="synthetic", n_train=256, limit_train=256)
+    text = report.status_summary(report.load_runs(tmp_path)[0])
+    assert "1 complete run on the full CIFAR-10 data: wrn_16_4 (200 epochs on 50,000 training images)" in text
+    assert "1 complete run: preact_resnet20 (3 epochs on 5,000 training images)" in text
+    assert "1 other run" in text
+    assert text.endswith("Still without a complete CIFAR-10 run: preact_resnet110, preact_resnet164.")
+
+
+def test_html_table_right_aligns_number_columns_and_lists_the_notes():
+    table = pd.DataFrame({"network": ["a", "b"], "error (%)": ["6.50 ± 0.71", "not run"], "n": [2, 0],
+                          "each seed": ["6.00 (seed 0), 7.00 (seed 1)", "—"]})
+    table.attrs["notes"] = ["first <note>"]
+    html = report.html_table(table, "t")
+    assert '<th class="text">network</th><th class="num">error (%)</th><th class="num">n</th>' \
+           '<th class="text">each seed</th>' in html
+    assert '<td class="num">6.50 ± 0.71</td>' in html and '<td class="num">not run</td>' in html
+    assert html.endswith('<ol class="table-notes"><li>first &lt;note&gt;</li></ol>')

@@ -1,0 +1,221 @@
+"""The built book in a real browser: every page of `_build/html` loaded in headless Chromium.
+
+Fails when a page logs a JavaScript error, an image does not load, a table is wider than
+the article (at 1000 and 1400 px), an internal link points nowhere, or the search page
+finds nothing for "ResNet-164". A screenshot of every page goes to `_build/screenshots/`
+(the results page and the introduction in the dark theme too).
+
+Needs the built book (`make book`; `make test` builds it first) and Debian's Chromium:
+    apt-get install chromium chromium-driver && pip install selenium
+Without them the tests skip and say so, except under CI (`CI` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import threading
+from html.parser import HTMLParser
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("REPRORESNET_BOOK_HTML", ROOT / "_build" / "html"))
+SCREENSHOTS = BUILD.parent / "screenshots"
+WIDTHS = (1000, 1400)  # the article must hold every table at both
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage")
+INSTALL = "apt-get install chromium chromium-driver && pip install selenium"
+
+
+def unavailable(reason: str):
+    """Skip on a user's machine; fail in CI, where the browser is part of the job."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the browser test must run)")
+    pytest.skip(reason)
+
+
+def browser_paths() -> tuple[str, str] | None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (chromium, driver) if chromium and driver else None
+
+
+def pages() -> list[Path]:
+    """Every HTML page of the book (not the theme's or Sphinx's files under `_*` folders)."""
+    return sorted(path for path in BUILD.rglob("*.html")
+                  if not any(part.startswith("_") for part in path.relative_to(BUILD).parts[:-1]))
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("id", "name") and value:
+                self.ids.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def ids_in(page: Path) -> frozenset:
+    parser = _Ids()
+    parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+    return frozenset(parser.ids)
+
+
+def link_target_problem(href: str) -> str | None:
+    """Why an internal link ("/path#anchor" on this server) points nowhere, or None if its page
+    and anchor exist."""
+    url = urlsplit(href)
+    path = BUILD / unquote(url.path).lstrip("/")
+    if path.is_dir():
+        path = path / "index.html"
+    if not path.is_file():
+        return f"{href}: no such file"
+    if url.fragment and path.suffix == ".html" and unquote(url.fragment) not in ids_in(path):
+        return f"{href}: no element with id {unquote(url.fragment)!r}"
+    return None
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (BUILD / "index.html").is_file():
+        unavailable(f"no built book at {BUILD}: build it first with `make book`")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(BUILD)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    paths = browser_paths()
+    if paths is None:
+        unavailable(f"no Chromium and chromedriver on PATH; install them with `{INSTALL}`")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable(f"selenium is not installed; install the browser test's tools with `{INSTALL}`")
+    options = webdriver.ChromeOptions()
+    options.binary_location = paths[0]
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_argument(f"--window-size={WIDTHS[-1]},1000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=paths[1]))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 20.0):
+    """Wait until `script` (a JavaScript expression) is truthy; return its value."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {script}"))
+
+
+def page_errors(driver, origin: str) -> list[str]:
+    """SEVERE console entries: JavaScript errors and local files that failed to load. Resources
+    from other hosts (a CDN, unreachable offline) are not the book's to check."""
+    errors = []
+    for entry in driver.get_log("browser"):
+        message = entry["message"]
+        if entry["level"] != "SEVERE" or "favicon.ico" in message:
+            continue
+        if message.split(" ", 1)[0].startswith("http") and not message.startswith(origin):
+            continue
+        errors.append(message)
+    return errors
+
+
+BROKEN_IMAGES = "Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.currentSrc || i.src)"
+ALL_IMAGES_SETTLED = "Array.from(document.images).every(i => i.complete)"
+WIDE_TABLES = """
+const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+const box = article.getBoundingClientRect();
+const style = getComputedStyle(article);
+const right = box.right - parseFloat(style.paddingRight);
+return Array.from(article.querySelectorAll('table')).filter(t => t.offsetParent !== null)
+  .filter(t => t.getBoundingClientRect().right > right + 1 || t.scrollWidth > t.clientWidth + 1)
+  .map(t => `${t.id || t.className || 'table'} (${Math.round(t.getBoundingClientRect().width)} px, `
+            + `article ${Math.round(right - box.left)} px; first header: `
+            + `${(t.querySelector('th') || {}).textContent || ''})`);
+"""
+INTERNAL_LINKS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+
+
+def screenshot(driver, name: str) -> None:
+    """The whole page: the window grown to the page's height (up to 12,000 px), then shrunk back."""
+    height = min(driver.execute_script("return document.documentElement.scrollHeight"), 12_000)
+    width = driver.get_window_size()["width"]
+    driver.set_window_size(width, max(height, 800))
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    driver.set_window_size(width, 1000)
+
+
+def check_page(driver, origin: str, page: Path) -> list[str]:
+    relative = page.relative_to(BUILD).as_posix()
+    driver.set_window_size(WIDTHS[-1], 1000)
+    driver.get(f"{origin}/{relative}")
+    problems = [f"console: {error}" for error in page_errors(driver, origin)]
+    driver.execute_script("for (const image of document.images) image.loading = 'eager'")  # lazy ones too
+    wait_for(driver, ALL_IMAGES_SETTLED)
+    problems += [f"image did not load: {src}" for src in driver.execute_script(f"return {BROKEN_IMAGES}")]
+    for width in WIDTHS:
+        driver.set_window_size(width, 1000)
+        problems += [f"at {width} px, table wider than the article: {table}"
+                     for table in driver.execute_script(WIDE_TABLES)]
+    links = {href[len(origin):] for href in driver.execute_script(INTERNAL_LINKS) if href.startswith(origin)}
+    problems += [f"broken link: {problem}" for href in sorted(links) if (problem := link_target_problem(href))]
+    driver.set_window_size(WIDTHS[-1], 1000)
+    name = relative.removesuffix(".html").replace("/", "__")
+    screenshot(driver, name)
+    if relative in ("notebooks/results.html", "book/intro.html"):
+        driver.execute_script("document.documentElement.dataset.theme = 'dark'")
+        screenshot(driver, f"{name}--dark")
+        driver.execute_script("document.documentElement.dataset.theme = 'light'")
+    problems += [f"console: {error}" for error in page_errors(driver, origin)]
+    return [f"{relative}: {problem}" for problem in problems]
+
+
+def test_every_page_loads_cleanly_in_chromium(server, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    checked = pages()
+    assert {"book/intro.html", "notebooks/results.html", "search.html"} <= \
+        {page.relative_to(BUILD).as_posix() for page in checked}, f"{BUILD} is not the whole book"
+    problems = [problem for page in checked for problem in check_page(browser, server, page)]
+    (SCREENSHOTS / "pages.txt").write_text(
+        "".join(f"{page.relative_to(BUILD).as_posix()}\n" for page in checked))
+    assert not problems, "\n".join(problems)
+    assert len(list(SCREENSHOTS.glob("*.png"))) >= len(checked)
+
+
+def test_search_finds_resnet164(server, browser):
+    browser.set_window_size(WIDTHS[-1], 1000)
+    browser.get(f"{server}/search.html?q=ResNet-164")
+    from selenium.common.exceptions import TimeoutException
+    try:
+        summary = wait_for(browser, "(document.querySelector('#search-results .search-summary') || {}).textContent")
+    except TimeoutException:
+        pytest.fail(f"the search page never finished a search for 'ResNet-164' "
+                    f"(console: {page_errors(browser, server)})")
+    titles = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#search-results ul.search li a')).map(a => a.textContent)")
+    assert titles, f"the search page found nothing for 'ResNet-164': {summary}"
+    assert page_errors(browser, server) == []

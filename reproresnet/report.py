@@ -129,7 +129,7 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
     ours = run.record.get("recipe") or {}
     if name not in RECIPES or not ours:
         return None
-    paper = RECIPES[name].as_dict()
+    paper = RECIPES[name].for_arch(run.arch).as_dict()  # resolved for this network, as records store it
     differences = []  # only what the record states is compared
     if {"length", "unit"} <= ours.keys() and (ours["length"], ours["unit"]) != (paper["length"], paper["unit"]):
         differences.append(f"{_length(ours)} instead of {_length(paper)}")
@@ -142,8 +142,10 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
         if field in ours and ours[field] != paper.get(field):
             differences.append(f"{label} {ours[field]} instead of {paper.get(field)}")
     if "warmup_length" in ours:
-        warm = [f"{r['warmup_lr']} for {r['warmup_length']} {r['unit']}s" if run.arch in r.get("warmup_archs", ())
-                and r.get("warmup_length") else "none" for r in (ours, paper)]
+        # warmup_archs None: every network warms up (a resolved recipe has it None, its length set)
+        warm = [f"{r['warmup_lr']} for {r['warmup_length']} {r['unit']}s"
+                if r.get("warmup_length") and run.arch in (r.get("warmup_archs") or (run.arch,))
+                else "none" for r in (ours, paper)]
         if warm[0] != warm[1]:
             differences.append(f"warm-up {warm[0]} instead of {warm[1]}")
     if not differences:

@@ -1,6 +1,6 @@
 """The training loop does what the recipe says: optimizer, schedule, evaluation, reported numbers.
 
-Runs are built the way `train` builds them (`run_for`, one place), on the tiny CIFAR
+Runs are built the way `train` builds them (`science_runs.run_for`), on the tiny CIFAR
 fixture of conftest.py; expectations are computed by hand from the recipe's fields and
 from the definitions (SGD with momentum as PyTorch and Torch7 state it, cross-entropy,
 error rate), never by calling the function under test.
@@ -15,22 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reproresnet import train as training
-from reproresnet.config import TrainConfig
-from reproresnet.models import preact_resnet, wide_resnet
+from reproresnet.models import wide_resnet
 from reproresnet.recipes import RECIPES
-
-
-def run_for(tmp_path, cifar_root, monkeypatch, **settings):
-    """A run as `train` sets it up (data, normaliser, model, optimizer), on the tiny CIFAR-10 fixture.
-    The network is an 8-layer stand-in under the config's name: here only the name matters
-    (for the warm-up), and the registered networks take seconds to build and count on a CPU."""
-    root, _ = cifar_root
-    monkeypatch.setattr(training, "build_model", lambda name, num_classes, **options:
-                        preact_resnet(8, num_classes=num_classes))
-    config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
-                            "data_dir": str(root), "device": "cpu", **settings})
-    run, _ = training._setup(config, None)
-    return run
+from science_runs import run_for
 
 
 # ---------------------------------------------------------------- optimizer

@@ -320,11 +320,11 @@ def main(argv=None) -> int:
                 return 2
             print(f"baseline: the fast tier passes unmutated ({time.perf_counter() - start:.0f} s)")
         rows = []
-        print(f"{'mutation':42} {'killed by':70} {'seconds':>7}")
+        print(f"{'mutation':42} {'seconds':>7}  killed by")
         for m in chosen:
             by, seconds = run_mutation(m, copy)
             rows.append((m, by, seconds))
-            print(f"{m.name:42} {by:70} {seconds:7.0f}", flush=True)
+            print(f"{m.name:42} {seconds:7.0f}  {by}", flush=True)
 
     survivors = [m for m, by, _ in rows if by == "SURVIVED"]
     print(f"\n{len(rows) - len(survivors)} of {len(rows)} mutations killed; "

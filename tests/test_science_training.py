@@ -191,6 +191,20 @@ def test_evaluation_is_inference_on_the_unaugmented_images(wide_run):
     assert error == pytest.approx(want_error)
 
 
+def test_evaluation_error_counts_images_whose_top_class_is_not_the_label(wide_run):
+    """Protects the error rate: labels set to the network's own top class for half the images give 50%."""
+    test = wide_run.splits.test
+    mean_image = wide_run.splits.train.images.double().mean(0) / 255
+    wide_run.model.eval()
+    with torch.no_grad():
+        top = wide_run.model((test.images.double() / 255 - mean_image).float()).argmax(1)
+    wide_run.model.train()
+    wrong = torch.arange(len(top)) % 2 == 0
+    labels = torch.where(wrong, (top + 1) % 10, top)
+    _, error = training.evaluate(wide_run, dataclasses.replace(test, labels=labels))
+    assert error == pytest.approx(100.0 * wrong.double().mean().item())
+
+
 def test_evaluation_changes_nothing_and_repeats_exactly(wide_run):
     """Protects the network from evaluation: every BN running statistic and parameter unchanged,
     training mode restored, and two evaluations give the same numbers (no dropout)."""

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reproresnet.models import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, preact_resnet, resnet, wide_resnet
+from reproresnet.models import (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, preact_resnet, resnet,
+                                wide_resnet)
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 

@@ -83,7 +83,7 @@ def test_training_notebook_glues_every_number_its_readers_cite(executed):
     assert not missing, f"train.ipynb no longer glues {sorted(missing)}"
 
 
-def test_glued_numbers_are_the_run_record_s(executed):
+def test_glued_numbers_equal_the_run_record(executed):
     """Protects the glued values: each equals the run record's number, not a neighbouring one."""
     notebook, run_dir = executed
     record = records.read_run(run_dir)

@@ -8,7 +8,7 @@ ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
 
-.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench clean
+.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench clean mutation-check
 
 all: book
 
@@ -62,3 +62,8 @@ bench: $(BIN)/reproresnet-installed
 
 clean:
 	rm -rf _build runs
+
+# Plants ~45 small bugs, one at a time, in a temporary copy of the repository and fails if
+# the fast test tier misses any (slow: the fast tier once per mutation; not part of `make test`).
+mutation-check: $(BIN)/reproresnet-installed
+	$(BIN)/python scripts/mutation_check.py

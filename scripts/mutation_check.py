@@ -1,0 +1,338 @@
+"""Plant one small bug at a time in a copy of the repository; the fast test tier must catch each.
+
+Each mutation is (file, exact original snippet, replacement, description): a changed
+operator, constant or call that would silently change what the project computes or
+reports. They are applied one at a time to a temporary copy of the repository (never to
+the working tree), and `pytest -m "not slow" -x -q` runs against the copy: first the test
+file most likely to catch the mutation, then, if it passes, the whole fast tier. A
+mutation that no test catches is a survivor, and the check fails. A snippet that is no
+longer in its file (or is there more than once) is an error, so that drift in the source
+is noticed rather than silently skipping a mutation.
+
+Mutations that are equivalent by design (they change no number the project reports) are
+listed in EQUIVALENT with the reason, and not run.
+
+    python scripts/mutation_check.py               # every mutation, after a clean baseline run
+    python scripts/mutation_check.py --only relu-missing-preact-basic nesterov-dropped
+    python scripts/mutation_check.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_TIER = ["-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"]
+TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    file: str
+    original: str
+    replacement: str
+    description: str
+    first: str = ""  # the test file most likely to catch it, run on its own first (speed only)
+
+
+M, D, R, T, S = ("tests/test_science_models.py", "tests/test_science_data.py", "tests/test_recipes.py",
+                 "tests/test_science_training.py", "tests/test_science_records.py")
+
+MUTATIONS = [
+    # ---- networks
+    Mutation("relu-missing-preact-basic", "reproresnet/models.py",
+             "out = F.relu(self.bn2(out))", "out = self.bn2(out)",
+             "pre-activation basic unit loses its second ReLU", M),
+    Mutation("relu-missing-preact-bottleneck", "reproresnet/models.py",
+             "out = self.conv3(F.relu(self.bn3(out)))", "out = self.conv3(self.bn3(out))",
+             "pre-activation bottleneck loses its third ReLU", M),
+    Mutation("dropout-moved-wide", "reproresnet/models.py",
+             "out = self.dropout(out)\n        out = self.conv2(out)",
+             "out = self.conv2(out)\n        out = self.dropout(out)",
+             "wide unit drops out after its second conv instead of between the convs", M),
+    Mutation("dropout-rate-halved", "reproresnet/models.py",
+             "nn.Dropout(dropout) if", "nn.Dropout(dropout / 2) if",
+             "wide unit drops out at half the rate asked for", M),
+    Mutation("shortcut-reads-raw-input", "reproresnet/models.py",
+             'changes_shape and shortcut != "input_projection"', 'changes_shape and shortcut == "input_projection"',
+             "reshaping pre-activation units project the raw input instead of the pre-activated one", M),
+    Mutation("zero-pad-wrong-subsample", "reproresnet/models.py",
+             "x = x[:, :, :: self.stride, :: self.stride]", "x = x[:, :, 1:: self.stride, 1:: self.stride]",
+             "option-A shortcut samples the odd pixels", M),
+    Mutation("relu-before-addition-original", "reproresnet/models.py",
+             "out = self.bn2(self.conv2(out))", "out = F.relu(self.bn2(self.conv2(out)))",
+             "original basic unit applies a ReLU before the addition", M),
+    Mutation("relu-before-addition-original-bottleneck", "reproresnet/models.py",
+             "out = self.bn3(self.conv3(out))", "out = F.relu(self.bn3(self.conv3(out)))",
+             "original bottleneck applies a ReLU before the addition", M),
+    Mutation("stage2-not-downsampling", "reproresnet/models.py",
+             "widths[1], units_per_stage, 2", "widths[1], units_per_stage, 1",
+             "stage 2 keeps the resolution", M),
+    Mutation("final-relu-missing", "reproresnet/models.py",
+             "nn.Sequential(nn.BatchNorm2d(self.in_planes), nn.ReLU()) if preact",
+             "nn.Sequential(nn.BatchNorm2d(self.in_planes)) if preact",
+             "pre-activation networks lose the ReLU after their final BN", M),
+    Mutation("stem-relu-missing-original", "reproresnet/models.py",
+             "nn.Sequential(conv, nn.BatchNorm2d(16), nn.ReLU())", "nn.Sequential(conv, nn.BatchNorm2d(16))",
+             "original networks lose the stem's ReLU", M),
+    Mutation("he-init-wrong-fan", "reproresnet/models.py",
+             'mode="fan_out"', 'mode="fan_in"',
+             "He initialisation from the fan-in instead of the fan-out", M),
+    Mutation("he-init-uniform", "reproresnet/models.py",
+             "nn.init.kaiming_normal_(", "nn.init.kaiming_uniform_(",
+             "He initialisation uniform instead of normal (same variance)", M),
+    Mutation("bn-beta-init-one", "reproresnet/models.py",
+             "nn.init.zeros_(m.bias)", "nn.init.ones_(m.bias)",
+             "BN beta starts at 1", M),
+    Mutation("wide-default-dropout-off", "reproresnet/models.py",
+             'defaults["dropout"] = 0.3', 'defaults["dropout"] = 0.0',
+             "the report's WRN-16-4 trains without dropout", "tests/test_models.py"),
+    # ---- data
+    Mutation("pixel-mean-wrong-count", "reproresnet/data.py",
+             "/ (255 * n)", "/ (255 * (n + 1))",
+             "per-pixel mean divided by one image too many", D),
+    Mutation("channel-std-not-rooted", "reproresnet/data.py",
+             ".sum(1).sqrt()", ".sum(1)",
+             "per-channel normalisation divides by the variance", D),
+    Mutation("hold-out-overlaps-training", "reproresnet/data.py",
+             "order[val_size:]", "order[val_size - 1:]",
+             "one validation image is also trained on", D),
+    Mutation("eval-data-flipped", "reproresnet/data.py",
+             "yield normalizer(images), labels", "yield normalizer(images).flip(-1), labels",
+             "evaluation images are augmented (flipped)", D),
+    Mutation("crop-pad-2", "reproresnet/data.py",
+             "PAD = 4", "PAD = 2",
+             "random crops from a 2-pixel instead of a 4-pixel pad", "tests/test_data.py"),
+    Mutation("never-flip", "reproresnet/data.py",
+             "flips = torch.randint(0, 2,", "flips = torch.randint(0, 1,",
+             "horizontal flips never happen", "tests/test_data.py"),
+    Mutation("per-image-per-batch-swapped", "reproresnet/data.py",
+             'draws = n if mode == "per_image" else 1', 'draws = n if mode == "per_batch" else 1',
+             "per_image and per_batch augmentation swapped", "tests/test_data.py"),
+    # ---- recipes and schedule
+    Mutation("wrn-gamma-0.1", "reproresnet/recipes.py",
+             "gamma=0.2, batch_size=128", "gamma=0.1, batch_size=128",
+             "WRN recipe decays by 0.1 instead of 0.2", R),
+    Mutation("milestones-not-in-iterations", "reproresnet/recipes.py",
+             "m * to_iterations", "m",
+             "epoch milestones read as iterations", T),
+    Mutation("milestone-one-step-late", "reproresnet/recipes.py",
+             "bisect.bisect_right(self.milestones, iteration)", "bisect.bisect_left(self.milestones, iteration)",
+             "the decay starts one step after its milestone", T),
+    Mutation("warm-up-wrong-networks", "reproresnet/recipes.py",
+             "if arch in recipe.warmup_archs else 0", "if arch not in recipe.warmup_archs else 0",
+             "warm-up applied to the other networks", T),
+    Mutation("warm-up-one-step-long", "reproresnet/recipes.py",
+             "if iteration < self.warmup_iterations:", "if iteration <= self.warmup_iterations:",
+             "warm-up lasts one step too long", T),
+    Mutation("steps-per-epoch-floor", "reproresnet/recipes.py",
+             "math.ceil(train_size / recipe.batch_size)", "train_size // recipe.batch_size",
+             "an epoch drops its last, smaller batch from the schedule", T),
+    Mutation("shortened-run-scale-inverted", "reproresnet/recipes.py",
+             "new.length / (self.length * epochs_per_unit)", "self.length / (new.length * epochs_per_unit)",
+             "a shortened run scales its milestones the wrong way", R),
+    Mutation("weight-decay-override-dropped", "reproresnet/config.py",
+             '"weight_decay": self.weight_decay,', '"weight_decay": None,',
+             "--weight-decay never reaches the recipe", T),
+    # ---- training loop: optimizer, schedule, evaluation, summary
+    Mutation("nesterov-dropped", "reproresnet/train.py",
+             "nesterov=recipe.nesterov", "nesterov=False",
+             "Nesterov momentum never reaches the optimizer", T),
+    Mutation("weight-decay-hard-coded", "reproresnet/train.py",
+             "weight_decay=recipe.weight_decay", "weight_decay=1e-4",
+             "the recipe's weight decay never reaches the optimizer (1e-4 for all)", T),
+    Mutation("momentum-hard-coded", "reproresnet/train.py",
+             "momentum=recipe.momentum", "momentum=0.9",
+             "the recipe's momentum never reaches the optimizer (0.9 for all)", T),
+    Mutation("lr-never-scheduled", "reproresnet/train.py",
+             'group["lr"] = lr', 'group["lr"] = schedule.lr',
+             "the optimizer keeps the peak learning rate", T),
+    Mutation("lr-one-step-ahead", "reproresnet/train.py",
+             "schedule.lr_at(first + index)", "schedule.lr_at(first + index + 1)",
+             "each step uses the next step's learning rate", T),
+    Mutation("normaliser-fitted-on-test", "reproresnet/train.py",
+             "Normalizer.fit(splits.train.images", "Normalizer.fit(splits.test.images",
+             "normalisation statistics from the test images", D),
+    Mutation("eval-in-training-mode", "reproresnet/train.py",
+             "run.step_model.eval()", "run.step_model.train()",
+             "evaluation with batch statistics and dropout", T),
+    Mutation("eval-loss-mean-of-means", "reproresnet/train.py",
+             'reduction="sum"', 'reduction="mean"',
+             "evaluation loss summed from per-batch means", T),
+    Mutation("eval-error-argmin", "reproresnet/train.py",
+             "errors += (logits.argmax(1) != labels).sum()", "errors += (logits.argmin(1) != labels).sum()",
+             "evaluation counts errors against the least likely class", T),
+    Mutation("summary-best-test", "reproresnet/train.py",
+             'key=lambda row: row["val_error"]', 'key=lambda row: row["test_error"]',
+             "the reported epoch is chosen on the test set", T),
+    Mutation("summary-final-is-best", "reproresnet/train.py",
+             "chosen = metrics[-1]", 'chosen = min(metrics, key=lambda row: row["test_error"])',
+             "without validation, the best test epoch is reported instead of the final one", T),
+    Mutation("summary-speed-with-warm-up", "reproresnet/train.py",
+             "timed = metrics[1:] or metrics", "timed = metrics",
+             "the reported speed includes the compiling first epoch", T),
+    # ---- records and notebooks
+    Mutation("metrics-csv-2-digits", "reproresnet/records.py",
+             'f"{value:.6g}"', 'f"{value:.2g}"',
+             "metrics.csv rounds every number to 2 significant digits", S),
+    Mutation("metrics-csv-no-val-error", "reproresnet/records.py",
+             '"val_loss", "val_error", ', '"val_loss", ',
+             "metrics.csv loses the validation error column", S),
+    Mutation("glue-renamed", "notebooks/train.ipynb",
+             'glue(\\"test_error\\"', 'glue(\\"test_err\\"',
+             "train.ipynb glues the test error under another name", S),
+    Mutation("glue-wrong-value", "notebooks/train.ipynb",
+             'glue(\\"params\\", record[\\"params\\"]', 'glue(\\"params\\", record[\\"epochs_done\\"]',
+             "train.ipynb glues another number as the parameter count", S),
+]
+
+# Changes that alter no number the project reports, listed so nobody adds them as mutations.
+EQUIVALENT = [
+    ("evaluate without @torch.no_grad()", "the same forward in eval mode; only memory and speed change"),
+    ("zero_grad(set_to_none=True) -> set_to_none=False", "zero and absent gradients give the same SGD "
+     "update: every parameter gets a gradient at every step"),
+    ("cudnn.benchmark = True -> False", "picks among equivalent CUDA kernels; never reached on a CPU"),
+    ("hold-out stream _rng(seed, 'val') -> another stream", "another seeded, disjoint split is as valid; "
+     "which images are held out is not part of any source's recipe"),
+]
+
+
+def repo_files(root: Path) -> list[str]:
+    """Tracked and untracked-but-not-ignored files, as the repository would be cloned with local work."""
+    out = subprocess.run(["git", "-C", str(root), "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                         capture_output=True, text=True, check=True).stdout
+    return [name for name in out.split("\0") if name and (root / name).is_file()]
+
+
+def copy_repo(root: Path, dest: Path) -> None:
+    for name in repo_files(root):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+
+
+def check_snippets(mutations: list[Mutation], root: Path) -> list[str]:
+    """Every snippet must occur exactly once in its file; returns the problems."""
+    problems = []
+    for m in mutations:
+        path = root / m.file
+        count = path.read_text().count(m.original) if path.is_file() else 0
+        if count != 1 or m.original == m.replacement:
+            problems.append(f"{m.name}: snippet {m.original!r} occurs {count} time(s) in {m.file}"
+                            + (" (replacement is the same text)" if m.original == m.replacement else ""))
+    return problems
+
+
+def copy_env(copy: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def imports_the_copy(copy: Path) -> bool:
+    """The tests must import the mutated library, not an installed one."""
+    found = subprocess.run([sys.executable, "-c", "import reproresnet; print(reproresnet.__file__)"], cwd=copy,
+                           env=copy_env(copy), capture_output=True, text=True).stdout.strip()
+    return Path(found).resolve().is_relative_to(copy.resolve())
+
+
+def pytest(copy: Path, targets: list[str]) -> tuple[int, str]:
+    env = copy_env(copy)
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", *FAST_TIER, *targets], cwd=copy, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return -1, "timeout"
+    return done.returncode, done.stdout + done.stderr
+
+
+def killer(output: str) -> str:
+    """The failing test (or the erroring module) named in pytest's short summary."""
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    return found.group(1) if found else "(pytest failed; see its output)"
+
+
+def run_mutation(m: Mutation, copy: Path) -> tuple[str, float]:
+    """Apply `m` to the copy, run the tests, restore the file; returns (killed by, seconds)."""
+    path = copy / m.file
+    original = path.read_text()
+    start = time.perf_counter()
+    path.write_text(original.replace(m.original, m.replacement))
+    try:
+        for targets in ([m.first], ["tests"]) if m.first else (["tests"],):
+            code, output = pytest(copy, targets)
+            if code == -1:
+                return "killed: timeout", time.perf_counter() - start
+            if code in (1, 2):
+                return killer(output), time.perf_counter() - start
+            if code != 0:
+                raise RuntimeError(f"pytest exited {code} for {m.name}:\n{output[-3000:]}")
+        return "SURVIVED", time.perf_counter() - start
+    finally:
+        path.write_text(original)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these mutations")
+    parser.add_argument("--list", action="store_true", help="list the mutations and the equivalent ones, then exit")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the clean run of the fast tier (a test that already fails would fake a kill)")
+    args = parser.parse_args(argv)
+
+    names = [m.name for m in MUTATIONS]
+    assert len(set(names)) == len(names), "mutation names must be unique"
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:42} {m.file:24} {m.description}")
+        print("\nEquivalent by design (not run):")
+        for what, why in EQUIVALENT:
+            print(f"  {what}: {why}")
+        return 0
+    unknown = sorted(set(args.only or []) - set(names))
+    if unknown:
+        parser.error(f"unknown mutation(s) {', '.join(unknown)}; --list shows them")
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    problems = check_snippets(MUTATIONS, ROOT)
+    if problems:
+        print("Snippets not found (update the mutation to the source):\n  " + "\n  ".join(problems))
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        copy = Path(tmp) / "repo"
+        copy_repo(ROOT, copy)
+        if not imports_the_copy(copy):
+            print(f"python does not import reproresnet from the copy {copy}; check PYTHONPATH and installs")
+            return 2
+        if not args.no_baseline:
+            start = time.perf_counter()
+            code, output = pytest(copy, ["tests"])
+            if code != 0:
+                print(f"The fast tier fails without any mutation ({killer(output)}); fix that first.")
+                return 2
+            print(f"baseline: the fast tier passes unmutated ({time.perf_counter() - start:.0f} s)")
+        rows = []
+        print(f"{'mutation':42} {'seconds':>7}  killed by")
+        for m in chosen:
+            by, seconds = run_mutation(m, copy)
+            rows.append((m, by, seconds))
+            print(f"{m.name:42} {seconds:7.0f}  {by}", flush=True)
+
+    survivors = [m for m, by, _ in rows if by == "SURVIVED"]
+    print(f"\n{len(rows) - len(survivors)} of {len(rows)} mutations killed; "
+          f"{len(EQUIVALENT)} equivalent by design, not counted (--list shows why).")
+    for m in survivors:
+        print(f"SURVIVOR {m.name} ({m.file}): {m.description}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""A run as `train` sets it up, for the science tests (tests/test_science_*.py)."""
+
+from reproresnet import train as training
+from reproresnet.config import TrainConfig
+from reproresnet.models import preact_resnet
+
+
+def run_for(tmp_path, cifar_root, monkeypatch, **settings):
+    """Data, normaliser, schedule, model and optimizer as `train` builds them, on the tiny CIFAR-10
+    fixture of conftest.py. The network is an 8-layer stand-in under the config's name: these
+    tests need only the name (for the warm-up), and the registered networks take seconds to
+    build and count on a CPU."""
+    root, _ = cifar_root
+    monkeypatch.setattr(training, "build_model", lambda name, num_classes, **options:
+                        preact_resnet(8, num_classes=num_classes))
+    config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
+                            "data_dir": str(root), "device": "cpu", **settings})
+    run, _ = training._setup(config, None)
+    return run

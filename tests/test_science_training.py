@@ -1,0 +1,260 @@
+"""The training loop does what the recipe says: optimizer, schedule, evaluation, reported numbers.
+
+Runs are built the way `train` builds them (`science_runs.run_for`), on the tiny CIFAR
+fixture of conftest.py; expectations are computed by hand from the recipe's fields and
+from the definitions (SGD with momentum as PyTorch and Torch7 state it, cross-entropy,
+error rate), never by calling the function under test.
+"""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from reproresnet import train as training
+from reproresnet.models import wide_resnet
+from reproresnet.recipes import RECIPES
+from science_runs import run_for
+
+
+# ---------------------------------------------------------------- optimizer
+
+def hand_lr(recipe, arch, iteration, per_epoch):
+    """The recipe's schedule read by hand: warm-up lr for the listed networks, then lr times
+    gamma for every milestone reached; epoch units are converted with the epoch's steps."""
+    scale = per_epoch if recipe.unit == "epoch" else 1
+    if arch in recipe.warmup_archs and iteration < recipe.warmup_length * scale:
+        return recipe.warmup_lr
+    return recipe.lr * recipe.gamma ** sum(iteration >= m * scale for m in recipe.milestones)
+
+
+def probes(recipe, per_epoch):
+    """Epochs around every change of the learning rate, and the first and last."""
+    scale = per_epoch if recipe.unit == "epoch" else 1
+    edges = [0, recipe.length * scale - 1]
+    for position in (*recipe.milestones, recipe.warmup_length):
+        edges += [position * scale - 1, position * scale]
+    return sorted({max(0, iteration) // per_epoch for iteration in edges})
+
+
+def recorded_lrs(run, epochs):
+    """The lr the optimizer holds at each step of those epochs (the step itself is skipped)."""
+    seen = {}
+
+    def step(model, optimizer, images, labels, speedups):
+        seen.setdefault("lrs", []).append({group["lr"] for group in optimizer.param_groups})
+        return torch.zeros(()), torch.zeros((), dtype=torch.long)
+
+    lrs = {}
+    for epoch in epochs:
+        seen.clear()
+        training.train_one_epoch(run, epoch, progress=False, step=step)
+        first = epoch * run.schedule.iterations_per_epoch
+        for index, groups in enumerate(seen["lrs"]):
+            assert len(groups) == 1, "every parameter group must get the same lr"
+            lrs[first + index] = groups.pop()
+    return lrs
+
+
+PRESET_ARCHS = sorted({(name, arch) for name, recipe in RECIPES.items()
+                       for arch in ("preact_resnet20", *recipe.warmup_archs[:1])})
+
+
+@pytest.mark.parametrize("recipe_name, arch", PRESET_ARCHS)
+def test_every_step_uses_the_recipe_learning_rate(tmp_path, cifar_root, monkeypatch, recipe_name, arch):
+    """Protects the schedule reaching the optimizer: warm-up, every milestone, gamma, per-epoch units."""
+    # batch 4 over the 15 fixture images: 4 steps an epoch, so epoch units must be converted
+    run = run_for(tmp_path, cifar_root, monkeypatch, arch=arch, recipe=recipe_name, batch_size=4)
+    recipe = RECIPES[recipe_name]
+    assert run.schedule.iterations_per_epoch == 4
+    lrs = recorded_lrs(run, probes(recipe, 4))
+    assert len(lrs) >= 8
+    for iteration, lr in lrs.items():
+        assert lr == pytest.approx(hand_lr(recipe, arch, iteration, 4), rel=1e-12), iteration
+    assert len(set(lrs.values())) >= len(recipe.milestones) + 1  # the probes did cross every milestone
+
+
+@pytest.mark.parametrize("recipe_name", sorted(RECIPES))
+def test_built_optimizer_carries_the_recipe(tmp_path, cifar_root, monkeypatch, recipe_name):
+    """Protects momentum, Nesterov and weight decay reaching the optimizer of a run, on every parameter."""
+    run = run_for(tmp_path, cifar_root, monkeypatch, recipe=recipe_name)
+    recipe = RECIPES[recipe_name]
+    assert isinstance(run.optimizer, torch.optim.SGD)
+    for group in run.optimizer.param_groups:
+        assert group["momentum"] == recipe.momentum
+        assert group["nesterov"] is recipe.nesterov
+        assert group["weight_decay"] == recipe.weight_decay
+        assert group["dampening"] == 0
+    # Scope "all": every parameter, BN included, as in the authors' Torch code.
+    in_optimizer = [p for group in run.optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in in_optimizer} == {id(p) for p in run.model.parameters()}
+    assert len(in_optimizer) == len(list(run.model.parameters()))
+
+
+def test_weight_decay_override_reaches_the_optimizer(tmp_path, cifar_root, monkeypatch):
+    """Protects a --weight-decay override from being dropped on its way to the optimizer."""
+    run = run_for(tmp_path, cifar_root, monkeypatch, recipe="seed", weight_decay=3e-3)
+    assert {group["weight_decay"] for group in run.optimizer.param_groups} == {3e-3}
+
+
+@pytest.mark.parametrize("momentum, nesterov, weight_decay", [(0.5, False, 3e-3), (0.7, True, 0.0)])
+def test_make_optimizer_takes_every_value_from_the_recipe(momentum, nesterov, weight_decay):
+    """Protects against hard-coded optimizer values that happen to equal the presets' (0.9, True, 1e-4)."""
+    model = nn.Linear(3, 2)
+    recipe = RECIPES["seed"].replace(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr=0.37)
+    speedups = training.Speedups(False, False, False, False)
+    [group] = training.make_optimizer(model, recipe, speedups).param_groups
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == \
+        (0.37, momentum, nesterov, weight_decay)
+
+
+def hand_sgd(params, grads_per_step, lr, momentum, nesterov, weight_decay):
+    """SGD with momentum as PyTorch and Torch7's optim.sgd define it (dampening 0):
+    d = g + wd p;  b = d on the first step, else momentum b + d;  p -= lr (d + momentum b) with
+    Nesterov, p -= lr b without."""
+    params = [p.clone() for p in params]
+    buffers = [None] * len(params)
+    for grads in grads_per_step:
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + weight_decay * p
+            buffers[i] = d.clone() if buffers[i] is None else momentum * buffers[i] + d
+            params[i] = p - lr * (d + momentum * buffers[i] if nesterov else buffers[i])
+    return params
+
+
+@pytest.mark.parametrize("recipe_name", sorted(RECIPES))
+def test_one_step_moves_each_parameter_as_sgd_prescribes(tmp_path, cifar_root, monkeypatch, recipe_name):
+    """Protects the update itself: two steps on known gradients move every parameter by exactly
+    what SGD with the recipe's lr, momentum, Nesterov flag and weight decay gives."""
+    run = run_for(tmp_path, cifar_root, monkeypatch, recipe=recipe_name)
+    recipe = RECIPES[recipe_name]
+    params = list(run.model.parameters())
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(2)]
+    expected = hand_sgd([p.detach() for p in params], grads, recipe.lr, recipe.momentum, recipe.nesterov,
+                        recipe.weight_decay)
+    assert {group["lr"] for group in run.optimizer.param_groups} == {recipe.lr}
+    for step_grads in grads:
+        for p, grad in zip(params, step_grads):
+            p.grad = grad.clone()
+        run.optimizer.step()
+    for p, want in zip(params, expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def randomise_bn_(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean = 0.2 * torch.randn(m.num_features, generator=g)
+            m.running_var = 0.5 + torch.rand(m.num_features, generator=g)
+            m.weight.data = 0.5 + torch.rand(m.num_features, generator=g)
+    return model
+
+
+@pytest.fixture
+def wide_run(tmp_path, cifar_root, monkeypatch):
+    """A run whose network is a small wide ResNet with dropout 0.3, in training mode, evaluated
+    in batches of 3 (so the loss is summed across batches)."""
+    run = run_for(tmp_path, cifar_root, monkeypatch, eval_batch_size=3)
+    torch.manual_seed(0)
+    model = randomise_bn_(wide_resnet(10, 1, dropout=0.3)).train()
+    return dataclasses.replace(run, model=model, step_model=model)
+
+
+def hand_evaluation(model, data, train_images):
+    """Mean cross-entropy and error (%) of the network in inference mode (running BN moments,
+    no dropout) on the images minus the training split's mean image, unaugmented."""
+    mean_image = train_images.double().mean(0) / 255
+    inputs = (data.images.double() / 255 - mean_image).float()
+    model.eval()
+    with torch.no_grad():
+        logits = model(inputs)
+    model.train()
+    loss = F.cross_entropy(logits, data.labels).item()
+    error = 100.0 * (logits.argmax(1) != data.labels).double().mean().item()
+    return loss, error
+
+
+def test_evaluation_is_inference_on_the_unaugmented_images(wide_run):
+    """Protects the reported test error: evaluation is the eval-mode network (running BN statistics,
+    no dropout) on normalised, unaugmented test images, loss averaged over every image."""
+    test = wide_run.splits.test
+    loss, error = training.evaluate(wide_run, test)
+    want_loss, want_error = hand_evaluation(wide_run.model, test, wide_run.splits.train.images)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert error == pytest.approx(want_error)
+
+
+def test_evaluation_error_counts_images_whose_top_class_is_not_the_label(wide_run):
+    """Protects the error rate: labels set to the network's own top class for half the images give 50%."""
+    test = wide_run.splits.test
+    mean_image = wide_run.splits.train.images.double().mean(0) / 255
+    wide_run.model.eval()
+    with torch.no_grad():
+        top = wide_run.model((test.images.double() / 255 - mean_image).float()).argmax(1)
+    wide_run.model.train()
+    wrong = torch.arange(len(top)) % 2 == 0
+    labels = torch.where(wrong, (top + 1) % 10, top)
+    _, error = training.evaluate(wide_run, dataclasses.replace(test, labels=labels))
+    assert error == pytest.approx(100.0 * wrong.double().mean().item())
+
+
+def test_evaluation_changes_nothing_and_repeats_exactly(wide_run):
+    """Protects the network from evaluation: every BN running statistic and parameter unchanged,
+    training mode restored, and two evaluations give the same numbers (no dropout)."""
+    before = {name: tensor.clone() for name, tensor in wide_run.model.state_dict().items()}
+    first = training.evaluate(wide_run, wide_run.splits.test)
+    second = training.evaluate(wide_run, wide_run.splits.test)
+    assert first == second
+    after = wide_run.model.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(tensor, after[name]), f"evaluation changed {name}"
+    assert wide_run.model.training
+
+
+def test_evaluation_of_a_network_in_eval_mode_leaves_it_in_eval_mode(wide_run):
+    """Protects the mode a caller set: evaluate restores it rather than forcing training mode."""
+    wide_run.model.eval()
+    training.evaluate(wide_run, wide_run.splits.test)
+    assert not wide_run.model.training
+
+
+# ---------------------------------------------------------------- the reported numbers
+
+def epoch_rows():
+    """Five epochs where the final epoch (5), the best-validation epoch (2) and the best-test
+    epoch (4) all differ; epoch 3 ties the best validation error (the first one counts);
+    epoch 1 is slow (it compiles)."""
+    val = [9.0, 4.0, 4.0, 6.0, 7.0]
+    test = [8.0, 6.5, 7.0, 5.0, 6.0]
+    seconds = [100.0, 3.0, 1.0, 2.0, 50.0]
+    return [{"epoch": i + 1, "val_error": v, "test_error": t, "seconds": s, "images_per_second": 1000.0 / s}
+            for i, (v, t, s) in enumerate(zip(val, test, seconds))]
+
+
+def test_summary_with_validation_reports_the_best_validation_epoch():
+    """Protects the seed's protocol: the test error of the first best-validation epoch, not the final
+    or best-test one."""
+    summary = training.summarize(epoch_rows(), val_size=5000)
+    assert (summary["epoch"], summary["test_error"], summary["selected_by"]) == (2, 6.5, "best_validation")
+
+
+def test_summary_without_validation_reports_the_final_epoch():
+    """Protects He et al.'s protocol: the final epoch's test error, never the best test error."""
+    summary = training.summarize(epoch_rows(), val_size=0)
+    assert (summary["epoch"], summary["test_error"], summary["selected_by"]) == (5, 6.0, "final_epoch")
+
+
+def test_summary_speed_leaves_out_the_first_epoch():
+    """Protects the reported speed: the median over epochs 2.. (the first one compiles and warms up)."""
+    summary = training.summarize(epoch_rows(), val_size=0)
+    assert summary["seconds_per_epoch"] == pytest.approx(2.5)          # median of 3, 1, 2, 50
+    assert summary["images_per_second"] == pytest.approx((1000 / 3 + 1000 / 2) / 2)
+    assert not math.isclose(summary["seconds_per_epoch"], 3.0)          # what the first epoch would give

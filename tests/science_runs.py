@@ -11,9 +11,10 @@ def run_for(tmp_path, cifar_root, monkeypatch, **settings):
     tests need only the name (for the warm-up), and the registered networks take seconds to
     build and count on a CPU."""
     root, _ = cifar_root
+    settings.setdefault("val_size", 0)  # 15 fixture images leave no room for a recipe's 5,000-image hold-out
     monkeypatch.setattr(training, "build_model", lambda name, num_classes, **options:
                         preact_resnet(8, num_classes=num_classes))
     config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
                             "data_dir": str(root), "device": "cpu", **settings})
-    run, _ = training._setup(config, None)
-    return run
+    device = training.select_device(config.device)
+    return training.build_run(config, training.load_device_splits(config, device), device)

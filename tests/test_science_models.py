@@ -298,7 +298,6 @@ def net_images(seed=3):
 
 
 @MODES
-@pytest.mark.xfail(strict=True, reason="first-unit fix lands with issue 8")
 def test_preact_basic_network_end_to_end(training):
     """Protects the whole pre-activation basic-block network: activated stem on the first unit's identity
     path (He 2016 appendix), stages, final BN-ReLU, pooling, classifier."""

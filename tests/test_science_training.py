@@ -9,6 +9,8 @@ error rate), never by calling the function under test.
 import dataclasses
 import math
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn as nn
@@ -22,11 +24,16 @@ from science_runs import run_for
 
 # ---------------------------------------------------------------- optimizer
 
+def warms_up(recipe, arch) -> bool:
+    """The preset's own word on which networks warm up: None names every network."""
+    return recipe.warmup_length > 0 and (recipe.warmup_archs is None or arch in recipe.warmup_archs)
+
+
 def hand_lr(recipe, arch, iteration, per_epoch):
-    """The recipe's schedule read by hand: warm-up lr for the listed networks, then lr times
+    """The recipe's schedule read by hand: warm-up lr for the networks it names, then lr times
     gamma for every milestone reached; epoch units are converted with the epoch's steps."""
     scale = per_epoch if recipe.unit == "epoch" else 1
-    if arch in recipe.warmup_archs and iteration < recipe.warmup_length * scale:
+    if warms_up(recipe, arch) and iteration < recipe.warmup_length * scale:
         return recipe.warmup_lr
     return recipe.lr * recipe.gamma ** sum(iteration >= m * scale for m in recipe.milestones)
 
@@ -51,7 +58,8 @@ def recorded_lrs(run, epochs):
     lrs = {}
     for epoch in epochs:
         seen.clear()
-        training.train_one_epoch(run, epoch, progress=False, step=step)
+        with mock.patch.object(training, "train_step", step):  # watch the steps, skip the SGD
+            training.train_one_epoch(run, epoch, progress=False)
         first = epoch * run.schedule.iterations_per_epoch
         for index, groups in enumerate(seen["lrs"]):
             assert len(groups) == 1, "every parameter group must get the same lr"
@@ -59,8 +67,9 @@ def recorded_lrs(run, epochs):
     return lrs
 
 
+# A basic-block net for every preset, and a network the preset warms up alone where it names some.
 PRESET_ARCHS = sorted({(name, arch) for name, recipe in RECIPES.items()
-                       for arch in ("preact_resnet20", *recipe.warmup_archs[:1])})
+                       for arch in ("preact_resnet20", *(recipe.warmup_archs or ())[:1])})
 
 
 @pytest.mark.parametrize("recipe_name, arch", PRESET_ARCHS)
@@ -79,19 +88,19 @@ def test_every_step_uses_the_recipe_learning_rate(tmp_path, cifar_root, monkeypa
 
 @pytest.mark.parametrize("recipe_name", sorted(RECIPES))
 def test_built_optimizer_carries_the_recipe(tmp_path, cifar_root, monkeypatch, recipe_name):
-    """Protects momentum, Nesterov and weight decay reaching the optimizer of a run, on every parameter."""
+    """Protects momentum, Nesterov, weight decay and its scope reaching the optimizer of a run."""
     run = run_for(tmp_path, cifar_root, monkeypatch, recipe=recipe_name)
     recipe = RECIPES[recipe_name]
     assert isinstance(run.optimizer, torch.optim.SGD)
     for group in run.optimizer.param_groups:
         assert group["momentum"] == recipe.momentum
         assert group["nesterov"] is recipe.nesterov
-        assert group["weight_decay"] == recipe.weight_decay
         assert group["dampening"] == 0
-    # Scope "all": every parameter, BN included, as in the authors' Torch code.
     in_optimizer = [p for group in run.optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in in_optimizer} == {id(p) for p in run.model.parameters()}
     assert len(in_optimizer) == len(list(run.model.parameters()))
+    decay = {id(p): group["weight_decay"] for group in run.optimizer.param_groups for p in group["params"]}
+    assert decay == {id(p): hand_decay(recipe, run.model, p) for p in run.model.parameters()}
 
 
 def test_weight_decay_override_reaches_the_optimizer(tmp_path, cifar_root, monkeypatch):
@@ -111,6 +120,16 @@ def test_make_optimizer_takes_every_value_from_the_recipe(momentum, nesterov, we
         (0.37, momentum, nesterov, weight_decay)
 
 
+def hand_decay(recipe, model, parameter) -> float:
+    """Weight decay by the recipe's scope: "all" decays every parameter (the authors' Torch code,
+    PyTorch's default); "weights" only conv and linear weights (Lasagne's regularize_layer_params:
+    the regularizable W of a layer, not its bias, not batch norm's beta and gamma)."""
+    if recipe.weight_decay_on == "all":
+        return recipe.weight_decay
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return recipe.weight_decay if id(parameter) in weights else 0.0
+
+
 def hand_sgd(params, grads_per_step, lr, momentum, nesterov, weight_decay):
     """SGD with momentum as PyTorch and Torch7's optim.sgd define it (dampening 0):
     d = g + wd p;  b = d on the first step, else momentum b + d;  p -= lr (d + momentum b) with
@@ -119,7 +138,7 @@ def hand_sgd(params, grads_per_step, lr, momentum, nesterov, weight_decay):
     buffers = [None] * len(params)
     for grads in grads_per_step:
         for i, (p, g) in enumerate(zip(params, grads)):
-            d = g + weight_decay * p
+            d = g + weight_decay[i] * p
             buffers[i] = d.clone() if buffers[i] is None else momentum * buffers[i] + d
             params[i] = p - lr * (d + momentum * buffers[i] if nesterov else buffers[i])
     return params
@@ -135,7 +154,7 @@ def test_one_step_moves_each_parameter_as_sgd_prescribes(tmp_path, cifar_root, m
     g = torch.Generator().manual_seed(0)
     grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(2)]
     expected = hand_sgd([p.detach() for p in params], grads, recipe.lr, recipe.momentum, recipe.nesterov,
-                        recipe.weight_decay)
+                        [hand_decay(recipe, run.model, p) for p in params])
     assert {group["lr"] for group in run.optimizer.param_groups} == {recipe.lr}
     for step_grads in grads:
         for p, grad in zip(params, step_grads):

@@ -69,15 +69,30 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
     runtime.add_argument("--quiet", action="store_true", help="no progress bar")
+    stop = runtime.add_mutually_exclusive_group()
+    stop.add_argument("--stop-after", type=_number, metavar="SECONDS",
+                      help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
+    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", help="the same, at a wall-clock time")
+    runtime.add_argument("--pack", type=_positive_int, default=1,
+                         help="runs sharing this device, recorded with the speed (default: 1)")
+    runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 
 
 def _train(args: argparse.Namespace) -> int:
+    import time
+
     from .train import train
-    settings = {key: value for key, value in vars(args).items()
-                if key not in ("command", "resume", "quiet", "handler")}
+    deadline = args.stop_at if args.stop_after is None else time.time() + args.stop_after
+    settings = {key: value for key, value in vars(args).items() if key not in
+                ("command", "resume", "quiet", "handler", "stop_after", "stop_at", "pack", "compile_mode")}
     config = TrainConfig(**settings)
-    record = train(config, resume=args.resume, progress=not args.quiet)
+    record = train(config, resume=args.resume, progress=not args.quiet, deadline=deadline,
+                   pack=args.pack, compile_mode=args.compile_mode)
     final = record["final"]
+    if final is None:  # stopped cleanly before the end
+        print(f"{record['arch']}: {record['epochs_done']}/{record['epochs_planned']} epochs; "
+              f"{record['message']}; record in {config.out}")
+        return 0
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")

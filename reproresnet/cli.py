@@ -1,4 +1,4 @@
-"""Command line: `python -m reproresnet list | train | bench`."""
+"""Command line: `python -m reproresnet list | train | bench | sweep | campaign | selfcheck | bundle | unbundle`."""
 
 from __future__ import annotations
 
@@ -124,18 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", help="seconds per epoch against a plain PyTorch baseline "
                                       "(see `bench --help`)", add_help=False)
     commands.add_parser("sweep", help="papermill over networks x seeds (see `sweep --help`)", add_help=False)
+    commands.add_parser("campaign", help="train a plan of runs within a time budget, resumably "
+                                         "(see `campaign --help`)", add_help=False)
+    commands.add_parser("selfcheck", help="the fast path against fp32 eager, part by part "
+                                          "(see `selfcheck --help`)", add_help=False)
+    commands.add_parser("bundle", help="pack a campaign directory into bounded files", add_help=False)
+    commands.add_parser("unbundle", help="restore a bundle byte for byte (and render its runs' pages)",
+                        add_help=False)
     return parser
 
 
-# Subcommands with parsers of their own, in their modules.
-DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep"}
+# Subcommands with parsers of their own, in their modules ("module" runs its main, "module:f" its f).
+DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep", "campaign": "reproresnet.campaign",
+             "selfcheck": "reproresnet.selfcheck", "bundle": "reproresnet.bundle:main_bundle",
+             "unbundle": "reproresnet.bundle:main_unbundle"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
         import importlib
-        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        module, _, function = DELEGATED[argv[0]].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataError

@@ -187,7 +187,9 @@ def time_compile_modes(arch: str, device: torch.device, speedups: Speedups, step
 
 
 def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | None = None,
-              budget: float = 60.0, modes: bool | None = None, backend: str = "inductor", log=print) -> dict:
+              budget: float = 60.0, modes: bool | None = None, backend: str = "inductor", log=print,
+              save=lambda record: None) -> dict:
+    """Every check in turn, `save(record)` after each (a slot may end in the middle)."""
     device = select_device(device)
     cuda = device.type == "cuda"
     steps = steps or (6 if cuda else 3)
@@ -214,6 +216,8 @@ def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | 
         result["seconds"] = round(time.time() - began, 1)
         log(f"selfcheck {name}: {'ok' if result.get('ok', True) else 'FAILED'} ({result['seconds']} s)"
             + (f" {result['error']}" if "error" in result else ""))
+        record.setdefault("checks", []).append(name)
+        save(record)
         return result
 
     for arch in archs:
@@ -236,6 +240,7 @@ def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | 
             record["compile_mode"] = record["compile_modes"]["faster"]
     record["ok"] = not record["disabled"] and all(
         part is None or part.get("ok", True) for part in (record["epochs"], record["augmentation"]))
+    save(record)
     return record
 
 
@@ -261,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                              "checks dynamo and autograd without code generation, for a quick CPU try)")
     parser.add_argument("--out", default="selfcheck.json")
     args = parser.parse_args(argv)
-    record = selfcheck(args.archs, args.device, args.steps, args.batch_size, args.budget, args.compile_modes,
-                       args.compile_backend, log=lambda line: print(line, flush=True))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    records.write_json(out, _jsonable(record))
+    record = selfcheck(args.archs, args.device, args.steps, args.batch_size, args.budget, args.compile_modes,
+                       args.compile_backend, log=lambda line: print(line, flush=True),
+                       save=lambda record: records.write_json(out, _jsonable(record)))
     print(f"selfcheck: {'all passed' if record['ok'] else 'FAILED parts'}; switched off: "
           f"{record['disabled'] or 'nothing'}; compile mode {record['compile_mode']}; record in {out}")
     return 0

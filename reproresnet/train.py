@@ -298,7 +298,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         run.speed.append(_speed_segment(run, len(metrics) + 1, pack, compile_mode))
         last_epoch_s = None
         for epoch in range(len(metrics), run.schedule.epochs):
-            if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, metrics):
+            if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, metrics, run.speed):
                 if run.speed[-1]["last_epoch"] is None:
                     run.speed.pop()  # this process trained nothing
                 record.update(message=f"stopped cleanly after epoch {epoch} of {run.schedule.epochs} "
@@ -314,11 +314,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         return record
 
 
-def _no_time_for(epoch: int, deadline: float, last_epoch_s: float | None, metrics: list[dict]) -> bool:
+def _no_time_for(epoch: int, deadline: float, last_epoch_s: float | None, metrics: list[dict],
+                 speed: list[dict] = ()) -> bool:
     """Would the next epoch end after `deadline`? Predicted from this process's last epoch
-    (training, evaluation and writes), else from the run's earlier epochs' training time."""
-    predicted = last_epoch_s if last_epoch_s is not None else \
-        statistics.median(row["seconds"] for row in metrics) if metrics else 0.0
+    (training, evaluation and writes); for a process's first epoch, which also compiles, from
+    the first epoch of the run's last process, else from its earlier epochs' training time."""
+    if last_epoch_s is not None:
+        predicted = last_epoch_s
+    else:
+        firsts = [s["first_epoch_seconds"] for s in speed if s.get("first_epoch_seconds") is not None]
+        steady = statistics.median(row["seconds"] for row in metrics) if metrics else 0.0
+        predicted = max(firsts[-1] if firsts else 0.0, steady)
     return time.time() + predicted > deadline
 
 
@@ -328,7 +334,7 @@ def _speed_segment(run: "Run", first_epoch: int, pack: int, compile_mode: str) -
             "device": run.device.type,
             "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
             "pack": pack, "precision": run.speedups.precision(), "channels_last": run.speedups.channels_last,
-            "compile_mode": compile_mode if run.speedups.compile else None,
+            "compile_mode": compile_mode if run.speedups.compile else None, "first_epoch_seconds": None,
             "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
 
 
@@ -336,6 +342,8 @@ def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
     """This process's s/epoch and img/s: the median of its epochs after its first."""
     segment = run.speed[-1]
     segment["last_epoch"] = rows[-1]["epoch"]
+    if segment["last_epoch"] == segment["first_epoch"]:  # its training time includes compilation
+        segment["first_epoch_seconds"] = rows[-1]["seconds"]
     timed = [row for row in rows if segment["first_epoch"] < row["epoch"] <= segment["last_epoch"]]
     if timed:
         segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
@@ -346,7 +354,8 @@ def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
 
 SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
               "are medians of the training time of its epochs after its first (which compiles and warms "
-              "up; evaluation and writes are not timed); pack = runs sharing the device")
+              "up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's training "
+              "time, compilation included); pack = runs sharing the device")
 
 
 def _setup(config: TrainConfig, checkpoint: dict | None, compile_mode: str = "default") -> tuple[Run, dict]:

@@ -37,7 +37,7 @@ out=${OUT:-runs/bundle}
 data=${CAMPAIGN_DATA:-data/cifar10-jpeg}
 read -r -a extra <<<"${CAMPAIGN_ARGS:-}"
 extra+=(--train-args "${CAMPAIGN_TRAIN_ARGS:-}")
-export PYTHONUNBUFFERED=1 TORCH_LOGS=${TORCH_LOGS:-recompiles}
+export PYTHONUNBUFFERED=1 TORCH_LOGS=${TORCH_LOGS:-recompiles,cudagraphs}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out" "$dir/_campaign"
 log=$dir/_campaign/slot-$(date -u +%Y%m%dT%H%M%SZ).log

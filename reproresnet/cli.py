@@ -78,14 +78,20 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 
 
+# `train` arguments that say how this process runs, not what the run computes.
+NOT_CONFIG = ("command", "resume", "quiet", "handler", "stop_after", "stop_at", "pack", "compile_mode")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{key: value for key, value in vars(args).items() if key not in NOT_CONFIG})
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
 
     from .train import train
     deadline = args.stop_at if args.stop_after is None else time.time() + args.stop_after
-    settings = {key: value for key, value in vars(args).items() if key not in
-                ("command", "resume", "quiet", "handler", "stop_after", "stop_at", "pack", "compile_mode")}
-    config = TrainConfig(**settings)
+    config = train_config(args)
     record = train(config, resume=args.resume, progress=not args.quiet, deadline=deadline,
                    pack=args.pack, compile_mode=args.compile_mode)
     final = record["final"]

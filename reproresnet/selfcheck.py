@@ -24,7 +24,6 @@ unchecked and left as the device's defaults.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import records
 from .config import TrainConfig, select_device

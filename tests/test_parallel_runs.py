@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from reproresnet import cli, records
-from reproresnet.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "64",
@@ -88,9 +87,7 @@ def wait_until(condition, children, what: str):
 
 def expected_config(args: list[str]) -> dict:
     """The config the CLI builds from `args` (as `cli._train` does)."""
-    parsed = vars(cli.build_parser().parse_args(args))
-    return TrainConfig(**{k: v for k, v in parsed.items()
-                          if k not in ("command", "resume", "quiet", "handler")}).as_dict()
+    return cli.train_config(cli.build_parser().parse_args(args)).as_dict()
 
 
 def run_cli(capsys, args: list[str]) -> tuple[int, str]:

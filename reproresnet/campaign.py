@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(budget=args.budget, pack=args.pack or DEFAULT_PACK[device], device=args.device,
                       min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
                       max_unfinished_mb=args.max_unfinished_mb)
-    if device == "cpu":  # packed CPU runs share the cores instead of each taking all of them
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # packed CPU runs share the cores
         options.extra_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.pack))
     print(f"campaign: {len(plan.runs())} runs in {args.out}, budget {args.budget:g} s, pack {options.pack}",
           flush=True)

@@ -8,7 +8,7 @@ ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
 
-.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench clean mutation-check
+.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench campaign-home clean mutation-check
 
 all: book
 
@@ -59,6 +59,11 @@ reproduce: $(BIN)/reproresnet-installed
 
 bench: $(BIN)/reproresnet-installed
 	$(BIN)/python -m reproresnet bench
+
+# A GPU slot's bundle (bench/campaign.sh) brought home: restored into results/, and each
+# complete run's page rendered by papermill without training.  make campaign-home BUNDLE=path
+campaign-home: $(BIN)/reproresnet-installed
+	$(BIN)/python -m reproresnet unbundle $(BUNDLE) --to $(RESULTS) --render
 
 clean:
 	rm -rf _build runs

@@ -1,4 +1,4 @@
-"""Command line: `python -m reproresnet list | recipe | train | bench | sweep`."""
+"""Command line: `python -m reproresnet list | recipe | train | bench | sweep | campaign | selfcheck | bundle | unbundle`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                              help=f"{what} (default: on for CUDA, off for CPU)")
     runtime.add_argument("--eval-batch-size", type=_integer)
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
+    stop = runtime.add_mutually_exclusive_group()
+    stop.add_argument("--stop-after", type=_number, metavar="SECONDS",
+                      help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
+    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", help="the same, at a wall-clock time")
+    runtime.add_argument("--pack", type=_positive_int, default=1,
+                         help="runs sharing this device, recorded with the speed (default: 1)")
+    runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 
 
 def _fields() -> list[str]:
@@ -89,12 +96,24 @@ def _default(name: str):
     return TrainConfig.__dataclass_fields__[name].default
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from `train` arguments; the others say how this process runs."""
+    return TrainConfig(**{key: value for key, value in vars(args).items() if key in _fields()})
+
+
 def _train(args: argparse.Namespace) -> int:
+    import time
+
     from .train import train
-    settings = {key: value for key, value in vars(args).items() if key in _fields()}
-    config = TrainConfig(**settings)
-    record = train(config, resume=args.resume, progress=not args.quiet)
+    deadline = args.stop_at if args.stop_after is None else time.time() + args.stop_after
+    config = train_config(args)
+    record = train(config, resume=args.resume, progress=not args.quiet, deadline=deadline,
+                   pack=args.pack, compile_mode=args.compile_mode)
     final = record["final"]
+    if final is None:  # stopped cleanly before the end
+        print(f"{record['arch']}: {record['epochs_done']}/{record['epochs_planned']} epochs; "
+              f"{record['message']}; record in {config.out}")
+        return 0
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")
@@ -149,18 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bench", help="seconds per epoch against a plain PyTorch baseline "
                                       "(see `bench --help`)", add_help=False)
     commands.add_parser("sweep", help="papermill over networks x seeds (see `sweep --help`)", add_help=False)
+    commands.add_parser("campaign", help="train a plan of runs within a time budget, resumably "
+                                         "(see `campaign --help`)", add_help=False)
+    commands.add_parser("selfcheck", help="the fast path against fp32 eager, part by part "
+                                          "(see `selfcheck --help`)", add_help=False)
+    commands.add_parser("bundle", help="pack a campaign directory into bounded files", add_help=False)
+    commands.add_parser("unbundle", help="restore a bundle byte for byte (and render its runs' pages)",
+                        add_help=False)
     return parser
 
 
-# Subcommands with parsers of their own, in their modules.
-DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep"}
+# Subcommands with parsers of their own, in their modules ("module" runs its main, "module:f" its f).
+DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep", "campaign": "reproresnet.campaign",
+             "selfcheck": "reproresnet.selfcheck", "bundle": "reproresnet.bundle:main_bundle",
+             "unbundle": "reproresnet.bundle:main_unbundle"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in DELEGATED:
         import importlib
-        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
+        module, _, function = DELEGATED[argv[0]].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataError

@@ -3,7 +3,13 @@
 `train(config)` runs (or resumes) one run in `config.out`. After every epoch it writes,
 each atomically: `checkpoint.pt` (model, optimizer and metrics: the source of truth),
 `metrics.csv` and `run.json`. The random state of an epoch is derived from (seed, epoch),
-so a resumed run repeats exactly what an uninterrupted one would have done.
+so a resumed run repeats exactly what an uninterrupted one would have done: bit for bit on
+a CPU; on CUDA only the data order repeats (cuDNN autotuning and non-deterministic backward
+kernels change the last bits of every step).
+
+`deadline` stops a run cleanly at an epoch boundary, its checkpoint written, when the next
+epoch would not end before it; such a run keeps the status "running" (resumable) and says
+so in its record's `message`.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ class Speedups:
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, torch.bfloat16) if self.bf16 else nullcontext()
+
+    def precision(self) -> str:
+        return "bf16 autocast" if self.bf16 else "fp32"
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
@@ -97,7 +106,7 @@ def train_step(model, optimizer, images, labels, speedups: Speedups):
 
 @dataclass
 class Run:
-    """Everything one training run works with, built once by `_setup`."""
+    """Everything one training run works with, built once by `build_run`."""
     config: TrainConfig
     recipe: Recipe
     schedule: Schedule
@@ -108,6 +117,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     speedups: Speedups
     device: torch.device
+    speed: list = dataclasses.field(default_factory=list)  # one segment per process, see _speed_segment
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int | None = None) -> dict:
@@ -134,7 +144,10 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
             group["lr"] = lr
         if run.speedups.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        batch_loss, batch_errors = train_step(run.step_model, run.optimizer, images, labels, run.speedups)
+        # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
+        # cost a second cold compile per process, and padding it would change BN's statistics.
+        model = run.step_model if len(labels) == run.recipe.batch_size else run.model
+        batch_loss, batch_errors = train_step(model, run.optimizer, images, labels, run.speedups)
         loss_sum += batch_loss
         errors += batch_errors
         seen += len(labels)
@@ -150,20 +163,23 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
 
 @torch.no_grad()
 def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
-    """Mean loss and error (%) over `data`, in large batches; restores train mode."""
-    was_training = run.step_model.training
-    run.step_model.eval()
+    """Mean loss and error (%) over `data`, in large batches; restores train mode.
+
+    Always fp32 and eager (the uncompiled module, same weights): bf16 moved 4 of 1,000 test
+    predictions of a trained ResNet-20, and compiling evaluation's batch shape would cost a
+    cold compile per process for a fifteenth of an epoch's work."""
+    was_training = run.model.training
+    run.model.eval()
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     for images, labels in eval_batches(data, run.config.eval_batch_size, normalizer=run.normalizer,
                                        device=run.device):
         if run.speedups.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with run.speedups.autocast(run.device):
-            logits = run.step_model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        logits = run.model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         errors += (logits.argmax(1) != labels).sum()
-    run.step_model.train(was_training)
+    run.model.train(was_training)
     return loss_sum.item() / len(data.labels), 100.0 * errors.item() / len(data.labels)
 
 
@@ -229,7 +245,7 @@ def _new_record(run: Run) -> dict:
         "schedule": run.schedule.as_dict(),
         "data": {**run.splits.describe(), "normalization": run.recipe.normalization,
                  "augmentation": run.recipe.augmentation},
-        "precision": "bf16" if run.speedups.bf16 else "fp32",  # bf16 and fp32 runs are different experiments
+        "precision": run.speedups.precision(),  # bf16 and fp32 runs are different experiments
         **provenance,
         "device": {**provenance["device"], "speedups": dataclasses.asdict(run.speedups)},
         "params": count_parameters(run.model),
@@ -243,16 +259,17 @@ def _new_record(run: Run) -> dict:
     }
 
 
-def summarize(metrics: list[dict], val_size: int) -> dict:
+def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
     """The run's reported result: the final epoch (He et al.), or the epoch of the best
-    validation error when a validation split was held out (the seed's protocol)."""
+    validation error when a validation split was held out (the seed's protocol). Speed
+    leaves out `warmup_epochs` (1-based), the first epoch of every process: it compiles."""
     if val_size:
         chosen = min(metrics, key=lambda row: row["val_error"])
         selected_by = "best_validation"
     else:
         chosen = metrics[-1]
         selected_by = "final_epoch"
-    timed = metrics[1:] or metrics  # the first epoch also compiles and warms up
+    timed = [row for row in metrics if row["epoch"] not in warmup_epochs] or metrics
     return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "selected_by": selected_by,
             "seconds_per_epoch": statistics.median(row["seconds"] for row in timed),
             "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
@@ -267,8 +284,12 @@ def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | N
     records.write_json(run_dir / records.RUN_FILE, record)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or resume) the run `config` describes; returns its run record."""
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          deadline: float | None = None, pack: int = 1, compile_mode: str = "default") -> dict:
+    """Train (or resume) the run `config` describes; returns its run record.
+
+    `deadline` (a `time.time()` moment): stop cleanly before an epoch that would end after
+    it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
     run_dir = Path(config.out)
     device = select_device(config.device)
     splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
@@ -277,18 +298,76 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         checkpoint = _prepare_run_dir(run_dir, config, resume)
         if checkpoint == "complete":
             return records.read_run(run_dir)
-        run = build_run(config, splits, device)
+        run = build_run(config, splits, device, compile_mode)
         record = _new_record(run)
         if checkpoint is not None:
+            _check_same_speedups(run_dir, checkpoint, run.speedups, device)
             run.model.load_state_dict(checkpoint["model"])
             run.optimizer.load_state_dict(checkpoint["optimizer"])
             record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
         metrics = checkpoint["metrics"] if checkpoint else []
+        run.speed = checkpoint.get("speed", []) if checkpoint else []
+        run.speed.append(_speed_segment(run, len(metrics) + 1, pack, compile_mode))
+        last_epoch_s = None
         for epoch in range(len(metrics), run.schedule.epochs):
+            if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, metrics, run.speed):
+                if run.speed[-1]["last_epoch"] is None:
+                    run.speed.pop()  # this process trained nothing
+                record.update(message=f"stopped cleanly after epoch {epoch} of {run.schedule.epochs} "
+                                      f"(deadline); resume to continue",
+                              speed={"segments": run.speed, "note": SPEED_NOTE})
+                _save(run_dir, record, metrics, None)
+                break
+            started = time.time()
             metrics.append(_train_and_evaluate(run, record, epoch, metrics, run_dir, progress))
+            last_epoch_s = time.time() - started
             if progress:
                 tqdm.write(_epoch_line(metrics[-1], run.schedule.epochs))
         return record
+
+
+def _no_time_for(epoch: int, deadline: float, last_epoch_s: float | None, metrics: list[dict],
+                 speed: list[dict] = ()) -> bool:
+    """Would the next epoch end after `deadline`? Predicted from this process's last epoch
+    (training, evaluation and writes); for a process's first epoch, which also compiles, from
+    the first epoch of the run's last process, else from its earlier epochs' training time."""
+    if last_epoch_s is not None:
+        predicted = last_epoch_s
+    else:
+        firsts = [s["first_epoch_seconds"] for s in speed if s.get("first_epoch_seconds") is not None]
+        steady = statistics.median(row["seconds"] for row in metrics) if metrics else 0.0
+        predicted = max(firsts[-1] if firsts else 0.0, steady)
+    return time.time() + predicted > deadline
+
+
+def _speed_segment(run: "Run", first_epoch: int, pack: int, compile_mode: str) -> dict:
+    """How one process trains: the context of its s/epoch (filled in as epochs end)."""
+    return {"first_epoch": first_epoch, "last_epoch": None, "started": records.now(),
+            "device": run.device.type,
+            "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
+            "pack": pack, "precision": run.speedups.precision(), "channels_last": run.speedups.channels_last,
+            "compile_mode": compile_mode if run.speedups.compile else None, "first_epoch_seconds": None,
+            "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
+
+
+def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
+    """This process's s/epoch and img/s: the median of its epochs after its first."""
+    segment = run.speed[-1]
+    segment["last_epoch"] = rows[-1]["epoch"]
+    if segment["last_epoch"] == segment["first_epoch"]:  # its training time includes compilation
+        segment["first_epoch_seconds"] = rows[-1]["seconds"]
+    timed = [row for row in rows if segment["first_epoch"] < row["epoch"] <= segment["last_epoch"]]
+    if timed:
+        segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
+                       images_per_second=statistics.median(row["images_per_second"] for row in timed),
+                       epochs_timed=len(timed))
+    record["speed"] = {"segments": run.speed, "note": SPEED_NOTE}
+
+
+SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
+              "are medians of the training time of its epochs after its first (which compiles and warms "
+              "up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's training "
+              "time, compilation included); pack = runs sharing the device")
 
 
 def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
@@ -316,6 +395,17 @@ def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, com
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
     step_model = compile_model(model, compile_mode) if speedups.compile else model
     return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
+
+
+def _check_same_speedups(run_dir: Path, checkpoint: dict, speedups: Speedups, device: torch.device) -> None:
+    """A run continues with the numerics and the data-order generator it started with: a run
+    begun on a CPU and resumed on CUDA would switch bf16 and compile on and change its data order."""
+    saved = checkpoint.get("speedups"), checkpoint.get("generator_device")
+    now = dataclasses.asdict(speedups), device.type
+    if saved[0] is not None and saved != now:
+        raise RunDirError(f"cannot resume {run_dir}: it was trained with speedups {saved[0]} and data order "
+                          f"drawn on {saved[1]}, this process would use {now[0]} on {now[1]}; resume it on a "
+                          f"{saved[1]} device with the same --bf16/--channels-last/--compile switches")
 
 
 def _divergence(run: Run, train_loss: float) -> str | None:
@@ -352,11 +442,15 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
     rows = metrics + [row]
     done = epoch + 1 == run.schedule.epochs
-    record.update(epochs_done=epoch + 1, status="complete" if done else "running",
-                  final=summarize(rows, run.recipe.val_size) if done else None)
+    _update_speed(run, record, rows)
+    warmup = {segment["first_epoch"] for segment in run.speed}
+    record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
+                  final=summarize(rows, run.recipe.val_size, warmup) if done else None)
     _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                   "metrics": rows, "config": run.config.as_dict(),
-                                  "started": record["started"]})
+                                  "started": record["started"], "speed": run.speed,
+                                  "speedups": dataclasses.asdict(run.speedups),
+                                  "generator_device": run.device.type})
     return row
 
 

@@ -20,7 +20,6 @@ import torch
 
 from conftest import argv, run_cli
 from reproresnet import cli, records
-from reproresnet.config import TrainConfig
 
 pytestmark = pytest.mark.slow  # real processes, each importing torch
 
@@ -89,9 +88,7 @@ def wait_until(condition, children, what: str):
 
 def expected_config(args: list[str]) -> dict:
     """The config the CLI builds from `args` (as `cli._train` does)."""
-    parsed = vars(cli.build_parser().parse_args(args))
-    return TrainConfig(**{k: v for k, v in parsed.items()
-                          if k not in ("command", "resume", "quiet", "handler")}).as_dict()
+    return cli.train_config(cli.build_parser().parse_args(args)).as_dict()
 
 
 def test_a_second_process_on_a_busy_run_dir_is_refused(tmp_path, capsys):

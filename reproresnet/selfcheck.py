@@ -1,0 +1,291 @@
+"""The fast path checked against fp32 eager before a campaign spends GPU time on it.
+
+    python -m reproresnet selfcheck --device cuda --out selfcheck.json
+
+For each network, from the same weights and the same batches: a few SGD steps in fp32 eager
+(the reference) and on the fast path (bf16 autocast, channels_last, torch.compile). The
+first step's loss (same weights, so only the numerics differ) must agree within
+`LOSS_RTOL`, and the weights' total change after the steps within `UPDATE_RTOL` of the
+reference's (a wrong gradient moves them elsewhere even when random labels keep the loss
+flat). If the whole fast path fails, each part is tried alone; a failing part is switched
+off for the campaign and recorded with its numbers, never silently. Then:
+
+- the training path of `train_one_epoch` on an odd-sized set: the epoch's last, smaller batch
+  runs eagerly, so the second epoch must compile nothing;
+- the augmentation's statistics with the device's generator: flip rate and crop offsets;
+- on CUDA, CUDA graphs (compile mode `reduce-overhead`) timed against the default mode on
+  the same steps; the faster one is kept.
+
+On a CPU the same structure runs with tiny batches and compile alone (bf16 and
+channels_last are CUDA speedups). Parts not reached within `--budget` are recorded as
+unchecked and left as the device's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import records
+from .config import TrainConfig, select_device
+from .data import PAD, DataSplits, ImageSet, Normalizer, augment
+from .models import build_model
+from .recipes import get_recipe, make_schedule
+from .train import Run, Speedups, compile_model, make_optimizer, synchronize, train_one_epoch, train_step
+
+FORMAT = "reproresnet-selfcheck/1"
+PARTS = ("bf16", "channels_last", "compile")
+LOSS_RTOL = 0.02     # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
+UPDATE_RTOL = 0.10   # relative L2 distance between the fast path's and fp32's weight change
+SIGMAS = 5.0         # augmentation frequencies: within 5 standard deviations of their expectation
+
+
+def _batches(n_steps: int, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, 3, 32, 32, generator=g).to(device),
+             torch.randint(0, 10, (batch_size,), generator=g).to(device)) for _ in range(n_steps)]
+
+
+def _steps(arch: str, speedups: Speedups, batches, device, compile_mode: str = "default",
+           backend: str = "inductor") -> dict:
+    """SGD steps from the seed's initial weights: first loss, weight change, seconds per step."""
+    torch.manual_seed(0)
+    model = build_model(arch).to(device)
+    start = [p.detach().float().clone() for p in model.parameters()]
+    if speedups.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, get_recipe("seed"), speedups)
+    if speedups.compile:
+        torch._dynamo.reset()  # a fresh cache: dynamo's recompile limit is shared by every ResNet.forward
+    before = _graphs()
+    step_model = compile_model(model, compile_mode, backend=backend) if speedups.compile else model
+    losses, times = [], []
+    for images, labels in batches:
+        if speedups.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        synchronize(device)
+        began = time.perf_counter()
+        loss, _ = train_step(step_model, optimizer, images, labels, speedups)
+        losses.append(loss.item() / len(labels))
+        times.append(time.perf_counter() - began)
+    change = torch.cat([(p.detach().float() - s).flatten() for p, s in zip(model.parameters(), start)])
+    finite = all(map(lambda x: x == x and abs(x) != float("inf"), losses))
+    graphs = _graphs() - before
+    if speedups.compile and graphs == 0:  # dynamo fell back to eager: the check would compare eager to eager
+        finite = False
+    return {"losses": losses, "change": change, "finite": finite, "graphs": graphs,
+            "seconds_per_step": sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else None}
+
+
+def compare(reference: dict, fast: dict) -> dict:
+    loss_rel = abs(fast["losses"][0] - reference["losses"][0]) / abs(reference["losses"][0])
+    update_rel = ((fast["change"] - reference["change"]).norm() / reference["change"].norm()).item()
+    ok = fast["finite"] and loss_rel <= LOSS_RTOL and update_rel <= UPDATE_RTOL
+    return {"ok": ok, "first_loss_rel_diff": loss_rel, "update_rel_diff": update_rel, "graphs": fast["graphs"],
+            "losses": fast["losses"], "reference_losses": reference["losses"]}
+
+
+def check_network(arch: str, device: torch.device, steps: int, batch_size: int, wanted: Speedups,
+                  backend: str = "inductor") -> dict:
+    """The fast path (the parts `wanted` switches on) against fp32 eager; parts that fail
+    alone are listed in "disabled"."""
+    batches = _batches(steps, batch_size, device)
+    plain = Speedups(False, False, False, wanted.fused_optimizer)
+    reference = _steps(arch, plain, batches, device)
+    parts_on = [part for part in PARTS if getattr(wanted, part)]
+    result = {"arch": arch, "parts": parts_on, "disabled": {}}
+    if not parts_on:
+        result["fast_path"] = {"ok": True, "note": "no speedup switched on for this device"}
+        return result
+    result["fast_path"] = compare(reference, _steps(arch, wanted, batches, device, backend=backend))
+    if not result["fast_path"]["ok"]:
+        for part in parts_on:
+            alone = dataclasses.replace(plain, **{part: True})
+            outcome = compare(reference, _steps(arch, alone, batches, device, backend=backend))
+            result[f"{part}_alone"] = outcome
+            if not outcome["ok"]:
+                result["disabled"][part] = (f"{arch}: first-loss diff {outcome['first_loss_rel_diff']:.3g}, "
+                                            f"update diff {outcome['update_rel_diff']:.3g}")
+        if not result["disabled"]:  # each part passes alone, together they fail: drop compile
+            result["disabled"]["compile"] = f"{arch}: the parts pass alone but fail together"
+    return result
+
+
+def check_epochs(device: torch.device, speedups: Speedups, batch_size: int, backend: str = "inductor") -> dict:
+    """Two epochs of the real training loop over 2 full batches + an odd one: the second
+    epoch compiles nothing (the odd batch and evaluation run eagerly)."""
+    n = 2 * batch_size + 3
+    g = torch.Generator().manual_seed(1)
+    data = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),
+                    torch.randint(0, 10, (n,), generator=g).to(device))
+    config = TrainConfig(arch="preact_resnet20", out="selfcheck", batch_size=batch_size, epochs=2,
+                         device=device.type, bf16=speedups.bf16, channels_last=speedups.channels_last,
+                         compile=speedups.compile)
+    recipe = config.resolved_recipe()
+    torch.manual_seed(0)
+    model = build_model("preact_resnet20").to(device)
+    if speedups.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe, speedups)
+    run = Run(config, recipe, make_schedule(recipe, config.arch, n),
+              DataSplits(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic"),
+              Normalizer.fit(data.images, "per_pixel_mean").to(device), model,
+              compile_model(model, backend=backend) if speedups.compile else model, optimizer, speedups, device)
+    torch._dynamo.reset()
+    graphs = []
+    for epoch in range(2):
+        before = _graphs()
+        row = train_one_epoch(run, epoch, progress=False)
+        graphs.append(_graphs() - before)
+    ok = graphs[1] == 0 and (graphs[0] > 0 or not speedups.compile) and row["train_loss"] == row["train_loss"]
+    return {"ok": ok, "graphs_compiled_per_epoch": graphs, "last_batch": 3,
+            "note": "the first epoch compiles the full batch, the second nothing"}
+
+
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def check_augmentation(device: torch.device, n: int = 20000) -> dict:
+    """Flip rate and crop offsets drawn by the device's generator, read back from images
+    whose channels encode each pixel's row and column."""
+    grid = torch.arange(1, 33, dtype=torch.float32, device=device)
+    images = torch.stack([grid[:, None].expand(32, 32), grid[None, :].expand(32, 32),
+                          torch.zeros(32, 32, device=device)]).expand(n, 3, 32, 32).contiguous()
+    out = augment(images, "per_image", torch.Generator(device).manual_seed(0))
+    flipped = out[:, 1, 16, 17] < out[:, 1, 16, 16]
+    rows = (out[:, 0, 16, 16] - 13).long()                        # the row offset, 0..8
+    cols = torch.where(flipped, out[:, 1, 16, 16] - 12, out[:, 1, 16, 16] - 13).long()
+    choices = 2 * PAD + 1
+    p = 1 / choices
+    sigma_offset, sigma_flip = (p * (1 - p) / n) ** 0.5, (0.25 / n) ** 0.5
+    row_freq = torch.bincount(rows.clamp(0, choices), minlength=choices + 1)[:choices].float() / n
+    col_freq = torch.bincount(cols.clamp(0, choices), minlength=choices + 1)[:choices].float() / n
+    flip_rate = flipped.float().mean().item()
+    worst = max((row_freq - p).abs().max().item(), (col_freq - p).abs().max().item())
+    ok = (abs(flip_rate - 0.5) <= SIGMAS * sigma_flip and worst <= SIGMAS * sigma_offset
+          and abs(row_freq.sum().item() - 1) < 1e-6 and abs(col_freq.sum().item() - 1) < 1e-6)
+    return {"ok": ok, "images": n, "flip_rate": flip_rate, "row_offset_freq": row_freq.tolist(),
+            "col_offset_freq": col_freq.tolist(), "tolerance": f"{SIGMAS:g} standard deviations"}
+
+
+def time_compile_modes(arch: str, device: torch.device, speedups: Speedups, steps: int, batch_size: int) -> dict:
+    """Seconds per step in each compile mode (CUDA graphs = reduce-overhead), same steps."""
+    from torch._dynamo.utils import counters
+    batches = _batches(steps, batch_size, device)
+    before = counters["inductor"]["cudagraph_skips"]
+    timed = {mode: _steps(arch, speedups, batches, device, mode)["seconds_per_step"]
+             for mode in ("default", "reduce-overhead")}
+    # CUDA graphs fall back to plain execution with only a log line: then their time is not theirs
+    skips = counters["inductor"]["cudagraph_skips"] - before
+    faster = "default" if skips else min(timed, key=lambda m: timed[m] or float("inf"))
+    return {"arch": arch, "seconds_per_step": timed, "cudagraph_skips": skips, "faster": faster}
+
+
+def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | None = None,
+              budget: float = 60.0, modes: bool | None = None, backend: str = "inductor", log=print,
+              save=lambda record: None) -> dict:
+    """Every check in turn, `save(record)` after each (a slot may end in the middle)."""
+    device = select_device(device)
+    cuda = device.type == "cuda"
+    steps = steps or (6 if cuda else 3)
+    batch_size = batch_size or (128 if cuda else 8)
+    wanted = Speedups.for_device(TrainConfig(compile=True), device)  # on a CPU: compile alone
+    deadline = time.time() + budget
+    record = {"format": FORMAT, "created": records.now(), "device": str(device),
+              "gpu": torch.cuda.get_device_name(device) if cuda else None, "torch": torch.__version__,
+              "steps": steps, "batch_size": batch_size, "tolerances": {"first_loss_rel": LOSS_RTOL,
+                                                                       "update_rel": UPDATE_RTOL},
+              "networks": [], "unchecked": [], "disabled": {}, "compile_mode": "default",
+              "compile_backend": backend}
+
+    def attempt(name, function, *args):
+        if time.time() > deadline:
+            record["unchecked"].append(name)
+            log(f"selfcheck {name}: not checked (budget spent)")
+            return None
+        began = time.time()
+        try:
+            result = function(*args)
+        except Exception as error:  # a crash is a failed check, recorded with its message
+            result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+        result["seconds"] = round(time.time() - began, 1)
+        log(f"selfcheck {name}: {'ok' if result.get('ok', True) else 'FAILED'} ({result['seconds']} s)"
+            + (f" {result['error']}" if "error" in result else ""))
+        record.setdefault("checks", []).append(name)
+        save(record)
+        return result
+
+    for arch in archs:
+        result = attempt(f"network {arch}", check_network, arch, device, steps, batch_size, wanted, backend)
+        if result is None:
+            continue
+        record["networks"].append(result)
+        if "error" in result:  # the fast path crashed: switch off compile, the usual culprit
+            result.update(arch=arch, disabled={"compile": f"{arch}: {result['error']}"})
+        record["disabled"].update({k: v for k, v in result.get("disabled", {}).items() if k not in record["disabled"]})
+    kept = dataclasses.replace(wanted, **{part: False for part in record["disabled"]})
+    record["epochs"] = attempt("training loop (odd last batch)", check_epochs, device, kept, batch_size, backend)
+    if record["epochs"] is not None and not record["epochs"]["ok"] and kept.compile:
+        record["disabled"].setdefault("compile", f"the training loop: {record['epochs']}")
+    record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
+    if (cuda if modes is None else modes) and kept.compile and archs:
+        record["compile_modes"] = attempt(f"CUDA graphs on {archs[0]}", time_compile_modes, archs[0], device,
+                                          kept, max(steps, 20), batch_size)
+        if record["compile_modes"] and "faster" in record["compile_modes"]:
+            record["compile_mode"] = record["compile_modes"]["faster"]
+    record["ok"] = not record["disabled"] and all(
+        part is None or part.get("ok", True) for part in (record["epochs"], record["augmentation"]))
+    save(record)
+    return record
+
+
+def train_flags(path) -> list[str]:
+    """The `train` flags a selfcheck record asks for: its switched-off parts, its compile mode."""
+    record = json.loads(Path(path).read_text())
+    flags = [f"--no-{part.replace('_', '-')}" for part in PARTS if part in record.get("disabled", {})]
+    return flags + ["--compile-mode", record.get("compile_mode", "default")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reproresnet selfcheck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
+    parser.add_argument("--compile-modes", action=argparse.BooleanOptionalAction,
+                        help="time CUDA graphs against the default compile mode (default: on CUDA)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default: inductor, what training uses; aot_eager "
+                             "checks dynamo and autograd without code generation, for a quick CPU try)")
+    parser.add_argument("--out", default="selfcheck.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = selfcheck(args.archs, args.device, args.steps, args.batch_size, args.budget, args.compile_modes,
+                       args.compile_backend, log=lambda line: print(line, flush=True),
+                       save=lambda record: records.write_json(out, _jsonable(record)))
+    print(f"selfcheck: {'all passed' if record['ok'] else 'FAILED parts'}; switched off: "
+          f"{record['disabled'] or 'nothing'}; compile mode {record['compile_mode']}; record in {out}")
+    return 0
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,14 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def _pack(text: str) -> int:
+    # Not a run setting (TrainConfig validates those): how many runs share this device.
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a positive integer")
+    return value
+
+
 def _number(text: str) -> float:
     try:
         return float(text)
@@ -80,10 +88,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--eval-batch-size", type=_integer)
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
-    stop.add_argument("--stop-after", type=_number, metavar="SECONDS",
+    # Process settings, not run settings: each has its default here (the parser suppresses the rest).
+    stop.add_argument("--stop-after", type=_number, metavar="SECONDS", default=None,
                       help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
-    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", help="the same, at a wall-clock time")
-    runtime.add_argument("--pack", type=_positive_int, default=1,
+    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
+    runtime.add_argument("--pack", type=_pack, default=1,
                          help="runs sharing this device, recorded with the speed (default: 1)")
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 

@@ -86,7 +86,7 @@ def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
     training.train(tiny(tmp_path, epochs=1), progress=False)
     with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
         training.train(tiny(tmp_path, epochs=1), progress=False)
-    with pytest.raises(RunDirError, match="different settings .*lr: None -> 0.05"):
+    with pytest.raises(RunDirError, match="different settings .*lr: 0.1 -> 0.05"):
         training.train(tiny(tmp_path, epochs=1, lr=0.05), resume=True, progress=False)
 
 

@@ -33,15 +33,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
-def _int_list(text: str) -> tuple[float, ...]:
+def _int_list(text: str) -> tuple[int, ...]:
     try:
-        return tuple(_tidy(float(part)) for part in text.split(","))
+        return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def _tidy(value: float):
-    return int(value) if value.is_integer() else value
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -184,8 +184,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
     ordered = all(a < b for a, b in zip(recipe.milestones, recipe.milestones[1:]))
     _require(ordered, "milestones", recipe.milestones, "strictly increasing values")
     inside = all(0 < m < recipe.length for m in recipe.milestones)
-    _require(inside, "milestones", recipe.milestones, f"values between 0 and {recipe.length} "
-             f"(the run is {recipe.length} {recipe.unit}s long)")
+    _require(inside, "milestones", recipe.milestones, f"values between 1 and {recipe.length - 1} (or "
+             f"fractions strictly between 0 and {recipe.length}; the run is {recipe.length} {recipe.unit}s long)")
     _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
              recipe.warmup_length, f"a number in [0, {recipe.length})")
     _choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)

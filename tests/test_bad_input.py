@@ -404,7 +404,7 @@ def test_existing_run_dir_without_resume(capsys, request, which):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("changes, words", [
-    pytest.param({"--lr": "0.05"}, ["lr: None -> 0.05"], id="lr"),
+    pytest.param({"--lr": "0.05"}, ["lr: 0.1 -> 0.05"], id="lr"),  # the effective value: the recipe's
     pytest.param({"--seed": "1"}, ["seed: 0 -> 1"], id="seed"),
     pytest.param({"--epochs": "4"}, ["epochs: 3 -> 4"], id="epochs"),
     pytest.param({"--batch-size": "32"}, ["batch_size: 16 -> 32"], id="batch-size"),

@@ -159,4 +159,6 @@ def test_two_runs_in_different_directories_at_once(tmp_path):
         checkpoint = torch.load(out / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         assert checkpoint["config"] == config and len(checkpoint["metrics"]) == config["epochs"]
         lrs = [float(line.split(",")[1]) for line in (out / records.METRICS_FILE).read_text().splitlines()[1:]]
-        assert len(lrs) == config["epochs"] and lrs[0] == config["lr"]
+        # each run's own lr, decayed twice by its end (the seed's milestones, scaled)
+        assert record["recipe"]["lr"] == record["schedule"]["lr"] == config["lr"]
+        assert len(lrs) == config["epochs"] and lrs[-1] == pytest.approx(config["lr"] * 0.01)

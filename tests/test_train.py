@@ -40,8 +40,9 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     rows = list(csv.DictReader(open(run_dir / records.METRICS_FILE)))
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
     assert float(rows[-1]["test_error"]) == pytest.approx(record["final"]["test_error"])
-    # the 3-epoch run keeps the seed schedule's shape: milestones 80, 120 of 200 -> 1, 2 of 3
-    assert [float(row["lr"]) for row in rows] == pytest.approx([0.1, 0.01, 0.001])
+    # the seed's decays at 80 and 120 of 200 epochs, scaled to 3: epochs 1.2 and 1.8, iterations 4 and 5
+    assert record["schedule"]["milestones"] == [4, 5]
+    assert [float(row["lr"]) for row in rows] == pytest.approx([0.1, 0.001, 0.001])  # each epoch's last step
     assert not list(run_dir.glob(".*.tmp"))
 
 
@@ -66,7 +67,7 @@ def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
     training.train(tiny(tmp_path, epochs=1), progress=False)
     with pytest.raises(RunDirError, match="already holds a run; pass --resume"):
         training.train(tiny(tmp_path, epochs=1), progress=False)
-    with pytest.raises(RunDirError, match="different settings .*lr: None -> 0.05"):
+    with pytest.raises(RunDirError, match="different settings .*lr: 0.1 -> 0.05"):
         training.train(tiny(tmp_path, epochs=1, lr=0.05), resume=True, progress=False)
 
 

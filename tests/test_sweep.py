@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -11,6 +14,7 @@ from reproresnet import records, sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
+IN_PROCESS = sweep.Launch(launcher="debug")  # submitit's debug executor: the fake papermill applies
 
 
 def write_record(run_dir, status="complete", **config):
@@ -39,7 +43,7 @@ def fake_papermill(monkeypatch):
 def test_sweep_skips_a_complete_run_and_passes_the_right_parameters(tmp_path, fake_papermill):
     write_record(tmp_path / "preact_resnet20-seed0")
     outcomes = sweep.run_sweep(["preact_resnet20"], [0, 1], tmp_path, {"epochs": 2, "dataset": "synthetic"},
-                               notebook=str(TRAIN_NOTEBOOK))
+                               IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
     assert [(o["run"], o["status"]) for o in outcomes] == [("preact_resnet20-seed0", "skipped"),
                                                           ("preact_resnet20-seed1", "complete")]
     [call] = fake_papermill
@@ -54,14 +58,14 @@ def test_sweep_skips_a_complete_run_and_passes_the_right_parameters(tmp_path, fa
 
 def test_sweep_executes_an_interrupted_run_again_so_it_resumes(tmp_path, fake_papermill):
     write_record(tmp_path / "wrn_16_4-seed0", status="running", arch="wrn_16_4")
-    outcomes = sweep.run_sweep(["wrn_16_4"], [0], tmp_path, {"epochs": 2}, notebook=str(TRAIN_NOTEBOOK))
+    outcomes = sweep.run_sweep(["wrn_16_4"], [0], tmp_path, {"epochs": 2}, IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
     assert outcomes[0]["status"] == "complete"
     assert len(fake_papermill) == 1
 
 
 def test_sweep_reports_a_complete_run_recorded_with_other_settings(tmp_path, fake_papermill):
     write_record(tmp_path / "preact_resnet20-seed0", epochs=2)
-    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, {"epochs": 200},
+    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, {"epochs": 200}, IN_PROCESS,
                                 notebook=str(TRAIN_NOTEBOOK))
     assert outcome["status"] == "conflict" and "epochs" in outcome["message"]
     assert fake_papermill == []
@@ -69,7 +73,7 @@ def test_sweep_reports_a_complete_run_recorded_with_other_settings(tmp_path, fak
 
 def test_sweep_names_runs_by_tag_relative_to_the_callers_directory(tmp_path, fake_papermill, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    sweep.run_sweep(["wrn_16_4"], [3], "results", {"data_dir": "data"}, notebook=str(TRAIN_NOTEBOOK),
+    sweep.run_sweep(["wrn_16_4"], [3], "results", {"data_dir": "data"}, IN_PROCESS, notebook=str(TRAIN_NOTEBOOK),
                     tag="he2016")
     [call] = fake_papermill
     assert call["parameters"]["run_dir"] == "results/wrn_16_4-he2016-seed3"
@@ -79,7 +83,10 @@ def test_sweep_names_runs_by_tag_relative_to_the_callers_directory(tmp_path, fak
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"parameters": {"arch": "wrn_16_4"}}, "set per run"),
-    ({"parameters": {}, "jobs": 0}, "jobs"),
+    ({"parameters": {}, "launch": sweep.Launch(jobs=0)}, "jobs=0"),
+    ({"parameters": {}, "launch": sweep.Launch(launcher="pbs")}, "launcher='pbs'.*local"),
+    ({"parameters": {}, "launch": sweep.Launch(slurm_partition="gpu")}, "slurm_partition='gpu' applies to.*slurm"),
+    ({"parameters": {}, "launch": sweep.Launch(launcher="slurm", pack=2)}, "pack=2 applies to.*local"),
 ])
 def test_sweep_rejects_bad_arguments(tmp_path, fake_papermill, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -90,8 +97,9 @@ def test_sweep_rejects_bad_arguments(tmp_path, fake_papermill, kwargs, message):
 def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_path, monkeypatch):
     captured = {}
 
-    def run_sweep(archs, seeds, results_dir, parameters, jobs, notebook, tag):
-        captured.update(archs=archs, seeds=seeds, results_dir=results_dir, parameters=parameters, jobs=jobs)
+    def run_sweep(archs, seeds, results_dir, parameters, launch, notebook, tag):
+        captured.update(archs=archs, seeds=seeds, results_dir=results_dir, parameters=parameters,
+                        jobs=launch.jobs, launch=launch)
         return [{"run": "x", "status": "skipped", "message": None}]
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
@@ -155,29 +163,76 @@ def test_sweep_reports_a_failed_notebook_and_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
     outcomes = sweep.run_sweep(["preact_resnet20", "wrn_16_4"], [0], tmp_path, {"epochs": "three"},
-                               notebook=str(TRAIN_NOTEBOOK))
+                               IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
     assert calls == ["preact_resnet20", "wrn_16_4"]
     assert [o["status"] for o in outcomes] == ["failed", "failed"]
     assert outcomes[0]["message"].startswith("epochs='three' is not valid")
-    assert sweep.main(["--archs", "wrn_16_4", "--results", str(tmp_path / "other")]) == 1
+    assert sweep.main(["--archs", "wrn_16_4", "--results", str(tmp_path / "other"), "--launcher", "debug"]) == 1
+
+
+def _parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _interrupt_once_checkpointed(run_dir: Path, sent: list) -> None:
+    """Once `run_dir` holds a checkpoint, send its job the signal Slurm sends before a time
+    limit or a preemption (and submitit's local controller before its timeout)."""
+    while True:
+        try:
+            record = records.read_run(run_dir)
+        except ValueError:
+            record = {"status": None, "epochs_done": 0}
+        if record["status"] == "complete":
+            return  # too late: the test's assertions say so
+        if record["epochs_done"] >= 1:
+            kernel = int((run_dir / ".lock").read_text().split()[1])  # "pid N on HOST", written by train()
+            os.kill(_parent_pid(kernel), signal.SIGUSR2)  # the job's process, which started the kernel
+            sent.append(record["epochs_done"])
+            return
+        time.sleep(0.05)
+
+
+def _printed(notebook_path: Path) -> str:
+    executed = nbformat.read(notebook_path, as_version=4)
+    return "".join(output.get("text", "") for cell in executed.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
 
 
 @pytest.mark.slow
-def test_sweep_runs_the_training_notebook_end_to_end_and_then_skips_it(tmp_path):
-    parameters = {"epochs": 1, "limit_train": 128, "limit_test": 64, "batch_size": 64, "device": "cpu",
+def test_local_sweep_of_two_runs_requeues_an_interrupted_one_which_resumes_then_skips_both(tmp_path):
+    parameters = {"epochs": 4, "limit_train": 192, "limit_test": 64, "batch_size": 64, "device": "cpu",
                   "dataset": "synthetic"}
-    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, parameters, notebook=str(TRAIN_NOTEBOOK))
-    assert outcome["status"] == "complete", outcome
-    run_dir = tmp_path / "preact_resnet20-seed0"
-    assert records.read_run(run_dir)["status"] == "complete"
-    executed = nbformat.read(run_dir / "train.ipynb", as_version=4)
-    glued = {output.metadata.get("scrapbook", {}).get("name") for cell in executed.cells
-             if cell.cell_type == "code" for output in cell.outputs if "metadata" in output}
-    assert {"test_error", "seconds_per_epoch", "params"} <= glued
-    assert any("image/png" in output.get("data", {}) for cell in executed.cells if cell.cell_type == "code"
-               for output in cell.outputs)
-    [again] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, parameters, notebook=str(TRAIN_NOTEBOOK))
-    assert again["status"] == "skipped"
+    interrupted, other = tmp_path / "preact_resnet20-seed0", tmp_path / "preact_resnet20-seed1"
+    sent = []
+    interrupter = threading.Thread(target=_interrupt_once_checkpointed, args=(interrupted, sent), daemon=True)
+    interrupter.start()
+    outcomes = sweep.run_sweep(["preact_resnet20"], [0, 1], tmp_path, parameters, sweep.Launch(jobs=2, poll_s=0.2),
+                               notebook=str(TRAIN_NOTEBOOK))
+    interrupter.join(timeout=5)
+    assert sent, "the run finished before it could be interrupted"
+    assert [(o["run"], o["status"]) for o in outcomes] == [("preact_resnet20-seed0", "complete"),
+                                                          ("preact_resnet20-seed1", "complete")], outcomes
+    # submitit called the job's checkpoint() and ran it again: its log says so
+    logs = "".join(path.read_text() for path in (tmp_path / sweep.LOG_FOLDER).glob("*/*_log.out"))
+    assert "preact_resnet20-seed0: interrupted; requeued" in logs
+    assert "preact_resnet20-seed1: interrupted" not in logs
+    # ... and the second execution resumed from the checkpoint instead of starting over
+    printed = _printed(interrupted / "train.ipynb")
+    assert "epoch   4/4" in printed and "epoch   1/4" not in printed, printed
+    assert "epoch   1/4" in _printed(other / "train.ipynb")
+    for run_dir in (interrupted, other):
+        record = records.read_run(run_dir)
+        assert record["status"] == "complete" and record["epochs_done"] == 4
+        assert [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == [
+            1, 2, 3, 4]
+        executed = nbformat.read(run_dir / "train.ipynb", as_version=4)
+        glued = {output.metadata.get("scrapbook", {}).get("name") for cell in executed.cells
+                 if cell.cell_type == "code" for output in cell.outputs if "metadata" in output}
+        assert {"test_error", "seconds_per_epoch", "params"} <= glued
+        assert any("image/png" in output.get("data", {}) for cell in executed.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+    again = sweep.run_sweep(["preact_resnet20"], [0, 1], tmp_path, parameters, notebook=str(TRAIN_NOTEBOOK))
+    assert [o["status"] for o in again] == ["skipped", "skipped"]
 
 
 @pytest.mark.slow

@@ -197,17 +197,20 @@ def local_slots(gpus, pack: int | None, jobs: int | None) -> list[int | None]:
 
 
 def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None = None,
-              notebook: str = DEFAULT_NOTEBOOK, tag: str | None = None) -> list[dict]:
+              notebook: str = DEFAULT_NOTEBOOK, tag: str | None = None, wait: bool = True) -> list[dict]:
     """Execute `notebook` once per (arch, seed) into `results_dir/<arch>-seed<k>/train.ipynb`.
 
     `parameters` are papermill parameters shared by every run (epochs, dataset, ...);
     `arch`, `seed` and `run_dir` are set per run. Runs whose run.json says complete are
     skipped (status "skipped"), or reported as "conflict" if recorded with other settings;
     the others are submitit jobs, launched as `launch` says (default: local, one at a time
-    or one per GPU). Returns one {"run", "status", "message"} per run, in order.
+    or one per GPU). Returns one {"run", "status", "message"} per run, in order; with
+    `wait` False (Slurm only), right after submitting, with status "submitted".
     """
     launch = launch or Launch()
     launch.check()
+    if not wait and launch.launcher != "slurm":
+        raise ValueError(f"wait=False is for launcher 'slurm', not {launch.launcher!r}: local jobs end with the sweep")
     reserved = {"arch", "seed", "run_dir"} & set(parameters)
     if reserved:
         raise ValueError(f"parameters {sorted(reserved)} are set per run; pass archs and seeds instead")
@@ -229,7 +232,13 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
             runs.append(NotebookRun(notebook, str(run_dir), run_parameters))
     if runs:
         executor = make_executor(launch, Path(launch.logs) if launch.logs else results_dir / LOG_FOLDER)
-        outcomes.update(_follow(runs, launch, executor, parameters.get("device")))
+        if wait:
+            outcomes.update(_follow(runs, launch, executor, parameters.get("device")))
+        else:
+            for run, job in zip(runs, executor.submit_array(runs)):
+                outcomes[run.name] = {"run": run.name, "status": "submitted",
+                                      "message": f"job {job.job_id} (log: {job.paths.stdout})"}
+                _report(outcomes[run.name])
     return list(outcomes.values())
 
 
@@ -361,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="slurm: jobs of the array running at once (default: 256)")
     launch.add_argument("--slurm-arg", type=_key_value, action="append", metavar="KEY=VALUE",
                         help="slurm: another sbatch option, e.g. account=abc or constraint=a100; repeatable")
+    launch.add_argument("--no-wait", dest="wait", action="store_false",
+                        help="slurm: submit the jobs and return; rerun the sweep later to see them complete")
     return parser
 
 
@@ -378,12 +389,12 @@ def main(argv: list[str] | None = None) -> int:
                   "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
     try:
         outcomes = run_sweep(args.archs, args.seeds, args.results_dir, parameters, launch=launch_from(args),
-                             notebook=args.notebook, tag=args.tag)
+                             notebook=args.notebook, tag=args.tag, wait=args.wait)
     except ValueError as error:
         print(f"reproresnet.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(outcomes, indent=2))
-    return 0 if all(o["status"] in ("complete", "skipped") for o in outcomes) else 1
+    return 0 if all(o["status"] in ("complete", "skipped", "submitted") for o in outcomes) else 1
 
 
 if __name__ == "__main__":

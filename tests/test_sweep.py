@@ -97,9 +97,9 @@ def test_sweep_rejects_bad_arguments(tmp_path, fake_papermill, kwargs, message):
 def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_path, monkeypatch):
     captured = {}
 
-    def run_sweep(archs, seeds, results_dir, parameters, launch, notebook, tag):
+    def run_sweep(archs, seeds, results_dir, parameters, launch, notebook, tag, wait):
         captured.update(archs=archs, seeds=seeds, results_dir=results_dir, parameters=parameters,
-                        jobs=launch.jobs, launch=launch)
+                        jobs=launch.jobs, launch=launch, wait=wait)
         return [{"run": "x", "status": "skipped", "message": None}]
 
     monkeypatch.setattr(sweep, "run_sweep", run_sweep)
@@ -110,8 +110,114 @@ def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_pat
     assert captured["parameters"] == {"recipe": "seed", "epochs": None, "batch_size": None, "dataset": "cifar10",
                                       "data_dir": None, "device": "auto", "limit_train": None,
                                       "limit_test": None, "val_size": 0}
+    assert captured["launch"] == sweep.Launch(launcher="local", jobs=2) and captured["wait"] is True
     sweep.main(["--archs", "wrn_16_4", "--epochs", "3", "--limit-train", "256", "--dataset", "synthetic"])
     assert captured["parameters"]["epochs"] == 3 and captured["parameters"]["limit_train"] == 256
+    sweep.main(["--archs", "wrn_16_4", "--launcher", "slurm", "--slurm-partition", "gpu", "--gpus-per-job", "1",
+                "--timeout-min", "600", "--array-parallelism", "4", "--slurm-arg", "account=abc",
+                "--slurm-arg=--constraint=a100", "--no-wait"])
+    assert captured["launch"] == sweep.Launch(launcher="slurm", timeout_min=600, slurm_partition="gpu",
+                                              gpus_per_job=1, array_parallelism=4,
+                                              slurm_args={"account": "abc", "constraint": "a100"})
+    assert captured["wait"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--launcher", "pbs"], "invalid choice: 'pbs'"),
+    (["--pack", "0"], "'0' is not an integer >= 1"),
+    (["--launcher", "slurm", "--slurm-arg", "account"], "'account' is not KEY=VALUE"),
+])
+def test_main_rejects_bad_launcher_options_naming_them(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["--archs", "wrn_16_4", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_main_rejects_an_option_of_the_other_launcher(tmp_path, capsys):
+    assert sweep.main(["--archs", "wrn_16_4", "--results", str(tmp_path), "--slurm-partition", "gpu"]) == 2
+    assert "slurm_partition='gpu' applies to launcher 'slurm', not 'local'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing submitted
+
+
+@pytest.mark.parametrize("gpus, pack, jobs, slots", [
+    ([], None, None, [None]),
+    ([], None, 3, [None, None, None]),
+    ([0, 1], None, None, [0, 1]),
+    ([0, 1], 2, None, [0, 1, 0, 1]),
+    ([0, 1], 3, 3, [0, 1, 0]),      # a cap still spreads over the GPUs
+    ([5], 2, None, [5, 5]),
+])
+def test_local_jobs_are_spread_over_the_gpus_pack_per_gpu(gpus, pack, jobs, slots):
+    assert sweep.local_slots(gpus, pack, jobs) == slots
+
+
+@pytest.mark.parametrize("listed, gpus", [("2,3", [2, 3]), ("", []), ("1,-1", [1])])
+def test_visible_gpus_are_those_cuda_visible_devices_lists(monkeypatch, listed, gpus):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert sweep.visible_gpus() == gpus
+
+
+def test_visible_gpus_refuses_uuids_naming_them(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f2a")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES='GPU-8f2a'.*indices"):
+        sweep.visible_gpus()
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """srun and sbatch on PATH; sbatch keeps each script it is given and answers with a job id."""
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "sbatch-scripts"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncp \"$1\" {scripts}/$(ls {scripts} | wc -l).sh\n"
+                                    "echo 'Submitted batch job 4242'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return scripts
+
+
+def test_slurm_sweep_submits_one_array_job_per_sweep_with_the_requested_resources(tmp_path, fake_slurm):
+    import submitit
+    results = tmp_path / "results"
+    write_record(results / "a-seed0", arch="a")  # complete: not submitted
+    launch = sweep.Launch(launcher="slurm", slurm_partition="gpu", gpus_per_job=1, timeout_min=600,
+                          array_parallelism=1, slurm_args={"account": "abc", "cpus-per-task": "8"})
+    outcomes = sweep.run_sweep(["a", "b", "c"], [0], results, {"epochs": 2, "dataset": "synthetic"}, launch,
+                               notebook="notebooks/train.ipynb", wait=False)
+    folder = results / sweep.LOG_FOLDER
+    assert [(o["run"], o["status"]) for o in outcomes] == [("a-seed0", "skipped"), ("b-seed0", "submitted"),
+                                                          ("c-seed0", "submitted")]
+    assert outcomes[1]["message"] == f"job 4242_0 (log: {folder}/4242_0/4242_0_0_log.out)"
+    [script] = [path.read_text() for path in fake_slurm.iterdir()]  # one sbatch call: an array of 2
+    flags = {line for line in script.splitlines() if line.startswith("#SBATCH")}
+    assert {"#SBATCH --array=0-1%1", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=600",
+            "#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --account=abc",
+            "#SBATCH --cpus-per-task=8", "#SBATCH --signal=USR2@90", "#SBATCH --job-name=reproresnet",
+            f"#SBATCH --output={folder}/%A_%a/%A_%a_0_log.out"} <= flags
+    assert sum(flag.startswith("#SBATCH --cpus-per-task") for flag in flags) == 1
+    # each array task runs submitit's runner on its own pickled call: the run's notebook and parameters
+    command = script.strip().splitlines()[-1]
+    assert command.startswith("srun --unbuffered --output") and command.endswith(
+        f"-u -m submitit.core._submit {folder}/%j")
+    for index, name in enumerate(["b-seed0", "c-seed0"]):
+        delayed = submitit.helpers.DelayedSubmission.load(folder / f"4242_{index}" / f"4242_{index}_submitted.pkl")
+        run = delayed.function
+        assert isinstance(run, sweep.NotebookRun) and delayed.args == () and delayed.kwargs == {}
+        assert run.notebook == "notebooks/train.ipynb" and run.run_dir == str(results / name)
+        assert run.parameters == {"epochs": 2, "dataset": "synthetic", "arch": name[0], "seed": 0,
+                                  "run_dir": str(results / name)}
+        # on a time limit or preemption it is requeued as the same call, up to MAX_TIMEOUTS time limits
+        assert delayed._timeout_min == 600 and delayed._timeout_countdown == sweep.MAX_TIMEOUTS
+        requeued = run.checkpoint()
+        assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function is run
+
+
+def test_slurm_launcher_without_slurm_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    with pytest.raises(ValueError, match="launcher 'slurm' needs Slurm's commands on PATH"):
+        sweep.run_sweep(["a"], [0], tmp_path, {}, sweep.Launch(launcher="slurm"))
 
 
 def test_main_exit_status_says_whether_every_run_finished(monkeypatch):
@@ -236,8 +342,9 @@ def test_local_sweep_of_two_runs_requeues_an_interrupted_one_which_resumes_then_
 
 
 @pytest.mark.slow
-def test_sweep_with_jobs_runs_notebooks_in_separate_processes(tmp_path):
-    # A stand-in notebook that writes a complete record and the id of the process it ran in.
+def test_local_sweep_runs_notebooks_in_separate_processes_one_gpu_each(tmp_path):
+    # A stand-in notebook that writes a complete record, the id of the process that started
+    # its kernel and the GPUs it was given.
     notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
                                                                  "display_name": "Python 3"}})
     parameters = nbformat.v4.new_code_cell('arch = "x"\nseed = 0\nrun_dir = ""')
@@ -245,12 +352,15 @@ def test_sweep_with_jobs_runs_notebooks_in_separate_processes(tmp_path):
     notebook.cells = [nbformat.v4.new_markdown_cell("# Training run"), parameters, nbformat.v4.new_code_cell(
         "import json, os, pathlib\n"
         "record = {'format': 'reproresnet-run/1', 'status': 'complete', 'config': {'arch': arch, 'seed': seed},\n"
-        "          'parent': os.getppid()}\n"
+        "          'parent': os.getppid(), 'gpus': os.environ['CUDA_VISIBLE_DEVICES']}\n"
         "pathlib.Path(run_dir, 'run.json').write_text(json.dumps(record))")]
     path = tmp_path / "stand-in.ipynb"
     nbformat.write(notebook, path)
-    outcomes = sweep.run_sweep(["a", "b"], [0], tmp_path / "results", {}, jobs=2, notebook=str(path))
+    # two GPUs, one run each: both at once, each seeing its own GPU only
+    outcomes = sweep.run_sweep(["a", "b"], [0], tmp_path / "results", {}, sweep.Launch(gpus=(0, 1), poll_s=0.2),
+                               notebook=str(path))
     assert [o["status"] for o in outcomes] == ["complete", "complete"]
-    parents = {json.loads((tmp_path / "results" / f"{arch}-seed0" / "run.json").read_text())["parent"]
-               for arch in ("a", "b")}
-    assert len(parents) == 2 and os.getpid() not in parents  # each kernel started by its own worker
+    written = [json.loads((tmp_path / "results" / f"{arch}-seed0" / "run.json").read_text()) for arch in "ab"]
+    parents = {record["parent"] for record in written}
+    assert len(parents) == 2 and os.getpid() not in parents  # each kernel started by its own job
+    assert sorted(record["gpus"] for record in written) == ["0", "1"]

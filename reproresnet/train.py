@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from . import records
+from . import distributed, records
 from .config import RESUMABLE_CHANGES, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters
@@ -102,16 +102,18 @@ class Run:
     optimizer: torch.optim.Optimizer
     speedups: Speedups
     device: torch.device
+    world: distributed.World = distributed.World()  # the processes of a torchrun run
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step) -> dict:
     generator = torch.Generator(run.device).manual_seed(epoch_seed(run.config.seed, epoch))
-    torch.manual_seed(epoch_seed(run.config.seed, epoch))  # dropout draws
+    torch.manual_seed(distributed.process_seed(run.world, epoch_seed(run.config.seed, epoch)))  # dropout draws
     schedule = run.schedule
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=run.config.augmentation, generator=generator, device=run.device)
+                            augmentation=run.config.augmentation, generator=generator, device=run.device,
+                            part=(run.world.rank, run.world.size))
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -133,6 +135,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, step=train_step
         bar.update()
         if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
+    distributed.all_sum(run.world, loss_sum, errors)
+    seen *= run.world.size  # every process saw an equal slice
+    distributed.average_buffers(run.world, run.model)
     synchronize(run.device)
     seconds = time.perf_counter() - start
     bar.close()
@@ -266,12 +271,18 @@ def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | N
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Train (or resume) the run `config` describes; returns its run record."""
     run_dir = Path(config.out)
-    with records.run_dir_lock(run_dir):
-        records.remove_orphans(run_dir)
+    world = distributed.World.from_environment()  # several processes under torchrun; process 0 writes
+    with distributed.joined(world, select_device(config.device)) as world, \
+            records.run_dir_lock(run_dir) if world.main else nullcontext():
+        if world.main:
+            records.remove_orphans(run_dir)
+        # Every process decides from the same files: process 0 writes none before the first
+        # epoch ends, which needs the others (DDP's collectives).
         checkpoint = _prepare_run_dir(run_dir, config, resume)
         if checkpoint == "complete":
             return records.read_run(run_dir)
-        run, record = _setup(config, checkpoint)
+        run, record = _setup(config, checkpoint, world)
+        progress = progress and world.main
         metrics = checkpoint["metrics"] if checkpoint else []
         for epoch in range(len(metrics), run.schedule.epochs):
             metrics.append(_train_and_evaluate(run, record, epoch, metrics, run_dir, progress))
@@ -280,8 +291,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         return record
 
 
-def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
-    device = select_device(config.device)
+def _setup(config: TrainConfig, checkpoint: dict | None,
+           world: distributed.World = distributed.World()) -> tuple[Run, dict]:
+    device = distributed.device_for(world, select_device(config.device))
     speedups = Speedups.for_device(config, device)
     recipe = config.resolved_recipe()
     splits = load_splits(config.dataset, config.data_dir, download=config.download,
@@ -289,6 +301,7 @@ def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
                          val_size=config.val_size, seed=config.seed)
     splits = _on_device(splits, device)  # the whole data set lives on the device, as uint8
     schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
+    distributed.check_batches(world, recipe.batch_size, len(splits.train.labels))
     normalizer = Normalizer.fit(splits.train.images, config.normalization).to(device)
 
     torch.manual_seed(config.seed)
@@ -297,15 +310,18 @@ def _setup(config: TrainConfig, checkpoint: dict | None) -> tuple[Run, dict]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe, speedups)
     record = _new_record(config, splits, recipe, schedule, model, device, speedups)
+    record["distributed"] = world.describe(recipe.batch_size)
     if checkpoint is not None:
+        distributed.check_resume(world, checkpoint, config.out)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
-    step_model = compile_model(model) if speedups.compile else model
-    run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
+    step_model = distributed.wrap(model, world, device)
+    step_model = compile_model(step_model) if speedups.compile else step_model
+    run = Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device, world)
     return run, record
 
 
@@ -336,11 +352,12 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     if problem:
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
         record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
-        _save(run_dir, record, metrics, None)
+        if run.world.main:
+            _save(run_dir, record, metrics, None)
         raise TrainingDiverged(record["message"])
     if run.splits.val is not None:
         row["val_loss"], row["val_error"] = evaluate(run, run.splits.val)
-        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf):
+        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf) and run.world.main:
             best = run.model.state_dict()  # the seed's best-validation snapshot
             records.write_atomic(run_dir / records.BEST_FILE, lambda file: torch.save(best, file))
     row["test_loss"], row["test_error"] = evaluate(run, run.splits.test)
@@ -350,9 +367,10 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     done = epoch + 1 == run.schedule.epochs
     record.update(epochs_done=epoch + 1, status="complete" if done else "running",
                   final=summarize(rows, run.config.val_size) if done else None)
-    _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                  "metrics": rows, "config": run.config.as_dict(),
-                                  "started": record["started"]})
+    if run.world.main:
+        _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                      "metrics": rows, "config": run.config.as_dict(),
+                                      "started": record["started"], "world_size": run.world.size})
     return row
 
 

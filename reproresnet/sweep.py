@@ -117,10 +117,9 @@ class Launch:
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"launcher={self.launcher!r} is not valid: expected one of {list(LAUNCHERS)}")
         for name in ("timeout_min", "jobs", "pack", "array_parallelism", "gpus_per_job"):
-            value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < (name != "gpus_per_job")):
-                expected = "a non-negative" if name == "gpus_per_job" else "a positive"
-                raise ValueError(f"{name}={value!r} is not valid: expected {expected} integer")
+            value, least = getattr(self, name), 0 if name == "gpus_per_job" else 1
+            if value is not None and (type(value) is not int or value < least):
+                raise ValueError(f"{name}={value!r} is not valid: expected an integer >= {least}")
         own = {"local": self.LOCAL_ONLY, "slurm": self.SLURM_ONLY}.get(self.launcher, ())
         for name in self.LOCAL_ONLY + self.SLURM_ONLY:
             if getattr(self, name) is not None and name not in own:
@@ -360,12 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"(default: RESULTS_DIR/{LOG_FOLDER})")
     launch.add_argument("--timeout-min", type=_count, metavar="MINUTES",
                         help="a job's time limit; a job reaching it is requeued and resumes "
-                             f"(default: {SLURM_TIMEOUT_MIN} on Slurm, none locally)")
+                             f"(default: {SLURM_TIMEOUT_MIN} on Slurm, {LOCAL_TIMEOUT_MIN} locally)")
     launch.add_argument("--jobs", type=_count, help="local: runs at once (default: GPUs x --pack, "
                                                      "or 1 without a GPU)")
     launch.add_argument("--pack", type=_count, help="local: runs sharing each GPU (default: 1)")
     launch.add_argument("--slurm-partition", metavar="NAME")
-    launch.add_argument("--gpus-per-job", type=lambda text: _count(text, 0), help="slurm: default 1")
+    launch.add_argument("--gpus-per-job", type=lambda text: _count(text, 0), metavar="N",
+                        help="slurm: GPUs each job asks for (default: 1; the notebook trains on one)")
     launch.add_argument("--array-parallelism", type=_count, metavar="N",
                         help="slurm: jobs of the array running at once (default: 256)")
     launch.add_argument("--slurm-arg", type=_key_value, action="append", metavar="KEY=VALUE",

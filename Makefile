@@ -7,6 +7,9 @@ RESULTS := results
 ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
+# where `make reproduce` runs the sweep: local (this machine's GPUs) or slurm (with SWEEP_ARGS="--slurm-partition NAME ...")
+LAUNCHER ?= local
+SWEEP_ARGS ?=
 
 .PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench campaign-home clean mutation-check
 
@@ -54,7 +57,7 @@ smoke: $(BIN)/reproresnet-installed
 reproduce: $(BIN)/reproresnet-installed
 	$(BIN)/python -c "from reproresnet.data import load_splits; load_splits('cifar10', '$(DATA_DIR)', download=True)"
 	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds $(SEEDS) --results $(RESULTS) \
-		--dataset cifar10 --data-dir $(DATA_DIR)
+		--dataset cifar10 --data-dir $(DATA_DIR) --launcher $(LAUNCHER) $(SWEEP_ARGS)
 	$(MAKE) book
 
 bench: $(BIN)/reproresnet-installed

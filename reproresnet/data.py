@@ -331,21 +331,27 @@ class Normalizer:
         return Normalizer(self.mode, self.mean.to(device), self.std.to(device))
 
 
-def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+def augment(images: torch.Tensor, mode: str, generator: torch.Generator,
+            within: tuple[int, int] | None = None) -> torch.Tensor:
     """Random 32x32 crop of the 4-pixel zero-padded images and a horizontal flip with p=0.5.
 
     images are already normalized, so the zero padding is the mean colour (as in the seed).
     per_image draws an offset and a flip for each image; per_batch one for the whole batch
     (the seed's code). Crop and flip are one gather; all draws come from `generator`.
+    within=(start, size): `images` are images start... of a batch of `size`; the draws are the
+    whole batch's, so each process of a distributed run draws what a single process would.
     """
     _check_mode(mode, AUGMENTATIONS, "augmentation")
     if mode == "none":
         return images
     n, size = len(images), images.shape[-1]
-    draws = n if mode == "per_image" else 1
+    start, batch = within or (0, n)
+    draws = batch if mode == "per_image" else 1
     # Draw on the generator's device, then move: a CPU generator can drive CUDA tensors.
     offsets = torch.randint(0, 2 * PAD + 1, (2, draws), generator=generator, device=generator.device)
     flips = torch.randint(0, 2, (draws,), generator=generator, device=generator.device).bool()
+    if mode == "per_image":
+        offsets, flips, draws = offsets[:, start:start + n], flips[start:start + n], n
     offsets, flips = offsets.to(images.device), flips.to(images.device)
     steps = torch.arange(size, device=images.device)
     rows = offsets[0, :, None] + steps                                      # draws x 32
@@ -358,15 +364,20 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator) -> torc
 
 
 def train_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer, augmentation: str,
-                  generator: torch.Generator, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch in a random order (from `generator`); the last, smaller batch is kept."""
+                  generator: torch.Generator, device,
+                  part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch in a random order (from `generator`); the last, smaller batch is kept.
+
+    part=(r, n): the r-th of n equal slices of every batch, gathered and augmented alone."""
     _check_mode(augmentation, AUGMENTATIONS, "augmentation")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = torch.randperm(len(data), generator=generator, device=generator.device)
+    rank, parts = part
     for indices in order.split(batch_size):
-        images, labels = _gather(data, indices, device)
-        yield augment(normalizer(images), augmentation, generator), labels
+        share = len(indices) // parts
+        images, labels = _gather(data, indices[rank * share:(rank + 1) * share], device)
+        yield augment(normalizer(images), augmentation, generator, within=(rank * share, len(indices))), labels
 
 
 def eval_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer,

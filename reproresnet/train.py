@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import records
+from . import distributed, records
 from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters, flops_per_image
@@ -118,18 +118,20 @@ class Run:
     speedups: Speedups
     device: torch.device
     speed: list = dataclasses.field(default_factory=list)  # one segment per process, see _speed_segment
+    world: distributed.World = distributed.World()  # the processes of a torchrun run
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int | None = None) -> dict:
     """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns its
     mean loss, error (%), lr, seconds and images per second."""
     generator = torch.Generator(run.device).manual_seed(epoch_seed(run.config.seed, epoch))
-    torch.manual_seed(epoch_seed(run.config.seed, epoch))  # dropout draws
+    torch.manual_seed(distributed.process_seed(run.world, epoch_seed(run.config.seed, epoch)))  # dropout draws
     schedule = run.schedule
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=run.recipe.augmentation, generator=generator, device=run.device)
+                            augmentation=run.recipe.augmentation, generator=generator, device=run.device,
+                            part=(run.world.rank, run.world.size))
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -154,6 +156,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
         bar.update()
         if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
+    distributed.all_sum(run.world, loss_sum, errors)
+    seen *= run.world.size  # every process saw an equal slice
+    distributed.average_buffers(run.world, run.model)
     synchronize(run.device)
     seconds = time.perf_counter() - start
     bar.close()
@@ -250,6 +255,7 @@ def _new_record(run: Run) -> dict:
         "device": {**provenance["device"], "speedups": dataclasses.asdict(run.speedups)},
         "params": count_parameters(run.model),
         "flops_per_image": flops_per_image(run.model, run.device),
+        "distributed": run.world.describe(run.recipe.batch_size),
         "epochs_planned": run.schedule.epochs,
         "epochs_done": 0,
         "final": None,
@@ -291,17 +297,35 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     `deadline` (a `time.time()` moment): stop cleanly before an epoch that would end after
     it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
     run_dir = Path(config.out)
-    device = select_device(config.device)
-    splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
-    with records.run_dir_lock(run_dir):
-        records.remove_orphans(run_dir)
+    world = distributed.World.from_environment()  # several processes under torchrun; process 0 writes
+    if deadline is not None and world.size > 1:
+        # each process would time its own epochs and might stop at a different one
+        raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
+                          "and rerun it with --resume")
+    with distributed.joined(world, select_device(config.device)) as world:
+        device = distributed.device_for(world, select_device(config.device))
+        splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
+        return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress and world.main,
+                         deadline=deadline, pack=pack, compile_mode=compile_mode)
+
+
+def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: torch.device,
+              world: distributed.World, *, resume: bool, progress: bool, deadline: float | None, pack: int,
+              compile_mode: str) -> dict:
+    """The run in its directory: one writer, resumed from its checkpoint, stopped cleanly at `deadline`."""
+    with records.run_dir_lock(run_dir) if world.main else nullcontext():
+        if world.main:
+            records.remove_orphans(run_dir)
+        # Every process decides from the same files: process 0 writes none before the first
+        # epoch ends, which needs the others (DDP's collectives).
         checkpoint = _prepare_run_dir(run_dir, config, resume)
         if checkpoint == "complete":
             return records.read_run(run_dir)
-        run = build_run(config, splits, device, compile_mode)
+        run = build_run(config, splits, device, compile_mode, world)
         record = _new_record(run)
         if checkpoint is not None:
             _check_same_speedups(run_dir, checkpoint, run.speedups, device)
+            distributed.check_resume(world, checkpoint, run_dir)
             run.model.load_state_dict(checkpoint["model"])
             run.optimizer.load_state_dict(checkpoint["optimizer"])
             record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
@@ -379,11 +403,13 @@ def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
     return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
 
 
-def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, compile_mode: str = "default") -> Run:
+def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, compile_mode: str = "default",
+              world: distributed.World = distributed.World()) -> Run:
     """The network, optimizer and schedule of `config` on `device`, freshly initialised."""
     speedups = Speedups.for_device(config, device)
     recipe = config.resolved_recipe()
     schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
+    distributed.check_batches(world, recipe.batch_size, len(splits.train.labels))
     normalizer = Normalizer.fit(splits.train.images, recipe.normalization).to(device)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
@@ -393,8 +419,10 @@ def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, com
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     # Compile the model only: the optimizer's lr is a Python float that changes every step.
-    step_model = compile_model(model, compile_mode) if speedups.compile else model
-    return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device)
+    step_model = distributed.wrap(model, world, device)
+    step_model = compile_model(step_model, compile_mode) if speedups.compile else step_model
+    return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device,
+               world=world)
 
 
 def _check_same_speedups(run_dir: Path, checkpoint: dict, speedups: Speedups, device: torch.device) -> None:
@@ -430,11 +458,12 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     if problem:
         kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
         record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
-        _save(run_dir, record, metrics, None)
+        if run.world.main:
+            _save(run_dir, record, metrics, None)
         raise TrainingDiverged(record["message"])
     if run.splits.val is not None:
         row["val_loss"], row["val_error"] = evaluate(run, run.splits.val)
-        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf):
+        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf) and run.world.main:
             best = run.model.state_dict()  # the seed's best-validation snapshot
             records.write_atomic(run_dir / records.BEST_FILE, lambda file: torch.save(best, file))
     row["test_loss"], row["test_error"] = evaluate(run, run.splits.test)
@@ -446,11 +475,12 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
     warmup = {segment["first_epoch"] for segment in run.speed}
     record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
                   final=summarize(rows, run.recipe.val_size, warmup) if done else None)
-    _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                  "metrics": rows, "config": run.config.as_dict(),
-                                  "started": record["started"], "speed": run.speed,
-                                  "speedups": dataclasses.asdict(run.speedups),
-                                  "generator_device": run.device.type})
+    if run.world.main:
+        _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                      "metrics": rows, "config": run.config.as_dict(),
+                                      "started": record["started"], "speed": run.speed,
+                                      "speedups": dataclasses.asdict(run.speedups),
+                                      "generator_device": run.device.type, "world_size": run.world.size})
     return row
 
 

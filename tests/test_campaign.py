@@ -109,7 +109,8 @@ def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
 
 def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_path):
     config = tiny(tmp_path, limit_train=80)  # 2 batches of 32 and one of 16
-    run, _ = training._setup(config, None)
+    device = training.select_device(config.device)
+    run = training.build_run(config, training.load_device_splits(config, device), device)
     reference = training.evaluate(run, run.splits.test)
 
     sizes = []
@@ -148,13 +149,19 @@ def test_stop_after_and_stop_at_are_exclusive():
 # ---------------------------------------------------------------- bundles
 
 
+def fake_record(**fields) -> dict:
+    """A run record with the fields every reader requires, and the given ones."""
+    return {"format": records.RUN_FORMAT, "arch": "wrn_16_4", "status": "running", "config": {}, "data": {},
+            "epochs_planned": 2, "epochs_done": 1, **fields}
+
+
 def _campaign_dir(root: Path, big: int = 3 * 2**20) -> Path:
     """A campaign directory: an unfinished run (checkpoint), a complete one, locks, temporaries."""
     rng = torch.Generator().manual_seed(0)
     for name, status in (("a-seed0", "running"), ("b-seed0", "complete")):
         run = root / name
         run.mkdir(parents=True)
-        records.write_json(run / records.RUN_FILE, {"format": records.RUN_FORMAT, "status": status})
+        records.write_json(run / records.RUN_FILE, fake_record(status=status))
         (run / records.METRICS_FILE).write_text("epoch,test_error\n1,50.0\n")
         (run / records.CHECKPOINT_FILE).write_bytes(torch.randint(0, 256, (big,), generator=rng,
                                                                   dtype=torch.uint8).numpy().tobytes())
@@ -239,12 +246,12 @@ def test_unfinished_runs_go_first_and_new_ones_wait_for_checkpoint_room(tmp_path
     for name, done in (("wrn_16_4-seed1", 3), ("preact_resnet110-seed0", 200)):
         (tmp_path / name).mkdir()
         status = "complete" if done == 200 else "running"
-        records.write_json(tmp_path / name / records.RUN_FILE, {"format": records.RUN_FORMAT, "status": status,
-                                                               "epochs_done": done, "epochs_planned": 200})
+        records.write_json(tmp_path / name / records.RUN_FILE,
+                           fake_record(status=status, epochs_done=done, epochs_planned=200))
     pending = campaign._order(plan, tmp_path)
     assert [run["name"] for run in pending] == ["wrn_16_4-seed1", "preact_resnet110-seed1", "wrn_16_4-seed0"]
-    # ResNet-110 needs 13.2 MiB (weights and momentum in fp32), WRN-16-4 21.0 MiB
-    assert campaign.checkpoint_mb("preact_resnet110", 0, tmp_path / "x") == pytest.approx(1_730_522 * 8 / 2**20)
+    # ResNet-110 (zero-padding shortcuts) needs 13.2 MiB (weights and momentum in fp32), WRN-16-4 21.0 MiB
+    assert campaign.checkpoint_mb("preact_resnet110", 0, tmp_path / "x") == pytest.approx(1_727_962 * 8 / 2**20)
     first = campaign._next_that_fits(pending, tmp_path, {}, 0, cap_mb=40)
     assert first["name"] == "wrn_16_4-seed1"  # started: always continued
     active = {first["name"]: (None, first)}

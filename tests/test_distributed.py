@@ -13,7 +13,7 @@ import torch
 from reproresnet import distributed, records
 from reproresnet.config import TrainConfig
 from reproresnet.data import Normalizer, load_splits, train_batches
-from reproresnet.recipes import ConfigError
+from reproresnet.config import ConfigError
 from reproresnet.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,6 @@ def test_a_run_is_resumed_only_with_the_world_size_it_was_trained_with(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="bn_batch lands with issue 8")
 def test_two_processes_match_one_process_with_bn_batch_equal_to_the_slice(tmp_path):
     # Fails here, before any process starts, until TrainConfig has bn_batch.
     single = TrainConfig(arch="preact_resnet20", out=str(tmp_path / "single"), dataset="synthetic",

@@ -165,11 +165,15 @@ class RunRecord:
         return self.config.get("limit_train") is None and \
             data.get("n_train", 0) + data.get("n_val", 0) >= 50_000
 
+    def is_result_on(self, label: str) -> bool:
+        """A complete run on the whole of the data set `label` names: what a results table averages."""
+        return (self.status == "complete" and self.label == label and self.full_training_set
+                and self.config.get("limit_test") is None and self.test_error is not None)
+
     @property
     def is_cifar10_result(self) -> bool:
         """A complete run on the whole of CIFAR-10: the only kind the error table averages."""
-        return (self.status == "complete" and self.label == CIFAR10 and self.full_training_set
-                and self.config.get("limit_test") is None and self.test_error is not None)
+        return self.is_result_on(CIFAR10)
 
     def metrics(self):
         """metrics.csv as a pandas DataFrame, or None if it cannot be read."""

@@ -103,19 +103,27 @@ OURS, EACH_SEED, NOTES = "this project (%): mean ± std", "each seed (%)", "note
 JPEG_MIRROR = "CIFAR-10 (JPEG mirror)"
 
 
-def _table_networks(runs: list[RunRecord]) -> list[str]:
-    """Networks the sources quote, in their order, then any other with a CIFAR-10 result."""
+def _table_networks(runs: list[RunRecord], label: str = CIFAR10) -> list[str]:
+    """Networks the sources quote, in their order, then any other with a result on `label`."""
     networks = [row["network"] for row in REFERENCE]
-    return networks + sorted({run.arch for run in runs if run.is_cifar10_result} - set(networks))
+    return networks + sorted({run.arch for run in runs if run.is_result_on(label)} - set(networks))
 
 
-def _counted_groups(runs: list[RunRecord], network: str) -> list[list[RunRecord]]:
-    """The network's complete full CIFAR-10 runs, one list per setting (the seeds of one experiment)."""
+def _groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
+    """The runs, one list per setting (the seeds of one experiment), each sorted by seed."""
     groups: dict[tuple, list[RunRecord]] = {}
     for run in runs:
-        if run.arch == network and run.is_cifar10_result:
-            groups.setdefault(_setting(run), []).append(run)
+        groups.setdefault((run.arch, run.label, _setting(run)), []).append(run)
     return [sorted(group, key=lambda run: str(run.config.get("seed"))) for group in groups.values()]
+
+
+def _counted_groups(runs: list[RunRecord], network: str, label: str = CIFAR10) -> list[list[RunRecord]]:
+    """The network's complete full runs on `label`, one list per setting."""
+    return _groups([run for run in runs if run.arch == network and run.is_result_on(label)])
+
+
+def _each_seed(group: list[RunRecord]) -> str:
+    return ", ".join(f"{run.test_error:.2f} (seed {run.config.get('seed', '?')})" for run in group)
 
 
 def _length(recipe: dict) -> str:
@@ -195,8 +203,11 @@ def _number_notes(rows: list[dict]) -> list[str]:
     return texts
 
 
-def error_table(runs: list[RunRecord]) -> pd.DataFrame:
+def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
     """CIFAR-10 test error (%): the original paper, the seed, and this project.
+
+    `label` another data set (the JPEG mirror): the same table of that data set's runs, its
+    column of ours named for it; the paper's and the seed's CIFAR-10 numbers are then context.
 
     Each number column names its statistic: the paper's varies by row (its own column says
     which), the seed's is a single run, ours is the mean ± std over seeds of complete full
@@ -206,9 +217,10 @@ def error_table(runs: list[RunRecord]) -> pd.DataFrame:
     Footnotes (`table.attrs["notes"]`, numbered in the notes column) give the paper's
     statistic in full and, from the records, how each row's recipe or data differs from the paper's.
     """
-    cifar = [run for run in runs if run.label == CIFAR10]
+    cifar = [run for run in runs if run.label == label]
+    ours = OURS if label == CIFAR10 else f"this project on the {label} (%): mean ± std"
     rows = []
-    for network in _table_networks(runs):
+    for network in _table_networks(runs, label):
         quoted = reference(network) or {}
         statistic = quoted.get("paper_statistic")
         base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
@@ -216,20 +228,18 @@ def error_table(runs: list[RunRecord]) -> pd.DataFrame:
                 SEED: _percent(quoted.get("seed_error"))}
         quoted_notes = [text for text in (statistic[1] if statistic else None, _seed_network_note(quoted)) if text]
         failed = sum(run.arch == network and run.status == "diverged" for run in cifar)
-        groups = _counted_groups(runs, network)
+        groups = _counted_groups(runs, network, label)
         for group in groups:
             result = mean_std([run.test_error for run in group])
             notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted)) if text]
-            rows.append({**base, OURS: result + (f" ({failed} failed)" if failed else ""), "n": len(group),
-                         EACH_SEED: ", ".join(f"{run.test_error:.2f} (seed {run.config.get('seed', '?')})"
-                                              for run in group),
-                         NOTES: quoted_notes + notes})
+            rows.append({**base, ours: result + (f" ({failed} failed)" if failed else ""), "n": len(group),
+                         EACH_SEED: _each_seed(group), NOTES: quoted_notes + notes})
         if not groups:
             running = any(run.arch == network and run.status == "running" for run in cifar)
             result = FAILED if failed else IN_PROGRESS if running else NOT_RUN
-            rows.append({**base, OURS: result, "n": 0, EACH_SEED: MISSING, NOTES: quoted_notes})
+            rows.append({**base, ours: result, "n": 0, EACH_SEED: MISSING, NOTES: quoted_notes})
     notes = _number_notes(rows)
-    table = pd.DataFrame(rows, columns=["network", PAPER, PAPER_STATISTIC, SEED, OURS, "n", EACH_SEED, NOTES])
+    table = pd.DataFrame(rows, columns=["network", PAPER, PAPER_STATISTIC, SEED, ours, "n", EACH_SEED, NOTES])
     table.attrs["notes"] = notes
     return table
 
@@ -324,6 +334,35 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "network", "data set", "epochs (done/planned)", "train images",
                                        "device", "status", "test error (%)",
                                        "not in the CIFAR-10 table because"])
+
+
+def _options_text(run: RunRecord) -> str:
+    """The settings in which a run departs from its recipe and its network's defaults, e.g. an
+    ablation's `shortcut=input_projection`; "recipe defaults" when it departs in none."""
+    from .config import RECIPE_OWNED
+    from .models import ARCHITECTURES, default_options
+    from .recipes import RECIPES
+    preset = RECIPES[run.config["recipe"]].for_arch(run.arch).as_dict() if run.config.get("recipe") in RECIPES else {}
+    spec = ARCHITECTURES.get(run.arch)
+    network = default_options(spec.family, spec.block) if spec else {}
+    own = {key: preset.get(key) if preset.get(key) is not None else network.get(key) for key in RECIPE_OWNED}
+    chosen = {key: run.config[key] for key in RECIPE_OWNED  # epochs and batch: the recipe column says them
+              if key not in ("epochs", "batch_size") and run.config.get(key) not in (None, own[key])}
+    return ", ".join(f"{key}={value}" for key, value in chosen.items()) or "recipe defaults"
+
+
+def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """Complete runs on the whole of a real data set (CIFAR-10, CIFAR-100, the JPEG mirror),
+    one row per network, data set, recipe and chosen settings: an option's value against the
+    recipe's own, as mean ± std (sample std) over seeds, with n and each seed's value."""
+    complete = [run for run in runs if is_real_data(run) and run.is_result_on(run.label)]
+    rows = [{"network": group[0].arch, "data set": group[0].label, "recipe": _recipe_text(group[0]),
+             "epochs": _join(run.record["epochs_done"] for run in group), "settings": _options_text(group[0]),
+             "test error (%): mean ± std": mean_std([run.test_error for run in group]), "n": len(group),
+             EACH_SEED: _each_seed(group)}
+            for group in _groups(complete)]
+    columns = ["network", "data set", "recipe", "epochs", "settings", "test error (%): mean ± std", "n", EACH_SEED]
+    return pd.DataFrame(rows, columns=columns).sort_values(["network", "data set", "settings"], ignore_index=True)
 
 
 def _bench_rows(benches) -> list[dict]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_TIER = ["-m", "not slow", "-x", "-q", "-p", "no:cacheprovider"]
+FAST_TIER = ["-m", "not slow", "-x", "-q", "-p", "no:cacheprovider", "--ignore=tests/test_browser.py"]
 TIMEOUT_S = 1800
 
 

@@ -417,3 +417,39 @@ def test_html_table_right_aligns_number_columns_and_lists_the_notes():
            '<th class="text">each seed</th>' in html
     assert '<td class="num">6.50 ± 0.71</td>' in html and '<td class="num">not run</td>' in html
     assert html.endswith('<ol class="table-notes"><li>first &lt;note&gt;</li></ol>')
+
+
+def test_jpeg_mirror_runs_get_the_same_table_under_their_own_name(tmp_path):
+    """Protects the mirror's numbers from reaching the CIFAR-10 column, and gives them their own table."""
+    mirror = report.JPEG_MIRROR
+    for seed, error in ((0, 7.0), (1, 8.0)):
+        make_run(tmp_path, f"wrn_16_4-jpeg-seed{seed}", arch="wrn_16_4", label=mirror, seed=seed,
+                 test_error=error, dataset="folder:data/cifar10-jpeg")
+    runs, _ = report.load_runs(tmp_path)
+    assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == report.NOT_RUN
+    table = report.error_table(runs, label=mirror)
+    ours = f"this project on the {mirror} (%): mean ± std"
+    assert ours in table.columns and report.OURS not in table.columns
+    line = row(table, "wrn_16_4")
+    assert (line[ours], line["n"]) == ("7.50 ± 0.71", 2)
+    assert line[report.EACH_SEED] == "7.00 (seed 0), 8.00 (seed 1)"
+    assert row(table, "preact_resnet110")[ours] == report.NOT_RUN
+
+
+def test_ablation_table_has_a_row_per_option_value_with_mean_std_and_n(tmp_path):
+    """Protects an ablation's runs from being averaged with the recipe's own, or dropped."""
+    def run(name, seed, error, **config):
+        run_dir = make_run(tmp_path, name, arch="preact_resnet110", seed=seed, test_error=error)
+        record = json.loads((run_dir / records.RUN_FILE).read_text())
+        record["config"].update(config)
+        (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+
+    run("preact_resnet110-seed0", 0, 6.0)
+    run("preact_resnet110-seed1", 1, 7.0)
+    run("preact_resnet110-shortcut-raw-seed0", 0, 6.5, shortcut="input_projection")
+    make_run(tmp_path, "preact_resnet110-smoke-seed0", label="synthetic", test_error=50.0)  # not real data
+    make_run(tmp_path, "preact_resnet110-subset-seed0", limit_train=5000, n_train=5000)    # not the whole set
+    table = report.ablation_table(report.load_runs(tmp_path)[0])
+    assert list(table["settings"]) == ["recipe defaults", "shortcut=input_projection"]
+    assert list(table["test error (%): mean ± std"]) == ["6.50 ± 0.71", "6.50"]
+    assert list(table["n"]) == [2, 1]

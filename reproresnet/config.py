@@ -22,9 +22,10 @@ from .recipes import NETWORK_OPTIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recip
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
 CIFAR_TRAIN_IMAGES = 50_000
-# Settings that say where and how fast a run runs, not what it computes: a run may resume
-# with other values, the sweep ignores them, and the report's seeds of one experiment may
-# differ in them. bf16 is not one: precision is part of the result.
+# Settings that say where and how fast a run runs, not what it computes: the settings check
+# of a resume, the sweep and the report's grouping of seeds ignore them. bf16 is not one:
+# precision is part of the result. (A resume is still refused when the speedups these resolve
+# to differ from the checkpoint's: train._check_same_speedups.)
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
 RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",

@@ -148,7 +148,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
             images = images.contiguous(memory_format=torch.channels_last)
         # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
         # cost a second cold compile per process, and padding it would change BN's statistics.
-        model = run.step_model if len(labels) == run.recipe.batch_size else run.model
+        # Under torchrun every batch goes through the DDP wrapper, which averages the gradients.
+        full = len(labels) * run.world.size == run.recipe.batch_size
+        model = run.step_model if full or run.world.size > 1 else run.model
         batch_loss, batch_errors = train_step(model, run.optimizer, images, labels, run.speedups)
         loss_sum += batch_loss
         errors += batch_errors

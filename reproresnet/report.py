@@ -437,22 +437,29 @@ def architecture_table(flops_max_depth: int = 999) -> pd.DataFrame:
 
 
 def recipe_table() -> pd.DataFrame:
-    """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`)."""
+    """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
+    column per recipe, one row per setting (narrow enough for the article), and each recipe's
+    source as a numbered note."""
     from .recipes import RECIPES
-    rows = []
+    columns = {}
     for recipe in RECIPES.values():
         archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
-        warmup = (f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
-                  if recipe.warmup_length else "none")
-        batch = ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for])
-        rows.append({"recipe": recipe.name, "length": f"{recipe.length:,} {recipe.unit}s",
-                     "batch": batch, "lr": f"{recipe.lr:g}",
-                     "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
-                     "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
-                     "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
-                     "BN batch": recipe.bn_batch or "mini-batch", "data": f"{recipe.normalization}, "
-                     f"{recipe.augmentation}, val {recipe.val_size:,}", "warm-up": warmup, "source": recipe.source})
-    return pd.DataFrame(rows)
+        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in ("shortcut", "bottleneck_stride", "dropout")
+                            if getattr(recipe, name) is not None)
+        columns[recipe.name] = {
+            "length": f"{recipe.length:,} {recipe.unit}s",
+            "batch": ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for]),
+            "lr": f"{recipe.lr:g}", "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
+            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
+            "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
+            "warm-up": f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
+                       if recipe.warmup_length else "none",
+            "BN batch": str(recipe.bn_batch or "mini-batch"), "normalization": recipe.normalization,
+            "augmentation": recipe.augmentation, "validation images": f"{recipe.val_size:,}",
+            "network options": network or "the network's", "source": f"note {len(columns) + 1}"}
+    table = pd.DataFrame(columns).rename_axis("setting").reset_index()
+    table.attrs["notes"] = [f"{recipe.name}: {recipe.source}" for recipe in RECIPES.values()]
+    return table
 
 
 # "6.37", "-1.5", "≈5.7M", "3/3", "50,000", "6.50 ± 0.71"; and note numbers "3, 4".

@@ -286,8 +286,9 @@ def test_reference_numbers_and_sources():
 def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
     html = report.html_table(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html
-    for name in ("seed", "he2016", "wrn2016"):
-        assert f'<td class="text">{name}</td>' in html
+    for index, name in enumerate(recipes.RECIPES, 1):  # a column each, its source a note
+        assert f'<th class="text">{name.replace("_", "_<wbr>")}</th>' in html
+        assert f"<li>{name}: " in html and f"note {index}" in html
 
 
 def test_run_summary_and_figure_of_one_run(tmp_path):

@@ -291,7 +291,7 @@ def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]
 
     from .sweep import execute_run
     names = set(papermill.inspect_notebook(notebook))
-    from .config import RESUMABLE_CHANGES, TrainConfig
+    from .config import RUNTIME_SETTINGS, TrainConfig
     defaults = TrainConfig().as_dict()
     outcomes = []
     for run_dir in map(Path, run_dirs):
@@ -302,7 +302,7 @@ def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]
         else:
             config = record["config"]
             missing = [k for k, v in config.items()
-                       if k not in names and k not in RESUMABLE_CHANGES and v != defaults.get(k)]
+                       if k not in names and k not in RUNTIME_SETTINGS and v != defaults.get(k)]
             if missing:
                 outcome = {"run": run_dir.name, "status": "failed",
                            "message": f"{notebook} has no parameter for the recorded {missing}"}

@@ -52,8 +52,7 @@ class Plan:
     train_args: tuple = ()  # further `train` flags shared by every run (--epochs, --limit-train, ...)
 
     def runs(self) -> list[dict]:
-        from .sweep import run_name
-        return [{"name": run_name(arch, seed, self.tag), "arch": arch, "seed": seed}
+        return [{"name": records.run_name(arch, seed, self.tag), "arch": arch, "seed": seed}
                 for arch in self.archs for seed in self.seeds]
 
 

@@ -95,6 +95,11 @@ def _csv_value(value):
 _REQUIRED = ("arch", "status", "config", "data", "epochs_planned", "epochs_done")
 
 
+def run_name(arch: str, seed: int, tag: str | None = None) -> str:
+    """A run directory's name: `<arch>-seed<k>`, or `<arch>-<tag>-seed<k>` for a variant."""
+    return f"{arch}-{tag}-seed{seed}" if tag else f"{arch}-seed{seed}"
+
+
 def read_run(run_dir: Path) -> dict:
     """The run record of `run_dir`; ValueError if it is missing, corrupt, not ours, or lacks
     a field a reader needs."""

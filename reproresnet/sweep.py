@@ -40,10 +40,6 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 30   # local jobs have no time limit to speak of
 SLURM_TIMEOUT_MIN = 60 * 24
 
 
-def run_name(arch: str, seed: int, tag: str | None = None) -> str:
-    return f"{arch}-{tag}-seed{seed}" if tag else f"{arch}-seed{seed}"
-
-
 def _conflicts(run: records.RunRecord, parameters: dict) -> list[str]:
     """Requested settings a complete run was not trained with (it would not be retrained)."""
     saved = run.config
@@ -210,7 +206,7 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
     runs = []
     for arch in dict.fromkeys(archs):
         for seed in dict.fromkeys(seeds):
-            run_dir = results_dir / run_name(arch, seed, tag)
+            run_dir = results_dir / records.run_name(arch, seed, tag)
             run_parameters = {**parameters, "arch": arch, "seed": seed, "run_dir": str(run_dir)}
             outcomes[run_dir.name] = None
             complete = records.complete_run(run_dir)

@@ -149,8 +149,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
         # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
         # cost a second cold compile per process, and padding it would change BN's statistics.
         # Under torchrun every batch goes through the DDP wrapper, which averages the gradients.
-        full = len(labels) * run.world.size == run.recipe.batch_size
-        model = run.step_model if full or run.world.size > 1 else run.model
+        partial = run.world.size == 1 and len(labels) < run.recipe.batch_size
+        model = run.model if partial else run.step_model
         batch_loss, batch_errors = train_step(model, run.optimizer, images, labels, run.speedups)
         loss_sum += batch_loss
         errors += batch_errors
@@ -304,8 +304,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         # each process would time its own epochs and might stop at a different one
         raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
                           "and rerun it with --resume")
-    with distributed.joined(world, select_device(config.device)) as world:
-        device = distributed.device_for(world, select_device(config.device))
+    device = select_device(config.device)
+    with distributed.joined(world, device) as world:
+        device = distributed.device_for(world, device)
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
         return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress and world.main,
                          deadline=deadline, pack=pack, compile_mode=compile_mode)

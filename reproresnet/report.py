@@ -614,11 +614,8 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
     mine = [run for run in runs if run.arch == network and is_real_data(run) and run.metrics() is not None]
     counted = [run for run in mine if run.is_cifar10_result]
     if counted:
-        groups: dict[tuple, list[RunRecord]] = {}
-        for run in counted:
-            groups.setdefault(_setting(run), []).append(run)
         quoted = reference(network) or {}
-        return plot_curves(max(groups.values(), key=len), paper_error=quoted.get("paper_error"))
+        return plot_curves(max(_groups(counted), key=len), paper_error=quoted.get("paper_error"))
     if not mine:
         return None
     # The longest run and its repeats with the same setting: one data set and budget per figure.

@@ -306,13 +306,11 @@ def _setting(text: str) -> tuple[str, object]:
     """KEY=VALUE for any TrainConfig field; VALUE is a Python literal (3, 0.1, None, True,
     [80, 120]) or else a string (input_projection)."""
     import ast
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    key, value = _key_value(text)
     try:
-        return key.strip(), ast.literal_eval(value)
+        return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):
-        return key.strip(), value
+        return key, value
 
 
 def _count(text: str, least: int = 1) -> int:
@@ -326,10 +324,12 @@ def _count(text: str, least: int = 1) -> int:
 
 
 def _key_value(text: str) -> tuple[str, str]:
+    """KEY=VALUE, as given to --set and --slurm-arg (a leading "--" on the key is dropped)."""
     key, equals, value = text.partition("=")
+    key = key.strip().lstrip("-")
     if not (key and equals):
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (an sbatch option, e.g. account=abc)")
-    return key.lstrip("-"), value
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. shortcut=zero_pad, account=abc)")
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ def make_run(results, name, *, arch="preact_resnet110", label="CIFAR-10", status
         "data": {"dataset": dataset or ("cifar10" if label.startswith("CIFAR") else "synthetic"), "label": label,
                  "n_train": n_train, "n_val": n_val, "n_test": 10_000, "normalization": "per_pixel_mean",
                  "augmentation": "per_image"},
-        "device": {"type": "cuda", "name": device, "speedups": {}},
+        "device": {"type": "cuda", "name": device, "speedups": {}}, "precision": "bf16 autocast",
         "params": 1_730_522, "epochs_planned": epochs, "epochs_done": done, "final": final, "message": None,
         "started": "2026-11-27T06:00:00+00:00", "updated": f"2026-11-27T{6 + epochs // 100:02d}:30:00+00:00",
     }
@@ -140,6 +140,9 @@ def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path
     other = report.other_runs_table(runs)
     assert other.iloc[0]["test error (%)"] == "40.25 (epoch 2)"
     assert other.iloc[0]["epochs (done/planned)"] == "2/200"
+    # the budget stands beside the number: batch size, device and precision of the run
+    assert other.iloc[0]["batch"] == 64 and other.iloc[0]["precision"] == "bf16 autocast"
+    assert other.iloc[0]["device"] == "NVIDIA H100"
 
 
 def test_runs_with_different_settings_are_not_averaged_together(tmp_path):

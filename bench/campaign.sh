@@ -5,10 +5,11 @@
 #
 #  1. versions (torch, CUDA, the GPU; nothing the campaign does not import);
 #  2. the CIFAR-10 JPEG mirror unpacked from $CAMPAIGN_MIRROR into data/cifar10-jpeg (once);
-#  3. the previous call's bundle restored, if $CAMPAIGN_BUNDLE_IN holds one (bundle.json + parts);
+#  3. the previous call's bundle restored, if $CAMPAIGN_BUNDLE_IN holds one (bundle.json + parts;
+#     default campaign-bundle/, the committed bundle of the last slot);
 #  4. the training path exercised first: train, evaluate, checkpoint, resume, on synthetic data;
-#  5. the self-check (first call only; later calls reuse its record, so every call trains with
-#     the same switches): the fast path against fp32 eager, part by part;
+#  5. the self-check (until one has finished; later calls reuse its record, so every call trains
+#     with the same switches): the fast path against fp32 eager, part by part, within its budget;
 #  6. the campaign for CAMPAIGN_SECONDS (default 300), within what the script's limit leaves;
 #  7. the campaign directory bundled into $OUT (at most 8 files, 16 MiB each, 64 MiB in all);
 #  8. the status table.
@@ -18,8 +19,8 @@
 # with the bundle of this call in CAMPAIGN_BUNDLE_IN, on this machine or a fresh one, to continue.
 #
 # Environment: OUT (bundle destination; default runs/bundle), CAMPAIGN_LIMIT_S (the whole
-# script, default 520, for a 540 s command limit), CAMPAIGN_MIRROR (the mirror archive;
-# default ../shared/data/cifar10-jpeg.tar.gz, then shared/data/...), CAMPAIGN_BUNDLE_IN,
+# script, default 520, for a 540 s command limit), CAMPAIGN_MIRROR (the mirror archive; default
+# the first of ../shared/data/, shared/data/ and data/cifar10-jpeg.tar.gz), CAMPAIGN_BUNDLE_IN,
 # CAMPAIGN_DIR (default runs/campaign), CAMPAIGN_DATA (where the mirror is or goes; default
 # data/cifar10-jpeg, git-ignored), CAMPAIGN_DEVICE (cuda; cpu only to try the script),
 # CAMPAIGN_ARGS (more `campaign` flags, e.g. a tiny plan for a CPU try), CAMPAIGN_TRAIN_ARGS
@@ -37,7 +38,8 @@ out=${OUT:-runs/bundle}
 data=${CAMPAIGN_DATA:-data/cifar10-jpeg}
 read -r -a extra <<<"${CAMPAIGN_ARGS:-}"
 extra+=(--train-args "${CAMPAIGN_TRAIN_ARGS:-}")
-export PYTHONUNBUFFERED=1 TORCH_LOGS=${TORCH_LOGS:-recompiles,cudagraphs}
+# recompiles only: the cudagraphs log printed every op of the 110-layer graph (1 MB a run)
+export PYTHONUNBUFFERED=1 TORCH_LOGS=${TORCH_LOGS:-recompiles}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out" "$dir/_campaign"
 log=$dir/_campaign/slot-$(date -u +%Y%m%dT%H%M%SZ).log
@@ -70,7 +72,7 @@ nproc
 
 if [[ ! -d $data/train ]]; then
     mirror=${CAMPAIGN_MIRROR:-}
-    for candidate in ../shared/data/cifar10-jpeg.tar.gz shared/data/cifar10-jpeg.tar.gz; do
+    for candidate in {../shared/data,shared/data,data}/cifar10-jpeg.tar.gz; do
         [[ -z $mirror && -f $candidate ]] && mirror=$candidate
     done
     if [[ -n $mirror && -f $mirror ]]; then
@@ -80,8 +82,9 @@ if [[ ! -d $data/train ]]; then
     fi
 fi
 
-if [[ -n ${CAMPAIGN_BUNDLE_IN:-} && -f ${CAMPAIGN_BUNDLE_IN}/bundle.json ]]; then
-    step "unbundle $CAMPAIGN_BUNDLE_IN" 60 "$py" -m reproresnet unbundle "$CAMPAIGN_BUNDLE_IN" --to "$dir"
+bundle_in=${CAMPAIGN_BUNDLE_IN-campaign-bundle}
+if [[ -n $bundle_in && -f $bundle_in/bundle.json && ! -f $dir/_campaign/campaign.json ]]; then
+    step "unbundle $bundle_in" 60 "$py" -m reproresnet unbundle "$bundle_in" --to "$dir"
 fi
 
 smoke=$(mktemp -d)
@@ -94,12 +97,16 @@ step "training path (synthetic data)" "$(min "$(left)" 120)" \
 rm -rf "$smoke"
 
 check=$dir/_campaign/selfcheck.json
-if [[ ! -f $check ]]; then
-    step "self-check" "$(min "$(left)" 120)" "$py" -m reproresnet selfcheck --device "$device" --budget 75 \
+finished() {  # the record's top-level "ok" is written last
+    [[ -f $check ]] && "$py" -c 'import json, sys; sys.exit("ok" not in json.load(open(sys.argv[1])))' "$check"
+}
+if ! finished; then
+    # it keeps its budget (a check still running then is cut); the margin is for its imports
+    step "self-check" "$(min "$(left)" 180)" "$py" -m reproresnet selfcheck --device "$device" --budget 150 \
         --out "$check" ${CAMPAIGN_SELFCHECK_ARGS:-}
 fi
 selfcheck=()
-[[ -f $check ]] && selfcheck=(--selfcheck "$check")
+finished && selfcheck=(--selfcheck "$check")
 
 bundle_s=30
 budget=$(min "$campaign_s" $(($(left) - bundle_s - 15)))

@@ -2,23 +2,25 @@
 
     python -m reproresnet selfcheck --device cuda --out selfcheck.json
 
-For each network, from the same weights and the same batches: a few SGD steps in fp32 eager
+For a network, from the same weights and the same batches: a few SGD steps in fp32 eager
 (the reference) and on the fast path (bf16 autocast, channels_last, torch.compile). The
 first step's loss (same weights, so only the numerics differ) must agree within
 `LOSS_RTOL`, and the weights' total change after the steps within `UPDATE_RTOL` of the
 reference's (a wrong gradient moves them elsewhere even when random labels keep the loss
 flat). If the whole fast path fails, each part is tried alone; a failing part is switched
-off for the campaign and recorded with its numbers, never silently. Then:
+off for the campaign and recorded with its numbers, never silently.
 
-- the training path of `train_one_epoch` on an odd-sized set: the epoch's last, smaller batch
-  runs eagerly, so the second epoch must compile nothing;
-- the augmentation's statistics with the device's generator: flip rate and crop offsets;
-- on CUDA, CUDA graphs (compile mode `reduce-overhead`) timed against the default mode on
-  the same steps; the faster one is kept.
+The checks run in this order, so that a budget cut keeps what matters most: the first
+network; on CUDA, CUDA graphs (compile mode `reduce-overhead`) timed against the default
+mode on the same steps, the faster kept; the training path of `train_one_epoch` on an
+odd-sized set (the epoch's last, smaller batch runs eagerly, so the second epoch must compile
+nothing); the augmentation's statistics with the device's generator (flip rate and crop
+offsets); the other networks.
 
 On a CPU the same structure runs with tiny batches and compile alone (bf16 and
-channels_last are CUDA speedups). Parts not reached within `--budget` are recorded as
-unchecked and left as the device's defaults.
+channels_last are CUDA speedups). `--budget` is kept: a check still running when it is spent
+is interrupted, and checks not finished are recorded as unchecked and left as the device's
+defaults.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -191,31 +195,38 @@ def time_compile_modes(arch: str, device: torch.device, speedups: Speedups, step
 
 def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | None = None,
               budget: float = 60.0, modes: bool | None = None, backend: str = "inductor", log=print,
-              save=lambda record: None) -> dict:
-    """Every check in turn, `save(record)` after each (a slot may end in the middle)."""
+              save=lambda record: None, recipe: str = "seed") -> dict:
+    """Every check in turn within `budget` seconds (a check still running then is interrupted
+    and listed as unchecked), `save(record)` after each; "ok" is written last, so a record
+    without it was cut short from outside."""
     device = select_device(device)
     cuda = device.type == "cuda"
     steps = steps or (6 if cuda else 3)
-    batch_size = batch_size or (128 if cuda else 8)
+    # On CUDA each network steps at its batch size in the campaign's recipe: the same shapes as
+    # the runs, whose compiles then find the kernels this check compiled in inductor's cache.
+    batches = {arch: batch_size or (get_recipe(recipe).for_arch(arch).batch_size if cuda else 8)
+               for arch in [*archs, "preact_resnet20"]}
     wanted = Speedups.for_device(TrainConfig(compile=True), device)  # on a CPU: compile alone
     deadline = time.time() + budget
     record = {"format": FORMAT, "created": records.now(), "device": str(device),
               "gpu": torch.cuda.get_device_name(device) if cuda else None, "torch": torch.__version__,
-              "steps": steps, "batch_size": batch_size, "tolerances": {"first_loss_rel": LOSS_RTOL,
+              "steps": steps, "batch_size": batches, "tolerances": {"first_loss_rel": LOSS_RTOL,
                                                                        "update_rel": UPDATE_RTOL},
               "networks": [], "unchecked": [], "disabled": {}, "compile_mode": "default",
               "compile_backend": backend}
 
     def attempt(name, function, *args):
-        if time.time() > deadline:
+        began = time.time()
+        with _alarm(deadline - began) as expired:
+            try:
+                result = None if expired() else function(*args)
+            except Exception as error:  # a crash is a failed check, recorded with its message
+                result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
+        if expired():  # cut by the budget (perhaps inside a compile, which then wraps the error)
             record["unchecked"].append(name)
             log(f"selfcheck {name}: not checked (budget spent)")
+            save(record)
             return None
-        began = time.time()
-        try:
-            result = function(*args)
-        except Exception as error:  # a crash is a failed check, recorded with its message
-            result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
         result["seconds"] = round(time.time() - began, 1)
         log(f"selfcheck {name}: {'ok' if result.get('ok', True) else 'FAILED'} ({result['seconds']} s)"
             + (f" {result['error']}" if "error" in result else ""))
@@ -223,28 +234,66 @@ def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | 
         save(record)
         return result
 
-    for arch in archs:
-        result = attempt(f"network {arch}", check_network, arch, device, steps, batch_size, wanted, backend)
+    def check(arch):
+        result = attempt(f"network {arch}", check_network, arch, device, steps, batches[arch], wanted, backend)
         if result is None:
-            continue
+            return
         record["networks"].append(result)
         if "error" in result:  # the fast path crashed: switch off compile, the usual culprit
             result.update(arch=arch, disabled={"compile": f"{arch}: {result['error']}"})
         record["disabled"].update({k: v for k, v in result.get("disabled", {}).items() if k not in record["disabled"]})
+        save(record)
+
+    # The first network, then what decides the campaign's speed (CUDA graphs or not) while its
+    # default-mode compile is cached, then the cheap checks, then the other networks.
+    for arch in archs[:1]:
+        check(arch)
     kept = dataclasses.replace(wanted, **{part: False for part in record["disabled"]})
-    record["epochs"] = attempt("training loop (odd last batch)", check_epochs, device, kept, batch_size, backend)
+    if (cuda if modes is None else modes) and kept.compile and archs:
+        record["compile_modes"] = attempt(f"CUDA graphs on {archs[0]}", time_compile_modes, archs[0], device,
+                                          kept, max(steps, 20), batches[archs[0]])
+        if record["compile_modes"] and "faster" in record["compile_modes"]:
+            record["compile_mode"] = record["compile_modes"]["faster"]
+    record["epochs"] = attempt("training loop (odd last batch)", check_epochs, device, kept,
+                              batches["preact_resnet20"], backend)
     if record["epochs"] is not None and not record["epochs"]["ok"] and kept.compile:
         record["disabled"].setdefault("compile", f"the training loop: {record['epochs']}")
     record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
-    if (cuda if modes is None else modes) and kept.compile and archs:
-        record["compile_modes"] = attempt(f"CUDA graphs on {archs[0]}", time_compile_modes, archs[0], device,
-                                          kept, max(steps, 20), batch_size)
-        if record["compile_modes"] and "faster" in record["compile_modes"]:
-            record["compile_mode"] = record["compile_modes"]["faster"]
+    for arch in archs[1:]:
+        check(arch)
     record["ok"] = not record["disabled"] and all(
         part is None or part.get("ok", True) for part in (record["epochs"], record["augmentation"]))
     save(record)
     return record
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
+@contextmanager
+def _alarm(seconds: float):
+    """Interrupt the block when `seconds` pass (SIGALRM, main thread): a cold compile of a deep
+    network can take minutes, and a check that overruns the budget is killed with the slot's
+    other work. Yields `expired()`: did the alarm fire, whatever exception it became."""
+    fired = []
+    if seconds <= 0:
+        yield lambda: True
+        return
+
+    def ring(signum, frame):
+        fired.append(True)
+        raise _BudgetSpent(f"budget spent after {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield lambda: bool(fired)
+    except _BudgetSpent:
+        pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def train_flags(path) -> list[str]:
@@ -260,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="default: on CUDA, each network's in --recipe; 8 on a CPU")
+    parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
     parser.add_argument("--compile-modes", action=argparse.BooleanOptionalAction,
                         help="time CUDA graphs against the default compile mode (default: on CUDA)")
@@ -273,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = selfcheck(args.archs, args.device, args.steps, args.batch_size, args.budget, args.compile_modes,
                        args.compile_backend, log=lambda line: print(line, flush=True),
-                       save=lambda record: records.write_json(out, _jsonable(record)))
-    print(f"selfcheck: {'all passed' if record['ok'] else 'FAILED parts'}; switched off: "
-          f"{record['disabled'] or 'nothing'}; compile mode {record['compile_mode']}; record in {out}")
+                       save=lambda record: records.write_json(out, _jsonable(record)), recipe=args.recipe)
+    verdict = "FAILED parts" if not record["ok"] else "passed, but not checked: " + ", ".join(
+        record["unchecked"]) if record["unchecked"] else "all passed"
+    print(f"selfcheck: {verdict}; switched off: {record['disabled'] or 'nothing'}; "
+          f"compile mode {record['compile_mode']}; record in {out}")
     return 0
 
 

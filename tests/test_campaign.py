@@ -261,6 +261,26 @@ def test_unfinished_runs_go_first_and_new_ones_wait_for_checkpoint_room(tmp_path
     assert [run["name"] for run in pending] == ["wrn_16_4-seed0"]
 
 
+def test_no_run_starts_after_one_stopped_for_the_deadline(tmp_path, monkeypatch):
+    """On the first GPU slot, runs started after the others had stopped for the deadline were
+    killed at the hard stop with nothing done: a new run compiles too, so it fits even less."""
+    started = []
+
+    class StoppedAtOnce:  # a train process that found no time for its next epoch
+        def __init__(self, command, **kwargs):
+            started.append(command[command.index("--seed") + 1])
+            self.pid, self.returncode = 1, 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(campaign.subprocess, "Popen", StoppedAtOnce)
+    plan = campaign.Plan(archs=("preact_resnet20",), seeds=(0, 1), dataset="synthetic")
+    rows = campaign.run_campaign(plan, tmp_path, campaign.Options(budget=60, device="cpu", min_start=0))
+    assert started == ["0"]
+    assert [row["outcome"] for row in rows] == ["stopped", "waiting"]
+
+
 def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):
     options = campaign.Options(budget=30, device="cpu")
     with records.run_dir_lock(tmp_path):
@@ -303,6 +323,29 @@ def test_selfcheck_augmentation_statistics_and_training_loop_on_cpu():
     epochs = selfcheck.check_epochs(torch.device("cpu"), training.Speedups(False, False, True, False), 8,
                                     backend="aot_eager")
     assert epochs["ok"] and epochs["graphs_compiled_per_epoch"][0] >= 1 and epochs["graphs_compiled_per_epoch"][1] == 0
+
+
+def test_selfcheck_keeps_its_budget_and_a_check_cut_short_disables_nothing(monkeypatch):
+    """A cold compile of a deep network outlasted the budget on the first GPU slot, and the
+    slot's timeout killed the self-check with its record half written. Now the check running
+    when the budget is spent is interrupted and recorded as unchecked, even where the
+    interruption surfaces as another error (a compile wraps what it catches)."""
+    def slow_compile(arch, *args):
+        try:
+            time.sleep(30)
+        except BaseException as error:
+            raise RuntimeError("BackendCompilerFailed: ...") from error
+    monkeypatch.setattr(selfcheck, "check_network", slow_compile)
+    saved = []
+    began = time.perf_counter()
+    record = selfcheck.selfcheck(["preact_resnet110"], "cpu", budget=0.5, log=lambda line: None,
+                                 save=lambda record: saved.append(json.loads(json.dumps(selfcheck._jsonable(record)))))
+    assert time.perf_counter() - began < 5
+    assert record["unchecked"] == ["network preact_resnet110", "training loop (odd last batch)",
+                                   "augmentation statistics"]
+    assert record["disabled"] == {} and record["networks"] == [] and record["ok"] is True
+    assert "ok" in saved[-1] and all("ok" not in partial for partial in saved[:-1])
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_selfcheck_flags_switch_off_failed_parts(tmp_path):

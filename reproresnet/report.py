@@ -11,6 +11,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from html import escape
 from pathlib import Path
 
@@ -525,6 +526,12 @@ def status_summary(runs: list[RunRecord]) -> str:
     if others:
         sentences.append(f"{_count(others, 'other run')} (other data, subsets, unfinished or diverged) "
                          f"{'is' if others == 1 else 'are'} listed on the results page apart from the CIFAR-10 table.")
+    unfinished = Counter((run.arch, run.record["epochs_done"], run.record["epochs_planned"], run.label, run.device)
+                         for run in runs if run.status == "running")
+    if unfinished:
+        sentences.append("Unfinished: " + "; ".join(
+            f"{arch} × {n} ({done} of {planned} epochs on {label}, {device})"
+            for (arch, done, planned, label, device), n in unfinished.items()) + ".")
     sentences.append(f"Still without a complete CIFAR-10 run: {', '.join(missing)}." if missing else
                      f"Each of {', '.join(REPRODUCED)} has at least one complete CIFAR-10 run.")
     return " ".join(sentences)

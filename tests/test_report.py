@@ -408,8 +408,12 @@ def test_status_summary_counts_what_the_records_hold(tmp_path):
     text = report.status_summary(report.load_runs(tmp_path)[0])
     assert "1 complete run on the full CIFAR-10 data: wrn_16_4 (200 epochs on 50,000 training images)" in text
     assert "1 complete run: preact_resnet20 (3 epochs on 5,000 training images)" in text
-    assert "1 other run" in text
+    assert "1 other run" in text and "Unfinished" not in text
     assert text.endswith("Still without a complete CIFAR-10 run: preact_resnet110, preact_resnet164.")
+    make_run(tmp_path, "preact_resnet110-jpeg-seed0", label="CIFAR-10 (JPEG mirror)", status="running")
+    text = report.status_summary(report.load_runs(tmp_path)[0])
+    assert "2 other runs" in text
+    assert "Unfinished: preact_resnet110 × 1 (2 of 200 epochs on CIFAR-10 (JPEG mirror), NVIDIA H100)." in text
 
 
 def test_html_table_right_aligns_number_columns_and_lists_the_notes():

@@ -20,21 +20,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from . import records
+from .bench_baseline import BaselinePath, queued_batches
 from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
-from .models import ARCHITECTURES, UnknownArchitectureError, build_model, flops_per_image
+from .models import ARCHITECTURES, UnknownArchitectureError, flops_per_image
 from .train import COMPILE_MODES, Speedups, build_run, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
 DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
-# The constants most public CIFAR code bases normalise with (kuangliu/pytorch-cifar).
-BASELINE_MEAN, BASELINE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
 # with respect to activations and to weights, each about as many FLOPs as the forward.
 TRAINING_FLOPS_PER_FORWARD = 3
@@ -86,7 +82,7 @@ class BenchSettings:
         if s.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode={s.compile_mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
         # Each pipeline is timed within one epoch, after its untimed first batches.
-        usable = s.train_images // s.batch_size - (_queued_batches(s.num_workers) if s.baseline else 1)
+        usable = s.train_images // s.batch_size - (queued_batches(s.num_workers) if s.baseline else 1)
         if usable < 1:
             raise ConfigError(f"train_images={s.train_images} holds too few batches of {s.batch_size} "
                               f"to time the input pipelines; use more images or a smaller batch")
@@ -110,8 +106,11 @@ def synthetic_train_set(n: int = TRAIN_IMAGES, seed: int = 0) -> ImageSet:
     return ImageSet(images, torch.randint(0, 10, (n,), generator=generator))
 
 
-# ---------------------------------------------------------------- the two paths
+# ---------------------------------------------------------------- the library's path
 
+# Each path (this one, and `BaselinePath` in bench_baseline.py) has a `name`, a `model`, a
+# `precision`, `losses`, `steps(count)`: the seconds of `count` full-batch steps, `new_epoch()`:
+# one epoch of its input pipeline, timed after `data_warmup_batches` batches, and `close()`.
 class LibraryPath:
     """The library's own run of `arch`, stepped by `train_one_epoch` over full batches."""
 
@@ -150,68 +149,6 @@ class LibraryPath:
 
     def close(self) -> None:
         pass
-
-
-class PILImageDataset(Dataset):
-    """CIFAR as torchvision's `datasets.CIFAR10` serves it: HWC uint8 rows, a PIL image per item."""
-
-    def __init__(self, data: ImageSet, transform):
-        self.images, self.labels = data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
-
-
-class BaselinePath:
-    """A plain PyTorch CIFAR training loop, as most public repositories write it."""
-
-    name = "baseline"
-
-    def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
-        from torchvision import transforms
-        transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                        transforms.ToTensor(), transforms.Normalize(BASELINE_MEAN, BASELINE_STD)])
-        self.loader = DataLoader(PILImageDataset(data, transform), batch_size=s.batch_size, shuffle=True,
-                                 num_workers=s.num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=s.num_workers > 0, drop_last=True)
-        self.device, self.data_warmup_batches = device, _queued_batches(s.num_workers)
-        torch.manual_seed(s.seed)
-        self.model = build_model(arch).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        self.batches = (batch for _ in iter(int, 1) for batch in self.loader)  # epoch after epoch
-        self.losses, self.correct = [], 0
-        tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
-        self.precision = "fp32, TF32 convolutions" if tf32 else "fp32"
-
-    def steps(self, count: int) -> float:
-        synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(count):
-            images, labels = (tensor.to(self.device, non_blocking=True) for tensor in next(self.batches))
-            self.optimizer.zero_grad()
-            outputs = self.model(images)
-            loss = F.cross_entropy(outputs, labels)
-            loss.backward()
-            self.optimizer.step()
-            self.losses.append(loss.item())
-            self.correct += outputs.max(1)[1].eq(labels).sum().item()
-        synchronize(self.device)
-        return time.perf_counter() - start
-
-    def new_epoch(self) -> Iterator:
-        return iter(self.loader)
-
-    def close(self) -> None:
-        self.batches = self.loader = None  # ends its worker processes
-
-
-def _queued_batches(num_workers: int) -> int:
-    """The batches a DataLoader's workers queue at once: untimed before its pipeline is timed alone."""
-    return max(1, 2 * num_workers)
 
 
 # ---------------------------------------------------------------- timing

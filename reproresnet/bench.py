@@ -1,17 +1,8 @@
 """Speed benchmark: this project's training loop against a plain PyTorch CIFAR pipeline.
 
-On synthetic uint8 data of CIFAR-10's shape, per network, in one process: ``reproresnet``,
-the library's own run (`train.build_run`) stepped by its own `train_one_epoch`, with the
-device's default speedups; and ``baseline``, what most public CIFAR repositories do (PIL
-images through torchvision transforms in a DataLoader with one worker per core, pinned
-memory and persistent workers; eager PyTorch at its default precision, which on a GPU that
-allows TF32 runs convolutions in TF32, as its rows say; ``.item()`` every step).
-
-Protocol (as airbench times): warm-up steps first, compilation included, timed apart; then
-`steps` full-batch steps in `rounds` that alternate the paths, so that a drifting load slows
-both alike (the median round is reported, with the spread); then each input pipeline alone;
-then `epochs` whole epochs, the last, smaller batch included. Dynamo is reset before each
-network, and the graphs it builds and CUDA graph skips are recorded.
+``reproresnet`` (`train.build_run` stepped by `train_one_epoch`, the device's default speedups)
+against ``baseline`` (PIL images through torchvision transforms in a DataLoader, an eager model),
+on synthetic data of CIFAR-10's shape. How it times and the record it writes: bench/README.md.
 """
 
 from __future__ import annotations
@@ -29,80 +20,69 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from . import records
+from .bench_baseline import BaselinePath, queued_batches
 from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
-from .models import ARCHITECTURES, UnknownArchitectureError, build_model, flops_per_image
+from .models import ARCHITECTURES, UnknownArchitectureError, flops_per_image
 from .train import COMPILE_MODES, Speedups, build_run, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
 DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
-# The constants most public CIFAR code bases normalise with (kuangliu/pytorch-cifar).
-BASELINE_MEAN, BASELINE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
 # with respect to activations and to weights, each about as many FLOPs as the forward.
 TRAINING_FLOPS_PER_FORWARD = 3
 
-# A GPU: enough steps for a stable number. A CPU (2 shared cores in CI): as few as show the
-# comparison, on one thread (an OpenMP team waits at every barrier for a descheduled thread).
-DEVICE_DEFAULTS = {
-    "cuda": {"batch_size": 128, "steps": 200, "warmup_steps": 50, "rounds": 5, "data_batches": 200,
-             "epochs": 2, "threads": None},
-    "cpu": {"batch_size": 32, "steps": 5, "warmup_steps": 1, "rounds": 5, "data_batches": 100,
-            "epochs": 0, "threads": 1},
-}
 
-
-def _option(help: str, default=None):
-    return field(default=default, metadata={"help": help})
+def _option(help: str, default=None, *, per_device: tuple | None = None, least: int | None = None):
+    """A BenchSettings field: its --help, its default or (on CUDA, on CPU) defaults, and for
+    an integer its least valid value."""
+    return field(default=default, metadata={"help": help, "per_device": per_device, "least": least})
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Every setting of one benchmark; None: the device's default (DEVICE_DEFAULTS, and the
-    speedups `Speedups.for_device` picks). The command line has one flag per field."""
+    """Every setting of one benchmark; the command line has one flag per field. None: the
+    device's default: on a GPU, enough steps for a stable number; on a CPU (2 shared cores in
+    CI), as few as show the comparison, on one thread (an OpenMP team waits at every barrier for
+    a descheduled thread); torch's thread count on CUDA, and the speedups `Speedups.for_device` picks."""
     archs: tuple = _option(f"networks (default: {' '.join(DEFAULT_ARCHS)})", DEFAULT_ARCHS)
     device: str = _option("auto, cpu, cuda or cuda:N", "auto")
     out: str = _option("record path (default: results/bench-<device>/bench.json)")
-    batch_size: int = _option("default: 128 on CUDA, 32 on CPU")
-    steps: int = _option("timed steps per path (default: 200 on CUDA, 5 on CPU)")
-    warmup_steps: int = _option("untimed steps first (default: 50 on CUDA, 1 on CPU)")
-    rounds: int = _option("timed steps are split into rounds that alternate the paths (default: 5)")
-    data_batches: int = _option("batches for the input-pipeline-only timing (default: 200 on CUDA, 100 on CPU)")
-    epochs: int = _option("real epochs of the reproresnet path (default: 2 on CUDA, 0 on CPU)")
+    batch_size: int = _option("images per step", per_device=(128, 32), least=1)
+    steps: int = _option("timed steps per path", per_device=(200, 5), least=1)
+    warmup_steps: int = _option("steps first, compilation included, timed apart", per_device=(50, 1), least=0)
+    rounds: int = _option("the timed steps' rounds, which alternate the paths", per_device=(5, 5), least=1)
+    data_batches: int = _option("batches for the input-pipeline-only timing", per_device=(200, 100))
+    epochs: int = _option("real epochs of the reproresnet path", per_device=(2, 0), least=0)
     bf16: bool = _option("bf16 autocast on the reproresnet path (default: on for CUDA)")
     channels_last: bool = _option("channels_last on the reproresnet path (default: on for CUDA)")
     compile: bool = _option("torch.compile on the reproresnet path (default: on for CUDA)")
     compile_mode: str = _option(f"one of {COMPILE_MODES}", "default")
-    threads: int = _option("torch threads in this process (default: 1 on CPU, torch's on CUDA)")
-    num_workers: int = _option("baseline DataLoader workers (default: one per CPU core)")
+    threads: int = _option("torch threads in this process", per_device=(None, 1), least=1)
+    num_workers: int = _option("baseline DataLoader workers (default: one per CPU core)", least=0)
     baseline: bool = _option("also run the plain PyTorch baseline", True)
-    train_images: int = _option("synthetic training set size", TRAIN_IMAGES)
+    train_images: int = _option("synthetic training set size", TRAIN_IMAGES, least=1)
     seed: int = _option("random seed", 0)
 
     def resolved(self, device: torch.device) -> "BenchSettings":
         """The device's defaults filled in; ConfigError for a setting that cannot work."""
-        archs = _check_archs(self.archs)
-        defaults = DEVICE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
-        filled = {name: defaults[name] if getattr(self, name) is None else getattr(self, name) for name in defaults}
-        filled["threads"] = filled["threads"] or torch.get_num_threads()
-        workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers
-        s = dataclasses.replace(self, archs=archs, num_workers=workers, **filled)
-        s = dataclasses.replace(s, rounds=min(s.rounds, s.steps))
-        for name in ("batch_size", "steps", "rounds", "threads", "train_images", "warmup_steps", "epochs",
-                     "num_workers"):
-            least = 0 if name in ("warmup_steps", "epochs", "num_workers") else 1
-            if getattr(s, name) < least:
-                raise ConfigError(f"{name}={getattr(s, name)!r} is not valid: expected an integer >= {least}")
+        on = 0 if device.type == "cuda" else 1
+        s = dataclasses.replace(self, archs=_check_archs(self.archs), **{
+            f.name: f.metadata["per_device"][on] for f in dataclasses.fields(self)
+            if f.metadata["per_device"] and getattr(self, f.name) is None})
+        s = dataclasses.replace(s, threads=s.threads or torch.get_num_threads(), rounds=min(s.rounds, s.steps),
+                                num_workers=(os.cpu_count() or 1) if s.num_workers is None else s.num_workers)
+        for f in dataclasses.fields(s):
+            if f.metadata["least"] is not None and getattr(s, f.name) < f.metadata["least"]:
+                raise ConfigError(f"{f.name}={getattr(s, f.name)!r} is not valid: "
+                                  f"expected an integer >= {f.metadata['least']}")
         if s.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"compile_mode={s.compile_mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
         # Each pipeline is timed within one epoch, after its untimed first batches.
-        usable = s.train_images // s.batch_size - max(1, 2 * s.num_workers if s.baseline else 1)
+        usable = s.train_images // s.batch_size - (queued_batches(s.num_workers) if s.baseline else 1)
         if usable < 1:
             raise ConfigError(f"train_images={s.train_images} holds too few batches of {s.batch_size} "
                               f"to time the input pipelines; use more images or a smaller batch")
@@ -126,8 +106,11 @@ def synthetic_train_set(n: int = TRAIN_IMAGES, seed: int = 0) -> ImageSet:
     return ImageSet(images, torch.randint(0, 10, (n,), generator=generator))
 
 
-# ---------------------------------------------------------------- the two paths
+# ---------------------------------------------------------------- the library's path
 
+# Each path (this one, and `BaselinePath` in bench_baseline.py) has a `name`, a `model`, a
+# `precision`, `losses`, `steps(count)`: the seconds of `count` full-batch steps, `new_epoch()`:
+# one epoch of its input pipeline, timed after `data_warmup_batches` batches, and `close()`.
 class LibraryPath:
     """The library's own run of `arch`, stepped by `train_one_epoch` over full batches."""
 
@@ -135,105 +118,37 @@ class LibraryPath:
     data_warmup_batches = 1
 
     def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
-        self.config = TrainConfig(arch=arch, out=str(Path(s.out).parent), recipe="wrn2016" if arch.startswith("wrn")
-                                  else "he2016", batch_size=s.batch_size, seed=s.seed, dataset="synthetic",
-                                  device=str(device), bf16=s.bf16, channels_last=s.channels_last, compile=s.compile)
+        config = TrainConfig(arch=arch, out=str(Path(s.out).parent), recipe="wrn2016" if arch.startswith("wrn")
+                             else "he2016", batch_size=s.batch_size, seed=s.seed, dataset="synthetic",
+                             device=str(device), bf16=s.bf16, channels_last=s.channels_last, compile=s.compile)
         data = data.to(device)
         splits = DataSplits(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic")
-        self.run = build_run(self.config, splits, device, s.compile_mode)
-        self.model, self.full_batches, self.epoch, self.losses = self.run.model, len(data) // s.batch_size, 0, []
-        self.precision = "bf16 autocast" if self.run.speedups.bf16 else "fp32"
+        self.run = build_run(config, splits, device, s.compile_mode)
+        self.model, self.precision = self.run.model, self.run.speedups.precision()
+        self.full_batches, self.epoch, self.losses = len(data) // s.batch_size, 0, []
+
+    def train_epoch(self, max_steps: int | None = None) -> dict:
+        """The next epoch by `train_one_epoch` (its first `max_steps` steps), with the graphs it compiled."""
+        graphs = _counter("stats", "unique_graphs")
+        row = train_one_epoch(self.run, self.epoch, progress=False, max_steps=max_steps)
+        self.epoch += 1
+        self.losses.append(row["train_loss"])
+        return {"seconds": row["seconds"], "images_per_second": row["images_per_second"],
+                "train_loss": row["train_loss"], "compiles": _counter("stats", "unique_graphs") - graphs}
 
     def steps(self, count: int) -> float:
         """Seconds for `count` full-batch steps, as `train_one_epoch` times them."""
-        seconds = 0.0
-        for steps in _split(count, -(-count // self.full_batches)):  # epochs of at most full_batches steps
-            row = train_one_epoch(self.run, self.epoch, progress=False, max_steps=steps)
-            self.epoch, seconds = self.epoch + 1, seconds + row["seconds"]
-            self.losses.append(row["train_loss"])
-        return seconds
+        epochs = _split(count, -(-count // self.full_batches))  # epochs of at most full_batches steps
+        return sum((self.train_epoch(steps)["seconds"] for steps in epochs), 0.0)
 
     def new_epoch(self) -> Iterator:
         run = self.run
         return train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=run.recipe.augmentation,
-                             generator=torch.Generator(run.device).manual_seed(run.config.seed),
-                             device=run.device)
-
-    def real_epochs(self, count: int) -> list[dict]:
-        """Whole epochs, the last, smaller batch included, with the graphs each compiled."""
-        rows = []
-        for _ in range(count):
-            graphs = _counter("stats", "unique_graphs")
-            row = train_one_epoch(self.run, self.epoch, progress=False)
-            self.epoch += 1
-            rows.append({"seconds": row["seconds"], "images_per_second": row["images_per_second"],
-                         "train_loss": row["train_loss"], "compiles": _counter("stats", "unique_graphs") - graphs})
-        return rows
+                             augmentation=run.recipe.augmentation, device=run.device,
+                             generator=torch.Generator(run.device).manual_seed(run.config.seed))
 
     def close(self) -> None:
         pass
-
-
-class PILImageDataset(Dataset):
-    """CIFAR as torchvision's `datasets.CIFAR10` serves it: HWC uint8 rows, a PIL image per item."""
-
-    def __init__(self, data: ImageSet, transform):
-        self.images, self.labels = data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
-
-
-class BaselinePath:
-    """A plain PyTorch CIFAR training loop, as most public repositories write it."""
-
-    name = "baseline"
-
-    def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
-        from torchvision import transforms
-        transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                        transforms.ToTensor(), transforms.Normalize(BASELINE_MEAN, BASELINE_STD)])
-        self.loader = DataLoader(PILImageDataset(data, transform), batch_size=s.batch_size, shuffle=True,
-                                 num_workers=s.num_workers,
-                                 pin_memory=device.type == "cuda", persistent_workers=s.num_workers > 0,
-                                 drop_last=True)
-        self.device = device
-        torch.manual_seed(s.seed)
-        self.model = build_model(arch).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        self.batches = (batch for _ in iter(int, 1) for batch in self.loader)  # epoch after epoch
-        self.losses, self.correct = [], 0
-        tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
-        self.precision = "fp32, TF32 convolutions" if tf32 else "fp32"
-        # Untimed before the data pipeline is timed alone: the batches the workers queue at once.
-        self.data_warmup_batches = max(1, 2 * s.num_workers)
-
-    def steps(self, count: int) -> float:
-        synchronize(self.device)
-        start = time.perf_counter()
-        for _ in range(count):
-            images, labels = next(self.batches)
-            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-            self.optimizer.zero_grad()
-            outputs = self.model(images)
-            loss = F.cross_entropy(outputs, labels)
-            loss.backward()
-            self.optimizer.step()
-            self.losses.append(loss.item())
-            self.correct += outputs.max(1)[1].eq(labels).sum().item()
-        synchronize(self.device)
-        return time.perf_counter() - start
-
-    def new_epoch(self) -> Iterator:
-        return iter(self.loader)
-
-    def close(self) -> None:
-        self.batches = self.loader = None  # ends its worker processes
 
 
 # ---------------------------------------------------------------- timing
@@ -255,8 +170,7 @@ def _time_data(path, windows: list[int], device: torch.device) -> list[float]:
         synchronize(device)
         start, seen = time.perf_counter(), 0
         for _ in range(batches):
-            images, labels = next(epoch)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = (tensor.to(device, non_blocking=True) for tensor in next(epoch))
             seen += len(labels)
         synchronize(device)
         rates.append(seen / (time.perf_counter() - start))
@@ -307,15 +221,14 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
     torch._dynamo.reset()
     graphs, skips = _counter("stats", "unique_graphs"), _counter("inductor", "cudagraph_skips")
     cuda = device.type == "cuda"
-    builders = [LibraryPath] + ([BaselinePath] if s.baseline else [])
     paths, measured = [], {}
     try:
-        for build in builders:  # built and warmed up one at a time: each path's peak memory is its own
+        # Built and warmed up one at a time: each path's peak memory is its own.
+        for build in [LibraryPath] + ([BaselinePath] if s.baseline else []):
             held = torch.cuda.memory_allocated(device) if cuda else 0
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            path = build(arch, data, device, s)
-            paths.append(path)
+            paths.append(path := build(arch, data, device, s))
             seconds = path.steps(s.warmup_steps)
             peak = (torch.cuda.max_memory_allocated(device) - held) / 2**20 if cuda else None
             measured[path.name] = {"warmup_seconds": seconds, "peak_memory_mb": peak, "round_seconds": []}
@@ -331,9 +244,9 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         for path in paths[::-1]:
             measured[path.name]["data_rates"] = _time_data(path, windows, device)
             path.close()
-        rows = [_row(arch, path, measured[path.name], s, forward_flops) for path in paths]
-        warnings = [f"torch.compile built {timing_graphs} graph(s) during the timed steps"] if timing_graphs else []
+        rows = [_row(arch, path, measured[path.name], s.batch_size, forward_flops) for path in paths]
         skipped = _counter("inductor", "cudagraph_skips") - skips
+        warnings = [f"torch.compile built {timing_graphs} graph(s) during the timed steps"] if timing_graphs else []
         if skipped:
             warnings.append(f"CUDA graphs were skipped {skipped} time(s): those steps ran without them")
         rows[0].update(graphs=_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
@@ -342,11 +255,10 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         log("; ".join(f"{arch}: {row['path']} {row['seconds_per_epoch']:.1f} s/epoch" for row in rows))
         for warning in warnings:
             log(f"{arch}: WARNING: {warning}")
-        if s.epochs:
-            rows[0]["epochs"] = paths[0].real_epochs(s.epochs)
-            for number, epoch in enumerate(rows[0]["epochs"], 1):
-                log(f"{arch}: reproresnet epoch {number}: {epoch['seconds']:.2f} s "
-                    f"({epoch['compiles']} graph(s) compiled)")
+        for number in range(1, s.epochs + 1):  # whole epochs, the last, smaller batch included
+            rows[0].setdefault("epochs", []).append(epoch := paths[0].train_epoch())
+            log(f"{arch}: reproresnet epoch {number}: {epoch['seconds']:.2f} s "
+                f"({epoch['compiles']} graph(s) compiled)")
         return rows
     finally:
         for path in paths:
@@ -355,10 +267,10 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
             torch.cuda.empty_cache()
 
 
-def _row(arch: str, path, measured: dict, s: BenchSettings, forward_flops: int) -> dict:
-    per_step = statistics.median(measured["round_seconds"])
-    images_per_second = s.batch_size / per_step
+def _row(arch: str, path, measured: dict, batch_size: int, forward_flops: int) -> dict:
     rounds, rates = measured["round_seconds"], measured["data_rates"]
+    per_step = statistics.median(rounds)
+    images_per_second = batch_size / per_step
     return {"arch": arch, "path": path.name, "precision": path.precision,
             "seconds_per_epoch": TRAIN_IMAGES / images_per_second, "images_per_second": images_per_second,
             "data_images_per_second": statistics.median(rates),
@@ -372,14 +284,10 @@ def _row(arch: str, path, measured: dict, s: BenchSettings, forward_flops: int) 
 def ratios(rows: list[dict]) -> list[dict]:
     """ours / baseline, per network: step throughput and input-pipeline throughput."""
     by_key = {(row["arch"], row["path"]): row for row in rows}
-    result = []
-    for arch in dict.fromkeys(row["arch"] for row in rows):
-        ours, base = by_key.get((arch, "reproresnet")), by_key.get((arch, "baseline"))
-        if ours and base:
-            result.append({"arch": arch,
-                           "step_speedup": ours["images_per_second"] / base["images_per_second"],
-                           "data_speedup": ours["data_images_per_second"] / base["data_images_per_second"]})
-    return result
+    return [{"arch": arch, "step_speedup": ours["images_per_second"] / base["images_per_second"],
+             "data_speedup": ours["data_images_per_second"] / base["data_images_per_second"]}
+            for arch in dict.fromkeys(row["arch"] for row in rows)
+            if (ours := by_key.get((arch, "reproresnet"))) and (base := by_key.get((arch, "baseline")))]
 
 
 def device_slug(device: torch.device) -> str:
@@ -393,16 +301,15 @@ def device_slug(device: torch.device) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """One flag per BenchSettings field (`--batch-size` for batch_size), and --quiet."""
     parser = argparse.ArgumentParser(prog="reproresnet bench", description=__doc__.split("\n\n")[0])
+    kinds = {"bool": {"action": argparse.BooleanOptionalAction}, "tuple": {"nargs": "+", "metavar": "NAME"},
+             "int": {"type": int}, "str": {"type": str}}  # how a field of each type is read
     for setting in dataclasses.fields(BenchSettings):
-        flag, kind = "--" + setting.name.replace("_", "-"), setting.type
-        options = {"help": setting.metadata["help"], "default": setting.default}
-        if kind == "bool":
-            options["action"] = argparse.BooleanOptionalAction
-        elif kind == "tuple":
-            options.update(nargs="+", metavar="NAME")
-        else:
-            options["type"] = int if kind == "int" else str
-        parser.add_argument(flag, **options)
+        help = setting.metadata["help"]
+        if setting.metadata["per_device"]:
+            cuda, cpu = ("torch's" if value is None else value for value in setting.metadata["per_device"])
+            help += f" (default: {cuda} on CUDA, {cpu} on CPU)" if cuda != cpu else f" (default: {cpu})"
+        parser.add_argument("--" + setting.name.replace("_", "-"), help=help, default=setting.default,
+                            **kinds[setting.type])
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return parser
 

@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from . import records
 
@@ -161,43 +162,51 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> list[str]:
     return sorted(expected)
 
 
-def main_bundle(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproresnet bundle", description=__doc__,
+def _parser(command: str, source: tuple[str, str], to: tuple[str, str]) -> argparse.ArgumentParser:
+    """What both commands take: SOURCE --to TO [--name NAME] (metavar and help of each)."""
+    parser = argparse.ArgumentParser(prog=f"reproresnet {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", metavar="DIR", help="the campaign directory")
-    parser.add_argument("--to", required=True, metavar="OUT", help="where the parts and bundle.json go")
+    parser.add_argument("source", metavar=source[0], help=source[1])
+    parser.add_argument("--to", required=True, metavar=to[0], help=to[1])
     parser.add_argument("--name", default="campaign", help="file name stem of the parts (default: campaign)")
+    return parser
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], int]) -> int:
+    """`run` on the parsed `argv`; a BundleError is a one-line error and exit status 2."""
     args = parser.parse_args(argv)
     try:
-        manifest = bundle(args.src, args.to, name=args.name)
+        return run(args)
     except BundleError as error:
-        print(f"reproresnet bundle: error: {error}", file=sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
-    total = sum(part["bytes"] for part in manifest["parts"])
-    print(f"bundled {len(manifest['files'])} files of {args.src} into {len(manifest['parts'])} part(s), "
-          f"{total / MiB:.1f} MiB, in {args.to}")
-    return 0
+
+
+def main_bundle(argv: list[str] | None = None) -> int:
+    def run(args: argparse.Namespace) -> int:
+        manifest = bundle(args.source, args.to, name=args.name)
+        total = sum(part["bytes"] for part in manifest["parts"])
+        print(f"bundled {len(manifest['files'])} files of {args.source} into {len(manifest['parts'])} part(s), "
+              f"{total / MiB:.1f} MiB, in {args.to}")
+        return 0
+    parser = _parser("bundle", ("DIR", "the campaign directory"), ("OUT", "where the parts and bundle.json go"))
+    return _run(parser, argv, run)
 
 
 def main_unbundle(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproresnet unbundle", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle_dir", metavar="OUT", help="the folder holding bundle.json and its parts")
-    parser.add_argument("--to", required=True, metavar="DIR", help="where to restore (e.g. results)")
-    parser.add_argument("--name", default="campaign")
+    def run(args: argparse.Namespace) -> int:
+        restored = unbundle(args.source, args.to, name=args.name)
+        print(f"restored {len(restored)} files into {args.to}")
+        if not args.render:
+            return 0
+        from .campaign import render_runs
+        run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in restored
+                           if Path(rel).name == records.RUN_FILE})
+        outcomes = render_runs(run_dirs)
+        return 0 if all(o["status"] in ("complete", "incomplete") for o in outcomes) else 1
+    parser = _parser("unbundle", ("OUT", "the folder holding bundle.json and its parts"),
+                     ("DIR", "where to restore (e.g. results)"))
     parser.add_argument("--render", action="store_true",
                         help="then execute notebooks/train.ipynb (papermill) for every complete run restored, "
                              "without training: the book's page of each run")
-    args = parser.parse_args(argv)
-    try:
-        restored = unbundle(args.bundle_dir, args.to, name=args.name)
-    except BundleError as error:
-        print(f"reproresnet unbundle: error: {error}", file=sys.stderr)
-        return 2
-    print(f"restored {len(restored)} files into {args.to}")
-    if not args.render:
-        return 0
-    from .campaign import render_runs
-    run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in restored if Path(rel).name == records.RUN_FILE})
-    outcomes = render_runs(run_dirs)
-    return 0 if all(o["status"] in ("complete", "incomplete") for o in outcomes) else 1
+    return _run(parser, argv, run)

@@ -424,12 +424,13 @@ def flops_per_image(model: nn.Module, device: torch.device) -> int:
 def describe_architectures(num_classes: int = 10) -> list[dict]:
     """One row per registered network with its exact parameter count (default options)."""
     return [{"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth,
-             "width": spec.width, "params": _default_parameter_count(spec.name, num_classes)}
+             "width": spec.width, "params": default_parameter_count(spec.name, num_classes)}
             for spec in ARCHITECTURES.values()]
 
 
 @functools.lru_cache(maxsize=None)
-def _default_parameter_count(name: str, num_classes: int) -> int:
-    # Building all 20 networks on the CPU takes a few seconds (faster than the meta device,
+def default_parameter_count(name: str, num_classes: int = 10) -> int:
+    """The exact parameter count of a registered network with its default options."""
+    # Building all 21 networks on the CPU takes a few seconds (faster than the meta device,
     # whose per-op overhead dominates for the 1000-layer nets); cache it for repeated calls.
     return count_parameters(build_model(name, num_classes))

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from . import records
 from .config import RUNTIME_SETTINGS
-from .models import describe_architectures
+from .models import ARCHITECTURES, default_parameter_count
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
@@ -341,7 +341,7 @@ def _options_text(run: RunRecord) -> str:
     """The settings in which a run departs from its recipe and its network's defaults, e.g. an
     ablation's `shortcut=input_projection`; "recipe defaults" when it departs in none."""
     from .config import RECIPE_OWNED
-    from .models import ARCHITECTURES, default_options
+    from .models import default_options
     from .recipes import RECIPES
     preset = RECIPES[run.config["recipe"]].for_arch(run.arch).as_dict() if run.config.get("recipe") in RECIPES else {}
     spec = ARCHITECTURES.get(run.arch)
@@ -385,7 +385,6 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
              and (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
     networks = list(REPRODUCED)
     networks += sorted(({row["arch"] for row in measured} | {run.arch for run in timed}) - set(networks))
-    params = {row["name"]: row["params"] for row in describe_architectures()}
     rows = []
     for network in networks:
         quoted = reference(network) or {}
@@ -400,7 +399,8 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
             many = f", median of {len(seconds)}" if len(seconds) > 1 else ""
             here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{many})")
         seed_seconds = quoted.get("seed_seconds_per_epoch")
-        exact = f"{params[network]:,}" if network in params else MISSING  # gone from the registry
+        # MISSING: a network gone from the registry
+        exact = f"{default_parameter_count(network):,}" if network in ARCHITECTURES else MISSING
         rows.append({"network": network, "parameters (paper)": quoted.get("paper_params") or MISSING,
                      "parameters (exact, ours)": exact,
                      f"s/epoch seed ({SEED_DEVICE}, batch {SEED_BATCH_SIZE})":

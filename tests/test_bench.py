@@ -13,6 +13,7 @@ from reproresnet.models import UnknownArchitectureError
 QUIET = {"log": lambda line: None}
 
 
+# The tests that benchmark (train, and start the baseline's DataLoader worker) are slow.
 @pytest.fixture(scope="module")
 def cpu_record(tmp_path_factory):
     """One small CPU benchmark of preact_resnet20, both paths, through the command line."""
@@ -24,6 +25,7 @@ def cpu_record(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_record_holds_both_paths_with_positive_numbers(cpu_record):
     record = json.loads(cpu_record.read_text())
     assert record["format"] == bench.BENCH_FORMAT and record["complete"] is True
@@ -53,6 +55,7 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
         assert row["tflops"] == pytest.approx(3 * row["forward_flops_per_image"] * row["images_per_second"] / 1e12)
 
 
+@pytest.mark.slow
 def test_ratios_are_the_quotients_of_the_rows(cpu_record):
     record = json.loads(cpu_record.read_text())
     ours, base = record["rows"]
@@ -62,6 +65,7 @@ def test_ratios_are_the_quotients_of_the_rows(cpu_record):
     assert ratio["data_speedup"] == pytest.approx(ours["data_images_per_second"] / base["data_images_per_second"])
 
 
+@pytest.mark.slow
 def test_main_prints_the_table(cpu_record, capsys):
     record = json.loads(cpu_record.read_text())
     table = report.format_bench(record)
@@ -69,6 +73,7 @@ def test_main_prints_the_table(cpu_record, capsys):
     assert f"{record['ratios'][0]['step_speedup']:.2f}x" in table
 
 
+@pytest.mark.slow
 def test_real_epochs_include_the_partial_batch(tmp_path):
     """epochs=1 runs train_one_epoch over the whole synthetic set: 5 full batches of 16 and one of 8."""
     record = bench.benchmark(BenchSettings(archs=("preact_resnet20",), device="cpu", batch_size=16, steps=1,

@@ -38,10 +38,13 @@ EXPECTED_NAMES = [
 ]
 
 
-def _registry_params():
-    """Every registered name; the 1001/1202-layer nets are slow to run on a CPU."""
-    return [pytest.param(name, marks=pytest.mark.slow) if spec.depth >= 1000 else name
-            for name, spec in ARCHITECTURES.items()]
+def _slow_if_large(names):
+    """`names` as test parameters; the 1001/1202-layer nets and the wide nets beyond WRN-16-4
+    (WRN-16-8, -28-10, -40-4: 9 to 36 million parameters) are slow to run on a CPU, and each
+    shares its code with a smaller net that stays in the fast tier."""
+    large = {name for name, spec in ARCHITECTURES.items()
+             if spec.depth >= 1000 or (spec.family == "wide" and (spec.depth, spec.width) != (16, 4))}
+    return [pytest.param(name, marks=pytest.mark.slow) if name in large else name for name in names]
 
 
 def _images(batch=2, seed=0):
@@ -69,7 +72,7 @@ def test_registry_names_and_order():
         assert (spec.width > 1) == ("wide" in spec.family)
 
 
-@pytest.mark.parametrize("name", _registry_params())
+@pytest.mark.parametrize("name", _slow_if_large(ARCHITECTURES))
 def test_forward_backward(name):
     torch.manual_seed(0)
     _forward_backward(build_model(name), 10)
@@ -103,6 +106,7 @@ def test_parameter_counts(name, options, expected):
     assert count_parameters(build_model(name, **options)) == expected
 
 
+@pytest.mark.slow  # builds every registered net, the 1001- and 1202-layer ones too (seconds on a CPU)
 def test_describe_architectures():
     rows = describe_architectures()
     assert [row["name"] for row in rows] == EXPECTED_NAMES
@@ -148,12 +152,8 @@ def test_classifier_bias_starts_at_zero_as_in_every_source():
 
 # --- the first unit and scale invariance (He 2016, appendix) ---------------------------------
 
-def _preact_and_wide():
-    return [pytest.param(name, marks=pytest.mark.slow) if spec.depth >= 1000 else name
-            for name, spec in ARCHITECTURES.items() if spec.family != "original"]
-
-
-@pytest.mark.parametrize("name", _preact_and_wide())
+@pytest.mark.parametrize("name", _slow_if_large(name for name, spec in ARCHITECTURES.items()
+                                                if spec.family != "original"))
 def test_logits_are_invariant_to_input_scale_in_training_mode(name):
     """Every path out of the bare stem conv passes a batch norm first ("the first activation
     right after conv1 and before splitting into two paths"), so in training mode, where BN uses

@@ -291,6 +291,7 @@ def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):
 # ---------------------------------------------------------------- self-check (CPU structure)
 
 
+@pytest.mark.slow  # compiles
 def test_selfcheck_passes_compile_and_catches_a_wrong_fast_path(monkeypatch):
     device = torch.device("cpu")
     wanted = training.Speedups(False, False, True, False)
@@ -316,6 +317,7 @@ def test_selfcheck_passes_compile_and_catches_a_wrong_fast_path(monkeypatch):
     assert set(bad["disabled"]) == {"compile"}
 
 
+@pytest.mark.slow  # compiles
 def test_selfcheck_augmentation_statistics_and_training_loop_on_cpu():
     augmentation = selfcheck.check_augmentation(torch.device("cpu"), n=9000)
     assert augmentation["ok"] and abs(augmentation["flip_rate"] - 0.5) < 0.03

@@ -6,10 +6,10 @@ The plan is networks x seeds x one recipe x one data set (default: the seed's th
 networks, seeds 0 1 2, recipe `seed`, CIFAR-10). Each run is a `train` process of its own
 (`--resume --stop-at`), `--pack K` at a time on the device; runs already started are
 finished before new ones start, and none starts once a run has stopped for the deadline.
-Every run stops cleanly at an epoch boundary, checkpoint written, before the budget ends; one still running at the hard stop is killed (its last
-complete epoch is on disk, written atomically). The campaign exits 0 within its budget
-whatever its runs do: a run that fails is recorded as failed, in `_campaign/campaign.json`
-and the status table printed at the end. Called again, here or on another machine after
+Every run stops cleanly at an epoch boundary, checkpoint written, before the budget ends;
+one still running at the hard stop is killed (its last complete epoch is on disk, written
+atomically). The campaign exits 0 within its budget whatever its runs do: a run that fails
+is recorded as failed, in `_campaign/campaign.json` and the status table printed at the end. Called again, here or on another machine after
 `bundle`/`unbundle`, it continues where it stopped. One campaign per directory (flock).
 
 Unfinished runs leave checkpoints, which must travel back from a GPU slot: a run is not

@@ -328,13 +328,14 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     subsets, unfinished and diverged runs. None of these is a CIFAR-10 result."""
     rows = [{"run": run.name, "network": run.arch, "data set": run.label,
              "epochs (done/planned)": f"{run.record['epochs_done']}/{run.record['epochs_planned']}",
-             "train images": f"{run.record['data'].get('n_train', 0):,}", "batch": run.batch_size,
-             "device": run.device, "precision": run.record.get("precision", MISSING), "status": run.status,
-             "test error (%)": _last_test_error(run),
+             "train images": f"{run.record['data'].get('n_train', 0):,}",
+             "device, batch, precision": f"{run.device}, batch {run.batch_size}, "
+                                         f"{run.record.get('precision', 'precision not recorded')}",
+             "status": run.status, "test error (%)": _last_test_error(run),
              "not in the CIFAR-10 table because": _why_not_counted(run)}
             for run in runs if not run.is_cifar10_result]
     return pd.DataFrame(rows, columns=["run", "network", "data set", "epochs (done/planned)", "train images",
-                                       "batch", "device", "precision", "status", "test error (%)",
+                                       "device, batch, precision", "status", "test error (%)",
                                        "not in the CIFAR-10 table because"])
 
 

@@ -141,8 +141,7 @@ def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path
     assert other.iloc[0]["test error (%)"] == "40.25 (epoch 2)"
     assert other.iloc[0]["epochs (done/planned)"] == "2/200"
     # the budget stands beside the number: batch size, device and precision of the run
-    assert other.iloc[0]["batch"] == 64 and other.iloc[0]["precision"] == "bf16 autocast"
-    assert other.iloc[0]["device"] == "NVIDIA H100"
+    assert other.iloc[0]["device, batch, precision"] == "NVIDIA H100, batch 64, bf16 autocast"
 
 
 def test_runs_with_different_settings_are_not_averaged_together(tmp_path):

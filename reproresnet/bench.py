@@ -26,7 +26,7 @@ from .bench_baseline import BaselinePath, queued_batches
 from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
 from .models import ARCHITECTURES, UnknownArchitectureError, flops_per_image
-from .train import COMPILE_MODES, Speedups, build_run, synchronize, train_one_epoch
+from .train import COMPILE_MODES, Speedups, build_run, compile_counter, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
@@ -122,19 +122,18 @@ class LibraryPath:
                              else "he2016", batch_size=s.batch_size, seed=s.seed, dataset="synthetic",
                              device=str(device), bf16=s.bf16, channels_last=s.channels_last, compile=s.compile)
         data = data.to(device)
-        splits = DataSplits(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic")
-        self.run = build_run(config, splits, device, s.compile_mode)
+        self.run = build_run(config, DataSplits.one_set(data), device, s.compile_mode)
         self.model, self.precision = self.run.model, self.run.speedups.precision()
         self.full_batches, self.epoch, self.losses = len(data) // s.batch_size, 0, []
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """The next epoch by `train_one_epoch` (its first `max_steps` steps), with the graphs it compiled."""
-        graphs = _counter("stats", "unique_graphs")
+        graphs = compile_counter("stats", "unique_graphs")
         row = train_one_epoch(self.run, self.epoch, progress=False, max_steps=max_steps)
         self.epoch += 1
         self.losses.append(row["train_loss"])
         return {"seconds": row["seconds"], "images_per_second": row["images_per_second"],
-                "train_loss": row["train_loss"], "compiles": _counter("stats", "unique_graphs") - graphs}
+                "train_loss": row["train_loss"], "compiles": compile_counter("stats", "unique_graphs") - graphs}
 
     def steps(self, count: int) -> float:
         """Seconds for `count` full-batch steps, as `train_one_epoch` times them."""
@@ -152,12 +151,6 @@ class LibraryPath:
 
 
 # ---------------------------------------------------------------- timing
-
-def _counter(group: str, name: str) -> int:
-    """A torch.compile counter of this process (graphs built, CUDA graph skips)."""
-    from torch._dynamo.utils import counters
-    return int(counters[group][name])
-
 
 def _time_data(path, windows: list[int], device: torch.device) -> list[float]:
     """Images per second of the input pipeline alone, delivered on `device`, per window of
@@ -219,7 +212,7 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
 def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSettings, log) -> list[dict]:
     # torch.compile stops after 8 versions of one function, a count every ResNet.forward shares.
     torch._dynamo.reset()
-    graphs, skips = _counter("stats", "unique_graphs"), _counter("inductor", "cudagraph_skips")
+    graphs, skips = compile_counter("stats", "unique_graphs"), compile_counter("inductor", "cudagraph_skips")
     cuda = device.type == "cuda"
     paths, measured = [], {}
     try:
@@ -234,22 +227,22 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
             measured[path.name] = {"warmup_seconds": seconds, "peak_memory_mb": peak, "round_seconds": []}
             log(f"{arch}: {path.name} warmed up in {seconds:.1f} s")
         forward_flops = flops_per_image(paths[0].model, device)
-        timing_graphs = _counter("stats", "unique_graphs")
+        timing_graphs = compile_counter("stats", "unique_graphs")
         for index, count in enumerate(_split(s.steps, s.rounds)):
             for path in paths if index % 2 == 0 else paths[::-1]:  # no path always goes first
                 measured[path.name]["round_seconds"].append(path.steps(count) / count)
-        timing_graphs = _counter("stats", "unique_graphs") - timing_graphs
+        timing_graphs = compile_counter("stats", "unique_graphs") - timing_graphs
         # The pipelines one after the other: a worker pool keeps working after its window ends.
         windows = _split(s.data_batches, min(s.rounds, s.data_batches))
         for path in paths[::-1]:
             measured[path.name]["data_rates"] = _time_data(path, windows, device)
             path.close()
         rows = [_row(arch, path, measured[path.name], s.batch_size, forward_flops) for path in paths]
-        skipped = _counter("inductor", "cudagraph_skips") - skips
+        skipped = compile_counter("inductor", "cudagraph_skips") - skips
         warnings = [f"torch.compile built {timing_graphs} graph(s) during the timed steps"] if timing_graphs else []
         if skipped:
             warnings.append(f"CUDA graphs were skipped {skipped} time(s): those steps ran without them")
-        rows[0].update(graphs=_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
+        rows[0].update(graphs=compile_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
                        cudagraph_skips=skipped, speedups=dataclasses.asdict(paths[0].run.speedups),
                        warnings=warnings)
         log("; ".join(f"{arch}: {row['path']} {row['seconds_per_epoch']:.1f} s/epoch" for row in rows))

@@ -67,6 +67,11 @@ class DataSplits:
     label: str  # how the book names the data; a mirror or a stand-in is never called "CIFAR-10"
     dataset: str = ""  # the spec given to load_splits, e.g. "cifar10" or "folder:/data/x"
 
+    @classmethod
+    def one_set(cls, data: ImageSet) -> DataSplits:
+        """`data` as both training and test split, ten classes: random images for timing and checks."""
+        return cls(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic")
+
     def describe(self) -> dict:
         return {
             "dataset": self.dataset,

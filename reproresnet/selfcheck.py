@@ -38,10 +38,11 @@ import torch
 
 from . import records
 from .config import TrainConfig, select_device
-from .data import PAD, DataSplits, ImageSet, Normalizer, augment
+from .data import PAD, DataSplits, ImageSet, augment
 from .models import build_model
-from .recipes import get_recipe, make_schedule
-from .train import Run, Speedups, compile_model, make_optimizer, synchronize, train_one_epoch, train_step
+from .recipes import get_recipe
+from .train import (Speedups, build_run, compile_counter, compile_model, make_optimizer, synchronize,
+                    train_one_epoch, train_step)
 
 FORMAT = "reproresnet-selfcheck/1"
 PARTS = ("bf16", "channels_last", "compile")
@@ -67,7 +68,7 @@ def _steps(arch: str, speedups: Speedups, batches, device, compile_mode: str = "
     optimizer = make_optimizer(model, get_recipe("seed"), speedups)
     if speedups.compile:
         torch._dynamo.reset()  # a fresh cache: dynamo's recompile limit is shared by every ResNet.forward
-    before = _graphs()
+    before = compile_counter("stats", "unique_graphs")
     step_model = compile_model(model, compile_mode, backend=backend) if speedups.compile else model
     losses, times = [], []
     for images, labels in batches:
@@ -80,7 +81,7 @@ def _steps(arch: str, speedups: Speedups, batches, device, compile_mode: str = "
         times.append(time.perf_counter() - began)
     change = torch.cat([(p.detach().float() - s).flatten() for p, s in zip(model.parameters(), start)])
     finite = all(map(lambda x: x == x and abs(x) != float("inf"), losses))
-    graphs = _graphs() - before
+    graphs = compile_counter("stats", "unique_graphs") - before
     if speedups.compile and graphs == 0:  # dynamo fell back to eager: the check would compare eager to eager
         finite = False
     return {"losses": losses, "change": change, "finite": finite, "graphs": graphs,
@@ -130,31 +131,19 @@ def check_epochs(device: torch.device, speedups: Speedups, batch_size: int, back
                     torch.randint(0, 10, (n,), generator=g).to(device))
     config = TrainConfig(arch="preact_resnet20", out="selfcheck", batch_size=batch_size, epochs=2,
                          device=device.type, bf16=speedups.bf16, channels_last=speedups.channels_last,
-                         compile=speedups.compile)
-    recipe = config.resolved_recipe()
-    torch.manual_seed(0)
-    model = build_model("preact_resnet20").to(device)
-    if speedups.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe, speedups)
-    run = Run(config, recipe, make_schedule(recipe, config.arch, n),
-              DataSplits(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic"),
-              Normalizer.fit(data.images, "per_pixel_mean").to(device), model,
-              compile_model(model, backend=backend) if speedups.compile else model, optimizer, speedups, device)
+                         compile=False)
+    run = build_run(config, DataSplits.one_set(data), device)  # the run training builds, compiled here
+    step_model = compile_model(run.model, backend=backend) if speedups.compile else run.model
+    run = dataclasses.replace(run, step_model=step_model, speedups=speedups)
     torch._dynamo.reset()
     graphs = []
     for epoch in range(2):
-        before = _graphs()
+        before = compile_counter("stats", "unique_graphs")
         row = train_one_epoch(run, epoch, progress=False)
-        graphs.append(_graphs() - before)
+        graphs.append(compile_counter("stats", "unique_graphs") - before)
     ok = graphs[1] == 0 and (graphs[0] > 0 or not speedups.compile) and row["train_loss"] == row["train_loss"]
     return {"ok": ok, "graphs_compiled_per_epoch": graphs, "last_batch": 3,
             "note": "the first epoch compiles the full batch, the second nothing"}
-
-
-def _graphs() -> int:
-    from torch._dynamo.utils import counters
-    return int(counters["stats"]["unique_graphs"])
 
 
 def check_augmentation(device: torch.device, n: int = 20000) -> dict:
@@ -182,13 +171,12 @@ def check_augmentation(device: torch.device, n: int = 20000) -> dict:
 
 def time_compile_modes(arch: str, device: torch.device, speedups: Speedups, steps: int, batch_size: int) -> dict:
     """Seconds per step in each compile mode (CUDA graphs = reduce-overhead), same steps."""
-    from torch._dynamo.utils import counters
     batches = _batches(steps, batch_size, device)
-    before = counters["inductor"]["cudagraph_skips"]
+    before = compile_counter("inductor", "cudagraph_skips")
     timed = {mode: _steps(arch, speedups, batches, device, mode)["seconds_per_step"]
              for mode in ("default", "reduce-overhead")}
     # CUDA graphs fall back to plain execution with only a log line: then their time is not theirs
-    skips = counters["inductor"]["cudagraph_skips"] - before
+    skips = compile_counter("inductor", "cudagraph_skips") - before
     faster = "default" if skips else min(timed, key=lambda m: timed[m] or float("inf"))
     return {"arch": arch, "seconds_per_step": timed, "cudagraph_skips": skips, "faster": faster}
 

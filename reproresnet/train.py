@@ -78,6 +78,13 @@ def compile_model(model: torch.nn.Module, mode: str = "default", backend="induct
                          dynamic=False, backend=backend)
 
 
+def compile_counter(group: str, name: str) -> int:
+    """A torch.compile counter of this process: ("stats", "unique_graphs") graphs built,
+    ("inductor", "cudagraph_skips") CUDA graphs skipped."""
+    from torch._dynamo.utils import counters
+    return int(counters[group][name])
+
+
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
     # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
     # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the

@@ -73,27 +73,19 @@ class Options:
 def run_state(run_dir: Path) -> dict:
     """What a run directory says about its run (never raises)."""
     try:
-        record = records.read_run(run_dir)
+        run = records.RunRecord.read(run_dir)
     except ValueError:
         return {"status": "not started", "epochs_done": 0, "epochs_planned": None}
+    record = run.record
     speed = [s for s in (record.get("speed") or {}).get("segments", []) if s.get("seconds_per_epoch")]
-    test_error = (record.get("final") or {}).get("test_error")
-    if test_error is None:
-        test_error = _last_test_error(run_dir)
+    test_error = run.test_error
+    if test_error is None and (last := run.last_test_error()):
+        test_error = last[1]
     return {"status": record.get("status"), "epochs_done": record.get("epochs_done", 0),
             "epochs_planned": record.get("epochs_planned"), "test_error": test_error,
             "seconds_per_epoch": speed[-1]["seconds_per_epoch"] if speed else None,
             "pack": speed[-1]["pack"] if speed else None, "message": record.get("message"),
             "device": (record.get("device") or {}).get("name")}
-
-
-def _last_test_error(run_dir: Path) -> float | None:
-    try:
-        lines = (run_dir / records.METRICS_FILE).read_text().splitlines()
-        header, last = lines[0].split(","), lines[-1].split(",")
-        return float(last[header.index("test_error")]) if len(lines) > 1 else None
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def checkpoint_mb(arch: str, val_size: int, run_dir: Path) -> float:
@@ -102,12 +94,8 @@ def checkpoint_mb(arch: str, val_size: int, run_dir: Path) -> float:
     files = [run_dir / name for name in (records.CHECKPOINT_FILE, records.BEST_FILE)]
     if files[0].exists():
         return sum(f.stat().st_size for f in files if f.exists()) / 2**20
-    import torch
-
-    from .models import build_model, count_parameters
-    with torch.device("meta"):
-        params = count_parameters(build_model(arch))
-    return params * 4 * (3 if val_size else 2) / 2**20
+    from .models import default_parameter_count
+    return default_parameter_count(arch) * 4 * (3 if val_size else 2) / 2**20
 
 
 def _die_with_parent() -> None:

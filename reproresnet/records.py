@@ -180,6 +180,16 @@ class RunRecord:
         """A complete run on the whole of CIFAR-10: the only kind the error table averages."""
         return self.is_result_on(CIFAR10)
 
+    def last_test_error(self) -> tuple[int, float] | None:
+        """(epoch, test error %) of the last epoch in metrics.csv that has one: an unfinished
+        run's latest number (read without pandas: the campaign prints it on the GPU machine)."""
+        try:
+            with open(self.run_dir / METRICS_FILE, newline="") as file:
+                rows = [row for row in csv.DictReader(file) if row.get("test_error")]
+            return (int(rows[-1]["epoch"]), float(rows[-1]["test_error"])) if rows else None
+        except (OSError, ValueError, KeyError):
+            return None
+
     def metrics(self):
         """metrics.csv as a pandas DataFrame, or None if it cannot be read."""
         import pandas as pd

@@ -316,11 +316,8 @@ def _why_not_counted(run: RunRecord) -> str:
 def _last_test_error(run: RunRecord) -> str:
     if run.test_error is not None:
         return _percent(run.test_error)
-    metrics = run.metrics()
-    if metrics is None or "test_error" not in metrics or metrics["test_error"].dropna().empty:
-        return MISSING
-    last = metrics.dropna(subset=["test_error"]).iloc[-1]
-    return f"{last['test_error']:.2f} (epoch {int(last['epoch'])})"
+    last = run.last_test_error()
+    return MISSING if last is None else f"{last[1]:.2f} (epoch {last[0]})"
 
 
 def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:

@@ -26,7 +26,8 @@ from .bench_baseline import BaselinePath, queued_batches
 from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
 from .models import ARCHITECTURES, UnknownArchitectureError, flops_per_image
-from .train import COMPILE_MODES, Speedups, build_run, compile_counter, synchronize, train_one_epoch
+from .engine import COMPILE_MODES, Speedups, compile_counter
+from .train import build_stack, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
 TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
@@ -64,6 +65,9 @@ class BenchSettings:
     threads: int = _option("torch threads in this process", per_device=(None, 1), least=1)
     num_workers: int = _option("baseline DataLoader workers (default: one per CPU core)", least=0)
     baseline: bool = _option("also run the plain PyTorch baseline", True)
+    graph: bool = _option("also run the graph engine's path (a CUDA graph per step; CUDA only)", True)
+    stack: int = _option("networks the stacked path trains as one (graph engine on CUDA; 1: no stacked path)", 3,
+                         least=1)
     train_images: int = _option("synthetic training set size", TRAIN_IMAGES, least=1)
     seed: int = _option("random seed", 0)
 
@@ -108,32 +112,41 @@ def synthetic_train_set(n: int = TRAIN_IMAGES, seed: int = 0) -> ImageSet:
 
 # ---------------------------------------------------------------- the library's path
 
-# Each path (this one, and `BaselinePath` in bench_baseline.py) has a `name`, a `model`, a
-# `precision`, `losses`, `steps(count)`: the seconds of `count` full-batch steps, `new_epoch()`:
-# one epoch of its input pipeline, timed after `data_warmup_batches` batches, and `close()`.
+# Each path (the library's, and `BaselinePath` in bench_baseline.py) has a `name`, a `model`,
+# a `precision`, `networks` (trained at once), `losses`, `steps(count)`: the seconds of `count`
+# full-batch steps, `new_epoch()`: one epoch of its input pipeline, timed after
+# `data_warmup_batches` batches, and `close()`.
 class LibraryPath:
-    """The library's own run of `arch`, stepped by `train_one_epoch` over full batches."""
+    """The library's own run of `arch` as `train` builds it (`train.build_stack`), stepped by its
+    `train_one_epoch` over full batches: `networks` seeds as one stacked network, each step run
+    by `engine` (eager, with the settings' speedups, or graph)."""
 
-    name = "reproresnet"
     data_warmup_batches = 1
 
-    def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
-        config = TrainConfig(arch=arch, out=str(Path(s.out).parent), recipe="wrn2016" if arch.startswith("wrn")
-                             else "he2016", batch_size=s.batch_size, seed=s.seed, dataset="synthetic",
-                             device=str(device), bf16=s.bf16, channels_last=s.channels_last, compile=s.compile)
-        data = data.to(device)
-        self.run = build_run(config, DataSplits.one_set(data), device, s.compile_mode)
-        self.model, self.precision = self.run.model, self.run.speedups.precision()
+    def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings, name: str = "reproresnet",
+                 engine: str = "eager", networks: int = 1):
+        configs = [TrainConfig(arch=arch, out=str(Path(s.out).parent / f"{name}-{seed}"), seed=seed,
+                               recipe="wrn2016" if arch.startswith("wrn") else "he2016", batch_size=s.batch_size,
+                               dataset="synthetic", device=str(device), bf16=s.bf16, channels_last=s.channels_last,
+                               compile=s.compile and engine == "eager", engine=engine)
+                   for seed in range(s.seed, s.seed + networks)]
+        splits = DataSplits.one_set(data.to(device))
+        self.name, self.networks = name, networks
+        self.stack = build_stack(configs, [splits] * networks, device, s.compile_mode)
+        self.model, self.precision, self.engine = self.stack.model, self.stack.speedups.precision(), \
+            self.stack.engine.name
         self.full_batches, self.epoch, self.losses = len(data) // s.batch_size, 0, []
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
-        """The next epoch by `train_one_epoch` (its first `max_steps` steps), with the graphs it compiled."""
+        """The next epoch by `train_one_epoch` (its first `max_steps` steps), with the graphs it
+        compiled; images per second count every network's images."""
         graphs = compile_counter("stats", "unique_graphs")
-        row = train_one_epoch(self.run, self.epoch, progress=False, max_steps=max_steps)
+        rows = train_one_epoch(self.stack, self.epoch, progress=False, max_steps=max_steps)
         self.epoch += 1
-        self.losses.append(row["train_loss"])
-        return {"seconds": row["seconds"], "images_per_second": row["images_per_second"],
-                "train_loss": row["train_loss"], "compiles": compile_counter("stats", "unique_graphs") - graphs}
+        loss = statistics.fmean(row["train_loss"] for row in rows)
+        self.losses.append(loss)
+        return {"seconds": rows[0]["seconds"], "images_per_second": self.networks * rows[0]["images_per_second"],
+                "train_loss": loss, "compiles": compile_counter("stats", "unique_graphs") - graphs}
 
     def steps(self, count: int) -> float:
         """Seconds for `count` full-batch steps, as `train_one_epoch` times them."""
@@ -141,10 +154,10 @@ class LibraryPath:
         return sum((self.train_epoch(steps)["seconds"] for steps in epochs), 0.0)
 
     def new_epoch(self) -> Iterator:
-        run = self.run
-        return train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=run.recipe.augmentation, device=run.device,
-                             generator=torch.Generator(run.device).manual_seed(run.config.seed))
+        run, recipe, device = self.stack.runs[0], self.stack.recipe, self.stack.device
+        return train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
+                             augmentation=recipe.augmentation, device=device,
+                             generator=torch.Generator(device).manual_seed(run.config.seed))
 
     def close(self) -> None:
         pass
@@ -190,7 +203,9 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
                            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
                                     "matmul": torch.backends.cuda.matmul.allow_tf32},
                            "cpu_count": os.cpu_count()},
-              "created": records.now(), "rows": [], "ratios": []}
+              "created": records.now(), "rows": [], "ratios": [],
+              "unavailable": [] if device.type == "cuda" or not s.graph else [
+                  {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}]}
     records.write_json(out, record)
     log(f"benchmark on {record['device']['name']} ({device}): batch {s.batch_size}, {s.warmup_steps} warm-up + "
         f"{s.steps} timed steps in {s.rounds} rounds; speedups {dataclasses.asdict(speedups)}; record: {out}")
@@ -209,6 +224,19 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
     return record
 
 
+def _paths(arch: str, data: ImageSet, device: torch.device, s: BenchSettings) -> list[Callable]:
+    """What builds each path to time: the library's eager path, its graph engine, its stacked
+    network, and the plain baseline."""
+    cuda = device.type == "cuda"
+    paths = [lambda: LibraryPath(arch, data, device, s)]
+    if s.graph and cuda:
+        paths.append(lambda: LibraryPath(arch, data, device, s, "graph", "graph"))
+    if s.stack > 1:
+        paths.append(lambda: LibraryPath(arch, data, device, s, f"stacked-{s.stack}", "graph" if cuda else "eager",
+                                         s.stack))
+    return paths + ([lambda: BaselinePath(arch, data, device, s)] if s.baseline else [])
+
+
 def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSettings, log) -> list[dict]:
     # torch.compile stops after 8 versions of one function, a count every ResNet.forward shares.
     torch._dynamo.reset()
@@ -217,11 +245,11 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
     paths, measured = [], {}
     try:
         # Built and warmed up one at a time: each path's peak memory is its own.
-        for build in [LibraryPath] + ([BaselinePath] if s.baseline else []):
+        for build in _paths(arch, data, device, s):
             held = torch.cuda.memory_allocated(device) if cuda else 0
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            paths.append(path := build(arch, data, device, s))
+            paths.append(path := build())
             seconds = path.steps(s.warmup_steps)
             peak = (torch.cuda.max_memory_allocated(device) - held) / 2**20 if cuda else None
             measured[path.name] = {"warmup_seconds": seconds, "peak_memory_mb": peak, "round_seconds": []}
@@ -243,9 +271,9 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         if skipped:
             warnings.append(f"CUDA graphs were skipped {skipped} time(s): those steps ran without them")
         rows[0].update(graphs=compile_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
-                       cudagraph_skips=skipped, speedups=dataclasses.asdict(paths[0].run.speedups),
+                       cudagraph_skips=skipped, speedups=dataclasses.asdict(paths[0].stack.speedups),
                        warnings=warnings)
-        log("; ".join(f"{arch}: {row['path']} {row['seconds_per_epoch']:.1f} s/epoch" for row in rows))
+        log("; ".join(f"{arch}: {row['path']} {row['images_per_second']:.0f} img/s" for row in rows))
         for warning in warnings:
             log(f"{arch}: WARNING: {warning}")
         for number in range(1, s.epochs + 1):  # whole epochs, the last, smaller batch included
@@ -261,11 +289,14 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
 
 
 def _row(arch: str, path, measured: dict, batch_size: int, forward_flops: int) -> dict:
+    """One path's numbers; images per second count every network a step trains."""
     rounds, rates = measured["round_seconds"], measured["data_rates"]
     per_step = statistics.median(rounds)
-    images_per_second = batch_size / per_step
-    return {"arch": arch, "path": path.name, "precision": path.precision,
-            "seconds_per_epoch": TRAIN_IMAGES / images_per_second, "images_per_second": images_per_second,
+    images_per_second = path.networks * batch_size / per_step
+    return {"arch": arch, "path": path.name, "networks": path.networks,
+            "engine": path.engine, "precision": path.precision,
+            "seconds_per_epoch": path.networks * TRAIN_IMAGES / images_per_second,
+            "images_per_second": images_per_second,
             "data_images_per_second": statistics.median(rates),
             "data_images_per_second_range": [min(rates), max(rates)],
             "warmup_seconds": measured["warmup_seconds"], "peak_memory_mb": measured["peak_memory_mb"],
@@ -275,12 +306,13 @@ def _row(arch: str, path, measured: dict, batch_size: int, forward_flops: int) -
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """ours / baseline, per network: step throughput and input-pipeline throughput."""
-    by_key = {(row["arch"], row["path"]): row for row in rows}
-    return [{"arch": arch, "step_speedup": ours["images_per_second"] / base["images_per_second"],
-             "data_speedup": ours["data_images_per_second"] / base["data_images_per_second"]}
-            for arch in dict.fromkeys(row["arch"] for row in rows)
-            if (ours := by_key.get((arch, "reproresnet"))) and (base := by_key.get((arch, "baseline")))]
+    """path / baseline, per network and path: step throughput (every network's images) and
+    input-pipeline throughput."""
+    base = {row["arch"]: row for row in rows if row["path"] == "baseline"}
+    return [{"arch": row["arch"], "path": row["path"],
+             "step_speedup": row["images_per_second"] / base[row["arch"]]["images_per_second"],
+             "data_speedup": row["data_images_per_second"] / base[row["arch"]]["data_images_per_second"]}
+            for row in rows if row["path"] != "baseline" and row["arch"] in base]
 
 
 def device_slug(device: torch.device) -> str:

@@ -46,7 +46,7 @@ class PILImageDataset(Dataset):
 class BaselinePath:
     """A plain PyTorch CIFAR training loop, as most public repositories write it."""
 
-    name = "baseline"
+    name, networks, engine = "baseline", 1, "eager"
 
     def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
         from torchvision import transforms

@@ -1,28 +1,39 @@
-"""A campaign: a plan of training runs turned into run records within a wall-clock budget.
+"""A campaign: a plan of training runs turned into run records within a wall-clock budget, in
+one process.
 
     python -m reproresnet campaign --out runs/campaign --budget 300 --dataset folder:data/mirror
 
-The plan is networks x seeds x one recipe x one data set (default: the seed's three
-networks, seeds 0 1 2, recipe `seed`, CIFAR-10). Each run is a `train` process of its own
-(`--resume --stop-at`), `--pack K` at a time on the device; runs already started are
-finished before new ones start, and none starts once a run has stopped for the deadline.
-Every run stops cleanly at an epoch boundary, checkpoint written, before the budget ends;
-one still running at the hard stop is killed (its last complete epoch is on disk, written
-atomically). The campaign exits 0 within its budget whatever its runs do: a run that fails
-is recorded as failed, in `_campaign/campaign.json` and the status table printed at the end. Called again, here or on another machine after
-`bundle`/`unbundle`, it continues where it stopped. One campaign per directory (flock).
+The plan is networks x seeds x one recipe x one data set (default: the seed's three networks,
+seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig` (`--train-args` are `train`
+flags shared by every run). One process trains it all: the data set is read once and held once
+on the device; the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
+precision, layout, stack size) on the real data, or its record from an earlier call is reused,
+so that every call trains the same way; then each network's seeds train as one stacked network
+(at most `--stack` runs; default all its seeds), stacks one after another, those furthest
+along first. Every run writes what a `train` run writes (on CUDA a background thread writes
+checkpoints while the GPU trains on), so `train --resume` can continue any of them, alone.
+Precision is part of the experiment: run directories are named `<arch>-<tag>-<precision>-seed<k>`.
 
-Unfinished runs leave checkpoints, which must travel back from a GPU slot: a run is not
-started while the unfinished checkpoints would pass `--max-unfinished-mb` (default 40).
+Every run stops cleanly at an epoch boundary, checkpoint written, before the budget ends (its
+next epoch predicted from its last); no stack starts once one has stopped for the deadline; an
+epoch still running at the hard stop is abandoned (the run keeps its last complete epoch). The
+campaign exits 0 within its budget, imports and exit included, whatever its runs do: a stack
+that fails is retried run by run, and a run that fails, diverges or makes no progress is
+recorded as such (with why) in `_campaign/campaign.json` and the status table, and the plan goes
+on without it. Called again, here or on another machine after `bundle`/`unbundle`, it continues
+where it stopped. One campaign per directory (flock).
+
+Unfinished runs leave checkpoints, which must travel back from a GPU slot: a new run does not
+start while the unfinished checkpoints would pass `--max-unfinished-mb` (default 60).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import signal
-import subprocess
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,14 +45,13 @@ from .records import RunDirError
 DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
-LOG_FILE = "campaign.log"  # each run's train output, in its run directory
-FORMAT = "reproresnet-campaign/1"
-# Not measured (no GPU was lent while this was written): the issue's target is 3 packed runs at
-# >= 2x the epochs per second of one. Measure with `--pack 1/2/3` and set it from the record.
-DEFAULT_PACK = {"cuda": 3, "cpu": 1}
-# s a new run needs at least: it imports, decodes the data and compiles before its first epoch
-# ends (ResNet-110's first epoch took 91 s on an H100, packed 3, 2026-11-27)
-DEFAULT_MIN_START = {"cuda": 150.0, "cpu": 5.0}
+SELFCHECK_FILE = "selfcheck.json"
+FORMAT = "reproresnet-campaign/2"
+# s a new stack needs at least: it builds its networks, warms up and captures before its first
+# epoch ends (seconds on the graph engine)
+DEFAULT_MIN_START = {"cuda": 20.0, "cpu": 5.0}
+DEFAULT_SELFCHECK_BUDGET = {"cuda": 20.0, "cpu": 30.0}
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -53,21 +63,29 @@ class Plan:
     tag: str | None = None
     train_args: tuple = ()  # further `train` flags shared by every run (--epochs, --limit-train, ...)
 
-    def runs(self) -> list[dict]:
-        return [{"name": records.run_name(arch, seed, self.tag), "arch": arch, "seed": seed}
-                for arch in self.archs for seed in self.seeds]
+    def configs(self, out, device: str, precision: str) -> dict[str, list]:
+        """Each network's runs as `TrainConfig`s (its seeds), in `out`, at `precision`."""
+        from .cli import train_settings
+        from .config import TrainConfig
+        settings = train_settings(list(self.train_args))
+        tag = "-".join(filter(None, [self.tag, precision]))
+        return {arch: [TrainConfig(**{**settings, "arch": arch, "seed": seed, "recipe": self.recipe,
+                                      "dataset": self.dataset, "device": device, "bf16": precision == "bf16",
+                                      "out": str(Path(out) / records.run_name(arch, seed, tag))})
+                       for seed in self.seeds] for arch in self.archs}
 
 
 @dataclass
 class Options:
     budget: float
-    pack: int = 1
+    stack: int | None = None         # runs per stack; None: all of a network's seeds, or apart if faster
     device: str = "auto"
+    precision: str = "auto"          # auto: the self-check's choice (fp32 unless > 1.5x bf16's step time)
     min_start: float = 5.0
-    max_unfinished_mb: float = 40.0
-    reserve: float | None = None   # s kept at the end: None = 5% of the budget, 1 to 15 s
-    poll: float = 0.2
-    extra_env: dict = field(default_factory=dict)
+    selfcheck_budget: float = 30.0
+    max_unfinished_mb: float = 60.0
+    reserve: float | None = None     # s kept at the end: None = 5% of the budget, 1 to 15 s
+    log_epochs: bool = True
 
 
 def run_state(run_dir: Path) -> dict:
@@ -84,46 +102,19 @@ def run_state(run_dir: Path) -> dict:
     return {"status": record.get("status"), "epochs_done": record.get("epochs_done", 0),
             "epochs_planned": record.get("epochs_planned"), "test_error": test_error,
             "seconds_per_epoch": speed[-1]["seconds_per_epoch"] if speed else None,
-            "pack": speed[-1]["pack"] if speed else None, "message": record.get("message"),
-            "device": (record.get("device") or {}).get("name")}
+            "engine": f"{speed[-1].get('engine', '?')}/{speed[-1].get('stacked', 1)}" if speed else None,
+            "message": record.get("message"), "device": (record.get("device") or {}).get("name")}
 
 
-def checkpoint_mb(arch: str, val_size: int, run_dir: Path) -> float:
-    """The run's checkpoints on disk, or as they will be: weights and momentum in fp32
-    (plus the best-validation weights when a validation split is held out)."""
+def checkpoint_mb(config, run_dir: Path) -> float:
+    """The run's checkpoints on disk, or as they will be: weights and momentum in fp32 (plus
+    the best-validation weights when a validation split is held out)."""
     files = [run_dir / name for name in (records.CHECKPOINT_FILE, records.BEST_FILE)]
     if files[0].exists():
         return sum(f.stat().st_size for f in files if f.exists()) / 2**20
     from .models import default_parameter_count
-    return default_parameter_count(arch) * 4 * (3 if val_size else 2) / 2**20
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it when the campaign dies (Linux), so a
-    SIGKILLed campaign leaves no run behind holding its directory."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _train_command(plan: Plan, run: dict, run_dir: Path, options: Options, stop_at: float) -> list[str]:
-    return [sys.executable, "-m", "reproresnet", "train", "--arch", run["arch"], "--seed", str(run["seed"]),
-            "--recipe", plan.recipe, "--dataset", plan.dataset, "--out", str(run_dir), "--device", options.device,
-            "--resume", "--quiet", "--stop-at", f"{stop_at:.3f}", "--pack", str(options.pack), *plan.train_args]
-
-
-def _order(plan: Plan, out: Path) -> list[dict]:
-    """Unfinished runs, those furthest along first (finish before starting), then new ones."""
-    pending = []
-    for index, run in enumerate(plan.runs()):
-        state = run_state(out / run["name"])
-        if state["status"] == "complete":
-            continue
-        done = state["epochs_done"] / state["epochs_planned"] if state["epochs_planned"] else 0.0
-        pending.append((-done, index, run))
-    return [run for _, _, run in sorted(pending, key=lambda item: item[:2])]
+    val_size = config.resolved_recipe().val_size
+    return default_parameter_count(config.arch) * 4 * (3 if val_size else 2) / 2**20
 
 
 def process_start_time() -> float:
@@ -137,6 +128,46 @@ def process_start_time() -> float:
         return time.time()
 
 
+# ---------------------------------------------------------------- the order of the work
+
+
+def stacks(plan_configs: dict[str, list]) -> list[list]:
+    """The unfinished runs in groups that may train as one stack (one network's runs at the same
+    epoch), those furthest along first (finish before starting), then in the plan's order."""
+    groups = []
+    for index, configs in enumerate(plan_configs.values()):
+        by_epoch: dict[int, list] = {}
+        for config in configs:
+            state = run_state(Path(config.out))
+            if state["status"] != "complete":
+                by_epoch.setdefault(state["epochs_done"], []).append((config, state))
+        for epochs, members in by_epoch.items():
+            planned = members[0][1]["epochs_planned"]
+            groups.append((-(epochs / planned if planned else 0.0), index, [config for config, _ in members]))
+    return [group for *_, group in sorted(groups, key=lambda item: item[:2])]
+
+
+def admit(stack: list, plan_configs: dict[str, list], cap_mb: float, training: list) -> list:
+    """The runs of `stack` that may train now: started ones always; a new one only while the
+    checkpoints of the unfinished runs (those of `training` included) stay under `cap_mb`."""
+    unfinished = {config.out: config for configs in plan_configs.values() for config in configs
+                  if 0 < run_state(Path(config.out))["epochs_done"] and
+                  run_state(Path(config.out))["status"] != "complete"}
+    unfinished.update({config.out: config for config in training})
+    used = sum(checkpoint_mb(config, Path(config.out)) for config in unfinished.values())
+    chosen = []
+    for config in stack:
+        started = config.out in unfinished
+        size = checkpoint_mb(config, Path(config.out))
+        if started or used + size <= cap_mb:
+            chosen.append(config)
+            used += 0 if started else size
+    return chosen
+
+
+# ---------------------------------------------------------------- the campaign
+
+
 def run_campaign(plan: Plan, out, options: Options, log=print, start: float | None = None) -> list[dict]:
     """Run the plan in `out` until it is complete or the budget, counted from `start`
     (default: now), is spent; returns the status rows. Raises RunDirError only if another
@@ -144,104 +175,154 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     start = time.time() if start is None else start
     out = Path(out)
     reserve = options.reserve if options.reserve is not None else min(15.0, max(1.0, 0.05 * options.budget))
-    hard_stop = start + options.budget - reserve     # by then every child is gone
-    stop_at = hard_stop - reserve                    # the children's clean-stop deadline
-    with records.run_dir_lock(out):
+    hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
+    stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
+    with records.run_dir_lock(out), records.Writer(background=_device_type(options.device) == "cuda") as writer:
         (out / STATE_DIR).mkdir(exist_ok=True)
         outcomes: dict[str, dict] = {}
+        plan_configs = {}
         try:
-            _loop(plan, out, options, hard_stop, stop_at, outcomes, log)
+            plan_configs = _campaign(plan, out, options, hard_stop, stop_at, outcomes, writer, log)
         except Exception as error:  # the campaign itself failed: say so, keep what the runs wrote
             log(f"campaign error: {error!r}")
             outcomes["_campaign"] = {"outcome": "error", "detail": repr(error)}
-        rows = status_rows(plan, out, outcomes)
+        writer.flush()
+        rows = status_rows(plan_configs, outcomes)
         _write_state(out, plan, options, start, rows)
     return rows
 
 
-def _loop(plan, out, options, hard_stop, stop_at, outcomes, log) -> None:
-    pending = _order(plan, out)
-    active: dict[str, tuple[subprocess.Popen, dict]] = {}
-    val_size = _val_size(plan.train_args)
-    env = {**os.environ, **options.extra_env,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH")]))}
-    closing = False  # a run stopped for the deadline: a new one, which must also compile, fits less
+def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at: float, outcomes: dict,
+              writer: records.Writer, log) -> dict:
+    import torch
+
+    from . import selfcheck
+    from .config import select_device
+    from .data import load_source
+    from .train import source_key
+    device = select_device(options.device)
+    log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    precision = None if options.precision == "auto" else options.precision
+    check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
+    sources = {}
+    began = time.time()
+    for configs in check_configs.values():
+        for config in configs:
+            key = source_key(config)
+            if key not in sources:
+                sources[key] = load_source(config.dataset, config.data_dir, download=config.download,
+                                           seed=config.seed).to(device)
+    log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
+    record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
+    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    plan_configs = plan.configs(out, device.type, chosen.precision)
+    _train_plan(plan_configs, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
+    return plan_configs
+
+
+def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
+                      stop_at: float, log) -> dict:
+    """The self-check's record: an earlier call's if it finished (every call trains the same
+    way and at the same precision), else a new one within its budget."""
+    from . import selfcheck
+    path = out / STATE_DIR / SELFCHECK_FILE
     try:
-        while pending or active:
-            for name, (process, run) in list(active.items()):
-                if process.poll() is not None:
-                    del active[name]
-                    outcomes[name] = _outcome(out / name, process.returncode)
-                    closing |= outcomes[name]["outcome"] == "stopped"
-                    log(f"{name}: {outcomes[name]['outcome']} ({outcomes[name]['detail']})")
-            if time.time() >= hard_stop:
-                break
-            while (pending and not closing and len(active) < options.pack
-                   and time.time() + options.min_start < stop_at):
-                run = _next_that_fits(pending, out, active, val_size, options.max_unfinished_mb)
-                if run is None:
-                    break
-                run_dir = out / run["name"]
-                run_dir.mkdir(exist_ok=True)
-                with open(run_dir / LOG_FILE, "ab") as log_file:
-                    process = subprocess.Popen(_train_command(plan, run, run_dir, options, stop_at),
-                                               stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                               preexec_fn=_die_with_parent)
-                active[run["name"]] = (process, run)
-                log(f"{run['name']}: started (pid {process.pid})")
-            if not active:
-                break  # nothing running and nothing that may start
-            time.sleep(options.poll)
-    finally:
-        for name, (process, _) in active.items():  # past the hard stop, or the campaign failed
-            process.kill()
-            process.wait()
-            message = run_state(out / name).get("message") or ""
-            outcomes[name] = {"outcome": "stopped", "detail": f"{message} (killed while exiting)"} \
-                if message.startswith("stopped cleanly") else \
-                {"outcome": "killed", "detail": "still running at the campaign's hard stop; its last complete "
-                                                "epoch is kept"}
-            log(f"{name}: {outcomes[name]['outcome']} at the hard stop")
-    for run in pending:
-        outcomes.setdefault(run["name"], {"outcome": "waiting", "detail": "not started: no time or checkpoint room left"})
+        record = json.loads(path.read_text())
+        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+        if record.get("format") == selfcheck.FORMAT and "ok" in record and precision in (None, chosen.precision) \
+                and options.stack in (None, chosen.stack):
+            log(f"campaign: the self-check of {record['created']} chose {record['chosen']['variant']} "
+                f"({record['chosen']['why']})")
+            return record
+    except (OSError, ValueError, KeyError):
+        pass
+    budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
+    return selfcheck.selfcheck(plan, device, sources, budget=budget, precision=precision, stack=options.stack,
+                               log=log, save=lambda record: records.write_json(path, selfcheck.jsonable(record)))
 
 
-def _val_size(train_args: tuple) -> int:
-    args = list(train_args)
-    return int(args[args.index("--val-size") + 1]) if "--val-size" in args else 0
+def _train_plan(plan_configs: dict, record: dict, device, sources: dict, options: Options, hard_stop: float,
+                stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
+    from . import selfcheck
+    training: list = []
+    for stack in stacks(plan_configs):
+        names = [Path(config.out).name for config in stack]
+        if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
+            why = "not started: a run stopped for the deadline, and a new stack fits even less"
+        elif time.time() + options.min_start >= stop_at:
+            why = "not started: no time left"
+        else:
+            why = None
+        admitted = [] if why else admit(stack, plan_configs, options.max_unfinished_mb, training)
+        for config in stack:
+            if config not in admitted:
+                outcomes[Path(config.out).name] = {"outcome": "waiting", "detail": why or (
+                    f"not started: the unfinished runs' checkpoints would pass {options.max_unfinished_mb:g} MB")}
+        if not admitted:
+            continue
+        variant, note = selfcheck.variant_for(record, admitted[0].arch)
+        groups = [admitted[start:start + variant.stack] for start in range(0, len(admitted), variant.stack)]
+        for group in groups:
+            training += group
+            _train_group(group, variant, note, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
+        log(f"campaign: {', '.join(names)} done for this call")
 
 
-def _next_that_fits(pending: list[dict], out: Path, active: dict, val_size: int, cap_mb: float) -> dict | None:
-    """The first pending run that is already started, or whose checkpoint still fits beside
-    those of the unfinished runs; removed from `pending`."""
-    unfinished = [run for run in pending if run_state(out / run["name"])["epochs_done"] > 0]
-    unfinished += [run for _, run in active.values()]
-    used = sum(checkpoint_mb(run["arch"], val_size, out / run["name"]) for run in unfinished)
-    for run in pending:
-        started = run_state(out / run["name"])["epochs_done"] > 0
-        if started or used + checkpoint_mb(run["arch"], val_size, out / run["name"]) <= cap_mb:
-            pending.remove(run)
-            return run
-    return None
+def _train_group(group: list, variant, note: str, device, sources: dict, options: Options, hard_stop: float,
+                 stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
+    """One stack trained until done or the deadline; a failing stack is retried run by run,
+    a failing engine replaced by the eager one at the same precision."""
+    from . import selfcheck
+    from .engine import EngineError
+    from .train import train_stack
+    before = {config.out: run_state(Path(config.out))["epochs_done"] for config in group}
+    names = [Path(config.out).name for config in group]
+    log(f"campaign: training {', '.join(names)} as {'one stack' if len(group) > 1 else 'one run'}; {note}")
+    try:
+        results = train_stack(variant.configs(group), device, sources, progress=options.log_epochs,
+                              deadline=stop_at, hard_stop=hard_stop, writer=writer, note=note)
+    except EngineError as error:
+        eager = selfcheck.Variant("eager", variant.bf16, variant.channels_last, len(group))
+        log(f"campaign: {variant.name} cannot run ({error}); falling back to {eager.name}")
+        return _train_group(group, eager, f"{eager.name}: fallback, {variant.name} failed: {error}", device,
+                            sources, options, hard_stop, stop_at, outcomes, writer, log)
+    except Exception as error:  # noqa: BLE001 (recorded; the plan goes on)
+        if len(group) > 1:
+            log(f"campaign: the stack {', '.join(names)} failed ({type(error).__name__}: {error}); "
+                f"training its runs one by one")
+            for config in group:
+                _train_group([config], variant, note, device, sources, options, hard_stop, stop_at, outcomes,
+                             writer, log)
+            return
+        outcomes[names[0]] = {"outcome": "failed", "detail": f"{type(error).__name__}: {error}"[:300]}
+        log(f"{names[0]}: failed ({outcomes[names[0]]['detail']})")
+        return
+    for config, result in zip(group, results):
+        outcomes[Path(config.out).name] = _outcome(result, before[config.out])
+        log(f"{Path(config.out).name}: {outcomes[Path(config.out).name]['outcome']} "
+            f"({outcomes[Path(config.out).name]['detail']})")
 
 
-def _outcome(run_dir: Path, returncode: int) -> dict:
-    state = run_state(run_dir)
-    if returncode == 0:
-        outcome = "complete" if state["status"] == "complete" else "stopped"
-        return {"outcome": outcome, "detail": state.get("message") or f"{state['epochs_done']} epochs done"}
-    tail = (run_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()[-1:] \
-        if (run_dir / LOG_FILE).exists() else []
-    return {"outcome": "failed", "detail": f"exit {returncode}: {tail[0] if tail else 'no output'}"}
+def _outcome(record: dict, epochs_before: int) -> dict:
+    status, done = record["status"], record["epochs_done"]
+    if status == "complete":
+        return {"outcome": "complete", "detail": f"{done} epochs done"}
+    if status == "diverged":
+        return {"outcome": "diverged", "detail": record.get("message") or "diverged"}
+    if done <= epochs_before:
+        return {"outcome": "stopped" if (record.get("message") or "").startswith("stopped") else "stuck",
+                "detail": f"no epoch done in this call: {record.get('message') or 'the loop trained nothing'}"}
+    return {"outcome": "stopped", "detail": record.get("message") or f"{done} epochs done"}
 
 
-def status_rows(plan: Plan, out: Path, outcomes: dict | None = None) -> list[dict]:
+def status_rows(plan_configs: dict, outcomes: dict | None = None) -> list[dict]:
     rows = []
-    for run in plan.runs():
-        state = run_state(Path(out) / run["name"])
-        outcome = (outcomes or {}).get(run["name"], {})
-        rows.append({"run": run["name"], **state, "outcome": outcome.get("outcome"), "detail": outcome.get("detail")})
+    for configs in plan_configs.values():
+        for config in configs:
+            name = Path(config.out).name
+            outcome = (outcomes or {}).get(name, {})
+            rows.append({"run": name, **run_state(Path(config.out)), "outcome": outcome.get("outcome"),
+                         "detail": outcome.get("detail")})
     if outcomes and "_campaign" in outcomes:
         rows.append({"run": "_campaign", "status": "error", "epochs_done": 0, "epochs_planned": None,
                      "outcome": "error", "detail": outcomes["_campaign"]["detail"]})
@@ -249,16 +330,16 @@ def status_rows(plan: Plan, out: Path, outcomes: dict | None = None) -> list[dic
 
 
 def format_status(rows: list[dict]) -> str:
-    lines = [f"{'run':<32} {'status':<12} {'epochs':>9} {'test err':>9} {'s/epoch':>8} {'pack':>4}  this call"]
+    lines = [f"{'run':<36} {'status':<12} {'epochs':>9} {'test err':>9} {'s/epoch':>8} {'engine':>8}  this call"]
     for row in rows:
         epochs = f"{row['epochs_done']}/{row['epochs_planned'] or '?'}"
         error = "-" if row.get("test_error") is None else f"{row['test_error']:.2f}%"
         speed = "-" if row.get("seconds_per_epoch") is None else f"{row['seconds_per_epoch']:.2f}"
         note = row.get("outcome") or "-"
-        if row.get("outcome") == "failed":
+        if row.get("outcome") in ("failed", "stuck", "diverged", "error", "waiting"):
             note += f": {row['detail']}"
-        lines.append(f"{row['run']:<32} {row['status']:<12} {epochs:>9} {error:>9} {speed:>8} "
-                     f"{row.get('pack') or '-':>4}  {note}")
+        lines.append(f"{row['run']:<36} {row['status']:<12} {epochs:>9} {error:>9} {speed:>8} "
+                     f"{row.get('engine') or '-':>8}  {note}")
     return "\n".join(lines)
 
 
@@ -269,9 +350,10 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
     except (OSError, ValueError):
         calls = []
     calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start)),
-                  "seconds": round(time.time() - start, 1), "budget": options.budget, "pack": options.pack,
-                  "device": options.device, "outcomes": {r["run"]: r["outcome"] for r in rows}})
-    records.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "runs": [r["name"] for r in plan.runs()]},
+                  "seconds": round(time.time() - start, 1), "budget": options.budget, "stack": options.stack,
+                  "device": options.device, "precision": options.precision,
+                  "outcomes": {r["run"]: r["outcome"] for r in rows}})
+    records.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "runs": [r["run"] for r in rows]},
                               "status": rows, "calls": calls})
 
 
@@ -318,44 +400,53 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K")
     plan.add_argument("--recipe", default="seed")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
-    plan.add_argument("--tag", help="run directories <arch>-<tag>-seed<k> (default: <arch>-seed<k>)")
+    plan.add_argument("--tag", help="run directories <arch>-<tag>-<precision>-seed<k>")
     plan.add_argument("--train-args", default="", metavar="'FLAGS'",
                       help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000'")
+    plan.add_argument("--precision", default="auto", choices=PRECISIONS,
+                      help="auto (default): the self-check's choice, fp32 unless its step costs more than "
+                           "1.5x bf16's; a directory keeps the precision its first call chose")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto")
-    runtime.add_argument("--pack", type=int, help=f"runs at once on the device (default: {DEFAULT_PACK})")
-    runtime.add_argument("--selfcheck", metavar="JSON", help="a selfcheck record: its switched-off parts and "
-                                                             "compile mode apply to every run")
-    runtime.add_argument("--min-start", type=float, help=f"s a new run needs at least (default: {DEFAULT_MIN_START})")
-    runtime.add_argument("--max-unfinished-mb", type=float, default=40.0,
-                         help="checkpoints of unfinished runs stay under this (default: 40)")
+    runtime.add_argument("--stack", type=int, help="runs trained as one stacked network (default: all of a "
+                                                   "network's seeds, or apart if the self-check finds that faster)")
+    runtime.add_argument("--min-start", type=float, help=f"s a new stack needs at least (default: {DEFAULT_MIN_START})")
+    runtime.add_argument("--selfcheck-budget", type=float,
+                         help=f"s the self-check may take (default: {DEFAULT_SELFCHECK_BUDGET})")
+    runtime.add_argument("--max-unfinished-mb", type=float, default=60.0,
+                         help="checkpoints of unfinished runs stay under this (default: 60; a bundle holds 64 MiB)")
     runtime.add_argument("--status", action="store_true", help="print the status table and exit")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shlex
     args = build_parser().parse_args(argv)
-    if (not args.status and (args.budget is None or args.budget <= 0)) or (args.pack is not None and args.pack < 1):
-        print(f"reproresnet campaign: error: --budget {args.budget} and --pack {args.pack} are not valid: "
-              f"expected positive numbers (--budget is required unless --status)", file=sys.stderr)
+    numbers = {"--budget": args.budget, "--stack": args.stack, "--min-start": args.min_start,
+               "--selfcheck-budget": args.selfcheck_budget, "--max-unfinished-mb": args.max_unfinished_mb}
+    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and
+           (not math.isfinite(value) or value < (1 if flag == "--stack" else 0))]
+    if bad or (not args.status and args.budget is None):
+        print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected finite "
+              f"numbers >= 0 (--stack >= 1), and --budget unless --status", file=sys.stderr)
         return 2
-    train_args = tuple(shlex.split(args.train_args))
-    if args.selfcheck:
-        from .selfcheck import train_flags
-        train_args += tuple(train_flags(args.selfcheck))
-    plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag, train_args)
+    plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
+                tuple(shlex.split(args.train_args)))
+    from .config import ConfigError
+    try:
+        plan.configs(args.out, "cpu", "fp32")  # every setting checked before anything runs
+    except ConfigError as error:
+        print(f"reproresnet campaign: error: {error}", file=sys.stderr)
+        return 2
     if args.status:
-        print(format_status(status_rows(plan, Path(args.out))))
+        print(format_status(status_rows(_status_configs(plan, Path(args.out)))))
         return 0
     device = _device_type(args.device)
-    options = Options(budget=args.budget, pack=args.pack or DEFAULT_PACK[device], device=args.device,
+    options = Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
                       min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
-                      max_unfinished_mb=args.max_unfinished_mb)
-    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # packed CPU runs share the cores
-        options.extra_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // options.pack))
-    print(f"campaign: {len(plan.runs())} runs in {args.out}, budget {args.budget:g} s, pack {options.pack}",
-          flush=True)
+                      selfcheck_budget=DEFAULT_SELFCHECK_BUDGET[device] if args.selfcheck_budget is None
+                      else args.selfcheck_budget, max_unfinished_mb=args.max_unfinished_mb)
+    print(f"campaign: {len(plan.archs) * len(plan.seeds)} runs in {args.out}, budget {args.budget:g} s, "
+          f"stack {args.stack or 'all seeds'}", flush=True)
     try:
         rows = run_campaign(plan, args.out, options, log=lambda line: print(line, flush=True),
                             start=process_start_time())
@@ -367,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     # Everything is written (atomically, fsynced). Skip the interpreter's teardown: with torch
     # imported it took 5 s and more on a loaded machine, and the budget includes the exit.
     os._exit(0)
+
+
+def _status_configs(plan: Plan, out: Path) -> dict:
+    """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
+    try:
+        chosen = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())["chosen"]["variant"]
+        precision = chosen.split("-")[1]
+    except (OSError, ValueError, KeyError, IndexError):
+        precision = "fp32"
+    return plan.configs(out, "cpu", precision)
 
 
 def _device_type(device: str) -> str:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, ConfigError, TrainConfig
+from .config import AUGMENTATIONS, DEVICES, ENGINES, NORMALIZATIONS, ConfigError, TrainConfig
 from .recipes import RECIPES
 
 
@@ -77,10 +77,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--seed", type=_integer)
     runtime.add_argument("--device", help=f"one of {DEVICES} or cuda:N (default: {_default('device')})")
-    for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format"),
-                       ("compile", "torch.compile")):
+    for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format")):
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
+    runtime.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                         help="torch.compile the eager engine's model (default: off; a cold compile takes minutes)")
+    runtime.add_argument("--engine", metavar="|".join(ENGINES),
+                         help="how each step runs: eager, or replayed as one CUDA graph (default: graph on one "
+                              "CUDA device without --compile, else eager)")
     runtime.add_argument("--eval-batch-size", type=_integer)
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
@@ -104,6 +108,24 @@ def _default(name: str):
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's settings from `train` arguments; the others say how this process runs."""
     return TrainConfig(**{key: value for key, value in vars(args).items() if key in _fields()})
+
+
+def train_settings(flags: list[str]) -> dict:
+    """The run settings (TrainConfig fields but arch and out) that `train` flags give, read by
+    `train`'s own parser, as the campaign's --train-args; a flag that is no run setting (e.g.
+    --resume, --stop-after) is a ConfigError."""
+    parser = argparse.ArgumentParser(prog="train flags", argument_default=argparse.SUPPRESS, add_help=False,
+                                     exit_on_error=False)
+    _add_train_arguments(parser)
+    try:
+        args = vars(parser.parse_args(["--arch", "-", "--out", "-", *flags]))
+    except (argparse.ArgumentError, SystemExit) as error:
+        raise ConfigError(f"train flags {' '.join(flags)!r} cannot be read: {error}") from None
+    process = [name for name, value in args.items() if name not in _fields() and value != parser.get_default(name)]
+    if process:
+        raise ConfigError(f"{', '.join('--' + name.replace('_', '-') for name in process)} in the train flags "
+                          f"{' '.join(flags)!r} are not run settings: the campaign sets them")
+    return {name: value for name, value in args.items() if name in _fields() and name not in ("arch", "out")}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -198,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data import DataError
+    from .engine import EngineError
     from .records import RunDirError
     from .train import TrainingDiverged
     try:
         return args.handler(args)
-    except (ConfigError, DataError, RunDirError, TrainingDiverged) as error:
+    except (ConfigError, DataError, EngineError, RunDirError, TrainingDiverged) as error:
         print(f"reproresnet: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,13 +20,16 @@ from .data import AUGMENTATIONS, NORMALIZATIONS
 from .recipes import NETWORK_OPTIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule
 
 DEVICES = ("auto", "cpu", "cuda")
+ENGINES = ("eager", "graph")  # engine.EagerEngine, engine.GraphEngine
 DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
 CIFAR_TRAIN_IMAGES = 50_000
 # Settings that say where and how fast a run runs, not what it computes: the settings check
 # of a resume, the sweep and the report's grouping of seeds ignore them. bf16 is not one:
 # precision is part of the result. (A resume is still refused when the speedups these resolve
-# to differ from the checkpoint's: train._check_same_speedups.)
-RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size")
+# to differ from the checkpoint's: train._check_same_speedups.) The engine is one: a CUDA graph
+# replays the kernels of the eager step, so a run may change engines between processes.
+RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "engine",
+                    "eval_batch_size")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
 RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",
                 "normalization", "augmentation", "val_size", *NETWORK_OPTIONS)
@@ -63,7 +66,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: Optional[bool] = None           # None: on for CUDA, off for CPU
     channels_last: Optional[bool] = None
-    compile: Optional[bool] = None
+    compile: Optional[bool] = None        # torch.compile (eager engine); None: off
+    engine: Optional[str] = None          # eager | graph; None: graph on one CUDA device, else eager
     eval_batch_size: int = 1000
 
     def __post_init__(self):
@@ -71,6 +75,8 @@ class TrainConfig:
             object.__setattr__(self, "milestones", tuple(self.milestones))
         self._check_types()
         _choice("recipe", self.recipe, RECIPES)
+        if self.engine is not None:
+            _choice("engine", self.engine, ENGINES)
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is not valid: expected one of {DEVICES} or 'cuda:N'")
         if not self.dataset or not (self.dataset in DATASETS or self.dataset.startswith("folder:")) \

@@ -8,6 +8,7 @@ turned into `DataError`s that say what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -72,6 +73,10 @@ class DataSplits:
         """`data` as both training and test split, ten classes: random images for timing and checks."""
         return cls(data, None, data, [str(c) for c in range(10)], "synthetic", "synthetic")
 
+    def to(self, device) -> DataSplits:
+        val = self.val.to(device) if self.val is not None else None
+        return dataclasses.replace(self, train=self.train.to(device), val=val, test=self.test.to(device))
+
     def describe(self) -> dict:
         return {
             "dataset": self.dataset,
@@ -87,13 +92,23 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / ".cache" / "reproresnet" / "data").expanduser()
 
 
+def load_source(dataset: str, data_dir=None, *, download: bool = False, seed: int = 0) -> DataSplits:
+    """The data set's whole training and test splits (no validation split): read once, then
+    each run's splits are taken from it (`load_splits(source=...)`) without reading again.
+    `seed` matters to the synthetic set only, which it generates."""
+    return load_splits(dataset, data_dir, download=download, seed=seed)
+
+
 def load_splits(dataset: str, data_dir=None, *, download: bool = False,
                 limit_train: int | None = None, limit_test: int | None = None,
-                val_size: int = 0, seed: int = 0) -> DataSplits:
+                val_size: int = 0, seed: int = 0, source: DataSplits | None = None) -> DataSplits:
     """Load a data set whole; optionally a seeded subset of each split and a held-out val split.
 
     dataset: "cifar10", "cifar100", "folder:PATH" (PATH/train/<class>/*, PATH/test/<class>/*)
     or "synthetic". val_size > 0 holds out that many training images (the seed used 5,000).
+    source: the data set as `load_source` read it (the same `dataset`, and for "synthetic" the
+    same seed); the subsets are then taken from it, the same images a fresh load would keep.
+    A split without a limit is `source`'s own tensor, not a copy.
     """
     for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
         if limit is not None and limit <= 0:
@@ -114,7 +129,13 @@ def load_splits(dataset: str, data_dir=None, *, download: bool = False,
                             f"lower it or leave it out to use the whole split")
         return torch.randperm(n, generator=_rng(seed, split))[:limit].sort().values
 
-    if dataset in _CIFAR:
+    if source is not None:
+        if source.dataset != dataset:
+            raise DataError(f"the data loaded once is {source.dataset!r}, not {dataset!r}")
+        train, test = ((split if limits[name] is None else split.subset(choose(len(split), name)))
+                       for name, split in (("train", source.train), ("test", source.test)))
+        classes, label = source.classes, source.label
+    elif dataset in _CIFAR:
         root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         train, test, classes, label = _load_cifar(dataset, root, download, choose)
     elif dataset.startswith("folder:") and dataset != "folder:":

@@ -421,6 +421,15 @@ def flops_per_image(model: nn.Module, device: torch.device) -> int:
     return counter.get_total_flops()
 
 
+@functools.lru_cache(maxsize=None)
+def network_size(name: str, num_classes: int = 10, options: tuple = ()) -> tuple[int, int]:
+    """(parameters, forward FLOPs per image) of a registered network with `options` (sorted
+    (name, value) pairs), counted on the meta device: no weights allocated, no kernels run."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes, **dict(options))
+    return count_parameters(model), flops_per_image(model, torch.device("meta"))
+
+
 def describe_architectures(num_classes: int = 10) -> list[dict]:
     """One row per registered network with its exact parameter count (default options)."""
     return [{"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth,

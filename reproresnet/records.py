@@ -15,8 +15,10 @@ import io
 import json
 import os
 import platform
+import queue
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +88,57 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows({key: _csv_value(row.get(key)) for key in METRIC_COLUMNS} for row in rows)
     write_atomic(path, lambda file: file.write(buffer.getvalue().encode()))
+
+
+class Writer:
+    """Runs file writes in the order they are submitted: at once, or (`background=True`) in one
+    background thread, so that a GPU keeps training while a checkpoint goes to disk. What is
+    submitted must not change afterwards (copies, not live tensors). A write that failed is
+    raised again at the next `submit` or at `flush`; `flush` waits for every write."""
+
+    def __init__(self, background: bool = False):
+        self.background, self.error = background, None
+        self.queue: queue.Queue | None = None
+        if background:
+            self.queue = queue.Queue()
+            threading.Thread(target=self._work, name="reproresnet-writer", daemon=True).start()
+
+    def submit(self, write, *args) -> None:
+        self._raise()
+        if self.queue is None:
+            write(*args)
+        else:
+            self.queue.put((write, args))
+
+    def flush(self) -> None:
+        if self.queue is not None:
+            self.queue.join()
+        self._raise()
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.flush()
+        finally:
+            if self.queue is not None:
+                self.queue.put(None)  # ends the thread
+
+    def _raise(self) -> None:
+        if self.error is not None:  # stays: nothing queued after a failed write may be written
+            raise self.error
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            write, args = item
+            try:
+                if self.error is None:  # after a failure nothing more is written: files keep their order
+                    write(*args)
+            except BaseException as error:  # noqa: BLE001 (handed to the training thread)
+                self.error = error
+            finally:
+                self.queue.task_done()
 
 
 def _csv_value(value):

@@ -47,7 +47,8 @@ def format_bench(record: dict) -> str:
     lines = [f"{record['device']['name']} ({record['device']['type']}), batch {record['batch_size']}, "
              f"{record['warmup_steps']} warm-up + {record['steps']} timed steps in {settings.get('rounds', '?')} "
              f"rounds (median round); epoch = {record.get('epoch_images', 50_000):,} images",
-             f"reproresnet path: {', '.join(used) or 'fp32 eager'}; baseline: {baseline}",
+             f"reproresnet path: {', '.join(used) or 'fp32 eager'}; graph: the same step replayed as a CUDA graph; "
+             f"stacked-K: K networks trained as one (its img/s and s/epoch count all K); baseline: {baseline}",
              f"{'arch':<18} {'path':<12} {'s/epoch':>8} {'img/s':>9} {'data img/s':>11} {'warm-up s':>9} "
              f"{'peak MB':>8} {'TFLOP/s':>8} {'graphs':>6}"]
     for row in record["rows"]:
@@ -56,10 +57,11 @@ def format_bench(record: dict) -> str:
         lines.append(f"{row['arch']:<18} {row['path']:<12} {row['seconds_per_epoch']:>8.2f} "
                      f"{row['images_per_second']:>9.0f} {row['data_images_per_second']:>11.0f} "
                      f"{row['warmup_seconds']:>9.1f} {peak:>8} {row['tflops']:>8.3f} {graphs:>6}")
+    lines += [f"{'':<18} {item['path']:<12} not available: {item['why']}" for item in record.get("unavailable", [])]
     if record["ratios"]:
-        lines += ["", f"{'arch':<18} {'step speedup':>12} {'data speedup':>12}"]
-        lines += [f"{r['arch']:<18} {r['step_speedup']:>11.2f}x {r['data_speedup']:>11.1f}x"
-                  for r in record["ratios"]]
+        lines += ["", f"{'arch':<18} {'path':<12} {'step speedup':>12} {'data speedup':>12}  (against the baseline)"]
+        lines += [f"{r['arch']:<18} {r.get('path', 'reproresnet'):<12} {r['step_speedup']:>11.2f}x "
+                  f"{r['data_speedup']:>11.1f}x" for r in record["ratios"]]
     warnings = [f"{row['arch']}: {warning}" for row in record["rows"] for warning in row.get("warnings", [])]
     if warnings:
         lines += ["", "WARNINGS:", *warnings]
@@ -410,7 +412,7 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
 
 def bench_table(benches) -> pd.DataFrame:
     """Every benchmark row, ours and the baseline's, with the device and batch it ran at."""
-    columns = {"arch": "network", "path": "path", "device": "device", "batch_size": "batch",
+    columns = {"arch": "network", "path": "path", "networks": "networks", "device": "device", "batch_size": "batch",
                "seconds_per_epoch": "s/epoch", "images_per_second": "images/s",
                "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
     return pd.DataFrame(_bench_rows(benches)).reindex(columns=list(columns)).round(1).rename(columns=columns)

@@ -1,149 +1,234 @@
-"""The fast path checked against fp32 eager before a campaign spends GPU time on it.
+"""Which way to train, checked against eager fp32 and timed, in seconds, before a campaign
+spends GPU time on it.
 
-    python -m reproresnet selfcheck --device cuda --out selfcheck.json
+    python -m reproresnet selfcheck --device cuda --dataset folder:data/cifar10-jpeg --out selfcheck.json
 
-For a network, from the same weights and the same batches: a few SGD steps in fp32 eager
-(the reference) and on the fast path (bf16 autocast, channels_last, torch.compile). The
-first step's loss (same weights, so only the numerics differ) must agree within
-`LOSS_RTOL`, and the weights' total change after the steps within `UPDATE_RTOL` of the
-reference's (a wrong gradient moves them elsewhere even when random labels keep the loss
-flat). If the whole fast path fails, each part is tried alone; a failing part is switched
-off for the campaign and recorded with its numbers, never silently.
+A variant is an engine (`eager`, or `graph`: the step replayed as a CUDA graph), a precision
+(fp32 with TF32 off, or bf16 autocast), a memory layout (NCHW or NHWC = channels_last) and a
+stack size K (the plan's K seeds of one network trained as one stacked network, `stacked.py`).
+On the plan's first network each variant takes the same steps, on the same batches of the
+real data (each run's own data pipeline), through the Engine API the training loop uses, as
+the reference: the K networks apart, eager fp32, NCHW. The steps include a tenfold drop of the
+learning rate and an epoch's smaller last batch between full ones, so that a graph that baked
+in its learning rate, or broke after an eager step, moves the weights elsewhere. Per network,
+the first step's loss (same weights: only the numerics differ) must agree within `LOSS_RTOL`
+and the weights' total change within `UPDATE_RTOL` of the reference's (relative L2). A
+variant's failure, crash included, is recorded with its numbers.
 
-The checks run in this order, so that a budget cut keeps what matters most: the first
-network; on CUDA, CUDA graphs (compile mode `reduce-overhead`) timed against the default
-mode on the same steps, the faster kept; the training path of `train_one_epoch` on an
-odd-sized set (the epoch's last, smaller batch runs eagerly, so the second epoch must compile
-nothing); the augmentation's statistics with the device's generator (flip rate and crop
-offsets); the other networks.
+Each variant is then timed over further full steps (ms/step; images/s counts the K networks'
+images). The choice: fp32 (the precision of every source) unless its fastest passing variant
+takes more than `PRECISION_COST` times the step time of bf16's; then the fastest passing
+variant of that precision. The reference always passes, so the eager fp32 path is the last
+fallback. The other networks of the plan are then checked with the chosen variant (no timing);
+one where it fails is trained eagerly and unstacked at the chosen precision. The device
+generator's augmentation statistics are checked last.
 
-On a CPU the same structure runs with tiny batches and compile alone (bf16 and
-channels_last are CUDA speedups). `--budget` is kept: a check still running when it is spent
-is interrupted, and checks not finished are recorded as unchecked and left as the device's
-defaults.
+`--budget` is kept: a check still running when it is spent is interrupted (SIGALRM) and listed
+as unchecked; the record's top-level "ok" is written last, so a record without it was cut
+short from outside. On a CPU the graph engine and bf16 are not tried (CUDA only): the
+reference and the eager stacked variant run, with tiny steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import itertools
 import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import records
-from .config import TrainConfig, select_device
-from .data import PAD, DataSplits, ImageSet, augment
-from .models import build_model
-from .recipes import get_recipe
-from .train import (Speedups, build_run, compile_counter, compile_model, make_optimizer, synchronize,
-                    train_one_epoch, train_step)
+from .config import ConfigError, TrainConfig, select_device
+from .data import PAD, augment, train_batches
+from .engine import WARMUP_STEPS
+from .train import Stack, build_stack, epoch_seed, load_device_splits, source_key, stacked_batch, synchronize
 
-FORMAT = "reproresnet-selfcheck/1"
-PARTS = ("bf16", "channels_last", "compile")
-LOSS_RTOL = 0.02     # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
-UPDATE_RTOL = 0.10   # relative L2 distance between the fast path's and fp32's weight change
-SIGMAS = 5.0         # augmentation frequencies: within 5 standard deviations of their expectation
+FORMAT = "reproresnet-selfcheck/2"
+LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
+UPDATE_RTOL = 0.10     # relative L2 distance between a variant's and the reference's weight change
+PRECISION_COST = 1.5   # fp32 is kept unless its step takes more than this times bf16's
+SIGMAS = 5.0           # augmentation frequencies: within 5 standard deviations of their expectation
 
 
-def _batches(n_steps: int, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(0)
-    return [(torch.randn(batch_size, 3, 32, 32, generator=g).to(device),
-             torch.randint(0, 10, (batch_size,), generator=g).to(device)) for _ in range(n_steps)]
+@dataclass(frozen=True)
+class Variant:
+    engine: str          # eager | graph
+    bf16: bool
+    channels_last: bool
+    stack: int           # networks trained as one (1: apart)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine}-{self.precision}-{'nhwc' if self.channels_last else 'nchw'}-k{self.stack}"
+
+    @classmethod
+    def from_name(cls, name: str) -> "Variant":
+        engine, precision, layout, stack = name.split("-")
+        return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
+
+    def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
+        """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
+        return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
+                                    compile=False) for config in configs]
 
 
-def _steps(arch: str, speedups: Speedups, batches, device, compile_mode: str = "default",
-           backend: str = "inductor") -> dict:
-    """SGD steps from the seed's initial weights: first loss, weight change, seconds per step."""
-    torch.manual_seed(0)
-    model = build_model(arch).to(device)
-    start = [p.detach().float().clone() for p in model.parameters()]
-    if speedups.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, get_recipe("seed"), speedups)
-    if speedups.compile:
-        torch._dynamo.reset()  # a fresh cache: dynamo's recompile limit is shared by every ResNet.forward
-    before = compile_counter("stats", "unique_graphs")
-    step_model = compile_model(model, compile_mode, backend=backend) if speedups.compile else model
-    losses, times = [], []
-    for images, labels in batches:
-        if speedups.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        synchronize(device)
+def reference_variant() -> Variant:
+    return Variant("eager", False, False, 1)
+
+
+def candidates(device: torch.device, k: int, precision: str | None = None) -> list[Variant]:
+    """The variants worth timing on `device`, most likely chosen first (a budget cut keeps them)."""
+    if device.type != "cuda":
+        found = [Variant("eager", False, False, k)]
+    else:
+        found = [Variant("graph", False, True, k), Variant("graph", True, True, k), Variant("eager", False, True, k),
+                 Variant("graph", False, False, k), Variant("graph", True, False, k)]
+    return [v for v in dict.fromkeys(found) if precision in (None, v.precision) and v != reference_variant()]
+
+
+# ---------------------------------------------------------------- one variant's steps
+
+
+def _build(variant: Variant, configs: list[TrainConfig], device, sources: dict) -> list[Stack]:
+    """The variant's stacks: one of K networks, or K stacks of one."""
+    configs = variant.configs(configs)
+    groups = [configs[start:start + variant.stack] for start in range(0, len(configs), variant.stack)]
+    return [build_stack(group, [load_device_splits(c, device, sources.get(source_key(c))) for c in group], device)
+            for group in groups]
+
+
+def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """`full` batches of each run's own data (its data order, augmentation and normaliser, from
+    epoch 0 on), then a smaller one, then two full ones: [step][run] -> (images, labels)."""
+    runs = [run for stack in stacks for run in stack.runs]
+    recipe, device = stacks[0].recipe, stacks[0].device
+
+    def batches(run):
+        for epoch in itertools.count():
+            generator = torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch))
+            yield from ((images, labels) for images, labels in train_batches(
+                run.splits.train, recipe.batch_size, normalizer=run.normalizer, augmentation=recipe.augmentation,
+                device=device, generator=generator) if len(labels) == recipe.batch_size)
+
+    if len(runs[0].splits.train) < recipe.batch_size:
+        raise ConfigError(f"the self-check needs a full batch of {recipe.batch_size} images; the training split "
+                          f"has {len(runs[0].splits.train)}")
+    steps = list(itertools.islice(zip(*map(batches, runs)), full + 3))
+    smaller = recipe.batch_size - max(1, recipe.batch_size // 4)
+    steps[full] = tuple((images[:smaller], labels[:smaller]) for images, labels in steps[full])
+    return steps
+
+
+def _lrs(stack: Stack, count: int) -> list[float]:
+    """A hundredth of the recipe's lr, then a tenfold drop three steps before the smaller batch
+    (on CUDA, after the first graph replays). The check compares computations, not training:
+    at the recipe's lr, fp32 rounding alone moved two identical computations' weights 20-30%
+    apart within six steps (ReLUs near zero switch, and each switch changes every later step);
+    at a hundredth, 0.4-1% (a ResNet-20, batch 32)."""
+    drop = count - 4
+    return [stack.recipe.lr / 100 * (0.1 if index >= drop else 1.0) for index in range(count)]
+
+
+def _flat_weights(stack: Stack) -> torch.Tensor:
+    """[K, N]: each network's parameters, flattened in the order of a single network's."""
+    return torch.cat([p.detach().float().reshape(stack.k, -1) for p in stack.model.parameters()], 1)
+
+
+def _steps(stack: Stack, batches, first_run: int, timed: int) -> dict:
+    """The compared steps on this stack's runs' batches, then `timed` full steps timed."""
+    runs = range(first_run, first_run + stack.k)
+    stacked = [stacked_batch([step[index] for index in runs], stack.speedups.channels_last) for step in batches]
+    before = _flat_weights(stack).clone()
+    losses = []
+    for (images, labels), lr in zip(stacked, _lrs(stack, len(stacked))):
+        stack.engine.set_lr(lr)
+        loss, _ = stack.engine.step(images, labels)
+        losses.append(loss / labels.shape[1])
+    change = _flat_weights(stack) - before
+    losses = torch.stack(losses).tolist()  # one synchronisation
+    seconds = None
+    if timed:
+        images, labels = stacked[0]
+        synchronize(stack.device)
         began = time.perf_counter()
-        loss, _ = train_step(step_model, optimizer, images, labels, speedups)
-        losses.append(loss.item() / len(labels))
-        times.append(time.perf_counter() - began)
-    change = torch.cat([(p.detach().float() - s).flatten() for p, s in zip(model.parameters(), start)])
-    finite = all(map(lambda x: x == x and abs(x) != float("inf"), losses))
-    graphs = compile_counter("stats", "unique_graphs") - before
-    if speedups.compile and graphs == 0:  # dynamo fell back to eager: the check would compare eager to eager
-        finite = False
-    return {"losses": losses, "change": change, "finite": finite, "graphs": graphs,
-            "seconds_per_step": sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else None}
+        for _ in range(timed):
+            stack.engine.step(images, labels)
+        synchronize(stack.device)
+        seconds = (time.perf_counter() - began) / timed
+    return {"first_losses": losses[0], "change": change, "seconds_per_step": seconds,
+            "finite": all(x == x and abs(x) != float("inf") for step in losses for x in step)
+            and bool(torch.isfinite(change).all())}
 
 
-def compare(reference: dict, fast: dict) -> dict:
-    loss_rel = abs(fast["losses"][0] - reference["losses"][0]) / abs(reference["losses"][0])
-    update_rel = ((fast["change"] - reference["change"]).norm() / reference["change"].norm()).item()
-    ok = fast["finite"] and loss_rel <= LOSS_RTOL and update_rel <= UPDATE_RTOL
-    return {"ok": ok, "first_loss_rel_diff": loss_rel, "update_rel_diff": update_rel, "graphs": fast["graphs"],
-            "losses": fast["losses"], "reference_losses": reference["losses"]}
+def trial(variant: Variant, stacks: list[Stack], batches, timed: int, began: float) -> dict:
+    """A variant's steps on `batches`, timed, and its set-up and step times."""
+    results, offset = [], 0
+    for stack in stacks:
+        results.append(_steps(stack, batches, offset, timed if offset == 0 else 0))
+        offset += stack.k
+    step = results[0]["seconds_per_step"]
+    images = stacks[0].k * stacks[0].recipe.batch_size
+    return {**variant_fields(variant), "first_losses": [x for r in results for x in r["first_losses"]],
+            "change": torch.cat([r["change"] for r in results]), "finite": all(r["finite"] for r in results),
+            "seconds_per_step": step, "images_per_second": images / step if step else None,
+            "setup_and_steps_seconds": round(time.perf_counter() - began, 2)}
 
 
-def check_network(arch: str, device: torch.device, steps: int, batch_size: int, wanted: Speedups,
-                  backend: str = "inductor") -> dict:
-    """The fast path (the parts `wanted` switches on) against fp32 eager; parts that fail
-    alone are listed in "disabled"."""
-    batches = _batches(steps, batch_size, device)
-    plain = Speedups(False, False, False, wanted.fused_optimizer)
-    reference = _steps(arch, plain, batches, device)
-    parts_on = [part for part in PARTS if getattr(wanted, part)]
-    result = {"arch": arch, "parts": parts_on, "disabled": {}}
-    if not parts_on:
-        result["fast_path"] = {"ok": True, "note": "no speedup switched on for this device"}
-        return result
-    result["fast_path"] = compare(reference, _steps(arch, wanted, batches, device, backend=backend))
-    if not result["fast_path"]["ok"]:
-        for part in parts_on:
-            alone = dataclasses.replace(plain, **{part: True})
-            outcome = compare(reference, _steps(arch, alone, batches, device, backend=backend))
-            result[f"{part}_alone"] = outcome
-            if not outcome["ok"]:
-                result["disabled"][part] = (f"{arch}: first-loss diff {outcome['first_loss_rel_diff']:.3g}, "
-                                            f"update diff {outcome['update_rel_diff']:.3g}")
-        if not result["disabled"]:  # each part passes alone, together they fail: drop compile
-            result["disabled"]["compile"] = f"{arch}: the parts pass alone but fail together"
-    return result
+def measure(variant: Variant, configs: list[TrainConfig], device, sources: dict, full: int, timed: int,
+            batches=None) -> tuple[dict, list]:
+    """(the variant's trial, the batches): on `batches`, or on the first steps of its runs' data."""
+    began = time.perf_counter()
+    stacks = _build(variant, configs, device, sources)
+    batches = batches or _batches(stacks, full)
+    return trial(variant, stacks, batches, timed, began), batches
 
 
-def check_epochs(device: torch.device, speedups: Speedups, batch_size: int, backend: str = "inductor") -> dict:
-    """Two epochs of the real training loop over 2 full batches + an odd one: the second
-    epoch compiles nothing (the odd batch and evaluation run eagerly)."""
-    n = 2 * batch_size + 3
-    g = torch.Generator().manual_seed(1)
-    data = ImageSet(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8).to(device),
-                    torch.randint(0, 10, (n,), generator=g).to(device))
-    config = TrainConfig(arch="preact_resnet20", out="selfcheck", batch_size=batch_size, epochs=2,
-                         device=device.type, bf16=speedups.bf16, channels_last=speedups.channels_last,
-                         compile=False)
-    run = build_run(config, DataSplits.one_set(data), device)  # the run training builds, compiled here
-    step_model = compile_model(run.model, backend=backend) if speedups.compile else run.model
-    run = dataclasses.replace(run, step_model=step_model, speedups=speedups)
-    torch._dynamo.reset()
-    graphs = []
-    for epoch in range(2):
-        before = compile_counter("stats", "unique_graphs")
-        row = train_one_epoch(run, epoch, progress=False)
-        graphs.append(compile_counter("stats", "unique_graphs") - before)
-    ok = graphs[1] == 0 and (graphs[0] > 0 or not speedups.compile) and row["train_loss"] == row["train_loss"]
-    return {"ok": ok, "graphs_compiled_per_epoch": graphs, "last_batch": 3,
-            "note": "the first epoch compiles the full batch, the second nothing"}
+def compare(reference: dict, result: dict) -> dict:
+    """Per network: first-step loss and total weight change against the reference's."""
+    losses = [abs(a - b) / abs(b) for a, b in zip(result["first_losses"], reference["first_losses"])]
+    updates = ((result["change"] - reference["change"]).norm(dim=1) / reference["change"].norm(dim=1)).tolist()
+    ok = result["finite"] and max(losses) <= LOSS_RTOL and max(updates) <= UPDATE_RTOL
+    return {**{k: v for k, v in result.items() if k != "change"}, "ok": ok,
+            "first_loss_rel_diff": max(losses), "update_rel_diff": max(updates)}
+
+
+def choose(results: list[dict], precision: str | None = None, stack: int | None = None) -> tuple[str, str]:
+    """(variant name, why): by the time one network's step takes (a step of a stack of K trains
+    K networks), fp32 unless it costs more than PRECISION_COST x bf16's (or `precision` if
+    given), then the fastest variant of that precision (and of `stack` networks, if given)
+    that passed."""
+    def cost(result):
+        return result["seconds_per_step"] / result["stack"]
+
+    passed = [r for r in results if r.get("ok") and r.get("seconds_per_step") and stack in (None, r["stack"])]
+    fastest = {p: min((r for r in passed if r["precision"] == p), key=cost, default=None)
+               for p in ("fp32", "bf16") if precision in (None, p)}
+    fp32, bf16 = fastest.get("fp32"), fastest.get("bf16")
+    if fp32 is None and bf16 is None:
+        fallback = dataclasses.replace(reference_variant(), bf16=precision == "bf16")
+        return fallback.name, f"no variant{f' of {stack} networks' if stack else ''} passed and was timed: " \
+                              f"eager, unstacked"
+    if precision is not None:
+        return (fp32 or bf16)["variant"], f"the fastest {precision} variant that passed ({precision} asked for)"
+    if bf16 is None:
+        return fp32["variant"], "the fastest fp32 variant that passed (bf16 not measured or not passed)"
+    ratio = cost(fp32) / cost(bf16)
+    numbers = (f"{fp32['variant']} {1e3 * cost(fp32):.2f} ms per network-step against {bf16['variant']} "
+               f"{1e3 * cost(bf16):.2f}: fp32 costs {ratio:.2f}x")
+    if ratio > PRECISION_COST:
+        return bf16["variant"], f"bf16, the fastest that passed: {numbers}, over {PRECISION_COST}x"
+    return fp32["variant"], f"fp32 (the sources' precision), the fastest that passed: {numbers}, " \
+                            f"within {PRECISION_COST}x"
 
 
 def check_augmentation(device: torch.device, n: int = 20000) -> dict:
@@ -169,39 +254,30 @@ def check_augmentation(device: torch.device, n: int = 20000) -> dict:
             "col_offset_freq": col_freq.tolist(), "tolerance": f"{SIGMAS:g} standard deviations"}
 
 
-def time_compile_modes(arch: str, device: torch.device, speedups: Speedups, steps: int, batch_size: int) -> dict:
-    """Seconds per step in each compile mode (CUDA graphs = reduce-overhead), same steps."""
-    batches = _batches(steps, batch_size, device)
-    before = compile_counter("inductor", "cudagraph_skips")
-    timed = {mode: _steps(arch, speedups, batches, device, mode)["seconds_per_step"]
-             for mode in ("default", "reduce-overhead")}
-    # CUDA graphs fall back to plain execution with only a log line: then their time is not theirs
-    skips = compile_counter("inductor", "cudagraph_skips") - before
-    faster = "default" if skips else min(timed, key=lambda m: timed[m] or float("inf"))
-    return {"arch": arch, "seconds_per_step": timed, "cudagraph_skips": skips, "faster": faster}
+# ---------------------------------------------------------------- the whole check
 
 
-def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | None = None,
-              budget: float = 60.0, modes: bool | None = None, backend: str = "inductor", log=print,
-              save=lambda record: None, recipe: str = "seed") -> dict:
-    """Every check in turn within `budget` seconds (a check still running then is interrupted
-    and listed as unchecked), `save(record)` after each; "ok" is written last, so a record
-    without it was cut short from outside."""
-    device = select_device(device)
+def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None = None, *, budget: float = 60.0,
+              precision: str | None = None, stack: int | None = None, timed_steps: int | None = None, log=print,
+              save=lambda record: None) -> dict:
+    """Every check in turn within `budget` seconds, `save(record)` after each. `plan`: the
+    configs of each network's runs (seeds apart; the first network's are compared and timed).
+    `precision` ("fp32" or "bf16") and `stack` (networks per stack; default: all the seeds,
+    or apart if that is faster) restrict the choice; `sources`: data sets already read."""
+    device, sources = torch.device(device), sources or {}
     cuda = device.type == "cuda"
-    steps = steps or (6 if cuda else 3)
-    # On CUDA each network steps at its batch size in the campaign's recipe: the same shapes as
-    # the runs, whose compiles then find the kernels this check compiled in inductor's cache.
-    batches = {arch: batch_size or (get_recipe(recipe).for_arch(arch).batch_size if cuda else 8)
-               for arch in [*archs, "preact_resnet20"]}
-    wanted = Speedups.for_device(TrainConfig(compile=True), device)  # on a CPU: compile alone
+    timed = timed_steps if timed_steps is not None else (30 if cuda else 2)
+    full = WARMUP_STEPS + 3 if cuda else 2  # on CUDA: warm-up steps, the capture, then replays
+    archs = list(plan)
+    k = stack or len(plan[archs[0]])
     deadline = time.time() + budget
     record = {"format": FORMAT, "created": records.now(), "device": str(device),
               "gpu": torch.cuda.get_device_name(device) if cuda else None, "torch": torch.__version__,
-              "steps": steps, "batch_size": batches, "tolerances": {"first_loss_rel": LOSS_RTOL,
-                                                                       "update_rel": UPDATE_RTOL},
-              "networks": [], "unchecked": [], "disabled": {}, "compile_mode": "default",
-              "compile_backend": backend}
+              "arch": archs[0], "stack": k, "batch_size": plan[archs[0]][0].resolved_recipe().batch_size,
+              "compared_steps": full + 3, "timed_steps": timed,
+              "tolerances": {"first_loss_rel": LOSS_RTOL, "update_rel": UPDATE_RTOL, "precision_cost": PRECISION_COST},
+              "variants": [], "not_tried": [] if cuda else ["graph engine and bf16: CUDA only"],
+              "networks": {}, "unchecked": []}
 
     def attempt(name, function, *args):
         began = time.time()
@@ -210,49 +286,74 @@ def selfcheck(archs, device="auto", steps: int | None = None, batch_size: int | 
                 result = None if expired() else function(*args)
             except Exception as error:  # a crash is a failed check, recorded with its message
                 result = {"ok": False, "error": f"{type(error).__name__}: {error}"[:500]}
-        if expired():  # cut by the budget (perhaps inside a compile, which then wraps the error)
+        if expired():  # cut by the budget
             record["unchecked"].append(name)
             log(f"selfcheck {name}: not checked (budget spent)")
             save(record)
             return None
         result["seconds"] = round(time.time() - began, 1)
         log(f"selfcheck {name}: {'ok' if result.get('ok', True) else 'FAILED'} ({result['seconds']} s)"
+            + (f" {1e3 * result['seconds_per_step']:.2f} ms/step" if result.get("seconds_per_step") else "")
             + (f" {result['error']}" if "error" in result else ""))
-        record.setdefault("checks", []).append(name)
         save(record)
         return result
 
-    def check(arch):
-        result = attempt(f"network {arch}", check_network, arch, device, steps, batches[arch], wanted, backend)
-        if result is None:
-            return
-        record["networks"].append(result)
-        if "error" in result:  # the fast path crashed: switch off compile, the usual culprit
-            result.update(arch=arch, disabled={"compile": f"{arch}: {result['error']}"})
-        record["disabled"].update({k: v for k, v in result.get("disabled", {}).items() if k not in record["disabled"]})
-        save(record)
+    first, measured = plan[archs[0]], {}
 
-    # The first network, then what decides the campaign's speed (CUDA graphs or not) while its
-    # default-mode compile is cached, then the cheap checks, then the other networks.
-    for arch in archs[:1]:
-        check(arch)
-    kept = dataclasses.replace(wanted, **{part: False for part in record["disabled"]})
-    if (cuda if modes is None else modes) and kept.compile and archs:
-        record["compile_modes"] = attempt(f"CUDA graphs on {archs[0]}", time_compile_modes, archs[0], device,
-                                          kept, max(steps, 20), batches[archs[0]])
-        if record["compile_modes"] and "faster" in record["compile_modes"]:
-            record["compile_mode"] = record["compile_modes"]["faster"]
-    record["epochs"] = attempt("training loop (odd last batch)", check_epochs, device, kept,
-                              batches["preact_resnet20"], backend)
-    if record["epochs"] is not None and not record["epochs"]["ok"] and kept.compile:
-        record["disabled"].setdefault("compile", f"the training loop: {record['epochs']}")
-    record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
+    def reference():
+        measured["reference"], measured["batches"] = measure(reference_variant(), first, device, sources, full, timed)
+        return compare(measured["reference"], measured["reference"])
+
+    def variant_trial(variant):
+        return compare(measured["reference"], measure(variant, first, device, sources, full, timed,
+                                                      measured["batches"])[0])
+
+    result = attempt(f"{archs[0]} {reference_variant().name} (reference)", reference)
+    if result is not None:
+        record["variants"].append({**variant_fields(reference_variant()), **result})
+    for variant in candidates(device, k, precision) if "reference" in measured else ():
+        result = attempt(f"{archs[0]} {variant.name}", variant_trial, variant)
+        if result is not None:
+            record["variants"].append({**variant_fields(variant), **result})
+    chosen, why = choose(record["variants"], precision, stack)
+    record["chosen"] = {"variant": chosen, "why": why}
+    tried = {r["variant"]: r for r in record["variants"]}
+    record["networks"][archs[0]] = {"ok": tried[chosen]["ok"] if chosen in tried else None, "variant": chosen}
     for arch in archs[1:]:
-        check(arch)
-    record["ok"] = not record["disabled"] and all(
-        part is None or part.get("ok", True) for part in (record["epochs"], record["augmentation"]))
+        record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch], device, sources,
+                                           Variant.from_name(chosen), full) or {"ok": None, "note": "unchecked"}
+    record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
+    save(record)
+    record["ok"] = all(r.get("ok") for r in record["variants"]) and not record["unchecked"] and \
+        all(n.get("ok") for n in record["networks"].values()) and (record["augmentation"] or {}).get("ok", False)
+    log(f"selfcheck: chosen {chosen}: {why}")
     save(record)
     return record
+
+
+def variant_fields(variant: Variant) -> dict:
+    return {"variant": variant.name, "engine": variant.engine, "precision": variant.precision,
+            "channels_last": variant.channels_last, "stack": variant.stack}
+
+
+def check_network(configs: list[TrainConfig], device, sources: dict, variant: Variant, full: int) -> dict:
+    """`variant` against the reference on one more network (compared, not timed)."""
+    reference, batches = measure(reference_variant(), configs, device, sources, full, 0)
+    result = compare(reference, measure(variant, configs, device, sources, full, 0, batches)[0])
+    return {"ok": result["ok"], "variant": variant.name, "first_loss_rel_diff": result["first_loss_rel_diff"],
+            "update_rel_diff": result["update_rel_diff"]}
+
+
+def variant_for(record: dict, arch: str) -> tuple[Variant, str]:
+    """How the campaign trains `arch` after the check `record`: the chosen variant, or, where it
+    failed on this network, eagerly and unstacked at the chosen precision; and why."""
+    chosen = Variant.from_name(record["chosen"]["variant"])
+    network = record["networks"].get(arch) or {}
+    if network.get("ok") is False:  # None: not checked on this network (the budget), used as chosen
+        fallback = dataclasses.replace(reference_variant(), bf16=chosen.bf16)
+        return fallback, (f"{fallback.name}: fallback, {chosen.name} failed the self-check on {arch} "
+                          f"(update diff {network.get('update_rel_diff')}, {network.get('error', '')})")
+    return chosen, f"{chosen.name}: {record['chosen']['why']}"
 
 
 class _BudgetSpent(Exception):
@@ -261,9 +362,9 @@ class _BudgetSpent(Exception):
 
 @contextmanager
 def _alarm(seconds: float):
-    """Interrupt the block when `seconds` pass (SIGALRM, main thread): a cold compile of a deep
-    network can take minutes, and a check that overruns the budget is killed with the slot's
-    other work. Yields `expired()`: did the alarm fire, whatever exception it became."""
+    """Interrupt the block when `seconds` pass (SIGALRM, main thread): a check that overruns
+    the budget would be killed with the slot's other work. Yields `expired()`: did the alarm
+    fire, whatever exception it became."""
     fired = []
     if seconds <= 0:
         yield lambda: True
@@ -284,47 +385,56 @@ def _alarm(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def train_flags(path) -> list[str]:
-    """The `train` flags a selfcheck record asks for: its switched-off parts, its compile mode."""
-    record = json.loads(Path(path).read_text())
-    flags = [f"--no-{part.replace('_', '-')}" for part in PARTS if part in record.get("disabled", {})]
-    return flags + ["--compile-mode", record.get("compile_mode", "default")]
+def jsonable(value):
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="K = their number (default 0 1 2)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--batch-size", type=int, help="default: on CUDA, each network's in --recipe; 8 on a CPU")
+    parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
+    parser.add_argument("--timed-steps", type=int, help="default: 30 on CUDA, 2 on a CPU")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
-    parser.add_argument("--compile-modes", action=argparse.BooleanOptionalAction,
-                        help="time CUDA graphs against the default compile mode (default: on CUDA)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend (default: inductor, what training uses; aot_eager "
-                             "checks dynamo and autograd without code generation, for a quick CPU try)")
     parser.add_argument("--out", default="selfcheck.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    try:
+        device = select_device(args.device)
+        plan = {arch: [TrainConfig(arch=arch, out=f"selfcheck/{arch}-seed{seed}", seed=seed, recipe=args.recipe,
+                                   dataset=args.dataset, batch_size=args.batch_size, device=device.type)
+                       for seed in args.seeds] for arch in args.archs}
+    except ConfigError as error:
+        print(f"reproresnet selfcheck: error: {error}", file=sys.stderr)
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = selfcheck(args.archs, args.device, args.steps, args.batch_size, args.budget, args.compile_modes,
-                       args.compile_backend, log=lambda line: print(line, flush=True),
-                       save=lambda record: records.write_json(out, _jsonable(record)), recipe=args.recipe)
-    verdict = "FAILED parts" if not record["ok"] else "passed, but not checked: " + ", ".join(
-        record["unchecked"]) if record["unchecked"] else "all passed"
-    print(f"selfcheck: {verdict}; switched off: {record['disabled'] or 'nothing'}; "
-          f"compile mode {record['compile_mode']}; record in {out}")
+    record = selfcheck(plan, device, budget=args.budget, precision=args.precision, timed_steps=args.timed_steps,
+                       log=lambda line: print(line, flush=True),
+                       save=lambda record: records.write_json(out, jsonable(record)))
+    print(format_variants(record))
+    print(f"selfcheck: {'all passed' if record['ok'] else 'not all passed (see above)'}; record in {out}")
     return 0
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items() if not isinstance(v, torch.Tensor)}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
+def format_variants(record: dict) -> str:
+    """The variant table: ms/step, images/s (K networks' images), the checks' numbers."""
+    lines = [f"{'variant':<24} {'ok':>5} {'ms/step':>8} {'img/s':>8} {'loss diff':>10} {'update diff':>11}"]
+    for r in record["variants"]:
+        step = r.get("seconds_per_step")
+        lines.append(f"{r['variant']:<24} {str(r.get('ok')):>5} {1e3 * step if step else float('nan'):>8.2f} "
+                     f"{r.get('images_per_second') or float('nan'):>8.0f} {r.get('first_loss_rel_diff', float('nan')):>10.2e} "
+                     f"{r.get('update_rel_diff', float('nan')):>11.2e}" + (f"  {r['error']}" if "error" in r else ""))
+    lines.append(f"chosen: {record['chosen']['variant']} ({record['chosen']['why']})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

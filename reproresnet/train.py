@@ -1,200 +1,179 @@
 """The training loop: CUDA first, resumable, recording everything a reader needs to check it.
 
-`train(config)` runs (or resumes) one run in `config.out`. After every epoch it writes,
-each atomically: `checkpoint.pt` (model, optimizer and metrics: the source of truth),
-`metrics.csv` and `run.json`. The random state of an epoch is derived from (seed, epoch),
-so a resumed run repeats exactly what an uninterrupted one would have done: bit for bit on
-a CPU; on CUDA only the data order repeats (cuDNN autotuning and non-deterministic backward
-kernels change the last bits of every step).
+`train(config)` runs (or resumes) one run in `config.out`. `train_stack(configs)` trains K runs
+of one config that differ only in their seed (and directory) as one network
+(`stacked.StackedResNet`), K times the work per kernel: each run keeps its own seed, data
+split, data order, augmentation draws, normaliser and run directory, and writes what it would
+have written alone (its checkpoint holds its own network and momentum); a stacked run can be
+resumed alone and a lone run in a stack. How a step runs is the engine's (`engine.py`).
+
+After every epoch each run writes, each atomically and in this order: `checkpoint.pt`
+(model, optimizer and metrics: the source of truth), `metrics.csv` and `run.json`; on CUDA a
+background thread writes them while the GPU trains on. The random state of an epoch is
+derived from (seed, epoch), so a resumed run repeats exactly what an uninterrupted one would
+have done: bit for bit on a CPU; on CUDA only the data order repeats (cuDNN autotuning and
+non-deterministic backward kernels change the last bits of every step).
 
 `deadline` stops a run cleanly at an epoch boundary, its checkpoint written, when the next
 epoch would not end before it; such a run keeps the status "running" (resumable) and says
-so in its record's `message`.
+so in its record's `message`. `hard_stop` abandons an epoch still running then (its steps are
+lost, the files keep the last complete epoch): how a campaign ends within its budget.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed, records
 from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
-from .models import build_model, count_parameters, flops_per_image
+from .engine import Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine
+from .models import build_model, network_size
 from .recipes import Recipe, Schedule, make_schedule
 from .records import RunDirError
+from .stacked import DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, merge_optimizer_states, split_optimizer_state, \
+    stack_inputs, stacked_loss
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-@dataclass(frozen=True)
-class Speedups:
-    """The fast path's switches, each on by default on CUDA only."""
-    bf16: bool
-    channels_last: bool
-    compile: bool
-    fused_optimizer: bool
-
-    @classmethod
-    def for_device(cls, config: TrainConfig, device: torch.device) -> "Speedups":
-        cuda = device.type == "cuda"
-        pick = lambda value: cuda if value is None else value  # noqa: E731
-        return cls(pick(config.bf16), pick(config.channels_last), pick(config.compile), cuda)
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, torch.bfloat16) if self.bf16 else nullcontext()
-
-    def precision(self) -> str:
-        return "bf16 autocast" if self.bf16 else "fp32"
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+class HardStop(RuntimeError):
+    """The hard stop came during an epoch: the epoch is abandoned."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def compile_model(model: torch.nn.Module, mode: str = "default", backend="inductor"):
-    """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
-    default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
-    batch size, and every later full batch then runs that dynamic graph instead. With
-    dynamic=False the last batch gets a second static graph, compiled once per process; CUDA
-    graphs (mode "reduce-overhead") then also record one graph per batch size."""
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
-    return torch.compile(model, mode=None if mode == "default" else mode,
-                         dynamic=False, backend=backend)
+@dataclass
+class Run:
+    """One training run: its settings, its data and normaliser, and what it writes (its record,
+    metrics and speed segments). `active` ends when it diverges."""
+    config: TrainConfig
+    splits: DataSplits
+    normalizer: Normalizer
+    record: dict | None = None
+    metrics: list = dataclasses.field(default_factory=list)
+    speed: list = dataclasses.field(default_factory=list)  # one segment per process, see _speed_segment
+    active: bool = True
 
-
-def compile_counter(group: str, name: str) -> int:
-    """A torch.compile counter of this process: ("stats", "unique_graphs") graphs built,
-    ("inductor", "cudagraph_skips") CUDA graphs skipped."""
-    from torch._dynamo.utils import counters
-    return int(counters[group][name])
-
-
-def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
-    # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
-    # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
-    # 'regularizable' tag: W, not b, not BN's beta and gamma).
-    groups = [{"params": list(model.parameters())}]
-    if recipe.weight_decay_on == "weights":
-        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        chosen = {id(p) for p in weights}
-        groups = [{"params": weights},
-                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
-                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-                           fused=speedups.fused_optimizer or None)
-
-
-def train_step(model, optimizer, images, labels, speedups: Speedups):
-    """One SGD step; returns the summed loss and the number of errors, left on the device."""
-    with speedups.autocast(images.device):
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach() * len(labels), (logits.argmax(1) != labels).sum()
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.out)
 
 
 @dataclass
-class Run:
-    """Everything one training run works with, built once by `build_run`."""
-    config: TrainConfig
+class Stack:
+    """What the loop trains, built once by `build_stack`: K runs of one config as one network
+    (K = 1: a plain network), its optimizer and the engine that steps it."""
+    runs: list[Run]
     recipe: Recipe
     schedule: Schedule
-    splits: DataSplits
-    normalizer: Normalizer
-    model: torch.nn.Module
-    step_model: torch.nn.Module     # what training and evaluation call: compiled on the fast path
+    model: torch.nn.Module           # the network, or the K networks as one StackedResNet
     optimizer: torch.optim.Optimizer
+    engine: Engine
     speedups: Speedups
     device: torch.device
-    speed: list = dataclasses.field(default_factory=list)  # one segment per process, see _speed_segment
     world: distributed.World = distributed.World()  # the processes of a torchrun run
 
+    @property
+    def k(self) -> int:
+        return len(self.runs)
 
-def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int | None = None) -> dict:
-    """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns its
-    mean loss, error (%), lr, seconds and images per second."""
-    generator = torch.Generator(run.device).manual_seed(epoch_seed(run.config.seed, epoch))
-    torch.manual_seed(distributed.process_seed(run.world, epoch_seed(run.config.seed, epoch)))  # dropout draws
-    schedule = run.schedule
+
+def stacked_batch(batches, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K runs' (images, labels) as the stack's input `[B, 3K, H, W]` and labels `[K, B]`."""
+    images = batches[0][0] if len(batches) == 1 else stack_inputs([images for images, _ in batches])
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, torch.stack([labels for _, labels in batches])
+
+
+def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: int | None = None,
+                    hard_stop: float | None = None) -> list[dict]:
+    """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns each run's
+    mean loss, error (%), lr, seconds and images per second (its own images)."""
+    runs, schedule, device, world = stack.runs, stack.schedule, stack.device, stack.world
+    # Dropout draws: one generator for the stack, seeded by its first run (K = 1: the run's own).
+    torch.manual_seed(distributed.process_seed(world, epoch_seed(runs[0].config.seed, epoch)))
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
-    batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=run.recipe.augmentation, generator=generator, device=run.device,
-                            part=(run.world.rank, run.world.size))
-    loss_sum = torch.zeros((), device=run.device)
-    errors = torch.zeros((), device=run.device, dtype=torch.long)
+    epochs = [train_batches(run.splits.train, stack.recipe.batch_size, normalizer=run.normalizer,
+                            augmentation=stack.recipe.augmentation, device=device, part=(world.rank, world.size),
+                            generator=torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch)))
+              for run in runs]
+    loss_sum = torch.zeros(stack.k, device=device)
+    errors = torch.zeros(stack.k, device=device, dtype=torch.long)
     seen = 0
-    run.step_model.train()
-    synchronize(run.device)
+    stack.model.train()
+    synchronize(device)
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{schedule.epochs}", leave=False,
                disable=None if progress else True, unit="step")  # None: no bar off a terminal
-    for index, (images, labels) in zip(range(steps), batches):
-        lr = schedule.lr_at(first + index)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        if run.speedups.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
-        # cost a second cold compile per process, and padding it would change BN's statistics.
-        # Under torchrun every batch goes through the DDP wrapper, which averages the gradients.
-        partial = run.world.size == 1 and len(labels) < run.recipe.batch_size
-        model = run.model if partial else run.step_model
-        batch_loss, batch_errors = train_step(model, run.optimizer, images, labels, run.speedups)
-        loss_sum += batch_loss
-        errors += batch_errors
-        seen += len(labels)
-        bar.update()
-        if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:g}")
-    distributed.all_sum(run.world, loss_sum, errors)
-    seen *= run.world.size  # every process saw an equal slice
-    distributed.average_buffers(run.world, run.model)
-    synchronize(run.device)
+    with exact_fp32():
+        for index, batches in zip(range(steps), zip(*epochs)):
+            lr = schedule.lr_at(first + index)
+            stack.engine.set_lr(lr)
+            images, labels = stacked_batch(batches, stack.speedups.channels_last)
+            batch_loss, batch_errors = stack.engine.step(images, labels)
+            loss_sum += batch_loss
+            errors += batch_errors
+            seen += labels.shape[1]
+            bar.update()
+            if hard_stop is not None and time.time() > hard_stop:  # the host runs a few steps ahead at most
+                bar.close()
+                raise HardStop(f"the hard stop came in epoch {epoch + 1}")
+            if not bar.disable and index % 50 == 49:  # an occasional sync for the bar, not one per step
+                bar.set_postfix(loss=f"{loss_sum.sum().item() / seen / stack.k:.3f}", lr=f"{lr:g}")
+    distributed.all_sum(world, loss_sum, errors)
+    seen *= world.size  # every process saw an equal slice
+    distributed.average_buffers(world, stack.model)
+    synchronize(device)
     seconds = time.perf_counter() - start
     bar.close()
-    return {"lr": lr, "train_loss": loss_sum.item() / seen, "train_error": 100.0 * errors.item() / seen,
-            "seconds": seconds, "images_per_second": seen / seconds}
+    return [{"lr": lr, "train_loss": loss / seen, "train_error": 100.0 * wrong / seen, "seconds": seconds,
+             "images_per_second": seen / seconds} for loss, wrong in zip(loss_sum.tolist(), errors.tolist())]
 
 
 @torch.no_grad()
-def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
-    """Mean loss and error (%) over `data`, in large batches; restores train mode.
+def evaluate(stack: Stack, sets: list[ImageSet]) -> list[tuple[float, float]]:
+    """Each run's mean loss and error (%) over its own set in `sets`, all K in one pass per
+    batch, in large batches; restores train mode.
 
-    Always fp32 and eager (the uncompiled module, same weights): bf16 moved 4 of 1,000 test
-    predictions of a trained ResNet-20, and compiling evaluation's batch shape would cost a
-    cold compile per process for a fifteenth of an epoch's work."""
-    was_training = run.model.training
-    run.model.eval()
-    loss_sum = torch.zeros((), device=run.device)
-    errors = torch.zeros((), device=run.device, dtype=torch.long)
-    for images, labels in eval_batches(data, run.config.eval_batch_size, normalizer=run.normalizer,
-                                       device=run.device):
-        if run.speedups.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        logits = run.model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        errors += (logits.argmax(1) != labels).sum()
-    run.model.train(was_training)
-    return loss_sum.item() / len(data.labels), 100.0 * errors.item() / len(data.labels)
+    Always fp32 with TF32 off, and eager (the uncompiled module, same weights): bf16 moved 4 of
+    1,000 test predictions of a trained ResNet-20, and compiling evaluation's batch shape would
+    cost a cold compile per process for a fifteenth of an epoch's work."""
+    if len({len(data) for data in sets}) != 1 or len(sets) != stack.k:
+        raise ValueError(f"evaluate needs one set per run, all of one size; got sizes {[len(s) for s in sets]} "
+                         f"for {stack.k} runs")
+    was_training = stack.model.training
+    stack.model.eval()
+    loss_sum = torch.zeros(stack.k, device=stack.device)
+    errors = torch.zeros(stack.k, device=stack.device, dtype=torch.long)
+    batch_size = stack.runs[0].config.eval_batch_size
+    with exact_fp32():
+        for batches in zip(*(eval_batches(data, batch_size, normalizer=run.normalizer, device=stack.device)
+                             for run, data in zip(stack.runs, sets))):
+            images, labels = stacked_batch(batches, stack.speedups.channels_last)
+            logits = stack.model(images)
+            _, losses, wrong = stacked_loss(logits.view(len(images), stack.k, -1), labels)
+            loss_sum += losses * labels.shape[1]
+            errors += wrong
+    stack.model.train(was_training)
+    n = len(sets[0])
+    return [(loss / n, 100.0 * wrong / n) for loss, wrong in zip(loss_sum.tolist(), errors.tolist())]
 
 
 def synchronize(device: torch.device) -> None:
@@ -247,25 +226,26 @@ def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
                           f"use the original settings or another --out")
 
 
-def _new_record(run: Run) -> dict:
-    config, provenance = run.config, records.provenance(run.device)
+def _new_record(stack: Stack, run: Run, provenance: dict) -> dict:
+    config = run.config
+    params, flops = network_size(config.arch, len(run.splits.classes), tuple(sorted(config.model_options().items())))
     return {
         "format": records.RUN_FORMAT,
         "status": "running",
-        "name": Path(config.out).name,
+        "name": run.run_dir.name,
         "arch": config.arch,
         "config": config.as_dict(),
-        "recipe": run.recipe.as_dict(),
-        "schedule": run.schedule.as_dict(),
-        "data": {**run.splits.describe(), "normalization": run.recipe.normalization,
-                 "augmentation": run.recipe.augmentation},
-        "precision": run.speedups.precision(),  # bf16 and fp32 runs are different experiments
+        "recipe": stack.recipe.as_dict(),
+        "schedule": stack.schedule.as_dict(),
+        "data": {**run.splits.describe(), "normalization": stack.recipe.normalization,
+                 "augmentation": stack.recipe.augmentation},
+        "precision": stack.speedups.precision(),  # bf16 and fp32 runs are different experiments
         **provenance,
-        "device": {**provenance["device"], "speedups": dataclasses.asdict(run.speedups)},
-        "params": count_parameters(run.model),
-        "flops_per_image": flops_per_image(run.model, run.device),
-        "distributed": run.world.describe(run.recipe.batch_size),
-        "epochs_planned": run.schedule.epochs,
+        "device": {**provenance["device"], "speedups": dataclasses.asdict(stack.speedups)},
+        "params": params,
+        "flops_per_image": flops,
+        "distributed": stack.world.describe(stack.recipe.batch_size),
+        "epochs_planned": stack.schedule.epochs,
         "epochs_done": 0,
         "final": None,
         "message": None,
@@ -290,13 +270,34 @@ def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
             "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
 
 
-def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:
-    # The checkpoint first: it is the source of truth a resumption rebuilds the others from.
+def _save(writer: records.Writer, run: Run, checkpoint: dict | None) -> None:
+    """The run's files, in the writer's order: the checkpoint first (the source of truth a
+    resumption rebuilds the others from), then metrics.csv, then run.json. What is handed to
+    the writer is a copy: training goes on while a background writer works."""
+    run.record["updated"] = records.now()
+    record, metrics, run_dir = copy.deepcopy(run.record), copy.deepcopy(run.metrics), run.run_dir
     if checkpoint is not None:
-        records.write_atomic(run_dir / records.CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
-    records.write_metrics(run_dir / records.METRICS_FILE, metrics)
-    record["updated"] = records.now()
-    records.write_json(run_dir / records.RUN_FILE, record)
+        writer.submit(_write_torch, run_dir / records.CHECKPOINT_FILE, checkpoint)
+    writer.submit(records.write_metrics, run_dir / records.METRICS_FILE, metrics)
+    writer.submit(records.write_json, run_dir / records.RUN_FILE, record)
+
+
+def _write_torch(path: Path, value) -> None:
+    records.write_atomic(path, lambda file: torch.save(value, file))
+
+
+def _snapshot(value, background: bool):
+    """`value` as it is now: every tensor copied to the CPU for a background writer (a copy
+    of a state dict, not a view of weights that the next step changes)."""
+    if not background:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return type(value)((key, _snapshot(item, True)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(item, True) for item in value)
+    return copy.deepcopy(value)
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
@@ -305,7 +306,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     `deadline` (a `time.time()` moment): stop cleanly before an epoch that would end after
     it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
-    run_dir = Path(config.out)
     world = distributed.World.from_environment()  # several processes under torchrun; process 0 writes
     if deadline is not None and world.size > 1:
         # each process would time its own epochs and might stop at a different one
@@ -315,49 +315,116 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
-        return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress and world.main,
-                         deadline=deadline, pack=pack, compile_mode=compile_mode)
+        [record] = _train_in([config], [splits], device, world, resume=resume, progress=progress and world.main,
+                             deadline=deadline, pack=pack, compile_mode=compile_mode)
+    if record["status"] == "diverged":
+        raise TrainingDiverged(record["message"])
+    return record
 
 
-def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: torch.device,
-              world: distributed.World, *, resume: bool, progress: bool, deadline: float | None, pack: int,
-              compile_mode: str) -> dict:
-    """The run in its directory: one writer, resumed from its checkpoint, stopped cleanly at `deadline`."""
-    with records.run_dir_lock(run_dir) if world.main else nullcontext():
+def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,
+                progress: bool = False, deadline: float | None = None, hard_stop: float | None = None,
+                writer: records.Writer | None = None, note: str | None = None) -> list[dict]:
+    """Train (or resume) K runs of one config, seeds apart, as one stacked network in this
+    process (single-process, `resume` implied); returns their records in `configs`' order. A
+    run that diverges is recorded so and dropped; the others go on. `sources`: the data sets
+    already read, by `source_key` (each run's splits are taken from them); `note`: why they
+    train this way (the campaign's choice), kept in each run's speed segment."""
+    sources = sources or {}
+    splits = [load_device_splits(config, device, sources.get(source_key(config))) for config in configs]
+    return _train_in(configs, splits, device, distributed.World(), resume=True, progress=progress,
+                     deadline=deadline, hard_stop=hard_stop, writer=writer, note=note)
+
+
+def source_key(config: TrainConfig) -> tuple:
+    """What identifies the data a run reads whole (`data.load_source`): the synthetic set is
+    generated from the seed."""
+    return config.dataset, config.data_dir, config.seed if config.dataset == "synthetic" else None
+
+
+def _train_in(configs: list[TrainConfig], splits: list[DataSplits], device: torch.device,
+              world: distributed.World, *, resume: bool, progress: bool, deadline: float | None,
+              hard_stop: float | None = None, pack: int = 1, compile_mode: str = "default",
+              writer: records.Writer | None = None, note: str | None = None) -> list[dict]:
+    """The runs in their directories: one writer each, resumed from their checkpoints, stopped
+    cleanly at `deadline`; returns their records, in `configs`' order."""
+    with ExitStack() as held:
         if world.main:
-            records.remove_orphans(run_dir)
+            for config in configs:
+                held.enter_context(records.run_dir_lock(Path(config.out)))
+                records.remove_orphans(Path(config.out))
+        # Every file is written before the locks are released (the exit stack unwinds in reverse).
+        if writer is None:
+            writer = held.enter_context(records.Writer(background=device.type == "cuda"))
+        else:
+            held.callback(writer.flush)
         # Every process decides from the same files: process 0 writes none before the first
         # epoch ends, which needs the others (DDP's collectives).
-        checkpoint = _prepare_run_dir(run_dir, config, resume)
-        if checkpoint == "complete":
-            return records.read_run(run_dir)
-        run = build_run(config, splits, device, compile_mode, world)
-        record = _new_record(run)
+        prepared = [_prepare_run_dir(Path(config.out), config, resume) for config in configs]
+        done = {index: records.read_run(Path(configs[index].out))
+                for index, checkpoint in enumerate(prepared) if checkpoint == "complete"}
+        todo = [index for index in range(len(configs)) if index not in done]
+        if todo:
+            checkpoints = [prepared[index] for index in todo]
+            _check_same_epoch([configs[index] for index in todo], checkpoints)
+            stack = build_stack([configs[index] for index in todo], [splits[index] for index in todo], device,
+                                compile_mode, world, checkpoints)
+            _start_records(stack, checkpoints, pack, compile_mode, note)
+            _train_epochs(stack, writer, progress, deadline, hard_stop)
+            done.update(zip(todo, (run.record for run in stack.runs)))
+        return [done[index] for index in range(len(configs))]
+
+
+def _check_same_epoch(configs: list[TrainConfig], checkpoints: list) -> None:
+    epochs = [len(checkpoint["metrics"]) if checkpoint else 0 for checkpoint in checkpoints]
+    if len(set(epochs)) > 1:
+        where = ", ".join(f"{config.out}: {done}" for config, done in zip(configs, epochs))
+        raise ConfigError(f"runs trained as one stack must be at the same epoch; epochs done: {where}")
+
+
+def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str, note: str | None) -> None:
+    provenance = records.provenance(stack.device)
+    for run, checkpoint in zip(stack.runs, checkpoints):
+        run.record = _new_record(stack, run, provenance)
         if checkpoint is not None:
-            _check_same_speedups(run_dir, checkpoint, run.speedups, device)
-            distributed.check_resume(world, checkpoint, run_dir)
-            run.model.load_state_dict(checkpoint["model"])
-            run.optimizer.load_state_dict(checkpoint["optimizer"])
-            record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
-        metrics = checkpoint["metrics"] if checkpoint else []
-        run.speed = checkpoint.get("speed", []) if checkpoint else []
-        run.speed.append(_speed_segment(run, len(metrics) + 1, pack, compile_mode))
-        last_epoch_s = None
-        for epoch in range(len(metrics), run.schedule.epochs):
-            if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, metrics, run.speed):
-                if run.speed[-1]["last_epoch"] is None:
-                    run.speed.pop()  # this process trained nothing
-                record.update(message=f"stopped cleanly after epoch {epoch} of {run.schedule.epochs} "
-                                      f"(deadline); resume to continue",
-                              speed={"segments": run.speed, "note": SPEED_NOTE})
-                _save(run_dir, record, metrics, None)
-                break
-            started = time.time()
-            metrics.append(_train_and_evaluate(run, record, epoch, metrics, run_dir, progress))
-            last_epoch_s = time.time() - started
-            if progress:
-                tqdm.write(_epoch_line(metrics[-1], run.schedule.epochs))
-        return record
+            run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
+            run.metrics, run.speed = checkpoint["metrics"], checkpoint.get("speed", [])
+        run.speed.append(_speed_segment(stack, len(run.metrics) + 1, pack, compile_mode, note))
+
+
+def _train_epochs(stack: Stack, writer: records.Writer, progress: bool, deadline: float | None,
+                  hard_stop: float | None) -> None:
+    last_epoch_s = None
+    for epoch in range(len(stack.runs[0].metrics), stack.schedule.epochs):
+        active = [run for run in stack.runs if run.active]
+        if not active:
+            return
+        if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, active[0].metrics, active[0].speed):
+            for run in active:
+                _stop(run, writer, f"stopped cleanly after epoch {epoch} of {stack.schedule.epochs} (deadline); "
+                               f"resume to continue")
+            return
+        started = time.time()
+        try:
+            _train_and_evaluate(stack, epoch, writer, progress, hard_stop)
+        except HardStop:
+            for run in active:
+                _stop(run, writer, f"stopped at the hard stop during epoch {epoch + 1} of {stack.schedule.epochs}, "
+                                   f"which is lost; resume to continue from epoch {epoch}")
+            return
+        last_epoch_s = time.time() - started
+        if progress:
+            for run in stack.runs:
+                if run.active:
+                    name = f"{run.run_dir.name}: " if stack.k > 1 else ""
+                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule.epochs))
+
+
+def _stop(run: Run, writer: records.Writer, message: str) -> None:
+    if run.speed[-1]["last_epoch"] is None:
+        run.speed.pop()  # this process trained nothing
+    run.record.update(message=message, speed={"segments": run.speed, "note": SPEED_NOTE})
+    _save(writer, run, None)
 
 
 def _no_time_for(epoch: int, deadline: float, last_epoch_s: float | None, metrics: list[dict],
@@ -374,17 +441,23 @@ def _no_time_for(epoch: int, deadline: float, last_epoch_s: float | None, metric
     return time.time() + predicted > deadline
 
 
-def _speed_segment(run: "Run", first_epoch: int, pack: int, compile_mode: str) -> dict:
+def _speed_segment(stack: Stack, first_epoch: int, pack: int, compile_mode: str, note: str | None = None) -> dict:
     """How one process trains: the context of its s/epoch (filled in as epochs end)."""
-    return {"first_epoch": first_epoch, "last_epoch": None, "started": records.now(),
-            "device": run.device.type,
-            "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
-            "pack": pack, "precision": run.speedups.precision(), "channels_last": run.speedups.channels_last,
-            "compile_mode": compile_mode if run.speedups.compile else None, "first_epoch_seconds": None,
-            "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
+    segment = {"first_epoch": first_epoch, "last_epoch": None, "started": records.now(),
+               "device": stack.device.type,
+               "gpu": torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
+               "pack": pack, "precision": stack.speedups.precision(), "channels_last": stack.speedups.channels_last,
+               "engine": stack.engine.name, "stacked": stack.k,
+               "compile_mode": compile_mode if stack.speedups.compile else None, "first_epoch_seconds": None,
+               "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
+    if stack.k > 1:
+        segment["stacked_note"] = DIFFERS_FROM_SEPARATE_RUNS
+    if note:
+        segment["chosen"] = note  # why this process trains the run this way (the campaign's self-check)
+    return segment
 
 
-def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
+def _update_speed(run: Run, rows: list[dict]) -> None:
     """This process's s/epoch and img/s: the median of its epochs after its first."""
     segment = run.speed[-1]
     segment["last_epoch"] = rows[-1]["epoch"]
@@ -395,49 +468,79 @@ def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
         segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
                        images_per_second=statistics.median(row["images_per_second"] for row in timed),
                        epochs_timed=len(timed))
-    record["speed"] = {"segments": run.speed, "note": SPEED_NOTE}
+    run.record["speed"] = {"segments": run.speed, "note": SPEED_NOTE}
 
 
 SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
-              "are medians of the training time of its epochs after its first (which compiles and warms "
-              "up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's training "
-              "time, compilation included); pack = runs sharing the device")
+              "are medians of the training time of its epochs after its first (which compiles or captures "
+              "and warms up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's "
+              "training time, set-up included); pack = runs sharing the device; engine = how each step ran "
+              "(eager, or a replayed CUDA graph); stacked = the runs trained as one stacked network in this "
+              "process, whose images_per_second is this run's own share")
 
 
-def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
-    """The run's data, resident on `device` as uint8."""
+def load_device_splits(config: TrainConfig, device: torch.device, source: DataSplits | None = None) -> DataSplits:
+    """The run's data, resident on `device` as uint8 (taken from `source` if given: see `data.load_source`)."""
     splits = load_splits(config.dataset, config.data_dir, download=config.download,
                          limit_train=config.limit_train, limit_test=config.limit_test,
-                         val_size=config.resolved_recipe().val_size, seed=config.seed)
-    val = splits.val.to(device) if splits.val is not None else None
-    return dataclasses.replace(splits, train=splits.train.to(device), val=val, test=splits.test.to(device))
+                         val_size=config.resolved_recipe().val_size, seed=config.seed, source=source)
+    return splits.to(device)
 
 
-def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, compile_mode: str = "default",
-              world: distributed.World = distributed.World()) -> Run:
-    """The network, optimizer and schedule of `config` on `device`, freshly initialised."""
+def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: torch.device,
+                compile_mode: str = "default", world: distributed.World = distributed.World(),
+                checkpoints: list | None = None) -> Stack:
+    """The runs of `configs` (one config, seeds apart) as one network on `device`, with its
+    optimizer and engine: each network freshly initialised from its run's seed, or from its
+    run's checkpoint."""
+    _check_stackable(configs)
+    config, checkpoints = configs[0], checkpoints or [None] * len(configs)
     speedups = Speedups.for_device(config, device)
     recipe = config.resolved_recipe()
-    schedule = make_schedule(recipe, config.arch, len(splits.train.labels))
-    distributed.check_batches(world, recipe.batch_size, len(splits.train.labels))
-    normalizer = Normalizer.fit(splits.train.images, recipe.normalization).to(device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, num_classes=len(splits.classes), **config.model_options()).to(device)
+    schedule = make_schedule(recipe, config.arch, len(splits[0].train.labels))
+    distributed.check_batches(world, recipe.batch_size, len(splits[0].train.labels))
+    runs = [Run(c, s, Normalizer.fit(s.train.images, recipe.normalization).to(device)) for c, s in zip(configs, splits)]
+    models = []
+    for run, checkpoint in zip(runs, checkpoints):
+        torch.manual_seed(run.config.seed)
+        model = build_model(config.arch, num_classes=len(run.splits.classes), **config.model_options()).to(device)
+        if checkpoint is not None:
+            _check_same_speedups(run.run_dir, checkpoint, speedups, device)
+            distributed.check_resume(world, checkpoint, run.run_dir)
+            model.load_state_dict(checkpoint["model"])
+        models.append(model)
+    model = models[0] if len(models) == 1 else StackedResNet.from_models(models)
     if speedups.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe, speedups)
+    states = [checkpoint["optimizer"] for checkpoint in checkpoints if checkpoint is not None]
+    if states:
+        optimizer.load_state_dict(states[0] if len(states) == 1 else merge_optimizer_states(states))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-    # Compile the model only: the optimizer's lr is a Python float that changes every step.
     step_model = distributed.wrap(model, world, device)
     step_model = compile_model(step_model, compile_mode) if speedups.compile else step_model
-    return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device,
-               world=world)
+    engine = build_engine(resolve_engine(config, device, world.size > 1), model, optimizer, speedups,
+                          recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1)
+    return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, device, world)
+
+
+def _check_stackable(configs: list[TrainConfig]) -> None:
+    """One config, seeds apart, each run in its own directory."""
+    def shared(config):
+        return {key: value for key, value in config.effective().items() if key not in ("seed", "out")}
+    for config in configs[1:]:
+        if shared(config) != shared(configs[0]):
+            changed = sorted(key for key, value in shared(config).items() if shared(configs[0]).get(key) != value)
+            raise ConfigError(f"{config.out} differs from {configs[0].out} in {changed}: only runs that differ "
+                              f"in their seed can be trained as one stack")
+    if len({Path(config.out).resolve() for config in configs}) != len(configs):
+        raise ConfigError(f"two runs of one stack share a directory: {[config.out for config in configs]}")
 
 
 def _check_same_speedups(run_dir: Path, checkpoint: dict, speedups: Speedups, device: torch.device) -> None:
     """A run continues with the numerics and the data-order generator it started with: a run
-    begun on a CPU and resumed on CUDA would switch bf16 and compile on and change its data order."""
+    begun on a CPU and resumed on CUDA would switch bf16 on and change its data order."""
     saved = checkpoint.get("speedups"), checkpoint.get("generator_device")
     now = dataclasses.asdict(speedups), device.type
     if saved[0] is not None and saved != now:
@@ -446,52 +549,82 @@ def _check_same_speedups(run_dir: Path, checkpoint: dict, speedups: Speedups, de
                           f"{saved[1]} device with the same --bf16/--channels-last/--compile switches")
 
 
-def _divergence(run: Run, train_loss: float) -> str | None:
-    """What went non-finite, if anything: the loss, or weights and BN statistics (these can
-    overflow while the epoch's mean loss is still a finite 1e27)."""
-    if not math.isfinite(train_loss):
-        return f"training loss became {train_loss}"
-    broken = [name for name, tensor in run.model.state_dict().items()
-              if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if broken:
-        return f"weights became non-finite ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})"
-    return None
+def _divergence(stack: Stack, rows: list[dict]) -> list[str | None]:
+    """What went non-finite in each run, if anything: its loss, or its weights and BN statistics
+    (these can overflow while the epoch's mean loss is still a finite 1e27). All K networks are
+    checked on the device at once, with one synchronisation."""
+    state = {name: tensor.detach() for name, tensor in stack.model.state_dict().items() if tensor.is_floating_point()}
+    flat = torch.cat([tensor.reshape(stack.k, -1).float() for tensor in state.values()], 1)
+    finite = torch.isfinite(flat).all(1).tolist()
+    problems = []
+    for index, (row, ok) in enumerate(zip(rows, finite)):
+        if not math.isfinite(row["train_loss"]):
+            problems.append(f"training loss became {row['train_loss']}")
+        elif not ok:
+            broken = [name for name, tensor in state.items()
+                      if not torch.isfinite(tensor.reshape(stack.k, -1)[index]).all()]
+            problems.append(f"weights became non-finite ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})")
+        else:
+            problems.append(None)
+    return problems
 
 
-def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict], run_dir: Path,
-                        progress: bool) -> dict:
-    """One epoch of training and evaluation, then every file of the run written atomically."""
-    if run.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(run.device)
-    row = {"epoch": epoch + 1, **train_one_epoch(run, epoch, progress)}
-    problem = _divergence(run, row["train_loss"])
-    if problem:
-        kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
-        record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
-        if run.world.main:
-            _save(run_dir, record, metrics, None)
-        raise TrainingDiverged(record["message"])
-    if run.splits.val is not None:
-        row["val_loss"], row["val_error"] = evaluate(run, run.splits.val)
-        if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf) and run.world.main:
-            best = run.model.state_dict()  # the seed's best-validation snapshot
-            records.write_atomic(run_dir / records.BEST_FILE, lambda file: torch.save(best, file))
-    row["test_loss"], row["test_error"] = evaluate(run, run.splits.test)
-    if run.device.type == "cuda":
-        row["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
-    rows = metrics + [row]
-    done = epoch + 1 == run.schedule.epochs
-    _update_speed(run, record, rows)
-    warmup = {segment["first_epoch"] for segment in run.speed}
-    record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
-                  final=summarize(rows, run.recipe.val_size, warmup) if done else None)
-    if run.world.main:
-        _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                      "metrics": rows, "config": run.config.as_dict(),
-                                      "started": record["started"], "speed": run.speed,
-                                      "speedups": dataclasses.asdict(run.speedups),
-                                      "generator_device": run.device.type, "world_size": run.world.size})
-    return row
+def _member_states(stack: Stack) -> tuple[list[dict], list[dict]]:
+    """Each run's model and optimizer state, as a run trained alone holds them (a tensor lr, the
+    engine's, saved as the number a separate run saves)."""
+    background = stack.device.type == "cuda"
+    optimizer = stack.optimizer.state_dict()
+    for group in optimizer["param_groups"]:
+        group["lr"] = float(group["lr"])
+    if stack.k == 1:
+        models, optimizers = [stack.model.state_dict()], [optimizer]
+    else:
+        models, optimizers = stack.model.model_state_dicts(), split_optimizer_state(optimizer, stack.k)
+    return _snapshot(models, background), _snapshot(optimizers, background)
+
+
+def _train_and_evaluate(stack: Stack, epoch: int, writer: records.Writer, progress: bool,
+                        hard_stop: float | None) -> None:
+    """One epoch of training and evaluation, then every active run's files written."""
+    if stack.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(stack.device)
+    rows = [{"epoch": epoch + 1, **row} for row in train_one_epoch(stack, epoch, progress, hard_stop=hard_stop)]
+    for run, problem in zip(stack.runs, _divergence(stack, rows)):
+        if run.active and problem:
+            kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
+            run.record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
+            run.active = False
+            if stack.world.main:
+                _save(writer, run, None)
+    if not any(run.active for run in stack.runs):
+        return
+    models, optimizers = _member_states(stack)
+    if stack.runs[0].splits.val is not None:
+        results = evaluate(stack, [run.splits.val for run in stack.runs])
+        for run, row, model, (loss, error) in zip(stack.runs, rows, models, results):
+            row.update(val_loss=loss, val_error=error)
+            best = min((r["val_error"] for r in run.metrics), default=math.inf)
+            if run.active and row["val_error"] < best and stack.world.main:  # the seed's best-validation snapshot
+                writer.submit(_write_torch, run.run_dir / records.BEST_FILE, model)
+    results = evaluate(stack, [run.splits.test for run in stack.runs])
+    for row, (loss, error) in zip(rows, results):
+        row.update(test_loss=loss, test_error=error)
+        if stack.device.type == "cuda":
+            row["peak_memory_mb"] = torch.cuda.max_memory_allocated(stack.device) / 2**20
+    done = epoch + 1 == stack.schedule.epochs
+    for run, row, model, optimizer in zip(stack.runs, rows, models, optimizers):
+        if not run.active:
+            continue
+        run.metrics = run.metrics + [row]
+        _update_speed(run, run.metrics)
+        warmup = {segment["first_epoch"] for segment in run.speed}
+        run.record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
+                          final=summarize(run.metrics, stack.recipe.val_size, warmup) if done else None)
+        if stack.world.main:
+            _save(writer, run, {"model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
+                                "config": run.config.as_dict(), "started": run.record["started"],
+                                "speed": copy.deepcopy(run.speed), "speedups": dataclasses.asdict(stack.speedups),
+                                "generator_device": stack.device.type, "world_size": stack.world.size})
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -1,4 +1,4 @@
-"""A run as `train` sets it up, for the science tests (tests/test_science_*.py)."""
+"""A run as `train` sets it up (a stack of one run), for the science tests (tests/test_science_*.py)."""
 
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
@@ -17,4 +17,4 @@ def run_for(tmp_path, cifar_root, monkeypatch, **settings):
     config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
                             "data_dir": str(root), "device": "cpu", **settings})
     device = training.select_device(config.device)
-    return training.build_run(config, training.load_device_splits(config, device), device)
+    return training.build_stack([config], [training.load_device_splits(config, device)], device)

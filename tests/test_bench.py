@@ -34,9 +34,11 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
     assert record["settings"]["speedups"] == {"bf16": False, "channels_last": False, "compile": False,
                                               "fused_optimizer": False}  # Speedups.for_device on CPU
     assert {"torch", "torchvision", "python"} <= set(record["versions"]) and "commit" in record["git"]
-    assert [(row["arch"], row["path"]) for row in record["rows"]] == [
-        ("preact_resnet20", "reproresnet"), ("preact_resnet20", "baseline")]
-    ours, base = record["rows"]
+    assert [(row["arch"], row["path"], row["networks"], row["engine"]) for row in record["rows"]] == [
+        ("preact_resnet20", "reproresnet", 1, "eager"), ("preact_resnet20", "stacked-3", 3, "eager"),
+        ("preact_resnet20", "baseline", 1, "eager")]
+    assert [item["path"] for item in record["unavailable"]] == ["graph"]  # CUDA graphs: not on a CPU
+    ours, stacked, base = record["rows"]
     assert ours["speedups"] == record["settings"]["speedups"] and ours["graphs"] == 0  # eager on the CPU
     assert ours["cudagraph_skips"] == 0 and ours["warnings"] == []
     assert (ours["precision"], base["precision"]) == ("fp32", "fp32")  # no TF32 without CUDA
@@ -47,9 +49,11 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
             assert row[key] > 0, (row["path"], key)
         assert row["peak_memory_mb"] is None  # no GPU
         assert row["loss_finite"] is True
-        # The recipe's epoch is 50,000 images, whatever the synthetic set's size.
-        assert row["seconds_per_epoch"] == pytest.approx(bench.TRAIN_IMAGES / row["images_per_second"])
-        assert row["images_per_second"] == pytest.approx(16 / row["seconds_per_step"])
+        # The recipe's epoch is 50,000 images, whatever the synthetic set's size; a step of the
+        # stacked path trains 3 networks: 3 x 16 images, and an epoch of each of them.
+        n = row["networks"]
+        assert row["seconds_per_epoch"] == pytest.approx(n * bench.TRAIN_IMAGES / row["images_per_second"])
+        assert row["images_per_second"] == pytest.approx(n * 16 / row["seconds_per_step"])
         low, high = row["seconds_per_step_range"]
         assert low <= row["seconds_per_step"] <= high
         assert row["tflops"] == pytest.approx(3 * row["forward_flops_per_image"] * row["images_per_second"] / 1e12)
@@ -58,26 +62,27 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
 @pytest.mark.slow
 def test_ratios_are_the_quotients_of_the_rows(cpu_record):
     record = json.loads(cpu_record.read_text())
-    ours, base = record["rows"]
-    (ratio,) = record["ratios"]
-    assert ratio["arch"] == "preact_resnet20"
-    assert ratio["step_speedup"] == pytest.approx(ours["images_per_second"] / base["images_per_second"])
-    assert ratio["data_speedup"] == pytest.approx(ours["data_images_per_second"] / base["data_images_per_second"])
+    *paths, base = record["rows"]
+    assert [(r["arch"], r["path"]) for r in record["ratios"]] == [("preact_resnet20", p["path"]) for p in paths]
+    for ours, ratio in zip(paths, record["ratios"]):
+        assert ratio["step_speedup"] == pytest.approx(ours["images_per_second"] / base["images_per_second"])
+        assert ratio["data_speedup"] == pytest.approx(ours["data_images_per_second"] / base["data_images_per_second"])
 
 
 @pytest.mark.slow
 def test_main_prints_the_table(cpu_record, capsys):
     record = json.loads(cpu_record.read_text())
     table = report.format_bench(record)
-    assert "preact_resnet20" in table and "reproresnet" in table and "baseline" in table
-    assert f"{record['ratios'][0]['step_speedup']:.2f}x" in table
+    assert "preact_resnet20" in table and "reproresnet" in table and "baseline" in table and "stacked-3" in table
+    assert all(f"{ratio['step_speedup']:.2f}x" in table for ratio in record["ratios"])
+    assert "graph        not available" in table
 
 
 @pytest.mark.slow
 def test_real_epochs_include_the_partial_batch(tmp_path):
     """epochs=1 runs train_one_epoch over the whole synthetic set: 5 full batches of 16 and one of 8."""
     record = bench.benchmark(BenchSettings(archs=("preact_resnet20",), device="cpu", batch_size=16, steps=1,
-                                           warmup_steps=0, out=str(tmp_path / "b.json"), epochs=1, baseline=False,
+                                           warmup_steps=0, out=str(tmp_path / "b.json"), epochs=1, baseline=False, stack=1,
                                            num_workers=0, train_images=88, data_batches=2), **QUIET)
     (row,) = record["rows"]
     (epoch,) = row["epochs"]
@@ -111,8 +116,10 @@ def test_bad_settings_are_clear_errors(tmp_path):
 def test_ratios_pair_rows_by_network():
     rows = [{"arch": "a", "path": "reproresnet", "images_per_second": 300.0, "data_images_per_second": 9000.0},
             {"arch": "b", "path": "reproresnet", "images_per_second": 50.0, "data_images_per_second": 10.0},
+            {"arch": "a", "path": "stacked-3", "images_per_second": 600.0, "data_images_per_second": 3000.0},
             {"arch": "a", "path": "baseline", "images_per_second": 100.0, "data_images_per_second": 1000.0}]
-    assert bench.ratios(rows) == [{"arch": "a", "step_speedup": 3.0, "data_speedup": 9.0}]
+    assert bench.ratios(rows) == [{"arch": "a", "path": "reproresnet", "step_speedup": 3.0, "data_speedup": 9.0},
+                                  {"arch": "a", "path": "stacked-3", "step_speedup": 6.0, "data_speedup": 3.0}]
 
 
 def test_cpu_device_slug():

@@ -20,8 +20,10 @@ import torch
 
 from reproresnet import bundle as bundling
 from reproresnet import campaign, records, selfcheck
+from reproresnet import engine as engine_module
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
+from reproresnet.engine import EagerEngine, EngineError
 from reproresnet.records import RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,8 +112,9 @@ def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
 def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_path):
     config = tiny(tmp_path, limit_train=80)  # 2 batches of 32 and one of 16
     device = training.select_device(config.device)
-    run = training.build_run(config, training.load_device_splits(config, device), device)
-    reference = training.evaluate(run, run.splits.test)
+    stack = training.build_stack([config], [training.load_device_splits(config, device)], device)
+    test = [stack.runs[0].splits.test]
+    reference = training.evaluate(stack, test)
 
     sizes = []
 
@@ -125,10 +128,11 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
             assert len(images) == config.batch_size, "a partial batch reached the compiled module"
             return self.model(images)
 
-    bf16 = dataclasses.replace(run.speedups, bf16=True)
-    run = dataclasses.replace(run, step_model=FullBatchesOnly(run.model), speedups=bf16)
-    assert training.evaluate(run, run.splits.test) == reference  # no autocast, not the step module
-    training.train_one_epoch(run, 0, progress=False)
+    bf16 = dataclasses.replace(stack.speedups, bf16=True)
+    engine = EagerEngine(stack.model, stack.optimizer, bf16, config.batch_size, FullBatchesOnly(stack.model))
+    stack = dataclasses.replace(stack, engine=engine, speedups=bf16)
+    assert training.evaluate(stack, test) == reference  # no autocast, not the step module
+    training.train_one_epoch(stack, 0, progress=False)
     assert sizes == [32, 32]
 
 
@@ -239,46 +243,132 @@ def test_bundle_and_unbundle_commands(tmp_path, capsys):
 # ---------------------------------------------------------------- planning
 
 
-def test_unfinished_runs_go_first_and_new_ones_wait_for_checkpoint_room(tmp_path):
-    plan = campaign.Plan(archs=("preact_resnet110", "wrn_16_4"), seeds=(0, 1))
-    names = [run["name"] for run in plan.runs()]
-    assert names == ["preact_resnet110-seed0", "preact_resnet110-seed1", "wrn_16_4-seed0", "wrn_16_4-seed1"]
-    for name, done in (("wrn_16_4-seed1", 3), ("preact_resnet110-seed0", 200)):
-        (tmp_path / name).mkdir()
-        status = "complete" if done == 200 else "running"
-        records.write_json(tmp_path / name / records.RUN_FILE,
-                           fake_record(status=status, epochs_done=done, epochs_planned=200))
-    pending = campaign._order(plan, tmp_path)
-    assert [run["name"] for run in pending] == ["wrn_16_4-seed1", "preact_resnet110-seed1", "wrn_16_4-seed0"]
-    # ResNet-110 (zero-padding shortcuts) needs 13.2 MiB (weights and momentum in fp32), WRN-16-4 21.0 MiB
-    assert campaign.checkpoint_mb("preact_resnet110", 0, tmp_path / "x") == pytest.approx(1_727_962 * 8 / 2**20)
-    first = campaign._next_that_fits(pending, tmp_path, {}, 0, cap_mb=40)
-    assert first["name"] == "wrn_16_4-seed1"  # started: always continued
-    active = {first["name"]: (None, first)}
-    assert campaign._next_that_fits(pending, tmp_path, active, 0, cap_mb=40)["name"] == "preact_resnet110-seed1"
-    active["preact_resnet110-seed1"] = (None, {"arch": "preact_resnet110", "name": "preact_resnet110-seed1"})
-    assert campaign._next_that_fits(pending, tmp_path, active, 0, cap_mb=40) is None  # 21 + 13 + 21 > 40
-    assert [run["name"] for run in pending] == ["wrn_16_4-seed0"]
+def _checked(out: Path, variant: str = "eager-fp32-nchw-k2", networks: dict | None = None) -> None:
+    """A finished self-check record in `out`, as an earlier call leaves it (then reused)."""
+    (out / campaign.STATE_DIR).mkdir(parents=True, exist_ok=True)
+    records.write_json(out / campaign.STATE_DIR / campaign.SELFCHECK_FILE,
+                       {"format": selfcheck.FORMAT, "created": "earlier", "networks": networks or {},
+                        "chosen": {"variant": variant, "why": "chosen by a test"}, "ok": True})
 
 
-def test_no_run_starts_after_one_stopped_for_the_deadline(tmp_path, monkeypatch):
+def test_the_plan_holds_train_configs_named_by_precision(tmp_path, capsys):
+    plan = campaign.Plan(archs=("preact_resnet110", "wrn_16_4"), seeds=(0, 1), recipe="seed_code", tag="jpeg",
+                         dataset="synthetic", train_args=("--epochs", "10", "--limit-train", "6000"))
+    configs = plan.configs(tmp_path, "cpu", "fp32")
+    assert [Path(c.out).name for c in configs["preact_resnet110"]] == ["preact_resnet110-jpeg-fp32-seed0",
+                                                                       "preact_resnet110-jpeg-fp32-seed1"]
+    assert all(isinstance(c, TrainConfig) and (c.epochs, c.limit_train, c.bf16, c.recipe, c.arch) ==
+               (10, 6000, False, "seed_code", arch) for arch, runs in configs.items() for c in runs)
+    bf16 = plan.configs(tmp_path, "cpu", "bf16")["wrn_16_4"][1]
+    assert Path(bf16.out).name == "wrn_16_4-jpeg-bf16-seed1" and bf16.bf16 is True
+    # seed_code holds out 5,000 images: the best-validation weights are a third checkpoint file
+    assert campaign.checkpoint_mb(configs["preact_resnet110"][0], tmp_path / "x") == \
+        pytest.approx(1_727_962 * 4 * 3 / 2**20)
+    with pytest.raises(training.ConfigError, match="--resume in the train flags .* not run settings"):
+        campaign.Plan(train_args=("--resume",)).configs(tmp_path, "cpu", "fp32")
+    assert campaign.main(["--out", str(tmp_path), "--budget", "10", "--train-args", "--stop-after 5"]) == 2
+    assert "--stop-after in the train flags" in capsys.readouterr().err
+    assert campaign.main(["--out", str(tmp_path), "--budget", "nan"]) == 2
+
+
+def _fake_record(config, status="running", done=0, message=None, planned=200):
+    return fake_record(arch=config.arch, status=status, epochs_done=done, epochs_planned=planned, message=message)
+
+
+def test_unfinished_runs_go_first_in_stacks_and_new_ones_wait_for_checkpoint_room(tmp_path):
+    plan = campaign.Plan(archs=("preact_resnet110", "wrn_16_4"), seeds=(0, 1, 2)).configs(tmp_path, "cpu", "fp32")
+    r110, wrn = plan["preact_resnet110"], plan["wrn_16_4"]
+    for config, status, done in ((wrn[1], "running", 3), (wrn[2], "running", 3), (r110[0], "complete", 200)):
+        Path(config.out).mkdir()
+        records.write_json(Path(config.out) / records.RUN_FILE, _fake_record(config, status, done))
+    groups = campaign.stacks(plan)
+    assert groups == [[wrn[1], wrn[2]], [r110[1], r110[2]], [wrn[0]]]  # furthest along first, by epoch
+    # WRN-16-4 takes 21.0 MiB of checkpoints (weights and momentum, fp32), ResNet-110 13.2 MiB
+    assert campaign.admit(groups[0], plan, 60, []) == [wrn[1], wrn[2]]  # started: always continued
+    assert campaign.admit(groups[1], plan, 60, []) == [r110[1]]         # 42 + 13.2 fits, + 13.2 more does not
+    assert campaign.admit(groups[2], plan, 60, [r110[1]]) == []         # 42 + 13.2 + 21 > 60
+
+
+def _fake_training(calls: list, behaviour):
+    """A stand-in for train.train_stack: `behaviour(configs)` gives each run's (status, epochs
+    done, message) or raises; the run directories get matching records."""
+    def train_stack(configs, device, sources=None, **options):
+        calls.append((configs, options.get("note")))
+        results = []
+        for config, (status, done, message) in zip(configs, behaviour(configs)):
+            Path(config.out).mkdir(parents=True, exist_ok=True)
+            record = _fake_record(config, status, done, message, planned=3)
+            records.write_json(Path(config.out) / records.RUN_FILE, record)
+            results.append(record)
+        return results
+    return train_stack
+
+
+PLAN = campaign.Plan(archs=("preact_resnet20", "resnet20"), seeds=(0, 1), dataset="synthetic",
+                     train_args=("--epochs", "3", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32"))
+
+
+def test_no_stack_starts_after_one_stopped_for_the_deadline(tmp_path, monkeypatch):
     """On the first GPU slot, runs started after the others had stopped for the deadline were
-    killed at the hard stop with nothing done: a new run compiles too, so it fits even less."""
-    started = []
+    killed at the hard stop with nothing done: a new stack, which must set up too, fits even less."""
+    calls = []
+    monkeypatch.setattr(training, "train_stack", _fake_training(calls, lambda configs: [
+        ("running", 0, "stopped cleanly after epoch 0 of 3 (deadline); resume to continue")] * len(configs)))
+    _checked(tmp_path)
+    rows = campaign.run_campaign(PLAN, tmp_path, campaign.Options(budget=60, device="cpu", min_start=0),
+                                 log=lambda line: None)
+    assert [[Path(c.out).name for c in configs] for configs, _ in calls] == [
+        ["preact_resnet20-fp32-seed0", "preact_resnet20-fp32-seed1"]]  # one stack of two, as the check chose
+    assert [row["outcome"] for row in rows] == ["stopped", "stopped", "waiting", "waiting"]
+    assert "a run stopped for the deadline" in rows[2]["detail"]
 
-    class StoppedAtOnce:  # a train process that found no time for its next epoch
-        def __init__(self, command, **kwargs):
-            started.append(command[command.index("--seed") + 1])
-            self.pid, self.returncode = 1, 0
 
-        def poll(self):
-            return 0
+def test_a_run_that_fails_or_makes_no_progress_does_not_stall_the_plan_and_says_why(tmp_path, monkeypatch):
+    """The furthest-along runs go first; one that fails every call (here seed 0, its checkpoint
+    unreadable) or trains nothing (seed 1) must not keep the rest of the plan waiting."""
+    calls = []
 
-    monkeypatch.setattr(campaign.subprocess, "Popen", StoppedAtOnce)
-    plan = campaign.Plan(archs=("preact_resnet20",), seeds=(0, 1), dataset="synthetic")
-    rows = campaign.run_campaign(plan, tmp_path, campaign.Options(budget=60, device="cpu", min_start=0))
-    assert started == ["0"]
-    assert [row["outcome"] for row in rows] == ["stopped", "waiting"]
+    def behaviour(configs):
+        if any(c.arch == "preact_resnet20" and c.seed == 0 for c in configs):
+            raise RunDirError("checkpoint.pt cannot be read (truncated)")
+        return [("running", 1, None) if c.arch == "preact_resnet20" else ("complete", 3, None) for c in configs]
+
+    monkeypatch.setattr(training, "train_stack", _fake_training(calls, behaviour))
+    _checked(tmp_path)
+    for seed in (0, 1):  # the furthest along
+        config = PLAN.configs(tmp_path, "cpu", "fp32")["preact_resnet20"][seed]
+        Path(config.out).mkdir(parents=True)
+        records.write_json(Path(config.out) / records.RUN_FILE, _fake_record(config, done=1, planned=3))
+    logged = []
+    rows = campaign.run_campaign(PLAN, tmp_path, campaign.Options(budget=60, device="cpu", min_start=0),
+                                 log=logged.append)
+    outcomes = {row["run"]: (row["outcome"], row["detail"]) for row in rows}
+    assert outcomes["preact_resnet20-fp32-seed0"] == ("failed", "RunDirError: checkpoint.pt cannot be read (truncated)")
+    assert outcomes["preact_resnet20-fp32-seed1"][0] == "stuck"
+    assert "no epoch done in this call" in outcomes["preact_resnet20-fp32-seed1"][1]
+    assert [outcomes[f"resnet20-fp32-seed{seed}"][0] for seed in (0, 1)] == ["complete", "complete"]
+    assert any("training its runs one by one" in line for line in logged)  # the stack, then each run
+    table = campaign.format_status(rows)
+    assert "failed: RunDirError: checkpoint.pt cannot be read" in table and "stuck: no epoch done" in table
+
+
+def test_an_engine_that_cannot_run_falls_back_to_eager_and_says_so(tmp_path, monkeypatch):
+    calls = []
+
+    def behaviour(configs):
+        if configs[0].engine == "graph":
+            raise EngineError("capturing the training step as a CUDA graph failed: RuntimeError: x")
+        return [("complete", 3, None)] * len(configs)
+
+    monkeypatch.setattr(training, "train_stack", _fake_training(calls, behaviour))
+    _checked(tmp_path, "graph-fp32-nhwc-k2")
+    logged = []
+    campaign.run_campaign(dataclasses.replace(PLAN, archs=("preact_resnet20",)), tmp_path,
+                          campaign.Options(budget=60, device="cpu", min_start=0), log=logged.append)
+    assert [(configs[0].engine, configs[0].channels_last, len(configs)) for configs, _ in calls] == [
+        ("graph", True, 2), ("eager", True, 2)]
+    assert calls[1][1].startswith("eager-fp32-nhwc-k2: fallback, graph-fp32-nhwc-k2 failed: capturing")
+    assert any("cannot run" in line and "falling back to eager-fp32-nhwc-k2" in line for line in logged)
 
 
 def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):
@@ -288,78 +378,119 @@ def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):
             campaign.run_campaign(campaign.Plan(archs=("preact_resnet20",), seeds=(0,)), tmp_path, options)
 
 
-# ---------------------------------------------------------------- self-check (CPU structure)
+# ---------------------------------------------------------------- self-check
 
 
-@pytest.mark.slow  # compiles
-def test_selfcheck_passes_compile_and_catches_a_wrong_fast_path(monkeypatch):
-    device = torch.device("cpu")
-    wanted = training.Speedups(False, False, True, False)
-    good = selfcheck.check_network("preact_resnet20", device, steps=2, batch_size=4, wanted=wanted,
-                                   backend="aot_eager")
-    assert good["fast_path"]["ok"] and good["fast_path"]["graphs"] >= 1 and not good["disabled"]
+def _results(**times):
+    """Fabricated variant results: name -> ms per step (None: failed)."""
+    out = []
+    for name, ms in times.items():
+        variant = selfcheck.Variant.from_name(name.replace("_", "-"))
+        out.append({**selfcheck.variant_fields(variant), "ok": ms is not None,
+                    "seconds_per_step": None if ms is None else ms / 1e3})
+    return out
 
-    real = training.compile_model
 
-    def wrong(model, *args, **kwargs):  # a "compiled" module whose gradients are off by 30%
-        compiled = real(model, *args, **kwargs)
+def test_the_check_chooses_fp32_unless_it_costs_more_than_1_5x_bf16():
+    within = _results(eager_fp32_nchw_k1=30, graph_fp32_nhwc_k3=9, graph_bf16_nhwc_k3=7)
+    assert selfcheck.choose(within)[0] == "graph-fp32-nhwc-k3"  # 9 / 7 = 1.29x
+    over = _results(eager_fp32_nchw_k1=30, graph_fp32_nhwc_k3=12, graph_bf16_nhwc_k3=7, graph_bf16_nchw_k3=None)
+    name, why = selfcheck.choose(over)
+    assert name == "graph-bf16-nhwc-k3" and "1.71x" in why and "over 1.5x" in why
+    # per network: a step of a stack of 3 at 24 ms beats one network's at 10 ms
+    assert selfcheck.choose(_results(eager_fp32_nchw_k1=10, eager_fp32_nchw_k3=24))[0] == "eager-fp32-nchw-k3"
+    assert selfcheck.choose(_results(eager_fp32_nchw_k1=10, eager_fp32_nchw_k3=24), stack=1)[0] == \
+        "eager-fp32-nchw-k1"
+    assert selfcheck.choose(over, precision="fp32")[0] == "graph-fp32-nhwc-k3"
+    assert selfcheck.choose(_results(graph_bf16_nhwc_k3=None), precision="bf16")[0] == "eager-bf16-nchw-k1"
+
+
+def test_a_network_where_the_chosen_variant_failed_trains_eagerly_unstacked():
+    record = {"chosen": {"variant": "graph-bf16-nhwc-k3", "why": "fastest"},
+              "networks": {"a": {"ok": True}, "b": {"ok": False, "update_rel_diff": 0.4}, "c": {"ok": None}}}
+    assert selfcheck.variant_for(record, "a")[0].name == "graph-bf16-nhwc-k3"
+    variant, why = selfcheck.variant_for(record, "b")
+    assert variant.name == "eager-bf16-nchw-k1" and "fallback, graph-bf16-nhwc-k3 failed the self-check on b" in why
+    assert selfcheck.variant_for(record, "c")[0].name == "graph-bf16-nhwc-k3"
+
+
+def _tiny_check(**options):
+    plan = {"preact_resnet20": [TrainConfig(arch="preact_resnet20", out=f"x/s{seed}", seed=seed, dataset="synthetic",
+                                            limit_train=64, batch_size=8, device="cpu") for seed in (0, 1)]}
+    return selfcheck.selfcheck(plan, "cpu", budget=120, log=lambda line: None, **options)
+
+
+def test_the_check_passes_a_right_stack_and_catches_a_wrong_gradient_or_a_frozen_lr(monkeypatch):
+    """Real steps on a CPU: the stack of two passes against the two networks apart; a stack whose
+    gradient is 30% too large (same forward value), or whose engine keeps its first lr, fails on
+    the weights' change and is not chosen."""
+    good = _tiny_check(stack=2)
+    (reference, stacked) = good["variants"]
+    assert reference["variant"] == "eager-fp32-nchw-k1" and stacked["variant"] == "eager-fp32-nchw-k2"
+    assert stacked["ok"] and stacked["update_rel_diff"] < 0.05 and good["chosen"]["variant"] == "eager-fp32-nchw-k2"
+    assert good["ok"] and "ok" in selfcheck.jsonable(good)
+
+    real_step = engine_module.train_step
+
+    def scaled(model, optimizer, images, labels, speedups):
+        if len(labels) == 1:
+            return real_step(model, optimizer, images, labels, speedups)
 
         class Scaled(torch.nn.Module):
-            def forward(self, images):
-                out = compiled(images)
+            def forward(self, x):
+                out = model(x)
                 return out * 1.3 - out.detach() * 0.3  # same forward value, gradient x 1.3
-        return Scaled()
-    monkeypatch.setattr(selfcheck, "compile_model", wrong)
-    bad = selfcheck.check_network("preact_resnet20", device, steps=2, batch_size=4, wanted=wanted,
-                                  backend="aot_eager")
-    assert not bad["fast_path"]["ok"] and bad["fast_path"]["first_loss_rel_diff"] < 1e-6
-    assert bad["fast_path"]["update_rel_diff"] > selfcheck.UPDATE_RTOL
-    assert set(bad["disabled"]) == {"compile"}
+        return real_step(Scaled(), optimizer, images, labels, speedups)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "train_step", scaled)
+        wrong = _tiny_check(stack=2)
+    stacked = wrong["variants"][1]
+    assert not stacked["ok"] and stacked["first_loss_rel_diff"] < 1e-6 and stacked["update_rel_diff"] > 0.10
+    assert wrong["chosen"]["variant"] == "eager-fp32-nchw-k1" and not wrong["ok"]
+
+    real_set_lr = engine_module.Engine.set_lr
+
+    def frozen(self, lr):  # a graph that baked its first lr in
+        if self.lr is None or isinstance(self.model, torch.nn.Module) and getattr(self.model, "k", 1) == 1:
+            real_set_lr(self, lr)
+
+    monkeypatch.setattr(engine_module.Engine, "set_lr", frozen)
+    baked = _tiny_check(stack=2)["variants"][1]
+    assert not baked["ok"] and baked["update_rel_diff"] > 0.10
 
 
-@pytest.mark.slow  # compiles
-def test_selfcheck_augmentation_statistics_and_training_loop_on_cpu():
-    augmentation = selfcheck.check_augmentation(torch.device("cpu"), n=9000)
-    assert augmentation["ok"] and abs(augmentation["flip_rate"] - 0.5) < 0.03
-    assert sum(augmentation["row_offset_freq"]) == pytest.approx(1.0)
-    epochs = selfcheck.check_epochs(torch.device("cpu"), training.Speedups(False, False, True, False), 8,
-                                    backend="aot_eager")
-    assert epochs["ok"] and epochs["graphs_compiled_per_epoch"][0] >= 1 and epochs["graphs_compiled_per_epoch"][1] == 0
-
-
-def test_selfcheck_keeps_its_budget_and_a_check_cut_short_disables_nothing(monkeypatch):
-    """A cold compile of a deep network outlasted the budget on the first GPU slot, and the
-    slot's timeout killed the self-check with its record half written. Now the check running
-    when the budget is spent is interrupted and recorded as unchecked, even where the
-    interruption surfaces as another error (a compile wraps what it catches)."""
-    def slow_compile(arch, *args):
+def test_the_check_keeps_its_budget_and_a_check_cut_short_chooses_nothing_unchecked(monkeypatch):
+    """A check still running when the budget is spent is interrupted and recorded as unchecked,
+    even where the interruption surfaces as another error; then the eager unstacked reference
+    is the choice, and "ok" is written last."""
+    def slow(*args, **kwargs):
         try:
             time.sleep(30)
         except BaseException as error:
-            raise RuntimeError("BackendCompilerFailed: ...") from error
-    monkeypatch.setattr(selfcheck, "check_network", slow_compile)
+            raise RuntimeError("cuDNN autotuning ...") from error
+    monkeypatch.setattr(selfcheck, "measure", slow)
     saved = []
+    plan = {"preact_resnet110": [TrainConfig(arch="preact_resnet110", out="x", device="cpu")]}
     began = time.perf_counter()
-    record = selfcheck.selfcheck(["preact_resnet110"], "cpu", budget=0.5, log=lambda line: None,
-                                 save=lambda record: saved.append(json.loads(json.dumps(selfcheck._jsonable(record)))))
+    record = selfcheck.selfcheck(plan, "cpu", budget=0.5, log=lambda line: None,
+                                 save=lambda record: saved.append(json.loads(json.dumps(selfcheck.jsonable(record)))))
     assert time.perf_counter() - began < 5
-    assert record["unchecked"] == ["network preact_resnet110", "training loop (odd last batch)",
-                                   "augmentation statistics"]
-    assert record["disabled"] == {} and record["networks"] == [] and record["ok"] is True
+    assert record["unchecked"] == ["preact_resnet110 eager-fp32-nchw-k1 (reference)", "augmentation statistics"]
+    assert record["chosen"]["variant"] == "eager-fp32-nchw-k1" and record["ok"] is False
     assert "ok" in saved[-1] and all("ok" not in partial for partial in saved[:-1])
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
-def test_selfcheck_flags_switch_off_failed_parts(tmp_path):
-    path = tmp_path / "selfcheck.json"
-    path.write_text(json.dumps({"disabled": {"bf16": "x", "channels_last": "y"}, "compile_mode": "reduce-overhead"}))
-    assert selfcheck.train_flags(path) == ["--no-bf16", "--no-channels-last", "--compile-mode", "reduce-overhead"]
+def test_selfcheck_augmentation_statistics_on_cpu():
+    augmentation = selfcheck.check_augmentation(torch.device("cpu"), n=9000)
+    assert augmentation["ok"] and abs(augmentation["flip_rate"] - 0.5) < 0.03
+    assert sum(augmentation["row_offset_freq"]) == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- campaigns (processes)
 
-PLAN_ARGS = ["--archs", "preact_resnet20", "--seeds", "0", "1", "--dataset", "synthetic", "--device", "cpu",
-             "--pack", "2", "--min-start", "1"]
+PLAN_ARGS = ["--archs", "preact_resnet20", "--dataset", "synthetic", "--device", "cpu", "--min-start", "1"]
 TRAIN_ARGS = "--epochs 12 --limit-train 128 --limit-test 32 --batch-size 32"
 
 
@@ -371,37 +502,42 @@ def _train_reference(out: Path, seed: int) -> subprocess.Popen:
 
 
 def _env() -> dict:
-    # One thread count for the references and the campaign's runs: on a CPU, a different
-    # count can change the order of a convolution's sums, and so the last bits.
+    # One thread count for the references and the campaign: on a CPU, a different count can
+    # change the order of a convolution's sums, and so the last bits.
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The two runs uninterrupted, as `train` processes side by side (as the campaign packs
-    them), and the seconds that took: the yardstick for a budget that cuts them mid-way."""
+    """Three runs uninterrupted, as separate `train` processes, and the seconds the first two
+    took side by side: the yardstick for a budget that cuts a campaign of those two mid-way."""
     out = tmp_path_factory.mktemp("reference")
     began = time.time()
     processes = [_train_reference(out, seed) for seed in (0, 1)]
     assert [process.wait(timeout=900) for process in processes] == [0, 0]
-    return out, time.time() - began
+    seconds = time.time() - began
+    assert _train_reference(out, 2).wait(timeout=900) == 0
+    return out, seconds
 
 
-def _campaign(out: Path, budget: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "reproresnet", "campaign", "--out", str(out), "--budget",
-                             f"{budget:.1f}", *PLAN_ARGS, "--train-args", TRAIN_ARGS],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _campaign(out: Path, budget: float, seeds=(0, 1), stack=1, script: str | None = None) -> subprocess.Popen:
+    argv = ["campaign", "--out", str(out), "--budget", f"{budget:.1f}", *PLAN_ARGS, "--seeds", *map(str, seeds),
+            "--stack", str(stack), "--train-args", TRAIN_ARGS]
+    command = [sys.executable, "-c", script, *argv] if script else [sys.executable, "-m", "reproresnet", *argv]
+    return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _check_equal_to_reference(out: Path, reference_dir: Path) -> None:
-    for seed in (0, 1):
-        name = f"preact_resnet20-seed{seed}"
-        assert records.read_run(out / name)["status"] == "complete"
-        assert same_run(out / name, reference_dir / name)
+def _check_equal_to_reference(out: Path, reference_dir: Path, seeds=(0, 1)) -> None:
+    for seed in seeds:
+        ours = out / f"preact_resnet20-fp32-seed{seed}"
+        assert records.read_run(ours)["status"] == "complete"
+        assert same_run(ours, reference_dir / f"preact_resnet20-seed{seed}")
 
 
 @pytest.mark.slow
 def test_a_budget_cuts_the_campaign_and_a_second_call_completes_it_exactly(tmp_path, reference):
+    """Runs trained one after another in the campaign's process (--stack 1) are the `train`
+    runs of the same seeds, bit for bit, however the budget cuts them."""
     reference_dir, seconds = reference
     budget = 0.6 * seconds  # short of the work of the same two runs side by side: they cannot finish
     began = time.time()
@@ -410,16 +546,45 @@ def test_a_budget_cuts_the_campaign_and_a_second_call_completes_it_exactly(tmp_p
     took = time.time() - began
     assert first.returncode == 0, output
     assert took <= budget + 1.0, f"took {took:.1f} s for a budget of {budget:.0f} s\n{output}"
-    states = [campaign.run_state(tmp_path / f"preact_resnet20-seed{seed}") for seed in (0, 1)]
+    states = [campaign.run_state(tmp_path / f"preact_resnet20-fp32-seed{seed}") for seed in (0, 1)]
     assert not all(state["status"] == "complete" for state in states), output
-    assert "run " in output and "preact_resnet20-seed0" in output  # the status table
+    assert "run " in output and "preact_resnet20-fp32-seed0" in output  # the status table
 
     second = _campaign(tmp_path, 900)
     output = second.communicate(timeout=960)[0]
     assert second.returncode == 0, output
+    assert "the self-check of" in output  # the first call's choice, reused
     _check_equal_to_reference(tmp_path, reference_dir)
     state = json.loads((tmp_path / campaign.STATE_DIR / campaign.STATE_FILE).read_text())
     assert len(state["calls"]) == 2 and all(row["status"] == "complete" for row in state["status"])
+
+
+@pytest.mark.slow
+def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path, reference):
+    """--stack 3: the three seeds as one stacked network in the campaign's process. Each run's
+    metrics are those of the `train` run of its seed within 1e-3 relative (losses) and 2 images
+    (errors), in fp32 on a CPU: a grouped convolution sums in another order than three separate
+    ones, and over 12 epochs the last bits grow (a ReLU within rounding of zero switches); in
+    float64 a stack is exact (tests/test_stacked.py). It bundles as before."""
+    reference_dir, _ = reference
+    process = _campaign(tmp_path, 900, seeds=(0, 1, 2), stack=3)
+    output = process.communicate(timeout=960)[0]
+    assert process.returncode == 0, output
+    for seed in (0, 1, 2):
+        ours, theirs = (rows_without_timing(d) for d in (tmp_path / f"preact_resnet20-fp32-seed{seed}",
+                                                         reference_dir / f"preact_resnet20-seed{seed}"))
+        record = records.read_run(tmp_path / f"preact_resnet20-fp32-seed{seed}")
+        assert record["status"] == "complete" and record["speed"]["segments"][-1]["stacked"] == 3
+        assert len(ours) == len(theirs) == 12
+        for mine, other in zip(ours, theirs):
+            assert mine["lr"] == other["lr"]
+            for key in ("train_loss", "test_loss"):
+                assert float(mine[key]) == pytest.approx(float(other[key]), rel=1e-3), (seed, mine["epoch"], key)
+            assert abs(float(mine["train_error"]) - float(other["train_error"])) <= 100 * 2 / 128 + 1e-9
+            assert abs(float(mine["test_error"]) - float(other["test_error"])) <= 100 * 2 / 32 + 1e-9
+    manifest = bundling.bundle(tmp_path, tmp_path.parent / f"{tmp_path.name}-bundle")
+    assert {f"preact_resnet20-fp32-seed{seed}/run.json" for seed in (0, 1, 2)} <= \
+        {entry["path"] for entry in manifest["files"]}
 
 
 def _lock_is_free(run_dir: Path) -> bool:
@@ -431,33 +596,43 @@ def _lock_is_free(run_dir: Path) -> bool:
         return not (run_dir / ".lock").exists()
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+# A campaign that SIGKILLs itself at its N-th file write (records.write_atomic), whatever it writes.
+KILL_AT_WRITE = """
+import os, signal, sys
+from reproresnet import campaign, records
+real, count, n = records.write_atomic, [0], int(os.environ["KILL_AT_WRITE"])
+
+def write_atomic(path, write):
+    count[0] += 1
+    if count[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, write)
+
+records.write_atomic = write_atomic
+sys.exit(campaign.main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_campaign_loses_nothing(tmp_path, reference):
+def test_a_campaign_killed_at_any_write_loses_nothing(tmp_path, reference):
+    """SIGKILLed at its 2nd, 5th, ... file write (in the self-check, between a run's checkpoint and
+    its metrics, between two runs, at the end), and called again each time: the runs finish as the
+    uninterrupted ones, bit for bit; every lock is free after each kill."""
     reference_dir, _ = reference
-    first = _campaign(tmp_path, 900)
-    runs = [tmp_path / f"preact_resnet20-seed{seed}" for seed in (0, 1)]
-    _wait_for(lambda: any(campaign.run_state(run)["epochs_done"] >= 1 for run in runs), 600, "a first epoch")
-    done = {run: campaign.run_state(run)["epochs_done"] for run in runs}
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    # its train processes die with it (PR_SET_PDEATHSIG): their run directories come free
-    _wait_for(lambda: all(_lock_is_free(run) for run in runs if run.exists()), 60, "the runs to stop")
-    for run in runs:
-        if (run / records.RUN_FILE).exists():
-            assert campaign.run_state(run)["epochs_done"] >= done[run]  # nothing lost
-            checkpoint = torch.load(run / records.CHECKPOINT_FILE, weights_only=False)
-            assert len(checkpoint["metrics"]) == records.read_run(run)["epochs_done"]
-
-    second = _campaign(tmp_path, 900)
-    output = second.communicate(timeout=960)[0]
-    assert second.returncode == 0, output
+    for n in (2, 5, 7, 9, 12, 16, 23):
+        process = subprocess.Popen(_campaign(tmp_path, 900, script=KILL_AT_WRITE).args, cwd=REPO,
+                                   env={**_env(), "KILL_AT_WRITE": str(n)}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        output = process.communicate(timeout=600)[0]
+        assert process.returncode in (-signal.SIGKILL, 0), output
+        assert all(_lock_is_free(run) for run in tmp_path.glob("preact_resnet20-*")) and _lock_is_free(tmp_path)
+        for run in tmp_path.glob("preact_resnet20-*"):
+            if (run / records.RUN_FILE).exists() and (run / records.CHECKPOINT_FILE).exists():
+                saved = torch.load(run / records.CHECKPOINT_FILE, weights_only=False)
+                assert len(saved["metrics"]) >= records.read_run(run)["epochs_done"]  # the record never ahead
+    final = _campaign(tmp_path, 900)
+    output = final.communicate(timeout=960)[0]
+    assert final.returncode == 0, output
     _check_equal_to_reference(tmp_path, reference_dir)
 
 

@@ -24,7 +24,7 @@ from reproresnet import bench
 from reproresnet.data import PAD, Normalizer, augment, train_batches
 from reproresnet.models import build_model, preact_resnet, wide_resnet
 from reproresnet.recipes import get_recipe
-from reproresnet.train import Speedups, compile_model, make_optimizer, train_step
+from reproresnet.engine import Speedups, compile_model, make_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=False)
@@ -52,7 +52,7 @@ def _loss_and_grads(model, images, labels, speedups):
     if speedups.channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    loss_sum, _ = train_step(model, optimizer, images, labels, speedups)
+    loss_sum, _ = train_step(model, optimizer, images, labels.unsqueeze(0), speedups)  # one network: labels [1, B]
     return loss_sum.item() / len(labels), [p.grad.detach().float().clone() for p in model.parameters()]
 
 
@@ -190,7 +190,7 @@ _COMPILE_CHECK = textwrap.dedent("""
     import json, torch
     from reproresnet import bench
     from reproresnet.models import build_model
-    from reproresnet.train import Speedups, compile_model, train_step
+    from reproresnet.engine import Speedups, compile_model, train_step
     torch.manual_seed(0)
     eager = build_model("preact_resnet20")
     twin = build_model("preact_resnet20")
@@ -203,7 +203,7 @@ _COMPILE_CHECK = textwrap.dedent("""
     results = []
     for model in (eager, compiled):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        loss, _ = train_step(model, optimizer, images, labels, plain)
+        loss, _ = train_step(model, optimizer, images, labels.unsqueeze(0), plain)
         results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
     (loss, grads), (closs, cgrads) = results
     flat = lambda tensors: torch.cat([t.flatten() for t in tensors])

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import torch
 
-from reproresnet import train as training
+from reproresnet import engine, train as training
 from reproresnet.data import eval_batches, load_splits
 from science_runs import run_for
 
@@ -31,13 +31,13 @@ def hand_statistics(images, mode):
 def test_normaliser_is_fitted_on_the_training_split_after_the_hold_out(tmp_path, cifar_root, monkeypatch, mode):
     """Protects the input statistics: those of the images trained on, without the validation or test images."""
     run = run_for(tmp_path, cifar_root, monkeypatch, val_size=5, normalization=mode)
-    assert len(run.splits.train) == 10 and len(run.splits.val) == 5
-    mean, std = hand_statistics(run.splits.train.images, mode)
-    torch.testing.assert_close(run.normalizer.mean.double().expand_as(mean), mean, rtol=0, atol=1e-6)
-    torch.testing.assert_close(run.normalizer.std.double().expand_as(std), std, rtol=0, atol=1e-6)
+    assert len(run.runs[0].splits.train) == 10 and len(run.runs[0].splits.val) == 5
+    mean, std = hand_statistics(run.runs[0].splits.train.images, mode)
+    torch.testing.assert_close(run.runs[0].normalizer.mean.double().expand_as(mean), mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(run.runs[0].normalizer.std.double().expand_as(std), std, rtol=0, atol=1e-6)
     # The fixture's splits differ enough that fitting on any other set of images would show.
     _, expected = cifar_root
-    for other in (expected["cifar10"]["train"][0], torch.cat([run.splits.train.images, run.splits.test.images])):
+    for other in (expected["cifar10"]["train"][0], torch.cat([run.runs[0].splits.train.images, run.runs[0].splits.test.images])):
         assert not torch.allclose(hand_statistics(other, mode)[0], mean, atol=1e-3)
 
 
@@ -46,22 +46,22 @@ def test_normaliser_does_not_depend_on_the_test_images(tmp_path, cifar_root, mon
     """Protects the test split from leaking into training: another test split, the same normaliser."""
     full = run_for(tmp_path / "a", cifar_root, monkeypatch, normalization=mode)
     fewer = run_for(tmp_path / "b", cifar_root, monkeypatch, normalization=mode, limit_test=2)
-    assert len(fewer.splits.test) == 2 and len(full.splits.test) == 4
-    assert torch.equal(full.normalizer.mean, fewer.normalizer.mean)
-    assert torch.equal(full.normalizer.std, fewer.normalizer.std)
+    assert len(fewer.runs[0].splits.test) == 2 and len(full.runs[0].splits.test) == 4
+    assert torch.equal(full.runs[0].normalizer.mean, fewer.runs[0].normalizer.mean)
+    assert torch.equal(full.runs[0].normalizer.std, fewer.runs[0].normalizer.std)
 
 
 def test_validation_split_is_disjoint_from_training_and_from_test(tmp_path, cifar_root, monkeypatch):
     """Protects model selection: validation images are held out of the training split, none lost."""
     run = run_for(tmp_path, cifar_root, monkeypatch, val_size=5)
     _, expected = cifar_root
-    train, val, test = (as_bytes(split.images) for split in (run.splits.train, run.splits.val, run.splits.test))
+    train, val, test = (as_bytes(split.images) for split in (run.runs[0].splits.train, run.runs[0].splits.val, run.runs[0].splits.test))
     assert not set(train) & set(val)
     assert not set(val) & set(test)
     assert sorted(train + val) == sorted(as_bytes(expected["cifar10"]["train"][0]))
     # Labels travel with their images.
     by_image = dict(zip(as_bytes(expected["cifar10"]["train"][0]), expected["cifar10"]["train"][1].tolist()))
-    for split in (run.splits.train, run.splits.val):
+    for split in (run.runs[0].splits.train, run.runs[0].splits.val):
         assert split.labels.tolist() == [by_image[b] for b in as_bytes(split.images)]
 
 
@@ -75,23 +75,23 @@ def test_training_batches_never_hold_a_validation_image(tmp_path, cifar_root, mo
         seen.append(images)
         return torch.zeros(()), torch.zeros((), dtype=torch.long)
 
-    with mock.patch.object(training, "train_step", step):  # watch the steps, skip the SGD
+    with mock.patch.object(engine, "train_step", step):  # watch the steps, skip the SGD
 
         training.train_one_epoch(run, 0, progress=False)
     fed = as_bytes(torch.cat(seen))
-    normalised = lambda split: as_bytes(run.normalizer(split.images))  # noqa: E731
-    assert sorted(fed) == sorted(normalised(run.splits.train))
-    assert not set(fed) & set(normalised(run.splits.val))
+    normalised = lambda split: as_bytes(run.runs[0].normalizer(split.images))  # noqa: E731
+    assert sorted(fed) == sorted(normalised(run.runs[0].splits.train))
+    assert not set(fed) & set(normalised(run.runs[0].splits.val))
 
 
 def test_evaluation_batches_are_the_normalised_images_untouched(tmp_path, cifar_root, monkeypatch):
     """Protects evaluation data from augmentation: with augmentation on for training, the
     evaluation batches are still exactly the normalised images, in order."""
     run = run_for(tmp_path, cifar_root, monkeypatch, augmentation="per_image", eval_batch_size=3)
-    test = run.splits.test
-    batches = list(eval_batches(test, 3, normalizer=run.normalizer, device="cpu"))
+    test = run.runs[0].splits.test
+    batches = list(eval_batches(test, 3, normalizer=run.runs[0].normalizer, device="cpu"))
     images = torch.cat([b[0] for b in batches])
-    mean, _ = hand_statistics(run.splits.train.images, "per_pixel_mean")
+    mean, _ = hand_statistics(run.runs[0].splits.train.images, "per_pixel_mean")
     torch.testing.assert_close(images.double(), test.images.double() / 255 - mean, rtol=0, atol=1e-6)
     assert torch.equal(torch.cat([b[1] for b in batches]), test.labels)
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reproresnet import train as training
+from reproresnet import engine, train as training
 from reproresnet.models import wide_resnet
 from reproresnet.recipes import RECIPES
 from science_runs import run_for
@@ -58,7 +58,7 @@ def recorded_lrs(run, epochs):
     lrs = {}
     for epoch in epochs:
         seen.clear()
-        with mock.patch.object(training, "train_step", step):  # watch the steps, skip the SGD
+        with mock.patch.object(engine, "train_step", step):  # watch the steps, skip the SGD
             training.train_one_epoch(run, epoch, progress=False)
         first = epoch * run.schedule.iterations_per_epoch
         for index, groups in enumerate(seen["lrs"]):
@@ -114,8 +114,8 @@ def test_make_optimizer_takes_every_value_from_the_recipe(momentum, nesterov, we
     """Protects against hard-coded optimizer values that happen to equal the presets' (0.9, True, 1e-4)."""
     model = nn.Linear(3, 2)
     recipe = RECIPES["seed"].replace(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr=0.37)
-    speedups = training.Speedups(False, False, False, False)
-    [group] = training.make_optimizer(model, recipe, speedups).param_groups
+    speedups = engine.Speedups(False, False, False, False)
+    [group] = engine.make_optimizer(model, recipe, speedups).param_groups
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == \
         (0.37, momentum, nesterov, weight_decay)
 
@@ -183,7 +183,7 @@ def wide_run(tmp_path, cifar_root, monkeypatch):
     run = run_for(tmp_path, cifar_root, monkeypatch, eval_batch_size=3)
     torch.manual_seed(0)
     model = randomise_bn_(wide_resnet(10, 1, dropout=0.3)).train()
-    return dataclasses.replace(run, model=model, step_model=model)
+    return dataclasses.replace(run, model=model)
 
 
 def hand_evaluation(model, data, train_images):
@@ -203,24 +203,24 @@ def hand_evaluation(model, data, train_images):
 def test_evaluation_is_inference_on_the_unaugmented_images(wide_run):
     """Protects the reported test error: evaluation is the eval-mode network (running BN statistics,
     no dropout) on normalised, unaugmented test images, loss averaged over every image."""
-    test = wide_run.splits.test
-    loss, error = training.evaluate(wide_run, test)
-    want_loss, want_error = hand_evaluation(wide_run.model, test, wide_run.splits.train.images)
+    test = wide_run.runs[0].splits.test
+    loss, error = training.evaluate(wide_run, [test])[0]
+    want_loss, want_error = hand_evaluation(wide_run.model, test, wide_run.runs[0].splits.train.images)
     assert loss == pytest.approx(want_loss, rel=1e-5)
     assert error == pytest.approx(want_error)
 
 
 def test_evaluation_error_counts_images_whose_top_class_is_not_the_label(wide_run):
     """Protects the error rate: labels set to the network's own top class for half the images give 50%."""
-    test = wide_run.splits.test
-    mean_image = wide_run.splits.train.images.double().mean(0) / 255
+    test = wide_run.runs[0].splits.test
+    mean_image = wide_run.runs[0].splits.train.images.double().mean(0) / 255
     wide_run.model.eval()
     with torch.no_grad():
         top = wide_run.model((test.images.double() / 255 - mean_image).float()).argmax(1)
     wide_run.model.train()
     wrong = torch.arange(len(top)) % 2 == 0
     labels = torch.where(wrong, (top + 1) % 10, top)
-    _, error = training.evaluate(wide_run, dataclasses.replace(test, labels=labels))
+    _, error = training.evaluate(wide_run, [dataclasses.replace(test, labels=labels)])[0]
     assert error == pytest.approx(100.0 * wrong.double().mean().item())
 
 
@@ -228,8 +228,8 @@ def test_evaluation_changes_nothing_and_repeats_exactly(wide_run):
     """Protects the network from evaluation: every BN running statistic and parameter unchanged,
     training mode restored, and two evaluations give the same numbers (no dropout)."""
     before = {name: tensor.clone() for name, tensor in wide_run.model.state_dict().items()}
-    first = training.evaluate(wide_run, wide_run.splits.test)
-    second = training.evaluate(wide_run, wide_run.splits.test)
+    first = training.evaluate(wide_run, [wide_run.runs[0].splits.test])
+    second = training.evaluate(wide_run, [wide_run.runs[0].splits.test])
     assert first == second
     after = wide_run.model.state_dict()
     assert before.keys() == after.keys()
@@ -241,7 +241,7 @@ def test_evaluation_changes_nothing_and_repeats_exactly(wide_run):
 def test_evaluation_of_a_network_in_eval_mode_leaves_it_in_eval_mode(wide_run):
     """Protects the mode a caller set: evaluate restores it rather than forcing training mode."""
     wide_run.model.eval()
-    training.evaluate(wide_run, wide_run.splits.test)
+    training.evaluate(wide_run, [wide_run.runs[0].splits.test])
     assert not wide_run.model.training
 
 

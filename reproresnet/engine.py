@@ -1,0 +1,257 @@
+"""How one training step runs: the step (`train_step`) and the engines that run it.
+
+A step trains K networks of one architecture at once (K = 1: a plain network; K > 1: a
+`stacked.StackedResNet`): images `[B, 3K, H, W]`, labels `[K, B]`, and it returns the K
+networks' summed losses and numbers of errors, left on the device. Two engines run it:
+
+- `EagerEngine` calls `train_step` every step, optionally through torch.compile (for users with
+  a warm compile cache; a cold compile of a 110-layer net takes minutes).
+- `GraphEngine` (CUDA) runs the first steps eagerly on a side stream (cuDNN picks its kernels,
+  the fused SGD creates its momentum buffers), then captures `train_step` once as a CUDA graph:
+  forward, loss, backward and the fused SGD step, ~1,500 kernels launched by one call. Every
+  later full batch is copied into the graph's static input buffers and the graph replayed. The
+  learning rate lives in a device tensor that the captured SGD kernel reads at every replay
+  (a Python float would be baked into the graph); BN running statistics, weights and momentum
+  are updated in place. The epoch's last, smaller batch runs `train_step` eagerly on the same
+  weights and optimizer (padding it would change batch norm's statistics).
+
+On CUDA both engines use the fused SGD with that lr tensor, so a graph replays exactly the
+kernels of an eager step. No inductor runs on the graph path: it starts in seconds.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import ConfigError, TrainConfig
+from .recipes import Recipe
+from .stacked import stacked_loss
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
+ENGINES = ("eager", "graph")
+WARMUP_STEPS = 3  # eager steps before the capture: cuDNN's autotuning, lazy CUDA and autograd set-up
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run here (the graph engine without CUDA, or a failed capture)."""
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """The fast path's numeric and layout switches, each on by default on CUDA only (compile:
+    off unless asked for)."""
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    fused_optimizer: bool
+
+    @classmethod
+    def for_device(cls, config: TrainConfig, device: torch.device) -> "Speedups":
+        cuda = device.type == "cuda"
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return cls(pick(config.bf16, cuda), pick(config.channels_last, cuda), pick(config.compile, False), cuda)
+
+    def autocast(self, device: torch.device):
+        # cache_enabled=False: autocast's cache of cast weights must not live across a CUDA graph's
+        # capture (torch's CUDA graph notes); each weight is cast once per forward anyway.
+        return torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
+
+    def precision(self) -> str:
+        return "bf16 autocast" if self.bf16 else "fp32"
+
+
+@contextmanager
+def exact_fp32():
+    """fp32 that is fp32 on CUDA: TF32 off for cuDNN convolutions (on by PyTorch's default) and
+    for matrix products, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def resolve_engine(config: TrainConfig, device: torch.device, distributed: bool) -> str:
+    """The engine a run uses: the config's, else the graph engine on a single CUDA device without
+    torch.compile, else eager. One asked for that cannot run here is a ConfigError."""
+    if config.engine is None:
+        return "graph" if device.type == "cuda" and not distributed and not config.compile else "eager"
+    if config.engine == "graph":
+        problem = ("needs a CUDA device (CUDA graphs)" if device.type != "cuda" else
+                   "does not run under torchrun (DDP's gradient all-reduce)" if distributed else
+                   "captures the eager step, not a compiled one: leave out --compile" if config.compile else None)
+        if problem:
+            raise ConfigError(f"engine='graph' {problem}; this run is on {device}: use --engine eager")
+    return config.engine
+
+
+def compile_model(model: torch.nn.Module, mode: str = "default", backend="inductor"):
+    """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
+    default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
+    batch size, and every later full batch then runs that dynamic graph instead. With
+    dynamic=False the last batch gets a second static graph, compiled once per process; CUDA
+    graphs (mode "reduce-overhead") then also record one graph per batch size."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+    return torch.compile(model, mode=None if mode == "default" else mode,
+                         dynamic=False, backend=backend)
+
+
+def compile_counter(group: str, name: str) -> int:
+    """A torch.compile counter of this process: ("stats", "unique_graphs") graphs built,
+    ("inductor", "cudagraph_skips") CUDA graphs skipped."""
+    from torch._dynamo.utils import counters
+    return int(counters[group][name])
+
+
+def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
+    # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
+    # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
+    # 'regularizable' tag: W, not b, not BN's beta and gamma).
+    groups = [{"params": list(model.parameters())}]
+    if recipe.weight_decay_on == "weights":
+        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        chosen = {id(p) for p in weights}
+        groups = [{"params": weights},
+                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+                           fused=speedups.fused_optimizer or None)
+
+
+def train_step(model, optimizer, images, labels, speedups: Speedups):
+    """One SGD step of the K networks in `model` on images `[B, 3K, H, W]` and labels `[K, B]`;
+    returns their summed losses `[K]` and numbers of errors `[K]`, left on the device. The loss
+    minimised is the sum of the K mean losses, so that each network's gradient is its own."""
+    with speedups.autocast(images.device):
+        logits = model(images)
+        loss, losses, errors = stacked_loss(logits.view(len(images), len(labels), -1), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return losses.detach() * labels.shape[1], errors
+
+
+class Engine:
+    """Runs `train_step` on one model and optimizer; `set_lr` before each step. With the fused
+    SGD (CUDA) the learning rate is a 0-d fp32 tensor on the device, which the fused kernel
+    reads when it runs: the same for an eager step and a graph replay."""
+
+    name = "engine"
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, speedups: Speedups,
+                 batch_size: int):
+        self.model, self.optimizer, self.speedups, self.batch_size = model, optimizer, speedups, batch_size
+        self.lr_tensor = None
+        if speedups.fused_optimizer:
+            device = next(model.parameters()).device
+            self.lr_tensor = torch.tensor(float(optimizer.param_groups[0]["lr"]), dtype=torch.float32,
+                                          device=device)
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr_tensor
+        self.lr = None
+
+    def set_lr(self, lr: float) -> None:
+        if lr == self.lr:
+            return
+        self.lr = lr
+        if self.lr_tensor is not None:
+            self.lr_tensor.fill_(lr)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+    def eager_step(self, images, labels):
+        return train_step(self.model, self.optimizer, images, labels, self.speedups)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class EagerEngine(Engine):
+    """`train_step` every step; full batches through `step_model` (torch.compile or DDP's
+    wrapper), a smaller last batch through the plain model unless `partial_through_step_model`
+    (DDP: every batch must go through its gradient averaging)."""
+
+    name = "eager"
+
+    def __init__(self, model, optimizer, speedups: Speedups, batch_size: int, step_model=None,
+                 partial_through_step_model: bool = False):
+        super().__init__(model, optimizer, speedups, batch_size)
+        self.step_model = step_model if step_model is not None else model
+        self.partial_through_step_model = partial_through_step_model
+
+    def step(self, images, labels):
+        full = labels.shape[1] == self.batch_size or self.partial_through_step_model
+        return train_step(self.step_model if full else self.model, self.optimizer, images, labels, self.speedups)
+
+
+class CudaGraphs:
+    """How the graph engine warms up and captures on CUDA (tests stand in a plain caller on a CPU)."""
+
+    @staticmethod
+    def warm_up(step: Callable[[], tuple]) -> tuple:
+        """A real training step, eager, on a side stream, as torch's whole-network capture
+        recipe warms up: kernel choices and lazy initialisation happen here, not in the capture."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            outputs = step()
+        torch.cuda.current_stream().wait_stream(side)
+        return outputs
+
+    @staticmethod
+    def capture(step: Callable[[], tuple]) -> Callable[[], tuple]:
+        """`step` recorded (not run) as a CUDA graph; returns what replays it and gives its outputs."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = step()
+
+        def replay():
+            graph.replay()
+            return outputs
+        return replay
+
+
+class GraphEngine(Engine):
+    """`train_step` captured once (after `WARMUP_STEPS` eager steps) and replayed for every full
+    batch from static input buffers; a smaller batch runs `train_step` eagerly."""
+
+    name = "graph"
+
+    def __init__(self, model, optimizer, speedups: Speedups, batch_size: int, graphs=CudaGraphs):
+        fused = all(group.get("fused") for group in optimizer.param_groups)
+        if not fused or (graphs is CudaGraphs and next(model.parameters()).device.type != "cuda"):
+            raise EngineError("the graph engine needs a model on a CUDA device and the fused SGD")
+        super().__init__(model, optimizer, speedups, batch_size)
+        self.graphs, self.warmed_up = graphs, 0
+        self.images = self.labels = self.replay = None
+
+    def step(self, images, labels):
+        if labels.shape[1] != self.batch_size:
+            return self.eager_step(images, labels)
+        if self.warmed_up < WARMUP_STEPS:
+            self.warmed_up += 1
+            return self.graphs.warm_up(lambda: self.eager_step(images, labels))
+        if self.replay is None:
+            self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
+            try:
+                self.replay = self.graphs.capture(lambda: self.eager_step(self.images, self.labels))
+            except Exception as error:
+                raise EngineError(f"capturing the training step as a CUDA graph failed: "
+                                  f"{type(error).__name__}: {error}") from error
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+        return self.replay()
+
+
+def build_engine(name: str, model, optimizer, speedups: Speedups, batch_size: int, step_model=None,
+                 partial_through_step_model: bool = False) -> Engine:
+    if name == "graph":
+        return GraphEngine(model, optimizer, speedups, batch_size)
+    return EagerEngine(model, optimizer, speedups, batch_size, step_model, partial_through_step_model)

@@ -1,0 +1,182 @@
+"""The engines that run a training step, and the background writer of run files (CPU).
+
+The graph engine's CUDA capture cannot run here; everything around it does: with a stand-in
+that "replays" by calling the captured function, the engine's warm-up, static input buffers,
+lr tensor, eager smaller batch and outputs are the eager engine's, bit for bit, on the fused SGD
+that both use on CUDA.
+"""
+
+import copy
+import threading
+
+import pytest
+import torch
+
+from reproresnet import records
+from reproresnet.config import ConfigError, TrainConfig
+from reproresnet.engine import (WARMUP_STEPS, EagerEngine, EngineError, GraphEngine, Speedups, make_optimizer,
+                                resolve_engine, train_step)
+from reproresnet.models import build_model
+from reproresnet.recipes import get_recipe
+from reproresnet.stacked import StackedResNet, stack_inputs
+
+FUSED = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=True)
+
+
+class ReplayByCalling:
+    """Stands in for CUDA graphs on a CPU: warm-up runs the step, `capture` records the
+    function (without running it) and each replay calls it again."""
+
+    def __init__(self):
+        self.captured = []
+
+    def warm_up(self, step):
+        return step()
+
+    def capture(self, step):
+        self.captured.append(step)
+        return step
+
+
+def _networks(k: int):
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(build_model("preact_resnet20"))
+    return models[0] if k == 1 else StackedResNet.from_models(models)
+
+
+def _batches(k: int, sizes):
+    g = torch.Generator().manual_seed(0)
+    return [(stack_inputs([torch.randn(n, 3, 32, 32, generator=g) for _ in range(k)]),
+             torch.randint(0, 10, (k, n), generator=g)) for n in sizes]
+
+
+def _engines(k: int, batch_size: int = 8):
+    model = _networks(k)
+    twin = copy.deepcopy(model)
+    recipe = get_recipe("seed")
+    eager = EagerEngine(model, make_optimizer(model, recipe, FUSED), FUSED, batch_size)
+    graphs = ReplayByCalling()
+    graph = GraphEngine(twin, make_optimizer(twin, recipe, FUSED), FUSED, batch_size, graphs=graphs)
+    return eager, graph, graphs
+
+
+def _run(engine, batches, lrs):
+    outputs = []
+    for (images, labels), lr in zip(batches, lrs):
+        engine.set_lr(lr)
+        loss, errors = engine.step(images, labels)
+        outputs.append((loss.clone(), errors.clone()))
+    return outputs
+
+
+@pytest.mark.parametrize("k", [1, 2], ids=["one network", "a stack of 2"])
+def test_the_graph_engine_replays_exactly_the_eager_step(k):
+    """Warm-up steps, the capture, replays from static buffers, an lr changed after the capture
+    and an eager smaller batch between replays: weights, momentum, BN statistics and every
+    step's outputs equal the eager engine's bit for bit."""
+    eager, graph, graphs = _engines(k)
+    sizes = [8] * (WARMUP_STEPS + 2) + [5, 8, 8]
+    lrs = [0.1] * (WARMUP_STEPS + 3) + [0.01] * 2
+    batches = _batches(k, sizes)
+    eager_out, graph_out = _run(eager, batches, lrs), _run(graph, batches, lrs)
+    assert len(graphs.captured) == 1 and graph.warmed_up == WARMUP_STEPS
+    for (a, b), (c, d) in zip(eager_out, graph_out):
+        assert torch.equal(a, c) and torch.equal(b, d) and a.shape == (k,)
+    for name, tensor in eager.model.state_dict().items():
+        assert torch.equal(tensor, graph.model.state_dict()[name]), name
+    for p, q in zip(eager.model.parameters(), graph.model.parameters()):
+        assert torch.equal(eager.optimizer.state[p]["momentum_buffer"], graph.optimizer.state[q]["momentum_buffer"])
+
+
+def test_the_graph_engine_captures_train_step_on_its_static_buffers(monkeypatch):
+    """What is captured is `train_step` itself, called on the engine's static input buffers
+    (not on the batch of the step that captures), and the lr is one tensor every group reads."""
+    _, graph, graphs = _engines(1)
+    calls = []
+    monkeypatch.setattr("reproresnet.engine.train_step",
+                        lambda *args: calls.append(args) or train_step(*args))
+    batches = _batches(1, [8] * (WARMUP_STEPS + 2))
+    _run(graph, batches, [0.1] * len(batches))
+    images, labels = calls[WARMUP_STEPS][2:4]  # the capture's step
+    assert images is graph.images and labels is graph.labels and images is not batches[WARMUP_STEPS][0]
+    assert torch.equal(graph.images, batches[-1][0])  # each replay's batch copied in
+    assert all(group["lr"] is graph.lr_tensor for group in graph.optimizer.param_groups)
+    graph.set_lr(0.02)
+    assert graph.lr_tensor.item() == pytest.approx(0.02)
+
+
+def test_the_graph_engine_needs_cuda_and_the_fused_sgd_and_names_a_failed_capture():
+    model = _networks(1)
+    recipe = get_recipe("seed")
+    with pytest.raises(EngineError, match="CUDA device and the fused SGD"):
+        GraphEngine(model, make_optimizer(model, recipe, FUSED), FUSED, 8)  # real CUDA graphs, CPU model
+    plain = Speedups(False, False, False, False)
+    with pytest.raises(EngineError, match="fused SGD"):
+        GraphEngine(model, make_optimizer(model, recipe, plain), plain, 8, graphs=ReplayByCalling())
+
+    class Broken(ReplayByCalling):
+        def capture(self, step):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    engine = GraphEngine(model, make_optimizer(model, recipe, FUSED), FUSED, 8, graphs=Broken())
+    batches = _batches(1, [8] * (WARMUP_STEPS + 1))
+    with pytest.raises(EngineError, match="capturing the training step as a CUDA graph failed: RuntimeError: "
+                                          "operation not permitted"):
+        _run(engine, batches, [0.1] * len(batches))
+
+
+def test_an_engine_is_chosen_for_the_device_and_one_that_cannot_run_is_refused():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    config = TrainConfig(out="x")
+    assert resolve_engine(config, cpu, distributed=False) == "eager"
+    assert resolve_engine(config, cuda, distributed=False) == "graph"
+    assert resolve_engine(config, cuda, distributed=True) == "eager"
+    assert resolve_engine(TrainConfig(out="x", compile=True), cuda, distributed=False) == "eager"
+    for config, device, words in [(TrainConfig(out="x", engine="graph"), cpu, "needs a CUDA device"),
+                                  (TrainConfig(out="x", engine="graph"), cuda, "torchrun"),
+                                  (TrainConfig(out="x", engine="graph", compile=True), cuda, "--compile")]:
+        with pytest.raises(ConfigError, match=f"engine='graph' .*{words}.*use --engine eager"):
+            resolve_engine(config, device, distributed=words == "torchrun")
+    with pytest.raises(ConfigError, match=r"engine='jit' is not valid: expected one of \['eager', 'graph'\]"):
+        TrainConfig(out="x", engine="jit")
+
+
+def test_train_with_the_graph_engine_on_a_cpu_stops_with_one_line(tmp_path, capsys):
+    from conftest import argv, run_cli
+    code, err = run_cli(capsys, argv(tmp_path / "run", {"--engine": "graph"}))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "engine='graph' needs a CUDA device" in err
+    assert not (tmp_path / "run" / records.RUN_FILE).exists()
+
+
+# ---------------------------------------------------------------- the background writer
+
+
+def test_the_background_writer_keeps_the_order_and_raises_a_failed_write(tmp_path):
+    written, gate = [], threading.Event()
+
+    def write(name):
+        gate.wait(10)
+        written.append(name)
+
+    with records.Writer(background=True) as writer:
+        for name in ("checkpoint", "metrics", "record"):
+            writer.submit(write, name)
+        assert written == []  # nothing yet: the caller went on
+        gate.set()
+        writer.flush()
+        assert written == ["checkpoint", "metrics", "record"]
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    writer = records.Writer(background=True)
+    writer.submit(fail)
+    writer.submit(write, "after the failure")
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    with pytest.raises(OSError):  # it stays failed: nothing more is written out of order
+        writer.submit(write, "later")
+    assert "after the failure" not in written and "later" not in written

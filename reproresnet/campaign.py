@@ -216,7 +216,7 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
-    _train_plan(plan_configs, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
+    _train_plan(out, plan_configs, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
     return plan_configs
 
 
@@ -237,12 +237,37 @@ def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Opt
     except (OSError, ValueError, KeyError):
         pass
     budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
-    return selfcheck.selfcheck(plan, device, sources, budget=budget, precision=precision, stack=options.stack,
-                               log=log, save=lambda record: records.write_json(path, selfcheck.jsonable(record)))
+    # The first network's variants now; the others just before they first train (_check_network).
+    record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
+                                 budget=budget, precision=precision, stack=options.stack, log=log,
+                                 save=lambda record: records.write_json(path, selfcheck.jsonable(record)))
+    log(selfcheck.format_variants(record))
+    return record
 
 
-def _train_plan(plan_configs: dict, record: dict, device, sources: dict, options: Options, hard_stop: float,
-                stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
+def _check_network(out: Path, record: dict, configs: list, device, sources: dict, log) -> None:
+    """The chosen variant against the reference on a network not checked yet (seconds), saved
+    into the self-check's record: a network where it fails trains eagerly and unstacked."""
+    from . import selfcheck
+    arch = configs[0].arch
+    if (record["networks"].get(arch) or {}).get("ok") is not None:
+        return
+    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    began = time.time()
+    try:
+        result = selfcheck.check_network(configs[:chosen.stack] if chosen.stack > 1 else configs[:1], device,
+                                         sources, chosen, selfcheck.compared_steps(device))
+    except Exception as error:  # noqa: BLE001 (a crash is a failed check, recorded)
+        result = {"ok": False, "variant": chosen.name, "error": f"{type(error).__name__}: {error}"[:500]}
+    result["seconds"] = round(time.time() - began, 1)
+    record["networks"][arch] = result
+    log(f"selfcheck {arch} {chosen.name}: {'ok' if result['ok'] else 'FAILED'} ({result['seconds']} s)"
+        + (f" {result['error']}" if "error" in result else ""))
+    records.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
+
+
+def _train_plan(out: Path, plan_configs: dict, record: dict, device, sources: dict, options: Options,
+                hard_stop: float, stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
     from . import selfcheck
     training: list = []
     for stack in stacks(plan_configs):
@@ -260,6 +285,7 @@ def _train_plan(plan_configs: dict, record: dict, device, sources: dict, options
                     f"not started: the unfinished runs' checkpoints would pass {options.max_unfinished_mb:g} MB")}
         if not admitted:
             continue
+        _check_network(out, record, plan_configs[admitted[0].arch], device, sources, log)
         variant, note = selfcheck.variant_for(record, admitted[0].arch)
         groups = [admitted[start:start + variant.stack] for start in range(0, len(admitted), variant.stack)]
         for group in groups:

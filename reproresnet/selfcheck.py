@@ -267,7 +267,7 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
     device, sources = torch.device(device), sources or {}
     cuda = device.type == "cuda"
     timed = timed_steps if timed_steps is not None else (30 if cuda else 2)
-    full = WARMUP_STEPS + 3 if cuda else 2  # on CUDA: warm-up steps, the capture, then replays
+    full = compared_steps(device)
     archs = list(plan)
     k = stack or len(plan[archs[0]])
     deadline = time.time() + budget
@@ -320,7 +320,7 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
     tried = {r["variant"]: r for r in record["variants"]}
     record["networks"][archs[0]] = {"ok": tried[chosen]["ok"] if chosen in tried else None, "variant": chosen}
     for arch in archs[1:]:
-        record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch], device, sources,
+        record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch][:k], device, sources,
                                            Variant.from_name(chosen), full) or {"ok": None, "note": "unchecked"}
     record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
     save(record)
@@ -329,6 +329,11 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
     log(f"selfcheck: chosen {chosen}: {why}")
     save(record)
     return record
+
+
+def compared_steps(device: torch.device) -> int:
+    """Full steps before the smaller batch: on CUDA the warm-up steps, the capture, then replays."""
+    return WARMUP_STEPS + 3 if device.type == "cuda" else 2
 
 
 def variant_fields(variant: Variant) -> dict:

@@ -243,11 +243,13 @@ def test_bundle_and_unbundle_commands(tmp_path, capsys):
 # ---------------------------------------------------------------- planning
 
 
-def _checked(out: Path, variant: str = "eager-fp32-nchw-k2", networks: dict | None = None) -> None:
-    """A finished self-check record in `out`, as an earlier call leaves it (then reused)."""
+def _checked(out: Path, variant: str = "eager-fp32-nchw-k2") -> None:
+    """A finished self-check record in `out`, as an earlier call leaves it (then reused), that
+    passed the chosen variant on the networks these tests plan."""
     (out / campaign.STATE_DIR).mkdir(parents=True, exist_ok=True)
+    networks = {arch: {"ok": True, "variant": variant} for arch in ("preact_resnet20", "resnet20")}
     records.write_json(out / campaign.STATE_DIR / campaign.SELFCHECK_FILE,
-                       {"format": selfcheck.FORMAT, "created": "earlier", "networks": networks or {},
+                       {"format": selfcheck.FORMAT, "created": "earlier", "networks": networks,
                         "chosen": {"variant": variant, "why": "chosen by a test"}, "ok": True})
 
 
@@ -369,6 +371,28 @@ def test_an_engine_that_cannot_run_falls_back_to_eager_and_says_so(tmp_path, mon
         ("graph", True, 2), ("eager", True, 2)]
     assert calls[1][1].startswith("eager-fp32-nhwc-k2: fallback, graph-fp32-nhwc-k2 failed: capturing")
     assert any("cannot run" in line and "falling back to eager-fp32-nhwc-k2" in line for line in logged)
+
+
+def test_a_network_not_checked_yet_is_checked_before_it_trains_and_falls_back_if_it_fails(tmp_path, monkeypatch):
+    """The self-check times variants on the plan's first network only; another network is
+    compared (chosen variant against the reference) just before its first stack. Here the
+    chosen graph variant cannot run on this CPU: ResNet-20 trains eagerly, unstacked, and
+    its runs and the record say why."""
+    calls = []
+    monkeypatch.setattr(training, "train_stack", _fake_training(calls, lambda configs: [("complete", 3, None)]
+                                                                * len(configs)))
+    _checked(tmp_path, "graph-fp32-nhwc-k2")
+    path = tmp_path / campaign.STATE_DIR / campaign.SELFCHECK_FILE
+    record = json.loads(path.read_text())
+    del record["networks"]["resnet20"]
+    records.write_json(path, record)
+    campaign.run_campaign(dataclasses.replace(PLAN, archs=("resnet20",)), tmp_path,
+                          campaign.Options(budget=120, device="cpu", min_start=0), log=lambda line: None)
+    checked = json.loads(path.read_text())["networks"]["resnet20"]
+    assert checked["ok"] is False and "needs a CUDA device" in checked["error"]
+    assert [(c.engine, len(configs)) for configs, _ in calls for c in configs[:1]] == [("eager", 1), ("eager", 1)]
+    assert all(note.startswith("eager-fp32-nchw-k1: fallback, graph-fp32-nhwc-k2 failed the self-check on resnet20")
+               for _, note in calls)
 
 
 def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):

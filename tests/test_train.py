@@ -214,6 +214,19 @@ def test_a_stack_trains_each_run_as_it_would_train_alone(tmp_path):
             assert abs(float(ours["test_error"]) - float(theirs["test_error"])) <= 100 * 2 / 48 + 1e-9
 
 
+def test_a_stack_evaluates_each_run_as_it_would_alone(tmp_path):
+    """One evaluation pass of a stack of two freshly built runs (each on its own synthetic data,
+    normalised by its own training split) against each run built alone: losses within 1e-5
+    relative (a forward pass, summed in another order), errors within one image."""
+    device = torch.device("cpu")
+    configs = stacked(tmp_path)
+    splits = [training.load_device_splits(c, device) for c in configs]
+    together = training.evaluate(training.build_stack(configs, splits, device), [s.test for s in splits])
+    for config, split, (loss, error) in zip(configs, splits, together):
+        [(alone_loss, alone_error)] = training.evaluate(training.build_stack([config], [split], device), [split.test])
+        assert loss == pytest.approx(alone_loss, rel=1e-5) and abs(error - alone_error) <= 100 / 48 + 1e-9
+
+
 def test_a_nan_in_one_run_of_a_stack_stops_that_run_only(tmp_path, monkeypatch):
     """Seed 1's network (its rows of the stem's weight) poisoned after epoch 2's steps: its run
     is recorded as diverged with its epoch-1 checkpoint kept; seed 0 trains on to the end,

@@ -5,11 +5,12 @@
 #
 # 1. versions and nvidia-smi;
 # 2. `python3 -m reproresnet.bench` on CUDA for WRN-16-4, pre-act ResNet-110 and ResNet-164:
-#    this project's path against the plain PyTorch baseline (bench.json);
-# 3. with the time left: (a) the reproresnet path with CUDA graphs (torch.compile mode
-#    "reduce-overhead"), which cannot be tried without a GPU (bench-reduce-overhead.json);
-#    (b) two real epochs of each network through train_one_epoch, the first of which compiles
-#    the epoch's last, smaller batch once (bench-epochs.json);
+#    this project's paths (eager, graph engine, 3 networks stacked) against the plain PyTorch
+#    baseline (bench.json);
+# 3. with the time left: (a) the eager path through torch.compile with its own CUDA graphs
+#    (mode "reduce-overhead"), against which the graph engine can be judged
+#    (bench-reduce-overhead.json); (b) two real epochs of each network through
+#    train_one_epoch, the epoch's last, smaller batch included (bench-epochs.json);
 # 4. with the time left, and only if BENCH_DATASET names a data set (cifar10 with
 #    BENCH_DATA_DIR, or folder:PATH): a short training run of one network on real images.
 #
@@ -105,24 +106,23 @@ fi
 mkdir -p "$dest"
 echo "== records in $dest"
 
-# Step 2: the benchmark proper, both paths, in the compile mode reproresnet.train uses.
+# Step 2: the benchmark proper: every path the library trains with, and the baseline.
 run_step "benchmark" "$(min "$(left)" 300)" required \
     "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --epochs 0 \
     --out "$dest/bench.json" "${extra[@]}"
 
-# Step 3a: CUDA graphs on the reproresnet path only; deep, narrow nets are launch-bound.
+# Step 3a: torch.compile's CUDA graphs on the eager path; deep, narrow nets are launch-bound.
 variant_archs=()
 for arch in preact_resnet110 preact_resnet164 "${archs[@]}"; do
     [[ " ${archs[*]} " == *" $arch "* && " ${variant_archs[*]} " != *" $arch "* ]] && variant_archs+=("$arch")
 done
 run_step "benchmark, compile mode reduce-overhead" "$(min "$(left)" 180)" optional \
     "$py" -m reproresnet.bench --device "$device" --archs "${variant_archs[@]}" \
-    --compile-mode reduce-overhead --no-baseline --steps 100 --warmup-steps 30 --epochs 0 \
+    --compile --compile-mode reduce-overhead --no-baseline --no-graph --stack 1 --steps 100 --warmup-steps 30 \
+    --epochs 0 \
     --out "$dest/bench-reduce-overhead.json" "${extra[@]}"
 
-# Step 3b: real epochs through train_one_epoch, the last batch of 80 included: the first epoch
-# compiles it once, the second must compile nothing. The batch-128 graphs come from the
-# compile cache that step 2 filled.
+# Step 3b: real epochs through train_one_epoch, the last batch of 80 included (run eagerly).
 run_step "real epochs" "$(min "$(left)" 240)" optional \
     "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --no-baseline \
     --steps 20 --warmup-steps 5 --data-batches 20 --epochs 2 \

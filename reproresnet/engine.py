@@ -32,7 +32,6 @@ from .recipes import Recipe
 from .stacked import stacked_loss
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
-ENGINES = ("eager", "graph")
 WARMUP_STEPS = 3  # eager steps before the capture: cuDNN's autotuning, lazy CUDA and autograd set-up
 
 

@@ -212,6 +212,12 @@ class RunRecord:
         return (self.record.get("recipe") or {}).get("batch_size", self.config.get("batch_size"))
 
     @property
+    def stacked(self) -> int:
+        """How many networks its last process trained at once as one stacked network (1: alone)."""
+        segments = (self.record.get("speed") or {}).get("segments") or [{}]
+        return segments[-1].get("stacked", 1)
+
+    @property
     def test_error(self) -> float | None:
         final = self.record.get("final") or {}
         return final.get("test_error")

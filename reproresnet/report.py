@@ -394,11 +394,12 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
         groups: dict[tuple, list[float]] = {}
         for run in timed:
             if run.arch == network:
-                groups.setdefault((run.device, run.batch_size), []).append(
+                groups.setdefault((run.device, run.batch_size, run.stacked), []).append(
                     run.record["final"]["seconds_per_epoch"])
-        for (device, batch), seconds in groups.items():
+        for (device, batch, stacked), seconds in groups.items():
             many = f", median of {len(seconds)}" if len(seconds) > 1 else ""
-            here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{many})")
+            together = f", {stacked} networks at once (stacked)" if stacked > 1 else ""
+            here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{together}{many})")
         seed_seconds = quoted.get("seed_seconds_per_epoch")
         # MISSING: a network gone from the registry
         exact = f"{default_parameter_count(network):,}" if network in ARCHITECTURES else MISSING

@@ -533,15 +533,13 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """Three runs uninterrupted, as separate `train` processes, and the seconds the first two
-    took side by side: the yardstick for a budget that cuts a campaign of those two mid-way."""
+    """The two runs uninterrupted, as `train` processes side by side, and the seconds that took:
+    the yardstick for a budget that cuts a campaign of those two mid-way."""
     out = tmp_path_factory.mktemp("reference")
     began = time.time()
     processes = [_train_reference(out, seed) for seed in (0, 1)]
     assert [process.wait(timeout=900) for process in processes] == [0, 0]
-    seconds = time.time() - began
-    assert _train_reference(out, 2).wait(timeout=900) == 0
-    return out, seconds
+    return out, time.time() - began
 
 
 def _campaign(out: Path, budget: float, seeds=(0, 1), stack=1, script: str | None = None) -> subprocess.Popen:
@@ -584,31 +582,42 @@ def test_a_budget_cuts_the_campaign_and_a_second_call_completes_it_exactly(tmp_p
 
 
 @pytest.mark.slow
-def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path, reference):
+def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path):
     """--stack 3: the three seeds as one stacked network in the campaign's process. Each run's
-    metrics are those of the `train` run of its seed within 1e-3 relative (losses) and 2 images
-    (errors), in fp32 on a CPU: a grouped convolution sums in another order than three separate
-    ones, and over 12 epochs the last bits grow (a ReLU within rounding of zero switches); in
-    float64 a stack is exact (tests/test_stacked.py). It bundles as before."""
-    reference_dir, _ = reference
-    process = _campaign(tmp_path, 900, seeds=(0, 1, 2), stack=3)
+    metrics are those of the `train` run of its seed within 5e-3 relative (losses) and 2 images
+    (errors), in fp32 on a CPU. Not bit for bit: a grouped convolution sums in another order
+    than three separate ones, and the last bits grow as training goes on (ReLUs within rounding
+    of zero switch). Measured on this 128-image set at lr 0.1: 1e-4 after the first epoch, 1e-3
+    after the second, 1-3 % after five to twelve; so two epochs are compared here, and in
+    float64 a stack is exact (tests/test_stacked.py). The campaign bundles as before."""
+    args = TRAIN_ARGS.replace("--epochs 12", "--epochs 2")
+    references = [subprocess.Popen([sys.executable, "-m", "reproresnet", "train", "--arch", "preact_resnet20",
+                                    "--seed", str(seed), "--dataset", "synthetic", "--device", "cpu", "--quiet",
+                                    "--out", str(tmp_path / "alone" / f"seed{seed}"), *args.split()],
+                                   cwd=REPO, env=_env(), stdout=subprocess.DEVNULL) for seed in (0, 1, 2)]
+    assert [process.wait(timeout=900) for process in references] == [0, 0, 0]
+    out = tmp_path / "campaign"
+    process = subprocess.Popen([sys.executable, "-m", "reproresnet", "campaign", "--out", str(out), "--budget", "900",
+                                *PLAN_ARGS, "--seeds", "0", "1", "2", "--stack", "3", "--train-args", args],
+                               cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.communicate(timeout=960)[0]
     assert process.returncode == 0, output
     for seed in (0, 1, 2):
-        ours, theirs = (rows_without_timing(d) for d in (tmp_path / f"preact_resnet20-fp32-seed{seed}",
-                                                         reference_dir / f"preact_resnet20-seed{seed}"))
-        record = records.read_run(tmp_path / f"preact_resnet20-fp32-seed{seed}")
-        assert record["status"] == "complete" and record["speed"]["segments"][-1]["stacked"] == 3
-        assert len(ours) == len(theirs) == 12
+        ours, theirs = (rows_without_timing(d) for d in (out / f"preact_resnet20-fp32-seed{seed}",
+                                                         tmp_path / "alone" / f"seed{seed}"))
+        record = records.read_run(out / f"preact_resnet20-fp32-seed{seed}")
+        assert record["status"] == "complete" and record["speed"]["segments"][-1]["stacked"] == 3, output
+        assert len(ours) == len(theirs) == 2
         for mine, other in zip(ours, theirs):
             assert mine["lr"] == other["lr"]
             for key in ("train_loss", "test_loss"):
-                assert float(mine[key]) == pytest.approx(float(other[key]), rel=1e-3), (seed, mine["epoch"], key)
+                assert float(mine[key]) == pytest.approx(float(other[key]), rel=5e-3), (seed, mine["epoch"], key)
             assert abs(float(mine["train_error"]) - float(other["train_error"])) <= 100 * 2 / 128 + 1e-9
             assert abs(float(mine["test_error"]) - float(other["test_error"])) <= 100 * 2 / 32 + 1e-9
-    manifest = bundling.bundle(tmp_path, tmp_path.parent / f"{tmp_path.name}-bundle")
-    assert {f"preact_resnet20-fp32-seed{seed}/run.json" for seed in (0, 1, 2)} <= \
+    manifest = bundling.bundle(out, tmp_path / "bundle")
+    assert {f"preact_resnet20-fp32-seed{seed}/run.json" for seed in (0, 1, 2)} | {"_campaign/selfcheck.json"} <= \
         {entry["path"] for entry in manifest["files"]}
+    assert len(bundling.unbundle(tmp_path / "bundle", tmp_path / "home")) == len(manifest["files"])
 
 
 def _lock_is_free(run_dir: Path) -> bool:
@@ -633,7 +642,7 @@ def write_atomic(path, write):
     real(path, write)
 
 records.write_atomic = write_atomic
-sys.exit(campaign.main(sys.argv[1:]))
+sys.exit(campaign.main(sys.argv[2:]))  # python -c SCRIPT campaign ARGS...
 """
 
 

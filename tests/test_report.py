@@ -261,6 +261,19 @@ def test_speed_table_parameters_and_seconds_per_epoch(tmp_path):
     assert table.loc["preact_resnet164", "s/epoch here"] == "not measured"
 
 
+def test_speed_table_says_when_a_run_trained_in_a_stack(tmp_path):
+    """A stacked run's seconds per epoch are those of the whole stack's epoch: said beside them."""
+    for seed in (0, 1):
+        run_dir = make_run(tmp_path, f"preact_resnet164-seed{seed}", arch="preact_resnet164", seed=seed,
+                           seconds_per_epoch=9.0)
+        record = json.loads((run_dir / records.RUN_FILE).read_text())
+        record["speed"] = {"segments": [{"stacked": 1}, {"stacked": 3}] if seed else [{"stacked": 1}]}
+        (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    table = report.speed_table(report.load_runs(tmp_path)[0]).set_index("network")
+    assert table.loc["preact_resnet164", "s/epoch here"] == \
+        "9.0 (training, NVIDIA H100, batch 64); 9.0 (training, NVIDIA H100, batch 64, 3 networks at once (stacked))"
+
+
 def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
     (tmp_path / "bench-h100").mkdir()
     (tmp_path / "bench-h100" / "bench.json").write_text(json.dumps(bench_record(

@@ -293,7 +293,7 @@ def device_slug(device: torch.device) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per BenchSettings field (`--batch-size` for batch_size), and --quiet."""
-    parser = argparse.ArgumentParser(prog="reproresnet bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m reproresnet bench", description=__doc__.split("\n\n")[0])
     kinds = {"bool": {"action": argparse.BooleanOptionalAction}, "tuple": {"nargs": "+", "metavar": "NAME"},
              "int": {"type": int}, "str": {"type": str}}  # how a field of each type is read
     for setting in dataclasses.fields(BenchSettings):

@@ -164,7 +164,7 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> list[str]:
 
 def _parser(command: str, source: tuple[str, str], to: tuple[str, str]) -> argparse.ArgumentParser:
     """What both commands take: SOURCE --to TO [--name NAME] (metavar and help of each)."""
-    parser = argparse.ArgumentParser(prog=f"reproresnet {command}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python -m reproresnet {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", metavar=source[0], help=source[1])
     parser.add_argument("--to", required=True, metavar=to[0], help=to[1])

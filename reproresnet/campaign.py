@@ -307,26 +307,34 @@ def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]
     return outcomes
 
 
+def _per_device(values: dict) -> str:
+    """{"cuda": 3, "cpu": 1} as help text: "3 on CUDA, 1 on a CPU"."""
+    return ", ".join(f"{value:g} on {'CUDA' if device == 'cuda' else 'a CPU'}" for device, value in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reproresnet campaign", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
-    plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME")
-    plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K")
-    plan.add_argument("--recipe", default="seed")
+    plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME",
+                      help=f"networks of the plan (default: {' '.join(DEFAULT_ARCHS)})")
+    plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
+                      help="seeds of each network (default: 0 1 2)")
+    plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
     plan.add_argument("--tag", help="run directories <arch>-<tag>-seed<k> (default: <arch>-seed<k>)")
     plan.add_argument("--train-args", default="", metavar="'FLAGS'",
                       help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000'")
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--device", default="auto")
-    runtime.add_argument("--pack", type=int, help=f"runs at once on the device (default: {DEFAULT_PACK})")
+    runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    runtime.add_argument("--pack", type=int, help=f"runs at once on the device (default: {_per_device(DEFAULT_PACK)})")
     runtime.add_argument("--selfcheck", metavar="JSON", help="a selfcheck record: its switched-off parts and "
                                                              "compile mode apply to every run")
-    runtime.add_argument("--min-start", type=float, help=f"s a new run needs at least (default: {DEFAULT_MIN_START})")
+    runtime.add_argument("--min-start", type=float, help=f"seconds a new run needs at least "
+                         f"(default: {_per_device(DEFAULT_MIN_START)})")
     runtime.add_argument("--max-unfinished-mb", type=float, default=40.0,
                          help="checkpoints of unfinished runs stay under this (default: 40)")
     runtime.add_argument("--status", action="store_true", help="print the status table and exit")

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
-from .data import AUGMENTATIONS, NORMALIZATIONS
-from .recipes import NETWORK_OPTIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule
+from .recipes import (AUGMENTATIONS, NETWORK_OPTIONS, NORMALIZATIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe,
+                      as_record, make_schedule)
 
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
@@ -26,7 +25,8 @@ CIFAR_TRAIN_IMAGES = 50_000
 # of a resume, the sweep and the report's grouping of seeds ignore them. bf16 is not one:
 # precision is part of the result. (A resume is still refused when the speedups these resolve
 # to differ from the checkpoint's: train._check_same_speedups.)
-RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size")
+RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size",
+                    "threads")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
 RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",
                 "normalization", "augmentation", "val_size", *NETWORK_OPTIONS)
@@ -65,6 +65,7 @@ class TrainConfig:
     channels_last: Optional[bool] = None
     compile: Optional[bool] = None
     eval_batch_size: int = 1000
+    threads: Optional[int] = None         # CPU threads of this process; None: chosen by cpu_threads
 
     def __post_init__(self):
         if isinstance(self.milestones, list):
@@ -82,6 +83,8 @@ class TrainConfig:
         self._check_network()
 
     def _check_network(self):
+        import torch
+
         from .models import build_model
         try:
             with torch.device("meta"):  # checks the options without allocating any weights
@@ -105,7 +108,7 @@ class TrainConfig:
                 raise ConfigError(f"{field.name}={value!r} is not valid: expected {kind}"
                                   f"{' or None' if field.type.startswith('Optional') else ''}, "
                                   f"got {type(value).__name__}")
-        for name in ("limit_train", "limit_test", "eval_batch_size"):
+        for name in ("limit_train", "limit_test", "eval_batch_size", "threads"):
             _require(getattr(self, name) is None or getattr(self, name) > 0, name, getattr(self, name),
                      "a positive integer")
 
@@ -215,10 +218,30 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"{name}={value!r} is not valid: expected one of {list(choices)}")
 
 
-def select_device(requested: str) -> torch.device:
+def select_device(requested: str) -> "torch.device":
+    import torch
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={requested!r} but no CUDA GPU is visible "
                           f"(torch.cuda.is_available() is False); use --device cpu or auto")
     return torch.device(requested)
+
+
+def cpu_threads(requested: Optional[int] = None, jobs: int = 1) -> tuple[int, str]:
+    """(threads, why) for this process's CPU work, never more than the cores it may use.
+
+    Given: that many. Else OMP_NUM_THREADS if set. Else the cores divided among the `jobs`
+    sharing them (a sweep's parallel runs, a pack) and capped by the cores the load average
+    leaves free: on a busy machine, more threads than free cores spin against each other
+    (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if requested is not None:
+        _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
+                 f"an integer from 1 to {cores} (the cores this process may use)")
+        return requested, "requested"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return min(int(os.environ["OMP_NUM_THREADS"]), cores), "OMP_NUM_THREADS"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
+    return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"

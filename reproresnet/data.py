@@ -24,10 +24,10 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
+from .recipes import AUGMENTATIONS, NORMALIZATIONS
+
 DATA_DIR_ENV = "REPRORESNET_DATA"
 DATASET_FORMS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
-NORMALIZATIONS = ("per_pixel_mean", "per_channel")
-AUGMENTATIONS = ("per_image", "per_batch", "none")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")

@@ -428,6 +428,22 @@ def describe_architectures(num_classes: int = 10) -> list[dict]:
             for spec in ARCHITECTURES.values()]
 
 
+def architecture_rows() -> list[dict]:
+    """`describe_architectures` with each network's forward GFLOPs per image (counted on the
+    meta device, nothing computed) and its default options: the rows of the committed table
+    that the book and the command line read without torch (`reproresnet.architectures`)."""
+    meta = torch.device("meta")
+    rows = []
+    for row in describe_architectures():
+        with meta:
+            model = build_model(row["name"])
+        spec = ARCHITECTURES[row["name"]]
+        options = default_options(spec.family, spec.block)
+        rows.append({**row, "gflops": round(flops_per_image(model, meta) / 1e9, 3),
+                     **{name: options.get(name) for name in ("shortcut", "bottleneck_stride", "dropout")}})
+    return rows
+
+
 @functools.lru_cache(maxsize=None)
 def default_parameter_count(name: str, num_classes: int = 10) -> int:
     """The exact parameter count of a registered network with its default options."""

@@ -18,6 +18,9 @@ from typing import Optional
 
 UNITS = ("epoch", "iteration")
 WEIGHT_DECAY_SCOPES = ("all", "weights")  # every parameter | conv and linear weights only
+# The preprocessing a recipe may choose (data.py implements them).
+NORMALIZATIONS = ("per_pixel_mean", "per_channel")
+AUGMENTATIONS = ("per_image", "per_batch", "none")
 # Fields a run may set over its recipe; the network options go to models.build_model.
 NETWORK_OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "bn_batch")
 

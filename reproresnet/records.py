@@ -116,6 +116,8 @@ def read_run(run_dir: Path) -> dict:
         raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
     if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
         raise ValueError(f"{path}: 'data' and 'config' must be objects")
+    if record["status"] == "running" and str(record.get("message") or "").startswith("stopped cleanly"):
+        record["status"] = "stopped"  # a deadline stop written before the status "stopped" existed
     return record
 
 
@@ -140,7 +142,10 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        return self.record["status"]
+        """running, stopped (resumable), complete or diverged. A run is "running" only while a
+        process holds its lock: one left "running" by a killed process reads "stopped"."""
+        status = self.record["status"]
+        return "stopped" if status == "running" and not lock_held(self.run_dir) else status
 
     @property
     def label(self) -> str:
@@ -242,7 +247,7 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
         except (OSError, UnicodeDecodeError, ValueError) as error:
             problems.append({"path": str(path), "problem": str(error)})
             continue
-        benches.append(bench)
+        benches.append({**bench, "name": path.parent.name})  # its page in the book: book/runs/<name>
     return benches, problems
 
 
@@ -272,6 +277,27 @@ def run_dir_lock(run_dir: Path):
         yield
     finally:
         handle.close()
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock, read from the "pid N on HOST" its holder
+    wrote (reading, not locking: a probe would make a starting writer fail). A lock written
+    on another host cannot be checked from here and counts as held."""
+    try:
+        owner = (Path(run_dir) / ".lock").read_text().split()
+    except OSError:
+        return False
+    if len(owner) != 4 or owner[0] != "pid" or not owner[1].isdigit():
+        return False
+    if owner[3] != platform.node():
+        return True
+    try:
+        os.kill(int(owner[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _lock_owner(handle) -> str:

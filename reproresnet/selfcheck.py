@@ -292,11 +292,12 @@ def train_flags(path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproresnet selfcheck", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--steps", type=int)
+    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"],
+                        metavar="NAME", help="networks to check (default: the three of the report)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--steps", type=int, help="training steps compared per check (default: per device)")
     parser.add_argument("--batch-size", type=int, help="default: on CUDA, each network's in --recipe; 8 on a CPU")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend (default: inductor, what training uses; aot_eager "
                              "checks dynamo and autograd without code generation, for a quick CPU try)")
-    parser.add_argument("--out", default="selfcheck.json")
+    parser.add_argument("--out", default="selfcheck.json", help="the record (default: selfcheck.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ a CPU; on CUDA only the data order repeats (cuDNN autotuning and non-determinist
 kernels change the last bits of every step).
 
 `deadline` stops a run cleanly at an epoch boundary, its checkpoint written, when the next
-epoch would not end before it; such a run keeps the status "running" (resumable) and says
-so in its record's `message`.
+epoch would not end before it; such a run gets the status "stopped" (resumable) and says
+why in its record's `message`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import distributed, records
-from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, select_device
+from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, cpu_threads, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .models import build_model, count_parameters, flops_per_image
 from .recipes import Recipe, Schedule, make_schedule
@@ -312,10 +312,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
                           "and rerun it with --resume")
     device = select_device(config.device)
+    threads, why = cpu_threads(config.threads, jobs=pack)
+    torch.set_num_threads(threads)
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
+        progress = progress and world.main
+        _say(progress, f"{config.arch}: loading {config.dataset} ...")
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
-        return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress and world.main,
+        data = splits.describe()
+        _say(progress, f"{config.arch}: {data['label']}, {data['n_train']:,} training / {data['n_val']:,} validation / "
+                       f"{data['n_test']:,} test images on {device}; {threads} CPU thread(s) ({why})")
+        return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress,
                          deadline=deadline, pack=pack, compile_mode=compile_mode)
 
 
@@ -333,6 +340,10 @@ def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: to
             return records.read_run(run_dir)
         run = build_run(config, splits, device, compile_mode, world)
         record = _new_record(run)
+        _say(progress, f"{config.arch}: {record['params']:,} parameters, {record['precision']}"
+                       f"{', compiled in the first epoch' if run.speedups.compile else ''}; "
+                       f"{'resuming after' if checkpoint else 'starting'} epoch "
+                       f"{len(checkpoint['metrics']) if checkpoint else 0} of {run.schedule.epochs}")
         if checkpoint is not None:
             _check_same_speedups(run_dir, checkpoint, run.speedups, device)
             distributed.check_resume(world, checkpoint, run_dir)
@@ -347,8 +358,8 @@ def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: to
             if deadline is not None and _no_time_for(epoch, deadline, last_epoch_s, metrics, run.speed):
                 if run.speed[-1]["last_epoch"] is None:
                     run.speed.pop()  # this process trained nothing
-                record.update(message=f"stopped cleanly after epoch {epoch} of {run.schedule.epochs} "
-                                      f"(deadline); resume to continue",
+                record.update(status="stopped", message=f"stopped cleanly after epoch {epoch} of "
+                                                        f"{run.schedule.epochs} (deadline); resume to continue",
                               speed={"segments": run.speed, "note": SPEED_NOTE})
                 _save(run_dir, record, metrics, None)
                 break
@@ -379,7 +390,7 @@ def _speed_segment(run: "Run", first_epoch: int, pack: int, compile_mode: str) -
     return {"first_epoch": first_epoch, "last_epoch": None, "started": records.now(),
             "device": run.device.type,
             "gpu": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None,
-            "pack": pack, "precision": run.speedups.precision(), "channels_last": run.speedups.channels_last,
+            "pack": pack, "threads": torch.get_num_threads(), "precision": run.speedups.precision(), "channels_last": run.speedups.channels_last,
             "compile_mode": compile_mode if run.speedups.compile else None, "first_epoch_seconds": None,
             "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
 
@@ -401,7 +412,7 @@ def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
 SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
               "are medians of the training time of its epochs after its first (which compiles and warms "
               "up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's training "
-              "time, compilation included); pack = runs sharing the device")
+              "time, compilation included); pack = runs sharing the device; threads = this process's CPU threads")
 
 
 def load_device_splits(config: TrainConfig, device: torch.device) -> DataSplits:
@@ -492,6 +503,12 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
                                       "speedups": dataclasses.asdict(run.speedups),
                                       "generator_device": run.device.type, "world_size": run.world.size})
     return row
+
+
+def _say(progress: bool, line: str) -> None:
+    """A start-up line, before the first progress bar: what is loaded and built, and where."""
+    if progress:
+        tqdm.write(line)
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

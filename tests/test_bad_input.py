@@ -32,7 +32,7 @@ RUN_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE, re
 def assert_refused(code: int, err: str, *words: str) -> None:
     assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
     assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith(("reproresnet: error:", "reproresnet train: error:")), err
+    assert err.strip().splitlines()[-1].startswith(("reproresnet: error:", "python -m reproresnet train: error:")), err
     for word in words:
         assert word in err, f"{word!r} not in the message:\n{err}"
 

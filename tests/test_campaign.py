@@ -58,7 +58,7 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
     real = training._no_time_for
     monkeypatch.setattr(training, "_no_time_for", lambda epoch, *args: epoch == 2 or real(epoch, *args))
     stopped = training.train(config, progress=False, deadline=time.time() + 3600)
-    assert stopped["status"] == "running" and stopped["epochs_done"] == 2 and stopped["final"] is None
+    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["final"] is None
     assert stopped["message"].startswith("stopped cleanly after epoch 2 of 4")
     assert records.read_run(tmp_path / "split") == stopped
     checkpoint = torch.load(tmp_path / "split" / records.CHECKPOINT_FILE, weights_only=False)
@@ -77,6 +77,7 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
     assert [(s["first_epoch"], s["last_epoch"], s["epochs_timed"], s["pack"]) for s in segments] == \
         [(1, 2, 1, 1), (3, 4, 1, 2)]
     assert all(s["precision"] == "fp32" and s["compile_mode"] is None and s["gpu"] is None for s in segments)
+    assert all(s["threads"] == torch.get_num_threads() for s in segments)  # this process's CPU threads
     metrics = checkpoint["metrics"] + torch.load(tmp_path / "split" / records.CHECKPOINT_FILE,
                                                  weights_only=False)["metrics"][2:]
     assert resumed["final"]["seconds_per_epoch"] == pytest.approx(
@@ -86,7 +87,7 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
 
 def test_a_deadline_already_passed_trains_nothing_and_says_so(tmp_path):
     record = training.train(tiny(tmp_path), progress=False, deadline=time.time() - 1)
-    assert record["epochs_done"] == 0 and record["status"] == "running"
+    assert record["epochs_done"] == 0 and record["status"] == "stopped"
     assert "stopped cleanly after epoch 0" in record["message"]
     assert not (tmp_path / "run" / records.CHECKPOINT_FILE).exists()
     assert training.train(tiny(tmp_path), resume=True, progress=False)["status"] == "complete"

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from reproresnet import records, sweep
+from reproresnet.config import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
@@ -51,7 +52,7 @@ def test_sweep_skips_a_complete_run_and_passes_the_right_parameters(tmp_path, fa
     [call] = fake_papermill
     run_dir = tmp_path / "preact_resnet20-seed1"
     assert call["parameters"] == {"epochs": 2, "dataset": "synthetic", "arch": "preact_resnet20", "seed": 1,
-                                  "run_dir": str(run_dir)}
+                                  "run_dir": str(run_dir), "threads": cpu_threads(jobs=1)[0]}
     assert call["output"] == str(run_dir / "train.ipynb")
     assert call["cwd"] is None  # the caller's directory: relative paths keep their meaning
     # the page of each run is titled with its name
@@ -375,3 +376,42 @@ def test_local_sweep_runs_notebooks_in_separate_processes_one_gpu_each(tmp_path)
     parents = {record["parent"] for record in written}
     assert len(parents) == 2 and os.getpid() not in parents  # each kernel started by its own job
     assert sorted(record["gpus"] for record in written) == ["0", "1"]
+
+
+def test_local_jobs_running_at_once_divide_the_cores_between_them(tmp_path, monkeypatch):
+    """Four local jobs at once on a 4-core machine: one CPU thread each, not four each."""
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(sweep.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    submitted = []
+
+    class Job:
+        job_id, state = "1", "DONE"
+        paths = type("Paths", (), {"stdout": "log", "stderr": "log"})
+
+        def __init__(self, run):
+            self.run = run
+
+        def done(self):
+            return True
+
+        def result(self):
+            return {"run": self.run.name, "status": "complete", "message": None}
+
+    class Executor:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, run):
+            submitted.append(run)
+            return Job(run)
+
+    monkeypatch.setattr(sweep, "make_executor", lambda launch, folder: Executor())
+    runs = sweep.run_sweep(["a", "b", "c", "d"], [0], tmp_path, {"device": "cpu"},
+                           sweep.Launch(jobs=4, poll_s=0), notebook="notebooks/train.ipynb")
+    assert [o["status"] for o in runs] == ["complete"] * 4
+    assert [run.parameters["threads"] for run in submitted] == [1, 1, 1, 1]
+    submitted.clear()
+    sweep.run_sweep(["e"], [0], tmp_path, {"device": "cpu", "threads": 3}, sweep.Launch(jobs=1, poll_s=0),
+                    notebook="notebooks/train.ipynb")
+    assert submitted[0].parameters["threads"] == 3  # a choice given is kept

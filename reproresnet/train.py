@@ -320,8 +320,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         _say(progress, f"{config.arch}: loading {config.dataset} ...")
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
         data = splits.describe()
-        _say(progress, f"{config.arch}: {data['label']}, {data['n_train']:,} training / {data['n_val']:,} validation / "
-                       f"{data['n_test']:,} test images on {device}; {threads} CPU thread(s) ({why})")
+        _say(progress, f"{config.arch}: {data['n_train']:,} training, {data['n_val']:,} validation and "
+                       f"{data['n_test']:,} test images of {data['label']} on {device}; {threads} CPU "
+                       f"thread{'s' if threads > 1 else ''} ({why})")
         return _train_in(run_dir, config, splits, device, world, resume=resume, progress=progress,
                          deadline=deadline, pack=pack, compile_mode=compile_mode)
 
@@ -340,10 +341,10 @@ def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: to
             return records.read_run(run_dir)
         run = build_run(config, splits, device, compile_mode, world)
         record = _new_record(run)
-        _say(progress, f"{config.arch}: {record['params']:,} parameters, {record['precision']}"
-                       f"{', compiled in the first epoch' if run.speedups.compile else ''}; "
-                       f"{'resuming after' if checkpoint else 'starting'} epoch "
-                       f"{len(checkpoint['metrics']) if checkpoint else 0} of {run.schedule.epochs}")
+        _say(progress, f"{config.arch}: built, {record['params']:,} parameters, {record['precision']}"
+                       f"{', compiled during its first epoch' if run.speedups.compile else ''}; " +
+                       (f"resuming after epoch {len(checkpoint['metrics'])} of {run.schedule.epochs}" if checkpoint
+                        else f"training {run.schedule.epochs} epoch{'s' if run.schedule.epochs > 1 else ''}"))
         if checkpoint is not None:
             _check_same_speedups(run_dir, checkpoint, run.speedups, device)
             distributed.check_resume(world, checkpoint, run_dir)

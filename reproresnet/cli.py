@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
 from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, ConfigError, TrainConfig
@@ -26,11 +27,15 @@ def _pack(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
+    """A finite number (nan and inf are refused: no setting or budget means them)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -54,8 +59,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
     owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
     owned.add_argument("--batch-size", type=_integer)
-    owned.add_argument("--lr", type=_number)
-    owned.add_argument("--weight-decay", type=_number)
+    owned.add_argument("--lr", type=number)
+    owned.add_argument("--weight-decay", type=number)
     owned.add_argument("--weight-decay-on", metavar="all|weights",
                        help="every parameter, or conv and linear weights only (Lasagne's L2)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
@@ -64,7 +69,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS))
     owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad")
     owned.add_argument("--bottleneck-stride", metavar="1x1|3x3")
-    owned.add_argument("--dropout", type=_number)
+    owned.add_argument("--dropout", type=number)
     owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
@@ -85,9 +90,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
     # Process settings, not run settings: each has its default here (the parser suppresses the rest).
-    stop.add_argument("--stop-after", type=_number, metavar="SECONDS", default=None,
+    stop.add_argument("--stop-after", type=number, metavar="SECONDS", default=None,
                       help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
-    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
+    stop.add_argument("--stop-at", type=number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
     runtime.add_argument("--pack", type=_pack, default=1,
                          help="runs sharing this device, recorded with the speed (default: 1)")
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
@@ -122,6 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")
+    if record["message"]:  # a complete run's only message: its checkpoint is damaged
+        print(f"reproresnet: note: {record['message']}", file=sys.stderr)
     return 0
 
 

@@ -70,7 +70,7 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
                          for c in chunks])
         if self.track_running_stats:
             with torch.no_grad():  # in the buffers' precision (bf16 activations, float64 networks)
-                stats = [torch.var_mean(c.to(self.running_mean.dtype), (0, 2, 3), correction=1) for c in chunks]
+                stats = [torch.var_mean(c.to(self.running_var.dtype), (0, 2, 3), correction=1) for c in chunks]
                 var, mean = (torch.stack(s).mean(0) for s in zip(*stats))
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()

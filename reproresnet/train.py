@@ -88,13 +88,13 @@ def compile_counter(group: str, name: str) -> int:
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
     # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
     # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
-    # 'regularizable' tag: W, not b, not BN's beta and gamma).
+    # 'regularizable' tag: W, not b, not BN's beta and gamma). Chosen by what a parameter is (a
+    # weight has >= 2 dims, a bias or BN scale 1), not by the module holding it, so that a stacked
+    # network (stacked.py) groups its parameters exactly as each of its networks would.
     groups = [{"params": list(model.parameters())}]
     if recipe.weight_decay_on == "weights":
-        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        chosen = {id(p) for p in weights}
-        groups = [{"params": weights},
-                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2]},
+                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
                            fused=speedups.fused_optimizer or None)

@@ -47,6 +47,7 @@ class Mutation:
 
 M, D, R, T, S = ("tests/test_science_models.py", "tests/test_science_data.py", "tests/test_recipes.py",
                  "tests/test_science_training.py", "tests/test_science_records.py")
+STACKED = "tests/test_stacked.py"
 
 MUTATIONS = [
     # ---- networks
@@ -193,7 +194,7 @@ MUTATIONS = [
              "a partial batch of 80 is normalised as 64 + 16, not as the 40 + 40 of two processes",
              "tests/test_models.py"),
     Mutation("ghost-bn-statistics-in-float32", "reproresnet/models.py",
-             "torch.var_mean(c.to(self.running_mean.dtype)", "torch.var_mean(c.float()",
+             "torch.var_mean(c.to(self.running_var.dtype)", "torch.var_mean(c.float()",
              "ghost batch norm's statistics in float32 whatever its buffers' dtype (fails in float64)",
              "tests/test_models.py"),
     Mutation("ghost-bn-biased-running-var", "reproresnet/models.py",
@@ -260,6 +261,30 @@ MUTATIONS = [
     Mutation("precision-note-dropped", "reproresnet/report.py",
              "_precision_note(group[0])) if text]", "None) if text]",
              "the error table's notes stop saying which precision our runs ran in", "tests/test_report.py"),
+    # ---- issue 17: K seeds as one channel-stacked network
+    Mutation("stacked-classifier-dense", "reproresnet/stacked.py",
+             "features = x.unflatten(1, (self.k, self.in_features)).transpose(0, 1)",
+             "features = x.unflatten(1, (self.k, self.in_features)).sum(1, True).expand(-1, self.k, -1).transpose(0, 1)",
+             "each model's classifier reads the sum of every model's features (a dense layer over the stack)",
+             STACKED),
+    Mutation("stacked-zero-pad-whole-tensor", "reproresnet/stacked.py",
+             "pad = super().forward\n        return torch.cat([pad(block) for block in x.chunk(self.k, 1)], 1)",
+             "return F.pad(x[:, :, :: self.stride, :: self.stride], (0, 0, 0, 0, 0, self.k * self.extra_channels))",
+             "the stack's zero-padding shortcut pads the whole tensor, not each model's channel block", STACKED),
+    Mutation("stacked-loss-mean-of-means", "reproresnet/stacked.py",
+             "return losses.sum(), losses, errors", "return losses.mean(), losses, errors",
+             "the stack's loss is the mean of the models' losses: each model's learning rate divided by K", STACKED),
+    Mutation("stacked-state-views", "reproresnet/stacked.py",
+             "return [part.clone() for part in value.chunk(k)]", "return list(value.chunk(k))",
+             "split states are views of the stack: a checkpoint writes the whole stacked tensor", STACKED),
+    Mutation("weight-decay-by-module-type", "reproresnet/train.py",
+             "[p for p in model.parameters() if p.ndim >= 2]",
+             "[m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]",
+             "the 'weights' scope picks Conv2d and Linear modules: a stack's classifier is neither", STACKED),
+    Mutation("weight-decay-ndim-flipped", "reproresnet/train.py",
+             "if p.ndim >= 2]},\n                  {\"params\": [p for p in model.parameters() if p.ndim < 2]",
+             "if p.ndim < 2]},\n                  {\"params\": [p for p in model.parameters() if p.ndim >= 2]",
+             "the 'weights' scope decays BN and biases and spares the conv and linear weights", R),
     # ---- records and notebooks
     Mutation("metrics-csv-2-digits", "reproresnet/records.py",
              'f"{value:.6g}"', 'f"{value:.2g}"',

@@ -8,8 +8,8 @@ import json
 import math
 import sys
 
-from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, ConfigError, TrainConfig
-from .recipes import RECIPES
+from .config import AUGMENTATIONS, DEVICES, NORMALIZATIONS, PADDINGS, ConfigError, TrainConfig
+from .recipes import MOMENTUM_FORMS, RECIPES
 
 
 def _integer(text: str) -> int:
@@ -64,13 +64,21 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned.add_argument("--weight-decay-on", metavar="all|weights",
                        help="every parameter, or conv and linear weights only (Lasagne's L2)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    owned.add_argument("--momentum-form", metavar="|".join(MOMENTUM_FORMS),
+                       help="at a change of lr the momentum is kept (PyTorch, Torch), kept in lr units "
+                            "(Lasagne) or reset (the WRN authors' train.lua)")
     owned.add_argument("--val-size", type=_integer, help="hold out N training images (the seed's code: 5000)")
     owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS))
     owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS))
+    owned.add_argument("--padding", metavar="|".join(PADDINGS), help="what fills the random crop's 4-pixel border")
     owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad")
     owned.add_argument("--bottleneck-stride", metavar="1x1|3x3")
     owned.add_argument("--dropout", type=number)
     owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
+    owned.add_argument("--preact-stage1", metavar="every_unit|first_unit",
+                       help="first_unit: later units of stage 1 skip their BN-ReLU (the seed's code of 2016-04)")
+    owned.add_argument("--layer-defaults", metavar="torch|lasagne",
+                       help="conv biases, initialisation and BN epsilon as Torch's or Lasagne's layers make them")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
                                         f"(default: {_default('dataset')})")

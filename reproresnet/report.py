@@ -23,7 +23,7 @@ from . import records
 from .config import RUNTIME_SETTINGS
 from .models import ARCHITECTURES, default_parameter_count
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import (REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
+from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
 NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, MISSING = "not run", "failed", "in progress", "not measured", "—"
@@ -180,13 +180,17 @@ def _data_note(run: RunRecord, quoted: dict) -> str | None:
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
+def _precision_note(run: RunRecord) -> str:
+    return f"{run.arch}, precision: {run.record.get('precision', 'not recorded')} (the runs' records)."
+
+
 def _seed_network_note(quoted: dict) -> str | None:
     """For the paper's network and for the one the seed trained in its place: which is which."""
     paper = next((row for row in REFERENCE if quoted and row.get("seed_network") == quoted["network"]), quoted)
     seed = reference(paper.get("seed_network") or "")
     if seed is None:
         return None
-    return (f"The seed's {paper['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
+    return (f"The seed's {seed['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
             f"{seed['paper_params']} parameters, not the paper's {paper['title']} of {paper['paper_params']} "
             f"(the seed's own table says {paper['paper_params']}); that network has its own row, {seed['network']}.")
 
@@ -227,12 +231,16 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
         base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
                 PAPER_STATISTIC: statistic[0] if statistic else MISSING,
                 SEED: _percent(quoted.get("seed_error"))}
-        quoted_notes = [text for text in (statistic[1] if statistic else None, _seed_network_note(quoted)) if text]
+        quoted_notes = [text for text in (statistic[1] if statistic else None, quoted.get("paper_preprocessing"),
+                                          quoted.get("seed_note"), _seed_network_note(quoted)) if text]
+        if quoted.get("paper_error") is not None or quoted.get("seed_error") is not None:
+            quoted_notes.append(QUOTED_PRECISION)
         failed = sum(run.arch == network and run.status == "diverged" for run in cifar)
         groups = _counted_groups(runs, network, label)
         for group in groups:
             result = mean_std([run.test_error for run in group])
-            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted)) if text]
+            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted),
+                                       _precision_note(group[0])) if text]
             rows.append({**base, ours: result + (f" ({failed} failed)" if failed else ""), "n": len(group),
                          EACH_SEED: _each_seed(group), NOTES: quoted_notes + notes})
         if not groups:
@@ -270,9 +278,16 @@ def _training_seconds(run: RunRecord) -> float:
 SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
 
 
+def _seed_seconds(quoted: dict) -> str:
+    """The seed's seconds per epoch with the batch its code trained that network at."""
+    seconds = quoted.get("seed_seconds_per_epoch")
+    return MISSING if seconds is None else f"{seconds:.0f} (batch {quoted['seed_batch_size']})"
+
+
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
     """What the runs behind the error table cost, one row per row of that table with runs,
-    next to the seed's times (its seconds per epoch on a GTX 980 × its 200 epochs).
+    next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
+    epochs) on the networks that took them.
 
     Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
     record), the epochs, the median wall time of one run (first start to last write) and the
@@ -284,8 +299,7 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
         groups = _counted_groups(runs, network)
         if seconds is None and not groups:
             continue
-        seed = {"network": network,
-                SEED_SECONDS: MISSING if seconds is None else f"{seconds:.0f}",
+        seed = {"network": network, SEED_SECONDS: _seed_seconds(quoted),
                 "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
@@ -377,12 +391,14 @@ def _bench_rows(benches) -> list[dict]:
 
 def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
     """Parameters (as the papers write them, and exactly) and seconds per epoch: the seed's
-    on a GTX 980 at batch 64, and ours from the benchmark and from full-size training runs.
+    on a GTX 980 at the batch its code used for each network, and ours from the benchmark and
+    from full-size training runs.
     `bench`: one benchmark record, a list of them, or None."""
     measured = [row for row in _bench_rows(bench) if row.get("path", "reproresnet") == "reproresnet"]
     timed = [run for run in runs if run.status == "complete" and run.full_training_set
              and (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
-    networks = list(REPRODUCED)
+    networks = [*REPRODUCED, *(row["network"] for row in REFERENCE  # the seed's timed networks too
+                                if row["seed_seconds_per_epoch"] is not None and row["network"] not in REPRODUCED)]
     networks += sorted(({row["arch"] for row in measured} | {run.arch for run in timed}) - set(networks))
     rows = []
     for network in networks:
@@ -397,13 +413,11 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
         for (device, batch), seconds in groups.items():
             many = f", median of {len(seconds)}" if len(seconds) > 1 else ""
             here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{many})")
-        seed_seconds = quoted.get("seed_seconds_per_epoch")
         # MISSING: a network gone from the registry
         exact = f"{default_parameter_count(network):,}" if network in ARCHITECTURES else MISSING
         rows.append({"network": network, "parameters (paper)": quoted.get("paper_params") or MISSING,
                      "parameters (exact, ours)": exact,
-                     f"s/epoch seed ({SEED_DEVICE}, batch {SEED_BATCH_SIZE})":
-                         MISSING if seed_seconds is None else f"{seed_seconds:.0f}",
+                     SEED_SECONDS: _seed_seconds(quoted),
                      "s/epoch here": "; ".join(here) or NOT_MEASURED})
     return pd.DataFrame(rows)
 
@@ -440,22 +454,25 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import RECIPES
+    from .recipes import NETWORK_OPTIONS, RECIPES
+    at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():
         archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
-        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in ("shortcut", "bottleneck_stride", "dropout")
-                            if getattr(recipe, name) is not None)
+        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in NETWORK_OPTIONS
+                            if name != "bn_batch" and getattr(recipe, name) is not None)
         columns[recipe.name] = {
             "length": f"{recipe.length:,} {recipe.unit}s",
             "batch": ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for]),
             "lr": f"{recipe.lr:g}", "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
-            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
+            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}, "
+                        f"{at_lr_change[recipe.momentum_form]} at an lr change",
             "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
             "warm-up": f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
                        if recipe.warmup_length else "none",
             "BN batch": str(recipe.bn_batch or "mini-batch"), "normalization": recipe.normalization,
-            "augmentation": recipe.augmentation, "validation images": f"{recipe.val_size:,}",
+            "augmentation": f"{recipe.augmentation}, {recipe.padding} padding",
+            "validation images": f"{recipe.val_size:,}",
             "network options": network or "the network's", "source": f"note {len(columns) + 1}"}
     table = pd.DataFrame(columns).rename_axis("setting").reset_index()
     table.attrs["notes"] = [f"{recipe.name}: {recipe.source}" for recipe in RECIPES.values()]

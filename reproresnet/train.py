@@ -19,7 +19,7 @@ import json
 import math
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +101,14 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -
                            fused=speedups.fused_optimizer or None)
 
 
+def scale_momentum_(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every momentum buffer times `factor`, in place: fused SGD and a captured CUDA graph keep
+    reading the same tensors (recipes.Schedule.momentum_scale_at says when and by how much)."""
+    for state in optimizer.state.values():
+        if state.get("momentum_buffer") is not None:
+            state["momentum_buffer"].mul_(factor)
+
+
 def train_step(model, optimizer, images, labels, speedups: Speedups):
     """One SGD step; returns the summed loss and the number of errors, left on the device."""
     with speedups.autocast(images.device):
@@ -139,7 +147,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
                             augmentation=run.recipe.augmentation, generator=generator, device=run.device,
-                            part=(run.world.rank, run.world.size))
+                            padding=run.recipe.padding, part=(run.world.rank, run.world.size))
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -152,6 +160,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
         lr = schedule.lr_at(first + index)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        momentum_scale = schedule.momentum_scale_at(first + index, run.recipe.momentum_form)
+        if momentum_scale != 1.0:
+            scale_momentum_(run.optimizer, momentum_scale)
         if run.speedups.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
@@ -176,13 +187,30 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
             "seconds": seconds, "images_per_second": seen / seconds}
 
 
+@contextmanager
+def exact_fp32():
+    """fp32 as the sources computed it: cuDNN convolutions and matmuls without TF32 (on by
+    default for cuDNN on Ampere and later GPUs); the previous settings are restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
     """Mean loss and error (%) over `data`, in large batches; restores train mode.
 
-    Always fp32 and eager (the uncompiled module, same weights): bf16 moved 4 of 1,000 test
-    predictions of a trained ResNet-20, and compiling evaluation's batch shape would cost a
-    cold compile per process for a fifteenth of an epoch's work."""
+    Always fp32 with TF32 off, and eager (the uncompiled module, same weights): bf16 moved 4
+    of 1,000 test predictions of a trained ResNet-20, and compiling evaluation's batch shape
+    would cost a cold compile per process for a fifteenth of an epoch's work."""
+    with exact_fp32():
+        return _evaluate(run, data)
+
+
+def _evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
     was_training = run.model.training
     run.model.eval()
     loss_sum = torch.zeros((), device=run.device)

@@ -15,8 +15,9 @@ import io
 from pathlib import Path
 
 TABLE = Path(__file__).with_name("architectures.csv")
-COLUMNS = ("name", "family", "block", "depth", "width", "params", "gflops", "shortcut", "bottleneck_stride",
-           "dropout")
+# Each network's default options (bn_batch, the last network option, is None for every one).
+OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "preact_stage1", "layer_defaults")
+COLUMNS = ("name", "family", "block", "depth", "width", "params", "gflops", *OPTIONS)
 _TYPES = {"depth": int, "width": int, "params": int, "gflops": float, "dropout": float}
 REGENERATE = "python -m reproresnet list --csv > reproresnet/architectures.csv"
 

@@ -143,7 +143,7 @@ class LibraryPath:
     def new_epoch(self) -> Iterator:
         run = self.run
         return train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=run.recipe.augmentation, device=run.device,
+                             augmentation=run.recipe.augmentation, device=run.device, padding=run.recipe.padding,
                              generator=torch.Generator(run.device).manual_seed(run.config.seed))
 
     def close(self) -> None:

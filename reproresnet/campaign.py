@@ -275,13 +275,15 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
                               "status": rows, "calls": calls})
 
 
-def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]:
-    """Each complete run's book page: `notebook` executed by papermill with the run's own
-    recorded settings, so `train(resume=True)` only reads the complete run (no training).
-    An unfinished run is not rendered (its notebook would train it)."""
+def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
+    """Each complete run's book page: `notebook` (default: the repository's train.ipynb)
+    executed by papermill with the run's own recorded settings, so `train(resume=True)` only
+    reads the complete run (no training). An unfinished run is not rendered (its notebook
+    would train it)."""
     import papermill
 
-    from .sweep import execute_run
+    from .sweep import DEFAULT_NOTEBOOK, execute_run
+    notebook = notebook or DEFAULT_NOTEBOOK
     names = set(papermill.inspect_notebook(notebook))
     from .config import RUNTIME_SETTINGS, TrainConfig
     defaults = TrainConfig().as_dict()
@@ -313,10 +315,11 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli import number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
+    parser.add_argument("--budget", type=number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
     plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME",
@@ -333,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--pack", type=int, help=f"runs at once on the device (default: {_per_device(DEFAULT_PACK)})")
     runtime.add_argument("--selfcheck", metavar="JSON", help="a selfcheck record: its switched-off parts and "
                                                              "compile mode apply to every run")
-    runtime.add_argument("--min-start", type=float, help=f"seconds a new run needs at least "
+    runtime.add_argument("--min-start", type=number, help=f"seconds a new run needs at least "
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
-    runtime.add_argument("--max-unfinished-mb", type=float, default=40.0,
+    runtime.add_argument("--max-unfinished-mb", type=number, default=40.0,
                          help="checkpoints of unfinished runs stay under this (default: 40)")
     runtime.add_argument("--status", action="store_true", help="print the status table and exit")
     return parser

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
 from . import __version__, architectures
 from .config import DEVICES, ConfigError, TrainConfig
-from .recipes import AUGMENTATIONS, NORMALIZATIONS, RECIPES
+from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES
 
 
 def _integer(text: str) -> int:
@@ -28,11 +29,15 @@ def _pack(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
+    """A finite number (nan and inf are refused: no setting or budget means them)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -55,21 +60,29 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
     owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
     owned.add_argument("--batch-size", type=_integer, help="images per SGD step")
-    owned.add_argument("--lr", type=_number, help="peak learning rate at this batch size")
-    owned.add_argument("--weight-decay", type=_number, help="L2 weight decay (PyTorch's, not an L2 loss term)")
+    owned.add_argument("--lr", type=number, help="peak learning rate at this batch size")
+    owned.add_argument("--weight-decay", type=number, help="L2 weight decay (PyTorch's, not an L2 loss term)")
     owned.add_argument("--weight-decay-on", metavar="all|weights",
                        help="every parameter, or conv and linear weights only (Lasagne's L2)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    owned.add_argument("--momentum-form", metavar="|".join(MOMENTUM_FORMS),
+                       help="at a change of lr the momentum is kept (PyTorch, Torch), kept in lr units "
+                            "(Lasagne) or reset (the WRN authors' train.lua)")
     owned.add_argument("--val-size", type=_integer, help="hold out N training images (the seed's code: 5000)")
     owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS),
-                       help="subtract the mean training image, or per-channel mean/std")
+                       help="input preprocessing (see the book's Methods: the sources differ)")
     owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS),
                        help="crop and flip drawn per image, per mini-batch (the seed's code), or none")
+    owned.add_argument("--padding", metavar="|".join(PADDINGS), help="what fills the random crop's 4-pixel border")
     owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad",
                        help="shortcut where a unit changes shape (see the book's Methods)")
     owned.add_argument("--bottleneck-stride", metavar="1x1|3x3", help="which convolution of a bottleneck strides")
-    owned.add_argument("--dropout", type=_number, help="dropout between a wide unit's convolutions")
+    owned.add_argument("--dropout", type=number, help="dropout between a wide unit's convolutions")
     owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
+    owned.add_argument("--preact-stage1", metavar="every_unit|first_unit",
+                       help="first_unit: later units of stage 1 skip their BN-ReLU (the seed's code of 2016-04)")
+    owned.add_argument("--layer-defaults", metavar="torch|lasagne",
+                       help="conv biases, initialisation and BN epsilon as Torch's or Lasagne's layers make them")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
                                         f"(default: {_default('dataset')})")
@@ -93,9 +106,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
     # Process settings, not run settings: each has its default here (the parser suppresses the rest).
-    stop.add_argument("--stop-after", type=_number, metavar="SECONDS", default=None,
+    stop.add_argument("--stop-after", type=number, metavar="SECONDS", default=None,
                       help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
-    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
+    stop.add_argument("--stop-at", type=number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
     runtime.add_argument("--pack", type=_pack, default=1,
                          help="runs sharing this device, recorded with the speed (default: 1)")
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
@@ -130,6 +143,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")
+    if record["message"]:  # a complete run's only message: its checkpoint is damaged
+        print(f"reproresnet: note: {record['message']}", file=sys.stderr)
     return 0
 
 

@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .recipes import (AUGMENTATIONS, NETWORK_OPTIONS, NORMALIZATIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe,
-                      as_record, make_schedule)
+from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NETWORK_OPTIONS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS,
+                      WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule)
 
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
@@ -28,8 +28,8 @@ CIFAR_TRAIN_IMAGES = 50_000
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "eval_batch_size",
                     "threads")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
-RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",
-                "normalization", "augmentation", "val_size", *NETWORK_OPTIONS)
+RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones", "momentum_form",
+                "normalization", "augmentation", "padding", "val_size", *NETWORK_OPTIONS)
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     weight_decay_on: Optional[str] = None  # all | weights (conv and linear weights only)
     milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
+    momentum_form: Optional[str] = None   # pytorch | lasagne | reset: the momentum at a change of lr
     seed: int = 0
     dataset: str = "cifar10"              # cifar10 | cifar100 | folder:PATH | synthetic
     data_dir: Optional[str] = None        # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
@@ -54,12 +55,15 @@ class TrainConfig:
     limit_train: Optional[int] = None     # a fixed, seeded subset for quick runs
     limit_test: Optional[int] = None
     val_size: Optional[int] = None        # >0: hold out that many training images (the seed: 5000)
-    normalization: Optional[str] = None   # per_pixel_mean | per_channel
+    normalization: Optional[str] = None   # per_pixel_mean | per_pixel_mean_0_255 | range_0_1 | per_channel | gcn_zca
     augmentation: Optional[str] = None    # per_image | per_batch | none
+    padding: Optional[str] = None         # zero | reflect: the crop's 4-pixel border
     shortcut: Optional[str] = None        # network options; None: the recipe's, else the network's
     bottleneck_stride: Optional[str] = None
     dropout: Optional[float] = None
     bn_batch: Optional[int] = None        # images per batch-norm statistic ("ghost" batch norm)
+    preact_stage1: Optional[str] = None   # every_unit | first_unit: which units of stage 1 pre-activate
+    layer_defaults: Optional[str] = None  # torch | lasagne: conv bias, initialisation, BN epsilon
     device: str = "auto"
     bf16: Optional[bool] = None           # None: on for CUDA, off for CPU
     channels_last: Optional[bool] = None
@@ -193,8 +197,10 @@ def check_recipe(recipe: Recipe) -> Recipe:
     _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
              recipe.warmup_length, f"a number in [0, {recipe.length})")
     _choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
+    _choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
     _choice("normalization", recipe.normalization, NORMALIZATIONS)
     _choice("augmentation", recipe.augmentation, AUGMENTATIONS)
+    _choice("padding", recipe.padding, PADDINGS)
     _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
              "0 or a positive integer")
     return recipe

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from . import architectures, records
 from .config import RUNTIME_SETTINGS
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import (REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
+from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
 NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
@@ -221,13 +221,17 @@ def _data_note(run: RunRecord, quoted: dict) -> str | None:
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
+def _precision_note(run: RunRecord) -> str:
+    return f"{run.arch}, precision: {run.record.get('precision', 'not recorded')} (the runs' records)."
+
+
 def _seed_network_note(quoted: dict) -> str | None:
     """For the paper's network and for the one the seed trained in its place: which is which."""
     paper = next((row for row in REFERENCE if quoted and row.get("seed_network") == quoted["network"]), quoted)
     seed = reference(paper.get("seed_network") or "")
     if seed is None:
         return None
-    return (f"The seed's {paper['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
+    return (f"The seed's {seed['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
             f"{seed['paper_params']} parameters, not the paper's {paper['title']} of {paper['paper_params']} "
             f"(the seed's own table says {paper['paper_params']}); that network has its own row, {seed['network']}.")
 
@@ -272,13 +276,16 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
         base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
                 PAPER_STATISTIC: statistic[0] if statistic else MISSING,
                 SEED: _percent(quoted.get("seed_error"))}
-        quoted_notes = [text for text in (statistic[1] if statistic else None, _seed_network_note(quoted))
-                        if text and quoting]
+        quoted_notes = [text for text in (statistic[1] if statistic else None, quoted.get("paper_preprocessing"),
+                                          quoted.get("seed_note"), _seed_network_note(quoted)) if text and quoting]
+        if quoting and (quoted.get("paper_error") is not None or quoted.get("seed_error") is not None):
+            quoted_notes.append(QUOTED_PRECISION)
         failed = [run for run in cifar if run.arch == network and run.status == "diverged"]
         groups = _counted_groups(runs, network, label)
         for group in groups:
             result = mean_std([run.test_error for run in group]) + (f" ({len(failed)} failed)" if failed else "")
-            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted)) if text]
+            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted),
+                                       _precision_note(group[0])) if text]
             rows.append({**base, ours: linked(result, group + failed), "n": linked(str(len(group)), group),
                          EACH_SEED: _each_seed(group), NOTES: quoted_notes + notes})
         if not groups:
@@ -362,9 +369,16 @@ def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
 SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
 
 
+def _seed_seconds(quoted: dict) -> str:
+    """The seed's seconds per epoch with the batch its code trained that network at."""
+    seconds = quoted.get("seed_seconds_per_epoch")
+    return MISSING if seconds is None else f"{seconds:.0f} (batch {quoted['seed_batch_size']})"
+
+
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
     """What the runs behind the error table cost, one row per row of that table with runs,
-    next to the seed's times (its seconds per epoch on a GTX 980 × its 200 epochs).
+    next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
+    epochs) on the networks that took them.
 
     Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
     record), the epochs, the median wall time of one run (first start to last write) and the
@@ -376,8 +390,7 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
         groups = _counted_groups(runs, network)
         if seconds is None and not groups:
             continue
-        seed = {"network": network,
-                SEED_SECONDS: MISSING if seconds is None else f"{seconds:.0f}",
+        seed = {"network": network, SEED_SECONDS: _seed_seconds(quoted),
                 "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
@@ -456,8 +469,8 @@ def _bench_rows(benches) -> list[dict]:
             for bench in benches for row in bench.get("rows", [])]
 
 
-SPEED_COLUMNS = ("network", "parameters: paper; exact", f"seed s/epoch ({SEED_DEVICE}, batch {SEED_BATCH_SIZE})",
-                 "our s/epoch", "our images/s", "measured on", "measured by")
+SPEED_COLUMNS = ("network", "parameters: paper; exact", SEED_SECONDS, "our s/epoch", "our images/s", "measured on",
+                 "measured by")
 
 
 def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
@@ -469,15 +482,15 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
     measured = [row for row in _bench_rows(bench) if row.get("path", "reproresnet") == "reproresnet"
                 and row["device_type"] == "cuda" and row.get("seconds_per_epoch") is not None]
     timed = _gpu_segments([run for run in runs if run.full_training_set])
-    networks = list(REPRODUCED)
+    networks = [*REPRODUCED, *(row["network"] for row in REFERENCE  # the seed's timed networks too
+                                if row["seed_seconds_per_epoch"] is not None and row["network"] not in REPRODUCED)]
     networks += sorted(({row["arch"] for row in measured} | {run.arch for run, _ in timed}) - set(networks))
     rows = []
     for network in networks:
         quoted = reference(network) or {}
         exact = architectures.row(network)
-        seed_seconds = quoted.get("seed_seconds_per_epoch")
         params = f"{quoted.get('paper_params') or MISSING}; " + (f"{exact['params']:,}" if exact else MISSING)
-        base = dict(zip(SPEED_COLUMNS[:3], (network, params, MISSING if seed_seconds is None else f"{seed_seconds:.0f}")))
+        base = dict(zip(SPEED_COLUMNS[:3], (network, params, _seed_seconds(quoted))))
         here = [dict(zip(SPEED_COLUMNS[3:], (linked(text, runs_) for text in texts)))
                 for texts, runs_ in _training_speeds([(run, s) for run, s in timed if run.arch == network])]
         here += [dict(zip(SPEED_COLUMNS[3:], (linked(text, [row["bench"]]) for text in (
@@ -561,7 +574,7 @@ def architecture_table() -> pd.DataFrame:
     rows = [{"name": row["name"], "family, block": f"{row['family']}, {row['block']}", "depth": row["depth"],
              "width": row["width"], "parameters": f"{row['params']:,}", "GFLOPs/image": f"{row['gflops']:.3f}",
              "default options": ", ".join(f"{option.replace('_', ' ')} {row[option]}" for option in
-                                          ("shortcut", "bottleneck_stride", "dropout") if row[option] is not None)}
+                                          architectures.OPTIONS if row[option] is not None)}
             for row in architectures.rows()]
     table = pd.DataFrame(rows)
     table.attrs["source"] = "library"
@@ -572,22 +585,25 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import RECIPES
+    from .recipes import NETWORK_OPTIONS, RECIPES
+    at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():
         archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
-        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in ("shortcut", "bottleneck_stride", "dropout")
-                            if getattr(recipe, name) is not None)
+        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in NETWORK_OPTIONS
+                            if name != "bn_batch" and getattr(recipe, name) is not None)
         columns[recipe.name] = {
             "length": f"{recipe.length:,} {recipe.unit}s",
             "batch": ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for]),
             "lr": f"{recipe.lr:g}", "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
-            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
+            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}, "
+                        f"{at_lr_change[recipe.momentum_form]} at an lr change",
             "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
             "warm-up": f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
                        if recipe.warmup_length else "none",
             "BN batch": str(recipe.bn_batch or "mini-batch"), "normalization": recipe.normalization,
-            "augmentation": recipe.augmentation, "validation images": f"{recipe.val_size:,}",
+            "augmentation": f"{recipe.augmentation}, {recipe.padding} padding",
+            "validation images": f"{recipe.val_size:,}",
             "network options": network or "the network's", "source": f"note {len(columns) + 1}"}
     table = pd.DataFrame(columns).rename_axis("setting").reset_index()
     table.attrs.update(notes=[f"{recipe.name}: {recipe.source}" for recipe in RECIPES.values()], source="library")

@@ -29,7 +29,8 @@ import submitit
 from . import records
 from .config import RUNTIME_SETTINGS, cpu_threads
 
-DEFAULT_NOTEBOOK = "notebooks/train.ipynb"
+# The repository's notebook, wherever the sweep is started from.
+DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb")
 NOTEBOOK_FILE = "train.ipynb"
 TITLE = "# Training run"
 
@@ -201,6 +202,9 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
     reserved = {"arch", "seed", "run_dir"} & set(parameters)
     if reserved:
         raise ValueError(f"parameters {sorted(reserved)} are set per run; pass archs and seeds instead")
+    if not Path(notebook).is_file():
+        raise ValueError(f"notebook {notebook!r} not found: expected the training notebook (default: {DEFAULT_NOTEBOOK})")
+    _check_settings(archs, seeds, parameters)
     results_dir = Path(results_dir)
     outcomes: dict[str, dict] = {}
     runs = []
@@ -227,6 +231,16 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
                                       "message": f"job {job.job_id} (log: {job.paths.stdout})"}
                 _report(outcomes[run.name])
     return list(outcomes.values())
+
+
+def _check_settings(archs, seeds, parameters: dict) -> None:
+    """Every run's settings, checked as `train` will (ConfigError, a ValueError, names the bad
+    one) before any job starts: a job would fail on them and leave a failed notebook behind."""
+    from .config import TrainConfig
+    settings = {key: value for key, value in parameters.items() if key in TrainConfig.__dataclass_fields__}
+    for arch in dict.fromkeys(archs):
+        for seed in dict.fromkeys(seeds):
+            TrainConfig(arch=arch, seed=seed, **settings)
 
 
 def _follow(runs: list[NotebookRun], launch: Launch, executor, device: str | None) -> dict[str, dict]:

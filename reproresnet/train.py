@@ -15,10 +15,11 @@ why in its record's `message`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,16 +89,24 @@ def compile_counter(group: str, name: str) -> int:
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
     # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
     # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
-    # 'regularizable' tag: W, not b, not BN's beta and gamma).
+    # 'regularizable' tag: W, not b, not BN's beta and gamma). Chosen by what a parameter is (a
+    # weight has >= 2 dims, a bias or BN scale 1), not by the module holding it, so that a stacked
+    # network (stacked.py) groups its parameters exactly as each of its networks would.
     groups = [{"params": list(model.parameters())}]
     if recipe.weight_decay_on == "weights":
-        weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        chosen = {id(p) for p in weights}
-        groups = [{"params": weights},
-                  {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0}]
+        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2]},
+                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                            nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
                            fused=speedups.fused_optimizer or None)
+
+
+def scale_momentum_(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every momentum buffer times `factor`, in place: fused SGD and a captured CUDA graph keep
+    reading the same tensors (recipes.Schedule.momentum_scale_at says when and by how much)."""
+    for state in optimizer.state.values():
+        if state.get("momentum_buffer") is not None:
+            state["momentum_buffer"].mul_(factor)
 
 
 def train_step(model, optimizer, images, labels, speedups: Speedups):
@@ -138,7 +147,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
     batches = train_batches(run.splits.train, run.recipe.batch_size, normalizer=run.normalizer,
                             augmentation=run.recipe.augmentation, generator=generator, device=run.device,
-                            part=(run.world.rank, run.world.size))
+                            padding=run.recipe.padding, part=(run.world.rank, run.world.size))
     loss_sum = torch.zeros((), device=run.device)
     errors = torch.zeros((), device=run.device, dtype=torch.long)
     seen = 0
@@ -151,6 +160,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
         lr = schedule.lr_at(first + index)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        momentum_scale = schedule.momentum_scale_at(first + index, run.recipe.momentum_form)
+        if momentum_scale != 1.0:
+            scale_momentum_(run.optimizer, momentum_scale)
         if run.speedups.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         # The epoch's last, smaller batch runs eagerly on the same weights: compiling it would
@@ -175,13 +187,30 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, max_steps: int 
             "seconds": seconds, "images_per_second": seen / seconds}
 
 
+@contextmanager
+def exact_fp32():
+    """fp32 as the sources computed it: cuDNN convolutions and matmuls without TF32 (on by
+    default for cuDNN on Ampere and later GPUs); the previous settings are restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
     """Mean loss and error (%) over `data`, in large batches; restores train mode.
 
-    Always fp32 and eager (the uncompiled module, same weights): bf16 moved 4 of 1,000 test
-    predictions of a trained ResNet-20, and compiling evaluation's batch shape would cost a
-    cold compile per process for a fifteenth of an epoch's work."""
+    Always fp32 with TF32 off, and eager (the uncompiled module, same weights): bf16 moved 4
+    of 1,000 test predictions of a trained ResNet-20, and compiling evaluation's batch shape
+    would cost a cold compile per process for a fifteenth of an epoch's work."""
+    with exact_fp32():
+        return _evaluate(run, data)
+
+
+def _evaluate(run: Run, data: ImageSet) -> tuple[float, float]:
     was_training = run.model.training
     run.model.eval()
     loss_sum = torch.zeros((), device=run.device)
@@ -202,13 +231,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict | str | None:
-    """The checkpoint to continue from, "complete" for a finished run, or None for a fresh
-    run; refuses to mix two runs in one directory."""
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = True
+                     ) -> tuple[dict | None, dict | None]:
+    """(the checkpoint to continue from, the record of a complete run); (None, None) for a
+    fresh run. Refuses to mix two runs in one directory. The checkpoint is the source of truth:
+    a record or metrics.csv behind it or unreadable is rewritten from it (if `repair`)."""
     checkpoint_path = run_dir / records.CHECKPOINT_FILE
     record_path = run_dir / records.RUN_FILE
     if not checkpoint_path.exists() and not record_path.exists():
-        return None
+        return None, None
     if not resume:
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, "
                           f"or choose another --out")
@@ -216,20 +247,47 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict |
         record = records.read_run(run_dir)
     except ValueError:
         record = None  # unreadable: the checkpoint decides
-    checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    complete = record is not None and record["status"] == "complete"
+    try:
+        checkpoint = _load_checkpoint(checkpoint_path, record) if checkpoint_path.exists() else None
+    except RunDirError as damaged:
+        if not complete:
+            raise RunDirError(f"{damaged}; delete it to start the run again") from damaged
+        _check_same_settings(run_dir, _effective(record["config"]), config.effective())
+        return None, {**record, "message": f"{damaged}: damaged, but the run is complete and no longer needs it"}
     saved = checkpoint["config"] if checkpoint else record["config"] if record else None
     if saved is not None:
         _check_same_settings(run_dir, _effective(saved), config.effective())
+    ahead = complete and checkpoint is not None and record["epochs_done"] > len(checkpoint["metrics"])
+    if checkpoint is not None and checkpoint["record"] is not None and not ahead:
+        record = checkpoint["record"]
+        if repair:
+            records.write_unless_same(run_dir / records.METRICS_FILE, records.metrics_bytes(checkpoint["metrics"]))
+            records.write_unless_same(record_path, records.json_bytes(record))
     if record is not None and record["status"] == "complete":
-        return "complete"
-    return checkpoint  # None: killed before its first epoch ended, so start again
+        return None, record
+    return checkpoint, None  # None: killed before its first epoch ended, so start again
 
 
-def _load_checkpoint(path: Path) -> dict:
+# What a checkpoint must hold, and of which type, to be continued from.
+CHECKPOINT_FIELDS = {"model": dict, "optimizer": dict, "metrics": list, "config": dict, "started": str}
+
+
+def _load_checkpoint(path: Path, record: dict | None) -> dict:
+    """The checkpoint at `path`, never unpickling anything but tensors and plain values; one
+    written before checkpoints held their run record gets it from `record` (run.json)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise RunDirError(f"{path} cannot be read ({error}); delete it to start the run again") from error
+        checkpoint = records.read_checkpoint(path)
+    except ValueError as error:
+        raise RunDirError(str(error)) from None
+    wrong = [key for key, kind in CHECKPOINT_FIELDS.items() if not isinstance(checkpoint.get(key), kind)]
+    if wrong:
+        raise RunDirError(f"{path} is not a checkpoint of a run: {', '.join(wrong)} missing or of the wrong type")
+    if "record" not in checkpoint:
+        checkpoint["record"] = record and {**record, **_progress(
+            checkpoint["metrics"], checkpoint.get("speed", []), record["epochs_planned"],
+            record.get("recipe", {}).get("val_size", 0))}
+    return checkpoint
 
 
 def _effective(saved: dict) -> dict:
@@ -290,12 +348,23 @@ def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
             "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
 
 
+def _progress(metrics: list[dict], speed: list[dict], epochs: int, val_size: int) -> dict:
+    """The fields of a run record that change with each epoch, once `metrics` are done."""
+    done = len(metrics) == epochs
+    warmup = {segment["first_epoch"] for segment in speed}
+    return {"epochs_done": len(metrics), "status": "complete" if done else "running", "message": None,
+            "final": summarize(metrics, val_size, warmup) if done else None,
+            "speed": {"segments": speed, "note": SPEED_NOTE}}
+
+
 def _save(run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:
-    # The checkpoint first: it is the source of truth a resumption rebuilds the others from.
-    if checkpoint is not None:
-        records.write_atomic(run_dir / records.CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
-    records.write_metrics(run_dir / records.METRICS_FILE, metrics)
+    # The checkpoint first, holding the record as plain JSON values: it is the source of truth
+    # a resumption rebuilds metrics.csv and run.json from.
     record["updated"] = records.now()
+    if checkpoint is not None:
+        plain_record = json.loads(records.json_bytes(record))
+        records.write_checkpoint(run_dir / records.CHECKPOINT_FILE, {**checkpoint, "record": plain_record})
+    records.write_metrics(run_dir / records.METRICS_FILE, metrics)
     records.write_json(run_dir / records.RUN_FILE, record)
 
 
@@ -336,9 +405,9 @@ def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: to
             records.remove_orphans(run_dir)
         # Every process decides from the same files: process 0 writes none before the first
         # epoch ends, which needs the others (DDP's collectives).
-        checkpoint = _prepare_run_dir(run_dir, config, resume)
-        if checkpoint == "complete":
-            return records.read_run(run_dir)
+        checkpoint, complete = _prepare_run_dir(run_dir, config, resume, repair=world.main)
+        if complete is not None:
+            return complete
         run = build_run(config, splits, device, compile_mode, world)
         record = _new_record(run)
         _say(progress, f"{config.arch}: built, {record['params']:,} parameters, {record['precision']}"
@@ -348,8 +417,7 @@ def _train_in(run_dir: Path, config: TrainConfig, splits: DataSplits, device: to
         if checkpoint is not None:
             _check_same_speedups(run_dir, checkpoint, run.speedups, device)
             distributed.check_resume(world, checkpoint, run_dir)
-            run.model.load_state_dict(checkpoint["model"])
-            run.optimizer.load_state_dict(checkpoint["optimizer"])
+            _load_state(run, checkpoint, run_dir)
             record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
         metrics = checkpoint["metrics"] if checkpoint else []
         run.speed = checkpoint.get("speed", []) if checkpoint else []
@@ -396,7 +464,7 @@ def _speed_segment(run: "Run", first_epoch: int, pack: int, compile_mode: str) -
             "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
 
 
-def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
+def _update_speed(run: "Run", rows: list[dict]) -> None:
     """This process's s/epoch and img/s: the median of its epochs after its first."""
     segment = run.speed[-1]
     segment["last_epoch"] = rows[-1]["epoch"]
@@ -407,7 +475,6 @@ def _update_speed(run: "Run", record: dict, rows: list[dict]) -> None:
         segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
                        images_per_second=statistics.median(row["images_per_second"] for row in timed),
                        epochs_timed=len(timed))
-    record["speed"] = {"segments": run.speed, "note": SPEED_NOTE}
 
 
 SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
@@ -445,6 +512,17 @@ def build_run(config: TrainConfig, splits: DataSplits, device: torch.device, com
     step_model = compile_model(step_model, compile_mode) if speedups.compile else step_model
     return Run(config, recipe, schedule, splits, normalizer, model, step_model, optimizer, speedups, device,
                world=world)
+
+
+def _load_state(run: Run, checkpoint: dict, run_dir: Path) -> None:
+    try:
+        run.model.load_state_dict(checkpoint["model"])
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # torch's first line only says "Error(s) in ..."
+        raise RunDirError(f"{run_dir / records.CHECKPOINT_FILE} does not fit this run's network and optimizer "
+                          f"({detail}); delete it to start the run again") from None
 
 
 def _check_same_speedups(run_dir: Path, checkpoint: dict, speedups: Speedups, device: torch.device) -> None:
@@ -487,16 +565,13 @@ def _train_and_evaluate(run: Run, record: dict, epoch: int, metrics: list[dict],
         row["val_loss"], row["val_error"] = evaluate(run, run.splits.val)
         if row["val_error"] < min((r["val_error"] for r in metrics), default=math.inf) and run.world.main:
             best = run.model.state_dict()  # the seed's best-validation snapshot
-            records.write_atomic(run_dir / records.BEST_FILE, lambda file: torch.save(best, file))
+            records.write_checkpoint(run_dir / records.BEST_FILE, best)
     row["test_loss"], row["test_error"] = evaluate(run, run.splits.test)
     if run.device.type == "cuda":
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated(run.device) / 2**20
     rows = metrics + [row]
-    done = epoch + 1 == run.schedule.epochs
-    _update_speed(run, record, rows)
-    warmup = {segment["first_epoch"] for segment in run.speed}
-    record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
-                  final=summarize(rows, run.recipe.val_size, warmup) if done else None)
+    _update_speed(run, rows)
+    record.update(_progress(rows, run.speed, run.schedule.epochs, run.recipe.val_size))
     if run.world.main:
         _save(run_dir, record, rows, {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                       "metrics": rows, "config": run.config.as_dict(),

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from reproresnet import architectures, models
+from reproresnet.recipes import NETWORK_OPTIONS
 
 
 def test_the_table_lists_every_registered_network_with_its_spec_and_default_options():
@@ -15,8 +16,10 @@ def test_the_table_lists_every_registered_network_with_its_spec_and_default_opti
         assert (row["family"], row["block"], row["depth"], row["width"]) == \
             (spec.family, spec.block, spec.depth, spec.width)
         options = models.default_options(spec.family, spec.block)
-        assert {name: row[name] for name in ("shortcut", "bottleneck_stride", "dropout")} == \
-            {name: options.get(name) for name in ("shortcut", "bottleneck_stride", "dropout")}
+        assert {name: row[name] for name in architectures.OPTIONS} == \
+            {name: options.get(name) for name in architectures.OPTIONS}
+        assert options["bn_batch"] is None
+    assert set(architectures.OPTIONS) | {"bn_batch"} == set(NETWORK_OPTIONS)  # every option the table holds
 
 
 @pytest.mark.parametrize("row", [row for row in architectures.rows() if row["depth"] < 1000], ids=lambda row: row["name"])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from reproresnet import recipes, records, reference, report
+from reproresnet.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -318,12 +319,12 @@ def test_speed_table_gpu_seconds_per_epoch_from_runs_partial_ones_marked_and_gpu
              {**bench_record([{"arch": "preact_resnet164", "path": "reproresnet", "seconds_per_epoch": 1449.0}]),
               "device": {"type": "cpu", "name": "Xeon"}, "name": "bench-cpu"}]
     table = report.speed_table(report.load_runs(tmp_path)[0], bench)
-    assert list(dict.fromkeys(table["network"])) == list(reference.REPRODUCED)
-    seed = f"seed s/epoch ({reference.SEED_DEVICE}, batch {reference.SEED_BATCH_SIZE})"
+    assert list(dict.fromkeys(table["network"])) == [*reference.REPRODUCED, "seed_wrn_n2_k4"]
+    seed = report.SEED_SECONDS
     by = {(line["network"], line["measured by"]): line for _, line in table.iterrows()}
     done = by["preact_resnet110", "training, 2 runs"]
     assert (done["our s/epoch"], done["our images/s"]) == ("21.0", "2,400")
-    assert done["measured on"] == "NVIDIA H100, batch 64, bf16 autocast" and done[seed] == "90"
+    assert done["measured on"] == "NVIDIA H100, batch 64, bf16 autocast" and done[seed] == "90 (batch 32)"
     assert done["our s/epoch"].records == ("preact_resnet110-seed0", "preact_resnet110-seed1")
     partial = by["preact_resnet110", "training, 3 runs, partial (2/200 epochs)"]
     assert partial["our s/epoch"] == "37.0" and partial["measured on"].endswith("3 runs packed")
@@ -334,12 +335,14 @@ def test_speed_table_gpu_seconds_per_epoch_from_runs_partial_ones_marked_and_gpu
     assert len(table[table["network"] == "wrn_16_4"]) == 1
     line = table[table["network"] == "preact_resnet164"].iloc[0]
     assert line["parameters: paper; exact"] == "1.7M; 1,703,258"  # the authors' log
-    assert list(dict.fromkeys(table[seed])) == ["90", "183", "113"]
+    assert table[table["network"] == "seed_wrn_n2_k4"].iloc[0]["parameters: paper; exact"] == "≈5.7M; 5,702,746"
+    assert list(dict.fromkeys(table[seed])) == ["90 (batch 32)", "183 (batch 48)", "—", "113 (batch 64)"]
 
 
 def test_benchmark_numbers_are_rounded_to_their_noise():
     assert report.to_noise(1448.916, 0.037) == "1,450" and report.to_noise(0.05241, 0.037) == "0.052"
-    assert report.to_noise(35.7, 0.003) == "35.7" and report.to_noise(35.7, 0.0003) == "35.70" and report.to_noise(7.31, None) == "7.3"
+    assert report.to_noise(35.7, 0.003) == "35.7" and report.to_noise(35.7, 0.0003) == "35.70"
+    assert report.to_noise(7.31, None) == "7.3"
     row = {"arch": "preact_resnet110", "path": "reproresnet", "seconds_per_epoch": 1448.9,
            "images_per_second": 34.5, "seconds_per_step": 0.927, "seconds_per_step_range": [0.902, 0.970],
            "data_images_per_second": 33225.4, "data_images_per_second_range": [30714.1, 35341.3],
@@ -367,11 +370,42 @@ def test_reference_numbers_and_sources():
     table = reference.reference_table()
     assert table.loc["preact_resnet110", ["paper_error", "seed_error", "paper_params"]].tolist() == [6.37, 6.38, "1.7M"]
     assert table.loc["preact_resnet164", ["paper_error", "seed_error", "paper_params"]].tolist() == [5.46, 5.66, "1.7M"]
-    assert table.loc["wrn_16_4", ["paper_error", "seed_error", "paper_params"]].tolist() == [5.55, 5.41, "2.7M"]
-    assert table.loc[list(reference.REPRODUCED), "seed_seconds_per_epoch"].tolist() == [90, 183, 113]
+    assert table.loc["wrn_16_4", "paper_error"] == 5.55 and table.loc["wrn_16_4", "paper_params"] == "2.7M"
     assert table.loc["resnet110", "paper_error"] == 6.61 and table.loc["resnet164", "paper_error"] == 5.93
-    assert table["paper_source"].str.len().min() > 10
+    assert table["paper_source"].dropna().str.len().min() > 10
     assert reference.seed_run_hours()["preact_resnet110"] == pytest.approx(5.0)
+
+
+# Each quoted number's statistic, as its source states it (He et al. 2016, 3.1: "Throughout this
+# paper we report the median accuracy of 5 runs"; He et al. 2015, table 6: 6.61 is the mean of 5;
+# the seed quotes 5.55 without one; the seed: "the first and only training run").
+PAPER_STATISTICS = {6.37: "median of 5", 5.46: "median of 5", 5.93: "median of 5", 6.61: "mean of 5",
+                    5.55: "not stated"}
+
+
+def test_every_quoted_number_has_the_statistic_its_source_states():
+    quoted = [row for row in reference.REFERENCE if row["paper_error"] is not None]
+    assert {row["paper_error"]: row["paper_statistic"][0] for row in quoted} == PAPER_STATISTICS
+    assert all(row["paper_preprocessing"] for row in quoted)
+    assert reference.SEED_STATISTIC == "single run"
+    seeds = [row for row in reference.REFERENCE if row["seed_error"] is not None]
+    assert {row["seed_error"]: row["seed_recipe"] for row in seeds} == {
+        6.38: "seed_code_2016_04", 5.66: "seed_code", 5.41: "seed_code"}
+    assert all(row["seed_recipe"] in RECIPES and row["seed_recipe"] in row["seed_note"] for row in seeds)
+
+
+def test_the_seeds_numbers_and_times_sit_on_the_networks_that_produced_them():
+    """The seed's 5.41 and 113 s/epoch belong to its 22-layer wide network, not to WRN-16-4; each time
+    is at the batch its code used for that network (ResNet-164: 48)."""
+    table = reference.reference_table()
+    assert table.loc["seed_wrn_n2_k4", ["seed_error", "seed_seconds_per_epoch", "seed_batch_size"]].tolist() == \
+        [5.41, 113, 64]
+    assert table.loc["wrn_16_4", ["seed_error", "seed_seconds_per_epoch"]].isna().all()
+    assert (table["seed_error"] == 5.41).sum() == 1
+    assert table.loc["preact_resnet164", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [183, 48]
+    assert table.loc["preact_resnet110", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [90, 32]
+    assert reference.seed_run_hours() == pytest.approx(
+        {"preact_resnet110": 5.0, "preact_resnet164": 183 * 200 / 3600, "seed_wrn_n2_k4": 113 * 200 / 3600})
 
 
 def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
@@ -452,9 +486,24 @@ def test_every_quoted_number_says_its_statistic_and_the_seed_network_has_its_row
             assert any("He et al." in note or "Zagoruyko" in note for note in notes_of(table, quoted["network"]))
     seed_net = row(table, "seed_wrn_n2_k4")
     assert seed_net[report.SEED] == "5.41" and seed_net[report.PAPER] == report.MISSING
+    assert row(table, "wrn_16_4")[report.SEED] == report.MISSING  # 5.41 is not WRN-16-4's
     wrn_notes = notes_of(table, "wrn_16_4")
-    assert any("2/4/4 units" in note and "≈5.7M" in note and "seed_wrn_n2_k4" in note for note in wrn_notes)
-    assert notes_of(table, "seed_wrn_n2_k4") == [note for note in wrn_notes if "2/4/4" in note]
+    assert any("5.41 % under the name WRN-16-4" in note and "2/4/4 units" in note and "≈5.7M" in note
+               and "seed_wrn_n2_k4" in note for note in wrn_notes)
+    assert [note for note in notes_of(table, "seed_wrn_n2_k4") if "2/4/4" in note] == \
+        [note for note in wrn_notes if "2/4/4" in note]
+
+
+def test_notes_say_where_the_seeds_numbers_came_from_and_each_quoted_numbers_preprocessing_and_precision():
+    table = report.error_table([])
+    resnet110 = notes_of(table, "preact_resnet110")
+    assert any("6.38 came from its code at 7c4c997" in note and "seed_code_2016_04" in note for note in resnet110)
+    assert any("5.66 came from its code at 3403cfb" in note and "batch 48" in note
+               for note in notes_of(table, "preact_resnet164"))
+    assert any("per-pixel mean subtracted" in note for note in resnet110)
+    assert any("global contrast normalization and ZCA whitening" in note for note in notes_of(table, "wrn_16_4"))
+    for quoted in reference.REFERENCE:
+        assert reference.QUOTED_PRECISION in notes_of(table, quoted["network"])
 
 
 def test_notes_say_how_recipe_and_data_differ_from_the_papers(tmp_path):
@@ -468,8 +517,9 @@ def test_notes_say_how_recipe_and_data_differ_from_the_papers(tmp_path):
     assert not any("data:" in note for note in he_notes)
     wrn_notes = notes_of(table, "wrn_16_4")
     assert any("45,000 images with 5,000 held out" in note for note in wrn_notes)
-    assert any("per_pixel_mean instead of per_channel" in note for note in wrn_notes)
+    assert any("per_pixel_mean instead of gcn_zca" in note for note in wrn_notes)  # 5.55 is WRN v1's, whitened
     assert not any("recipe 'wrn2016'" in note for note in wrn_notes)  # the paper's own recipe, 200 epochs
+    assert "wrn_16_4, precision: bf16 autocast (the runs' records)." in wrn_notes
 
 
 def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tmp_path):
@@ -479,12 +529,14 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
              seconds_per_epoch=1000.0)  # not behind the table: not counted
     table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
     line = table.loc["preact_resnet110"]
-    assert line["seed s/epoch (GTX 980)"] == "90" and line["seed hours per run"] == "5.0"
+    assert line["seed s/epoch (GTX 980)"] == "90 (batch 32)" and line["seed hours per run"] == "5.0"
     assert line["our s/epoch (median)"] == "22.5" and line["runs"] == "2"
     assert line["wall time per run (h, median)"] == "2.5"  # 06:00 to 08:30
     assert line["GPU-hours, all runs"] == f"{200 * (18 + 27) / 3600:.1f}"
     assert table.loc["preact_resnet164", "our device"] == "not run"
     assert "resnet110" not in table.index  # neither the seed's times nor our runs
+    assert "wrn_16_4" not in table.index  # the seed's 113 s/epoch are its 22-layer network's
+    assert table.loc["seed_wrn_n2_k4", "seed hours per run"] == "6.3"
 
 
 def test_status_table_and_line_say_where_the_plan_stands(tmp_path):

@@ -629,6 +629,10 @@ def _number_columns(table: pd.DataFrame) -> set:
     return numbers
 
 
+# Columns of network and run names: a name never breaks inside (preact_resnet110, not preact_ resnet110).
+NAME_COLUMNS = ("network", "name", "run")
+
+
 def _record_link(html: str, names, pages: str) -> str:
     title = escape(f"record{'s' if len(names) > 1 else ''}: {', '.join(names)}")
     return f'<a class="record-link" href="{record_page(names[0], pages)}" title="{title}">{html}</a>'
@@ -655,8 +659,9 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
             text = _record_link(text, value.records, pages)
         elif tag == "td" and column == NOTES and value != MISSING:
             text = ", ".join(f'<a class="note-ref" href="#{table_id}-note-{n}">{n}</a>' for n in str(value).split(", "))
-        elif "/" in text and " " not in text:  # a path wraps after "/"; identifiers never break at "_"
-            text = text.replace("/", "/<wbr>")
+        elif column not in NAME_COLUMNS:  # a setting or a path may wrap after "_" and "/"; names never break
+            text = text.replace("_", "_<wbr>") if tag == "th" or column not in numbers else text
+            text = text.replace("/", "/<wbr>") if " " not in text else text
         classes = ["num" if column in numbers else "text"] + (["quoted"] if tag == "td" and column in quoted else [])
         return f'<{tag} class="{" ".join(classes)}">{text}</{tag}>'
     head = "".join(cell("th", column, column) for column in table.columns)

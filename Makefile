@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:  `make book` (the main job) and `make test`.
-# Everything runs inside .venv, created on first use from pyproject.toml.
+# Everything runs inside .venv, created on first use from pyproject.toml: `make book` installs
+# only what the book needs (no torch), `make test` everything.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,22 +11,48 @@ DATA_DIR ?= data
 # where `make reproduce` runs the sweep: local (this machine's GPUs) or slurm (with SWEEP_ARGS="--slurm-partition NAME ...")
 LAUNCHER ?= local
 SWEEP_ARGS ?=
+# where `make book` writes _build/html (test-book-light builds a second copy elsewhere)
+BOOK_OUT ?= .
 
-.PHONY: all book test test-fast test-lib test-notebooks test-browser smoke reproduce bench campaign-home clean mutation-check
+.PHONY: all book readme test test-fast test-lib test-notebooks test-browser test-book-light smoke reproduce bench \
+	campaign-home clean mutation-check
 
 all: book
 
+# Everything: training (torch), the book and the tests.
 $(BIN)/reproresnet-installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@ $(BIN)/reproresnet-book-installed
+
+# The book only: pandas, matplotlib and Jupyter Book, no torch (its notebooks build no network).
+$(BIN)/reproresnet-book-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[book]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-# The main job: the book from the run records in results/ and the cheap notebooks (offline).
-book: $(BIN)/reproresnet-installed
-	$(BIN)/jupyter-book build . --all -W --keep-going  # --all: results/ may change while the notebooks do not
-	$(BIN)/python scripts/check_book.py _build/html
+# The README's status table, from the run records in results/ (a test fails when it is stale).
+readme: $(BIN)/reproresnet-book-installed
+	$(BIN)/python -m reproresnet pages --readme README.md
+
+# The main job: a page per record, the README's table, then the book from the run records in
+# results/ and the cheap notebooks (offline, no torch).
+book: readme
+	$(BIN)/jupyter-book build . --all -W --keep-going --path-output $(BOOK_OUT)  # --all: results/ may change
+	$(BIN)/python scripts/check_book.py $(BOOK_OUT)/_build/html
+
+# The newcomer's path, proved: the whole book built in a fresh virtual environment with the
+# book's dependencies only, where torch cannot be imported.
+test-book-light:
+	rm -rf .venv-book
+	$(MAKE) book VENV=.venv-book BOOK_OUT=.venv-book/site
+	.venv-book/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)" \
+		|| (echo "test-book-light: torch is installed in .venv-book" >&2; exit 1)
+	@echo "test-book-light: the whole book built without torch: .venv-book/site/_build/html"
 
 test-lib: $(BIN)/reproresnet-installed
 	$(BIN)/python -m pytest tests --ignore=tests/test_browser.py
@@ -42,13 +69,14 @@ test-browser: book
 	$(BIN)/python -m pytest tests/test_browser.py
 
 # The whole test suite: library, notebooks, and the book built once, checked, and read in a browser.
-test: test-lib test-notebooks book test-browser
+test: test-lib test-notebooks book test-browser test-book-light
 
 # The reproduce pipeline end to end on a tiny budget, on CPU, with the embedded synthetic
 # data: papermill over the three networks, then a book whose results page reads those runs.
 smoke: $(BIN)/reproresnet-installed
 	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds 0 --results runs/smoke \
 		--dataset synthetic --epochs 2 --limit-train 256 --limit-test 256 --device cpu
+	REPRORESNET_RESULTS=$(CURDIR)/runs/smoke $(BIN)/python -m reproresnet pages
 	REPRORESNET_RESULTS=$(CURDIR)/runs/smoke $(BIN)/jupyter-book build . --all -W --keep-going \
 		--path-output runs/smoke-book
 	@echo "smoke book: runs/smoke-book/_build/html/notebooks/results.html"
@@ -69,7 +97,7 @@ campaign-home: $(BIN)/reproresnet-installed
 	$(BIN)/python -m reproresnet unbundle $(BUNDLE) --to $(RESULTS) --render
 
 clean:
-	rm -rf _build runs
+	rm -rf _build runs .venv-book book/runs
 
 # Plants ~45 small bugs, one at a time, in a temporary copy of the repository and fails if
 # the fast test tier misses any (slow: the fast tier once per mutation; not part of `make test`).

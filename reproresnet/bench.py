@@ -156,7 +156,7 @@ class LibraryPath:
     def new_epoch(self) -> Iterator:
         run, recipe, device = self.stack.runs[0], self.stack.recipe, self.stack.device
         return train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=recipe.augmentation, device=device,
+                             augmentation=recipe.augmentation, device=device, padding=recipe.padding,
                              generator=torch.Generator(device).manual_seed(run.config.seed))
 
     def close(self) -> None:
@@ -325,7 +325,7 @@ def device_slug(device: torch.device) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per BenchSettings field (`--batch-size` for batch_size), and --quiet."""
-    parser = argparse.ArgumentParser(prog="reproresnet bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m reproresnet bench", description=__doc__.split("\n\n")[0])
     kinds = {"bool": {"action": argparse.BooleanOptionalAction}, "tuple": {"nargs": "+", "metavar": "NAME"},
              "int": {"type": int}, "str": {"type": str}}  # how a field of each type is read
     for setting in dataclasses.fields(BenchSettings):

@@ -1,11 +1,13 @@
-"""Pack a campaign directory into a few bounded files, and restore it byte for byte.
+"""Pack a campaign directory into a few bounded files, and restore it without rolling a run back.
 
 A GPU slot hands back at most 8 files of at most 16 MiB each, 64 MiB in all. `bundle`
 writes one gzipped tar of everything a later call needs (run records, metrics, executed
 notebooks, logs, and the checkpoints of unfinished runs; a complete run's checkpoint is
 left out), cut into parts of at most 16 MiB, then a manifest with the sha256 of every part
 and every file. The manifest is written last, atomically: a bundle without one is
-incomplete, and `unbundle` refuses it, so a bundle is either complete or absent.
+incomplete, and `unbundle` refuses it, so a bundle is either complete or absent. `unbundle`
+checks everything before it writes anything, and restores each run only where the run is
+not already further along (see `unbundle`).
 
     python -m reproresnet bundle runs/campaign --to $OUT
     python -m reproresnet unbundle $OUT --to results
@@ -16,15 +18,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import sys
 import tarfile
 import tempfile
-from pathlib import Path
+from contextlib import ExitStack
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from . import records
+from .records import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
 MANIFEST = "bundle.json"
@@ -45,13 +47,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def bundled_files(src: Path) -> list[Path]:
+def bundled_files(src: Path, exclude: Path | None = None) -> list[Path]:
     """The files a later call needs, relative to `src`: no locks, no temporaries of killed
-    writers, no checkpoints of complete runs."""
+    writers, no checkpoints of complete runs, nothing under `exclude` (the bundle's own folder)."""
     chosen = []
+    excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
         name = path.name
-        if name == ".lock" or (name.startswith(".") and name.endswith(".tmp")) or "__pycache__" in path.parts:
+        if name == ".lock" or records.is_temporary(name) or "__pycache__" in path.parts:
+            continue
+        if excluded is not None and excluded in path.resolve().parents:
             continue
         if name in CHECKPOINTS and _complete(path.parent):
             continue
@@ -73,7 +78,7 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise BundleError(f"{src} is not a directory: expected the campaign directory to bundle")
-    files = bundled_files(src)
+    files = bundled_files(src, exclude=out)
     listing = [{"path": str(rel), "bytes": (src / rel).stat().st_size, "sha256": sha256(src / rel)} for rel in files]
     # An anonymous temporary file: a process killed here leaves nothing behind in `out`.
     with tempfile.TemporaryFile() as packed:
@@ -114,57 +119,147 @@ def _remove_bundle(out: Path, name: str) -> None:
 
 
 def read_manifest(bundle_dir, name: str = "campaign") -> dict:
+    """The bundle's manifest, refused (BundleError) unless every part is a file name in
+    `bundle_dir` and every file a relative path that stays inside the destination."""
     path = Path(bundle_dir) / _manifest_name(name)
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{path} is missing or unreadable ({error}): no complete bundle in {bundle_dir} "
                           f"(a bundle whose writer was killed has parts but no manifest)") from error
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if found != FORMAT:
+        raise BundleError(f"{path}: format {found!r} is not {FORMAT!r}")
+    for key, field in (("parts", "name"), ("files", "path")):
+        entries = manifest.get(key)
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get(field), str) and isinstance(e.get("sha256"), str)
+                for e in entries):
+            raise BundleError(f"{path}: {key!r} must be a list of entries with a {field!r} and a 'sha256'")
+    for part in manifest["parts"]:
+        if Path(part["name"]).name != part["name"] or part["name"] in ("", ".", ".."):
+            raise BundleError(f"{path}: part {part['name']!r} is not a file name in {bundle_dir}")
+    for entry in manifest["files"]:
+        rel = PurePosixPath(entry["path"])
+        if rel.is_absolute() or ".." in rel.parts or str(rel) != entry["path"] or entry["path"] in ("", "."):
+            raise BundleError(f"{path}: file {entry['path']!r} is not a relative path inside the destination")
     return manifest
 
 
-def unbundle(bundle_dir, dest, *, name: str = "campaign") -> list[str]:
-    """Restore the bundle in `bundle_dir` into `dest`, every file checked against its sha256
-    and moved into place atomically; returns the restored paths (relative to `dest`)."""
+def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
+    """Restore the bundle in `bundle_dir` into `dest`; returns {"restored": paths relative to
+    `dest`, "skipped": {run directory: why}}.
+
+    Everything is checked before anything is created: the manifest, every part and file
+    against its sha256, and every checkpoint (it must load as tensors and plain values).
+    Each run directory is then restored under its lock, unless the run there is further along
+    (more epochs done, or complete at as many): a run is never rolled back. Its files are
+    replaced one by one, atomically, in the order training writes them (checkpoints first,
+    run.json last), and the checkpoints the bundle's run no longer has are removed last, so
+    a killed unbundle leaves each run either as it was or resuming as the bundle has it;
+    unbundling again completes it."""
     bundle_dir, dest = Path(bundle_dir), Path(dest)
     manifest = read_manifest(bundle_dir, name)
+    missing = [part["name"] for part in manifest["parts"] if not (bundle_dir / part["name"]).is_file()]
+    if missing:
+        raise BundleError(f"{bundle_dir}: part(s) {', '.join(missing)} missing: the bundle is incomplete")
     expected = {entry["path"]: entry for entry in manifest["files"]}
-    dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.unbundle-*"):  # left by a killed unbundle
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.unbundle-"))
-    try:
-        with tempfile.TemporaryFile() as packed:
-            for part in manifest["parts"]:
-                data = (bundle_dir / part["name"]).read_bytes()
-                if hashlib.sha256(data).hexdigest() != part["sha256"]:
-                    raise BundleError(f"{bundle_dir / part['name']} does not match its sha256 in the manifest")
-                packed.write(data)
-            packed.seek(0)
+    with tempfile.TemporaryDirectory(prefix="reproresnet-unbundle-") as staging:
+        staging = Path(staging)
+        _unpack(bundle_dir, manifest, expected, staging)
+        dest.mkdir(parents=True, exist_ok=True)
+        restored, skipped = [], {}
+        for run, files in _by_run(expected):
+            where = run or PurePosixPath(".")
+            why = _restore_run(staging / where, dest / where, files, locked=run is not None)
+            if why:
+                skipped[str(run)] = why
+            else:
+                restored += [str(where / rel) for rel in files]
+    return {"restored": sorted(restored), "skipped": skipped}
+
+
+# The files that make a directory a run directory, and the order training writes a run's files in:
+# checkpoints, then logs and notebooks, then metrics.csv, then run.json.
+RUN_MARKERS = (records.CHECKPOINT_FILE, records.RUN_FILE)
+WRITE_RANK = {records.BEST_FILE: 0, records.CHECKPOINT_FILE: 1, records.METRICS_FILE: 3, records.RUN_FILE: 4}
+
+
+def _by_run(paths) -> list[tuple[PurePosixPath | None, list[PurePosixPath]]]:
+    """The bundled `paths` by run directory, in name order, each run's in write order, relative
+    to it; then (None, the files outside any run)."""
+    runs = sorted({PurePosixPath(rel).parent for rel in paths if PurePosixPath(rel).name in RUN_MARKERS},
+                  key=lambda run: -len(run.parts))  # the innermost run directory first
+    groups: dict = {}
+    for rel in sorted(paths, key=lambda rel: (WRITE_RANK.get(PurePosixPath(rel).name, 2), rel)):
+        run = next((run for run in runs if run in PurePosixPath(rel).parents), None)
+        groups.setdefault(run, []).append(PurePosixPath(rel).relative_to(run or "."))
+    return sorted(groups.items(), key=lambda group: (group[0] is None, str(group[0])))
+
+
+def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> None:
+    """The bundle's files into `staging`, each checked against the manifest; BundleError if not."""
+    with tempfile.TemporaryFile() as packed:
+        for part in manifest["parts"]:
+            data = (bundle_dir / part["name"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != part["sha256"]:
+                raise BundleError(f"{bundle_dir / part['name']} does not match its sha256 in the manifest")
+            packed.write(data)
+        packed.seek(0)
+        try:
             with tarfile.open(fileobj=packed, mode="r:gz") as tar:
                 members = tar.getmembers()
-                unknown = sorted({m.name for m in members} - set(expected))
-                if unknown or not all(m.isfile() for m in members):
-                    raise BundleError(f"the bundle in {bundle_dir} holds entries its manifest does not list: "
-                                      f"{unknown[:3] or 'non-files'}")
+                names = {m.name for m in members}
+                wrong = {"unlisted": sorted(names - set(expected)), "missing": sorted(set(expected) - names),
+                         "not files": sorted(m.name for m in members if not m.isfile())}
+                if any(wrong.values()):
+                    raise BundleError(f"the bundle in {bundle_dir} does not hold what its manifest lists: " +
+                                      "; ".join(f"{what} {found[:3]}" for what, found in wrong.items() if found))
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tar.extractall(staging, **extra)
-        for rel, entry in expected.items():
-            if sha256(staging / rel) != entry["sha256"]:
-                raise BundleError(f"{rel} does not match its sha256 after unpacking")
-        for rel in expected:
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, dest / rel)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return sorted(expected)
+        except (tarfile.TarError, EOFError, OSError) as error:
+            raise BundleError(f"the bundle in {bundle_dir} cannot be unpacked ({error})") from None
+    for rel, entry in expected.items():
+        if sha256(staging / rel) != entry["sha256"]:
+            raise BundleError(f"{rel} does not match its sha256 after unpacking")
+        if Path(rel).name in CHECKPOINTS:
+            try:
+                records.read_checkpoint(staging / rel)
+            except ValueError as error:
+                raise BundleError(f"the bundle's {rel} is refused: {error}") from None
+
+
+def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked: bool) -> str | None:
+    """`files` of `staged` into `target`, a run directory under its lock (`locked`) or the
+    files outside any run; returns why not, if they were not."""
+    with ExitStack() as lock:
+        if locked:
+            try:
+                lock.enter_context(records.run_dir_lock(target))
+            except RunDirError as error:  # in use: a run is training there
+                return str(error)
+            records.remove_orphans(target)
+            here, bundled = records.progress(target), records.progress(staged)
+            if here > bundled:
+                return (f"the run here is further along ({_describe(here)}) than the bundle's "
+                        f"({_describe(bundled)}): kept")
+        for rel in files:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            records.write_unless_same(target / rel, (staged / rel).read_bytes())
+        for name in CHECKPOINTS if locked else ():
+            if not (staged / name).exists():
+                (target / name).unlink(missing_ok=True)  # behind the bundle's complete record
+    return None
+
+
+def _describe(progress: tuple[int, bool]) -> str:
+    epochs, complete = progress
+    return f"{epochs} epochs done" + (", complete" if complete else "")
 
 
 def _parser(command: str, source: tuple[str, str], to: tuple[str, str]) -> argparse.ArgumentParser:
     """What both commands take: SOURCE --to TO [--name NAME] (metavar and help of each)."""
-    parser = argparse.ArgumentParser(prog=f"reproresnet {command}", description=__doc__,
+    parser = argparse.ArgumentParser(prog=f"python -m reproresnet {command}", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", metavar=source[0], help=source[1])
     parser.add_argument("--to", required=True, metavar=to[0], help=to[1])
@@ -177,7 +272,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except BundleError as error:
+    except (BundleError, RunDirError) as error:  # RunDirError: a full disk
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
 
@@ -195,12 +290,14 @@ def main_bundle(argv: list[str] | None = None) -> int:
 
 def main_unbundle(argv: list[str] | None = None) -> int:
     def run(args: argparse.Namespace) -> int:
-        restored = unbundle(args.source, args.to, name=args.name)
-        print(f"restored {len(restored)} files into {args.to}")
+        done = unbundle(args.source, args.to, name=args.name)
+        print(f"restored {len(done['restored'])} files into {args.to}")
+        for run, why in done["skipped"].items():
+            print(f"skipped {run}: {why}")
         if not args.render:
             return 0
         from .campaign import render_runs
-        run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in restored
+        run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in done["restored"]
                            if Path(rel).name == records.RUN_FILE})
         outcomes = render_runs(run_dirs)
         return 0 if all(o["status"] in ("complete", "incomplete") for o in outcomes) else 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
@@ -197,11 +196,14 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
     import torch
 
     from . import selfcheck
-    from .config import select_device
+    from .config import cpu_threads, select_device
     from .data import load_source
     from .train import source_key
     device = select_device(options.device)
-    log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    threads, why = cpu_threads()
+    torch.set_num_threads(threads)
+    log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+        f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     sources = {}
@@ -383,13 +385,15 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
                               "status": rows, "calls": calls})
 
 
-def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]:
-    """Each complete run's book page: `notebook` executed by papermill with the run's own
-    recorded settings, so `train(resume=True)` only reads the complete run (no training).
-    An unfinished run is not rendered (its notebook would train it)."""
+def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
+    """Each complete run's book page: `notebook` (default: the repository's train.ipynb)
+    executed by papermill with the run's own recorded settings, so `train(resume=True)` only
+    reads the complete run (no training). An unfinished run is not rendered (its notebook
+    would train it)."""
     import papermill
 
-    from .sweep import execute_run
+    from .sweep import DEFAULT_NOTEBOOK, execute_run
+    notebook = notebook or DEFAULT_NOTEBOOK
     names = set(papermill.inspect_notebook(notebook))
     from .config import RUNTIME_SETTINGS, TrainConfig
     defaults = TrainConfig().as_dict()
@@ -415,16 +419,24 @@ def render_runs(run_dirs, notebook: str = "notebooks/train.ipynb") -> list[dict]
     return outcomes
 
 
+def _per_device(values: dict) -> str:
+    """{"cuda": 3, "cpu": 1} as help text: "3 on CUDA, 1 on a CPU"."""
+    return ", ".join(f"{value:g} on {'CUDA' if device == 'cuda' else 'a CPU'}" for device, value in values.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reproresnet campaign", description=__doc__,
+    from .cli import number
+    parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
-    parser.add_argument("--budget", type=float, metavar="SECONDS",
+    parser.add_argument("--budget", type=number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
-    plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME")
-    plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K")
-    plan.add_argument("--recipe", default="seed")
+    plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME",
+                      help=f"networks of the plan (default: {' '.join(DEFAULT_ARCHS)})")
+    plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
+                      help="seeds of each network (default: 0 1 2)")
+    plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
     plan.add_argument("--tag", help="run directories <arch>-<tag>-<precision>-seed<k>")
     plan.add_argument("--train-args", default="", metavar="'FLAGS'",
@@ -433,13 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto (default): the self-check's choice, fp32 unless its step costs more than "
                            "1.5x bf16's; a directory keeps the precision its first call chose")
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--device", default="auto")
+    runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     runtime.add_argument("--stack", type=int, help="runs trained as one stacked network (default: all of a "
                                                    "network's seeds, or apart if the self-check finds that faster)")
-    runtime.add_argument("--min-start", type=float, help=f"s a new stack needs at least (default: {DEFAULT_MIN_START})")
-    runtime.add_argument("--selfcheck-budget", type=float,
-                         help=f"s the self-check may take (default: {DEFAULT_SELFCHECK_BUDGET})")
-    runtime.add_argument("--max-unfinished-mb", type=float, default=60.0,
+    runtime.add_argument("--min-start", type=number, help=f"seconds a new stack needs at least "
+                         f"(default: {_per_device(DEFAULT_MIN_START)})")
+    runtime.add_argument("--selfcheck-budget", type=number,
+                         help=f"seconds the self-check may take (default: {_per_device(DEFAULT_SELFCHECK_BUDGET)})")
+    runtime.add_argument("--max-unfinished-mb", type=number, default=60.0,
                          help="checkpoints of unfinished runs stay under this (default: 60; a bundle holds 64 MiB)")
     runtime.add_argument("--status", action="store_true", help="print the status table and exit")
     return parser
@@ -449,10 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     numbers = {"--budget": args.budget, "--stack": args.stack, "--min-start": args.min_start,
                "--selfcheck-budget": args.selfcheck_budget, "--max-unfinished-mb": args.max_unfinished_mb}
-    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and
-           (not math.isfinite(value) or value < (1 if flag == "--stack" else 0))]
+    bad = [f"{flag} {value}" for flag, value in numbers.items()
+           if value is not None and value < (1 if flag == "--stack" else 0)]
     if bad or (not args.status and args.budget is None):
-        print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected finite "
+        print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "
               f"numbers >= 0 (--stack >= 1), and --budget unless --status", file=sys.stderr)
         return 2
     plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,

@@ -1,14 +1,17 @@
-"""Command line: `python -m reproresnet list | recipe | train | bench | sweep | campaign | selfcheck | bundle | unbundle`."""
+"""Command line: `python -m reproresnet list | recipe | train | bench | sweep | campaign | selfcheck | bundle |
+unbundle | pages`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
-from .config import AUGMENTATIONS, DEVICES, ENGINES, NORMALIZATIONS, ConfigError, TrainConfig
-from .recipes import RECIPES
+from . import __version__, architectures
+from .config import DEVICES, ENGINES, ConfigError, TrainConfig
+from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES
 
 
 def _integer(text: str) -> int:
@@ -26,11 +29,15 @@ def _pack(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
+def number(text: str) -> float:
+    """A finite number (nan and inf are refused: no setting or budget means them)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -44,28 +51,38 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Every TrainConfig field. The parser has argument_default=SUPPRESS: a flag left out is not
     passed, so TrainConfig's default (or the recipe's) applies and TrainConfig checks every
     value: one default and one check per setting."""
-    from .models import ARCHITECTURES
     parser.add_argument("--arch", required=True, metavar="NAME",
-                        help=f"network, one of: {', '.join(ARCHITECTURES)}")
+                        help=f"network, one of: {', '.join(architectures.names())}")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for records and checkpoints")
     parser.add_argument("--recipe", help=f"one of {list(RECIPES)} (default: {_default('recipe')})")
     parser.add_argument("--resume", action="store_true", default=False,
                         help="continue the run in RUN_DIR (or start it)")
     owned = parser.add_argument_group("recipe overrides (default: the recipe's; see `recipe NAME --arch ARCH`)")
     owned.add_argument("--epochs", type=_integer, help="shorter run; milestones and warm-up scale with it")
-    owned.add_argument("--batch-size", type=_integer)
-    owned.add_argument("--lr", type=_number)
-    owned.add_argument("--weight-decay", type=_number)
+    owned.add_argument("--batch-size", type=_integer, help="images per SGD step")
+    owned.add_argument("--lr", type=number, help="peak learning rate at this batch size")
+    owned.add_argument("--weight-decay", type=number, help="L2 weight decay (PyTorch's, not an L2 loss term)")
     owned.add_argument("--weight-decay-on", metavar="all|weights",
                        help="every parameter, or conv and linear weights only (Lasagne's L2)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
+    owned.add_argument("--momentum-form", metavar="|".join(MOMENTUM_FORMS),
+                       help="at a change of lr the momentum is kept (PyTorch, Torch), kept in lr units "
+                            "(Lasagne) or reset (the WRN authors' train.lua)")
     owned.add_argument("--val-size", type=_integer, help="hold out N training images (the seed's code: 5000)")
-    owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS))
-    owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS))
-    owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad")
-    owned.add_argument("--bottleneck-stride", metavar="1x1|3x3")
-    owned.add_argument("--dropout", type=_number)
+    owned.add_argument("--normalization", metavar="|".join(NORMALIZATIONS),
+                       help="input preprocessing (see the book's Methods: the sources differ)")
+    owned.add_argument("--augmentation", metavar="|".join(AUGMENTATIONS),
+                       help="crop and flip drawn per image, per mini-batch (the seed's code), or none")
+    owned.add_argument("--padding", metavar="|".join(PADDINGS), help="what fills the random crop's 4-pixel border")
+    owned.add_argument("--shortcut", metavar="projection|input_projection|zero_pad",
+                       help="shortcut where a unit changes shape (see the book's Methods)")
+    owned.add_argument("--bottleneck-stride", metavar="1x1|3x3", help="which convolution of a bottleneck strides")
+    owned.add_argument("--dropout", type=number, help="dropout between a wide unit's convolutions")
     owned.add_argument("--bn-batch", type=_integer, help="images per batch-norm statistic (He et al.: 64)")
+    owned.add_argument("--preact-stage1", metavar="every_unit|first_unit",
+                       help="first_unit: later units of stage 1 skip their BN-ReLU (the seed's code of 2016-04)")
+    owned.add_argument("--layer-defaults", metavar="torch|lasagne",
+                       help="conv biases, initialisation and BN epsilon as Torch's or Lasagne's layers make them")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help=f"cifar10 | cifar100 | folder:PATH | synthetic "
                                         f"(default: {_default('dataset')})")
@@ -75,8 +92,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--limit-train", type=_integer, help="a fixed, seeded subset of the training set")
     data.add_argument("--limit-test", type=_integer, help="a fixed, seeded subset of the test set")
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--seed", type=_integer)
+    runtime.add_argument("--seed", type=_integer, help=f"initialisation, data order and augmentation "
+                                                       f"(default: {_default('seed')})")
     runtime.add_argument("--device", help=f"one of {DEVICES} or cuda:N (default: {_default('device')})")
+    runtime.add_argument("--threads", type=_integer, help="CPU threads of this process (default: the cores "
+                         "divided by --pack and capped by the free ones, or OMP_NUM_THREADS; recorded)")
     for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format")):
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")
@@ -85,13 +105,14 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--engine", metavar="|".join(ENGINES),
                          help="how each step runs: eager, or replayed as one CUDA graph (default: graph on one "
                               "CUDA device without --compile, else eager)")
-    runtime.add_argument("--eval-batch-size", type=_integer)
+    runtime.add_argument("--eval-batch-size", type=_integer,
+                         help=f"images per evaluation batch (default: {_default('eval_batch_size')})")
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
     # Process settings, not run settings: each has its default here (the parser suppresses the rest).
-    stop.add_argument("--stop-after", type=_number, metavar="SECONDS", default=None,
+    stop.add_argument("--stop-after", type=number, metavar="SECONDS", default=None,
                       help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
-    stop.add_argument("--stop-at", type=_number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
+    stop.add_argument("--stop-at", type=number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
     runtime.add_argument("--pack", type=_pack, default=1,
                          help="runs sharing this device, recorded with the speed (default: 1)")
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
@@ -144,6 +165,8 @@ def _train(args: argparse.Namespace) -> int:
     print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
           f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
           f"on {record['device']['name']}; record in {config.out}")
+    if record["message"]:  # a complete run's only message: its checkpoint is damaged
+        print(f"reproresnet: note: {record['message']}", file=sys.stderr)
     return 0
 
 
@@ -161,7 +184,10 @@ def _recipe(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .models import describe_architectures
+    from .models import architecture_rows, describe_architectures
+    if args.csv:
+        print(architectures.to_csv(architecture_rows()), end="")
+        return 0
     rows = describe_architectures()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -174,10 +200,14 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reproresnet", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m reproresnet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"reproresnet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="registered networks with exact parameter counts")
-    listing.add_argument("--json", action="store_true")
+    form = listing.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="as JSON")
+    form.add_argument("--csv", action="store_true", help="the full table with GFLOPs and default options, as "
+                      f"committed in reproresnet/architectures.csv ({architectures.REGENERATE})")
     listing.set_defaults(handler=_list)
     # A flag left out is not passed at all (argument_default), so TrainConfig's default applies.
     training = commands.add_parser("train", help="train one network (resumable)",
@@ -187,10 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     recipe = commands.add_parser("recipe", help="a recipe resolved for one network: every value, "
                                                 "positions also in iterations")
     recipe.add_argument("name", metavar="NAME", help=f"one of {list(RECIPES)}")
-    recipe.add_argument("--arch", required=True, metavar="ARCH")
+    recipe.add_argument("--arch", required=True, metavar="ARCH", help="the network it is resolved for")
     recipe.add_argument("--train-size", type=_integer, help="training images (default: 50,000 less the "
                                                        "recipe's validation split)")
-    recipe.add_argument("--json", action="store_true")
+    recipe.add_argument("--json", action="store_true", help="as JSON")
     recipe.set_defaults(handler=_recipe)
     commands.add_parser("bench", help="seconds per epoch against a plain PyTorch baseline "
                                       "(see `bench --help`)", add_help=False)
@@ -202,13 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("bundle", help="pack a campaign directory into bounded files", add_help=False)
     commands.add_parser("unbundle", help="restore a bundle byte for byte (and render its runs' pages)",
                         add_help=False)
+    commands.add_parser("pages", help="the book's page of each record and the README's status table, "
+                                      "from the records (see `pages --help`)", add_help=False)
     return parser
 
 
 # Subcommands with parsers of their own, in their modules ("module" runs its main, "module:f" its f).
 DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep", "campaign": "reproresnet.campaign",
              "selfcheck": "reproresnet.selfcheck", "bundle": "reproresnet.bundle:main_bundle",
-             "unbundle": "reproresnet.bundle:main_unbundle"}
+             "unbundle": "reproresnet.bundle:main_unbundle", "pages": "reproresnet.book_pages"}
 
 
 def main(argv: list[str] | None = None) -> int:

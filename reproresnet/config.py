@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-
-from .data import AUGMENTATIONS, NORMALIZATIONS
-from .recipes import NETWORK_OPTIONS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule
+from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NETWORK_OPTIONS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS,
+                      WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule)
 
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("eager", "graph")  # engine.EagerEngine, engine.GraphEngine
@@ -29,10 +28,10 @@ CIFAR_TRAIN_IMAGES = 50_000
 # to differ from the checkpoint's: train._check_same_speedups.) The engine is one: a CUDA graph
 # replays the kernels of the eager step, so a run may change engines between processes.
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "engine",
-                    "eval_batch_size")
+                    "eval_batch_size", "threads")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
-RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones",
-                "normalization", "augmentation", "val_size", *NETWORK_OPTIONS)
+RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones", "momentum_form",
+                "normalization", "augmentation", "padding", "val_size", *NETWORK_OPTIONS)
 
 
 class ConfigError(ValueError):
@@ -50,6 +49,7 @@ class TrainConfig:
     weight_decay: Optional[float] = None
     weight_decay_on: Optional[str] = None  # all | weights (conv and linear weights only)
     milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
+    momentum_form: Optional[str] = None   # pytorch | lasagne | reset: the momentum at a change of lr
     seed: int = 0
     dataset: str = "cifar10"              # cifar10 | cifar100 | folder:PATH | synthetic
     data_dir: Optional[str] = None        # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
@@ -57,18 +57,22 @@ class TrainConfig:
     limit_train: Optional[int] = None     # a fixed, seeded subset for quick runs
     limit_test: Optional[int] = None
     val_size: Optional[int] = None        # >0: hold out that many training images (the seed: 5000)
-    normalization: Optional[str] = None   # per_pixel_mean | per_channel
+    normalization: Optional[str] = None   # per_pixel_mean | per_pixel_mean_0_255 | range_0_1 | per_channel | gcn_zca
     augmentation: Optional[str] = None    # per_image | per_batch | none
+    padding: Optional[str] = None         # zero | reflect: the crop's 4-pixel border
     shortcut: Optional[str] = None        # network options; None: the recipe's, else the network's
     bottleneck_stride: Optional[str] = None
     dropout: Optional[float] = None
     bn_batch: Optional[int] = None        # images per batch-norm statistic ("ghost" batch norm)
+    preact_stage1: Optional[str] = None   # every_unit | first_unit: which units of stage 1 pre-activate
+    layer_defaults: Optional[str] = None  # torch | lasagne: conv bias, initialisation, BN epsilon
     device: str = "auto"
     bf16: Optional[bool] = None           # None: on for CUDA, off for CPU
     channels_last: Optional[bool] = None
     compile: Optional[bool] = None        # torch.compile (eager engine); None: off
     engine: Optional[str] = None          # eager | graph; None: graph on one CUDA device, else eager
     eval_batch_size: int = 1000
+    threads: Optional[int] = None         # CPU threads of this process; None: chosen by cpu_threads
 
     def __post_init__(self):
         if isinstance(self.milestones, list):
@@ -88,6 +92,8 @@ class TrainConfig:
         self._check_network()
 
     def _check_network(self):
+        import torch
+
         from .models import build_model
         try:
             with torch.device("meta"):  # checks the options without allocating any weights
@@ -111,7 +117,7 @@ class TrainConfig:
                 raise ConfigError(f"{field.name}={value!r} is not valid: expected {kind}"
                                   f"{' or None' if field.type.startswith('Optional') else ''}, "
                                   f"got {type(value).__name__}")
-        for name in ("limit_train", "limit_test", "eval_batch_size"):
+        for name in ("limit_train", "limit_test", "eval_batch_size", "threads"):
             _require(getattr(self, name) is None or getattr(self, name) > 0, name, getattr(self, name),
                      "a positive integer")
 
@@ -196,8 +202,10 @@ def check_recipe(recipe: Recipe) -> Recipe:
     _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
              recipe.warmup_length, f"a number in [0, {recipe.length})")
     _choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
+    _choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
     _choice("normalization", recipe.normalization, NORMALIZATIONS)
     _choice("augmentation", recipe.augmentation, AUGMENTATIONS)
+    _choice("padding", recipe.padding, PADDINGS)
     _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
              "0 or a positive integer")
     return recipe
@@ -221,10 +229,30 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"{name}={value!r} is not valid: expected one of {list(choices)}")
 
 
-def select_device(requested: str) -> torch.device:
+def select_device(requested: str) -> "torch.device":
+    import torch
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={requested!r} but no CUDA GPU is visible "
                           f"(torch.cuda.is_available() is False); use --device cpu or auto")
     return torch.device(requested)
+
+
+def cpu_threads(requested: Optional[int] = None, jobs: int = 1) -> tuple[int, str]:
+    """(threads, why) for this process's CPU work, never more than the cores it may use.
+
+    Given: that many. Else OMP_NUM_THREADS if set. Else the cores divided among the `jobs`
+    sharing them (a sweep's parallel runs, a pack) and capped by the cores the load average
+    leaves free: on a busy machine, more threads than free cores spin against each other
+    (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if requested is not None:
+        _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
+                 f"an integer from 1 to {cores} (the cores this process may use)")
+        return requested, "requested"
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return min(int(os.environ["OMP_NUM_THREADS"]), cores), "OMP_NUM_THREADS"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
+    return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"

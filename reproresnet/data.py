@@ -25,16 +25,19 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
+from .recipes import AUGMENTATIONS, NORMALIZATIONS, PADDINGS
+
 DATA_DIR_ENV = "REPRORESNET_DATA"
 DATASET_FORMS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
-NORMALIZATIONS = ("per_pixel_mean", "per_channel")
-AUGMENTATIONS = ("per_image", "per_batch", "none")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 _CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10"), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
 IMAGE_SIZE = 32
-PAD = 4  # pixels of zero padding before the random 32x32 crop (He et al.)
+PAD = 4  # pixels of padding before the random 32x32 crop (He et al.)
+# pylearn2's make_cifar10_gcn_whitened.py, which the WRN authors' README names for their whitened
+# CIFAR: CIFAR10(gcn=55.) then preprocessing.ZCA() with its default filter_bias=0.1.
+GCN_SCALE, ZCA_FILTER_BIAS = 55.0, 0.1
 SYNTHETIC_SIZES = {"train": 5000, "test": 1000}
 
 
@@ -319,24 +322,34 @@ def _check_mode(value: str, accepted: tuple[str, ...], what: str) -> None:
 
 
 class Normalizer:
-    """uint8 images -> float32 in [0, 1], minus the training mean (and over the std for per_channel).
+    """uint8 images -> float32 network inputs, with statistics of the training split only.
 
-    per_pixel_mean: the 3x32x32 mean image of the training split (He et al., the seed).
+    per_pixel_mean: pixels in [0, 1] minus the 3x32x32 mean image (He et al., the seed's text).
+    per_pixel_mean_0_255: raw 0-255 pixels minus the mean image (the seed's code since 502ff96).
+    range_0_1: pixels divided by 255, nothing subtracted (the seed's code at 7c4c997).
     per_channel: one mean and std per colour channel (the authors' Torch code, WRN v2).
+    gcn_zca: global contrast normalisation then ZCA whitening as pylearn2 does them (WRN v1).
+    Each is (x / 255 - mean) / std, or for gcn_zca (gcn(x) - mean) @ whitening.
     """
 
-    def __init__(self, mode: str, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, mode: str, mean: torch.Tensor, std: torch.Tensor, whitening: torch.Tensor | None = None):
         _check_mode(mode, NORMALIZATIONS, "normalization")
-        self.mode, self.mean, self.std = mode, mean, std
+        self.mode, self.mean, self.std, self.whitening = mode, mean, std, whitening
 
     @classmethod
     def fit(cls, train_images: torch.Tensor, mode: str) -> Normalizer:
         _check_mode(mode, NORMALIZATIONS, "normalization")
         n = len(train_images)
-        if mode == "per_pixel_mean":
+        one = torch.ones(1, 1, 1, dtype=torch.float64)
+        if mode == "gcn_zca":
+            mean, whitening = _fit_zca(train_images)
+            return cls(mode, mean.float(), one.float(), whitening.float())
+        if mode == "range_0_1":
+            mean, std = torch.zeros_like(one), one
+        elif mode in ("per_pixel_mean", "per_pixel_mean_0_255"):
             # Summing uint8 in float64 avoids a 600 MB float copy of the training set.
             mean = train_images.sum(0, dtype=torch.float64) / (255 * n)
-            std = torch.ones(1, 1, 1, dtype=torch.float64)
+            std = one / 255 if mode == "per_pixel_mean_0_255" else one  # x/255 - m over 1/255 = x - 255 m
         else:
             # Exact moments from each channel's 256-bin histogram, again without a float copy.
             values = torch.arange(256, dtype=torch.float64, device=train_images.device) / 255
@@ -351,23 +364,58 @@ class Normalizer:
         if images_uint8.dtype != torch.uint8:
             raise ValueError(f"Normalizer expects uint8 images, got {images_uint8.dtype} (already normalized?)")
         mean, std = self.mean.to(images_uint8.device), self.std.to(images_uint8.device)
+        if self.whitening is not None:
+            centred = (global_contrast_normalize(images_uint8.float()) - mean).flatten(1)
+            return (centred @ self.whitening.to(images_uint8.device)).view(images_uint8.shape)
         return (images_uint8.float() / 255 - mean) / std
 
     def to(self, device) -> Normalizer:
-        return Normalizer(self.mode, self.mean.to(device), self.std.to(device))
+        whitening = None if self.whitening is None else self.whitening.to(device)
+        return Normalizer(self.mode, self.mean.to(device), self.std.to(device), whitening)
+
+
+def global_contrast_normalize(images: torch.Tensor) -> torch.Tensor:
+    """pylearn2's global_contrast_normalize(X, scale=55.): each image minus its own mean, scaled
+    to an L2 norm of 55 (a norm under 1e-8 is left alone); on pixel values 0-255 as pylearn2 loads them."""
+    flat = images.flatten(1)
+    flat = flat - flat.mean(1, keepdim=True)
+    norm = flat.norm(dim=1, keepdim=True) / GCN_SCALE
+    return (flat / torch.where(norm < 1e-8, torch.ones_like(norm), norm)).view(images.shape)
+
+
+def _fit_zca(train_images: torch.Tensor, chunk: int = 5000) -> tuple[torch.Tensor, torch.Tensor]:
+    """pylearn2's ZCA().fit on the contrast-normalised training images, in float64: the mean image
+    and P = V diag(1 / sqrt(e)) V^T, where V, e are the eigenvectors and eigenvalues of the
+    (population) covariance plus filter_bias times the identity."""
+    features = train_images[0].numel()
+    total = torch.zeros(features, dtype=torch.float64, device=train_images.device)
+    gram = torch.zeros(features, features, dtype=torch.float64, device=train_images.device)
+    for part in train_images.split(chunk):  # float64 copies of 5,000 images at a time (123 MB)
+        x = global_contrast_normalize(part.double()).flatten(1)
+        total += x.sum(0)
+        gram += x.T @ x
+    mean = total / len(train_images)
+    covariance = gram / len(train_images) - torch.outer(mean, mean)
+    covariance += ZCA_FILTER_BIAS * torch.eye(features, dtype=torch.float64, device=train_images.device)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    return mean.view(train_images.shape[1:]), (eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T
 
 
 def augment(images: torch.Tensor, mode: str, generator: torch.Generator,
-            within: tuple[int, int] | None = None) -> torch.Tensor:
-    """Random 32x32 crop of the 4-pixel zero-padded images and a horizontal flip with p=0.5.
+            within: tuple[int, int] | None = None, padding: str = "zero") -> torch.Tensor:
+    """Random 32x32 crop of the images padded by 4 pixels, and a horizontal flip with p=0.5.
 
-    images are already normalized, so the zero padding is the mean colour (as in the seed).
+    images are already normalized, so "zero" padding is 0 after normalisation: the mean colour
+    where the mean is subtracted (as in the seed), black for range_0_1. "reflect" mirrors the
+    image across its border row or column without repeating it (torch's "reflect", which is
+    Torch's SpatialReflectionPadding: WRN's randomcrop_type=reflection): padded row 4 - k is row k.
     per_image draws an offset and a flip for each image; per_batch one for the whole batch
     (the seed's code). Crop and flip are one gather; all draws come from `generator`.
     within=(start, size): `images` are images start... of a batch of `size`; the draws are the
     whole batch's, so each process of a distributed run draws what a single process would.
     """
     _check_mode(mode, AUGMENTATIONS, "augmentation")
+    _check_mode(padding, PADDINGS, "padding")
     if mode == "none":
         return images
     n, size = len(images), images.shape[-1]
@@ -382,7 +430,7 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator,
     steps = torch.arange(size, device=images.device)
     rows = offsets[0, :, None] + steps                                      # draws x 32
     cols = offsets[1, :, None] + torch.where(flips[:, None], size - 1 - steps, steps)
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    padded = F.pad(images, (PAD, PAD, PAD, PAD), mode="reflect" if padding == "reflect" else "constant")
     # One gather over the flattened padded image: twice as fast as 4-tensor advanced indexing.
     index = rows[:, :, None] * (size + 2 * PAD) + cols[:, None, :]          # draws x 32 x 32
     index = index.view(draws, 1, -1).expand(n, images.shape[1], -1)
@@ -390,7 +438,7 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator,
 
 
 def train_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer, augmentation: str,
-                  generator: torch.Generator, device,
+                  generator: torch.Generator, device, padding: str = "zero",
                   part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch in a random order (from `generator`); the last, smaller batch is kept.
 
@@ -403,7 +451,8 @@ def train_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer, au
     for indices in order.split(batch_size):
         share = len(indices) // parts
         images, labels = _gather(data, indices[rank * share:(rank + 1) * share], device)
-        yield augment(normalizer(images), augmentation, generator, within=(rank * share, len(indices))), labels
+        yield augment(normalizer(images), augmentation, generator, within=(rank * share, len(indices)),
+                      padding=padding), labels
 
 
 def eval_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer,

@@ -123,6 +123,14 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -
                            fused=speedups.fused_optimizer or None)
 
 
+def scale_momentum_(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Every momentum buffer times `factor`, in place: fused SGD and a captured CUDA graph keep
+    reading the same tensors (recipes.Schedule.momentum_scale_at says when and by how much)."""
+    for state in optimizer.state.values():
+        if state.get("momentum_buffer") is not None:
+            state["momentum_buffer"].mul_(factor)
+
+
 def train_step(model, optimizer, images, labels, speedups: Speedups):
     """One SGD step of the K networks in `model` on images `[B, 3K, H, W]` and labels `[K, B]`;
     returns their summed losses `[K]` and numbers of errors `[K]`, left on the device. The loss

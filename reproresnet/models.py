@@ -1,6 +1,7 @@
 """CIFAR ResNets: pre-activation (He et al. 2016), original (He et al. 2015) and wide
 (Zagoruyko & Komodakis 2016); where the sources differ, the choice is a named option."""
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,8 @@ import torch.nn.functional as F
 
 SHORTCUTS = ("projection", "input_projection", "zero_pad")
 BOTTLENECK_STRIDES = ("1x1", "3x3")
+PREACT_STAGE1 = ("every_unit", "first_unit")  # which units of stage 1 begin with their own BN-ReLU
+LAYER_DEFAULTS = ("torch", "lasagne")  # whose layers: conv bias, initialisation, BN epsilon
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -44,11 +47,15 @@ def make_shortcut(in_planes: int, out_planes: int, stride: int, kind: str, with_
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics come from consecutive chunks of `ghost_batch` images.
+    """BatchNorm2d whose training statistics come from equal shares of at most `ghost_batch` images.
 
     He et al. 2016, appendix: "mini-batch size of 128 on 2 GPUs (64 each)", so each BN layer
-    normalises over 64 images. Running statistics move once per step, by the average of the
-    chunks' statistics; evaluation is plain BatchNorm2d. Build with `convert`, as torch's
+    normalises over 64 images. A batch of n images is cut into ceil(n / ghost_batch) consecutive
+    equal shares (sizes differ by at most one), as that many processes would each take one: 128
+    into 2 x 64, and the epoch's last 80 images (50,000 mod 128) into 2 x 40, as two processes
+    split them. A last batch of ghost_batch images or fewer is one share, where N processes would
+    still split it N ways. Running statistics move once per step, by the average of the shares'
+    statistics; evaluation is plain BatchNorm2d. Build with `convert`, as torch's
     `SyncBatchNorm.convert_sync_batchnorm`."""
 
     def __init__(self, num_features: int, ghost_batch: int, **kwargs):
@@ -57,12 +64,12 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or x.shape[0] <= self.ghost_batch:
-            return super().forward(x)  # one chunk (e.g. one GPU's share): plain batch norm
-        chunks = x.split(self.ghost_batch)
+            return super().forward(x)  # one share (e.g. one GPU's): plain batch norm
+        chunks = x.tensor_split(math.ceil(x.shape[0] / self.ghost_batch))
         out = torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
                          for c in chunks])
         if self.track_running_stats:
-            with torch.no_grad():
+            with torch.no_grad():  # in the buffers' precision (bf16 activations, float64 networks)
                 stats = [torch.var_mean(c.to(self.running_var.dtype), (0, 2, 3), correction=1) for c in chunks]
                 var, mean = (torch.stack(s).mean(0) for s in zip(*stats))
                 self.num_batches_tracked.add_(1)
@@ -73,48 +80,60 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 
     @classmethod
     def convert(cls, module: nn.Module, ghost_batch: int) -> nn.Module:
-        """`module` with every BatchNorm2d replaced by a GhostBatchNorm2d holding the same state."""
+        """`module` with every BatchNorm2d replaced by a GhostBatchNorm2d holding the same state,
+        on the same device, in the same dtype and mode."""
         if type(module) is nn.BatchNorm2d:
+            like = next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+            factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
             ghost = cls(module.num_features, ghost_batch, eps=module.eps, momentum=module.momentum,
-                        affine=module.affine, track_running_stats=module.track_running_stats)
+                        affine=module.affine, track_running_stats=module.track_running_stats, **factory)
             ghost.load_state_dict(module.state_dict())
-            return ghost
+            return ghost.train(module.training)
         for name, child in module.named_children():
             module.add_module(name, cls.convert(child, ghost_batch))
         return module
 
 
 class _PreActBlock(nn.Module):
-    """Shared shortcut logic of the pre-activation units."""
+    """Shared pre-activation and shortcut logic of the pre-activation units."""
+
+    def _init_preact(self, in_planes: int, preactivate: bool) -> None:
+        # The seed's code at 7c4c997 builds every unit of stage 1 with `first=True` ("bn_pre_relu = l"):
+        # after the first, those units start with their convolution on the raw sum (preactivate=False).
+        self.bn1 = nn.BatchNorm2d(in_planes) if preactivate else None
+
+    def _preact(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(x)) if self.bn1 is not None else x
 
     def _init_shortcut(self, in_planes: int, out_planes: int, stride: int, shortcut: str, first: bool) -> None:
         self.shortcut = make_shortcut(in_planes, out_planes, stride, shortcut, with_bn=False)
         # He 2016, appendix: "For the first Residual Unit (that follows a stand-alone convolutional
         # layer, conv1), we adopt the first activation right after conv1 and before splitting into
-        # two paths" (fb.resnet.torch: stem conv-BN-ReLU, 'first' unit without its own BN-ReLU;
-        # the seed's code: `if first: bn_pre_relu = l`). Units that change shape do the same in the
-        # authors' code ("common BN, ReLU"); the seed's later projections read the raw input.
+        # two paths" (the seed's code: stem conv-BN-ReLU, `if first: bn_pre_relu = l`; fb.resnet.torch's
+        # CIFAR model: a bare stem conv, then 'both_preact' units). Units that change shape do the
+        # same in the authors' code ("common BN, ReLU"); the seed's later projections read the raw input.
         changes_shape = not isinstance(self.shortcut, nn.Identity)
         self.shortcut_reads_preact = first or (changes_shape and shortcut != "input_projection")
 
 
 class PreActBasicBlock(_PreActBlock):
-    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3 plus shortcut (also the wide ResNet unit)."""
+    """BN-ReLU-conv3x3-BN-ReLU-[dropout]-conv3x3 plus shortcut (also the wide ResNet unit).
+    last_bias: a bias on the second convolution (Lasagne's ConvLayer default)."""
 
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "projection",
-                 dropout: float = 0.0, first: bool = False, conv2_bias: bool = False):
+                 dropout: float = 0.0, first: bool = False, last_bias: bool = False, preactivate: bool = True):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self._init_preact(in_planes, preactivate)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=conv2_bias)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=last_bias)
         self._init_shortcut(in_planes, planes, stride, shortcut, first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        preact = F.relu(self.bn1(x))
+        preact = self._preact(x)
         identity = self.shortcut(preact if self.shortcut_reads_preact else x)
         out = self.conv1(preact)
         out = F.relu(self.bn2(out))
@@ -129,19 +148,20 @@ class PreActBottleneck(_PreActBlock):
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "projection",
-                 bottleneck_stride: str = "1x1", first: bool = False):
+                 bottleneck_stride: str = "1x1", first: bool = False, last_bias: bool = False,
+                 preactivate: bool = True):
         super().__init__()
         stride_1x1, stride_3x3 = (stride, 1) if bottleneck_stride == "1x1" else (1, stride)
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        self._init_preact(in_planes, preactivate)
         self.conv1 = conv1x1(in_planes, planes, stride_1x1)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, stride_3x3)
         self.bn3 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=last_bias)
         self._init_shortcut(in_planes, planes * self.expansion, stride, shortcut, first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        preact = F.relu(self.bn1(x))
+        preact = self._preact(x)
         identity = self.shortcut(preact if self.shortcut_reads_preact else x)
         out = self.conv1(preact)
         out = self.conv2(F.relu(self.bn2(out)))
@@ -196,7 +216,7 @@ class ResNet(nn.Module):
     """3x3 stem, three stages at strides 1/2/2, global average pool, linear classifier."""
 
     def __init__(self, block: type[nn.Module], units: tuple[int, int, int], widths=(16, 32, 64),
-                 num_classes: int = 10, **block_options):
+                 num_classes: int = 10, preact_stage1: str = "every_unit", **block_options):
         super().__init__()
         preact = issubclass(block, _PreActBlock)
         self.in_planes = 16
@@ -205,7 +225,8 @@ class ResNet(nn.Module):
         # first unit's BN-ReLU is the "activation right after conv1" of He 2016.
         self.stem = conv if preact else nn.Sequential(conv, nn.BatchNorm2d(16), nn.ReLU())
         first = {"first": True} if preact else {}
-        self.stage1 = self._make_stage(block, widths[0], units[0], 1, block_options, first)
+        rest = {"preactivate": False} if preact_stage1 == "first_unit" else {}
+        self.stage1 = self._make_stage(block, widths[0], units[0], 1, block_options, first, rest)
         self.stage2 = self._make_stage(block, widths[1], units[1], 2, block_options)
         self.stage3 = self._make_stage(block, widths[2], units[2], 2, block_options)
         # ... and end with a BN-ReLU before pooling, since their last unit ends with a conv.
@@ -226,10 +247,11 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.zeros_(self.fc.bias)
 
-    def _make_stage(self, block, planes: int, units: int, stride: int, block_options, first=None) -> nn.Sequential:
+    def _make_stage(self, block, planes: int, units: int, stride: int, block_options, first=None,
+                    rest=None) -> nn.Sequential:
         layers = []
         for i in range(units):
-            extra = first if (first and i == 0) else {}
+            extra = (first if i == 0 else rest) or {}
             layers.append(block(self.in_planes, planes, stride if i == 0 else 1, **block_options, **extra))
             self.in_planes = planes * block.expansion
         return nn.Sequential(*layers)
@@ -248,7 +270,8 @@ class ResNet(nn.Module):
 def _lasagne_init(model: ResNet) -> ResNet:
     """Initialise as the seed's Lasagne code: convolutions `W=he_norm` (HeNormal(gain='relu'):
     N(0, 2/fan_in)), projections Lasagne's default GlorotUniform, the dense layer
-    `W=HeNormal()` (gain 1), every bias Constant(0.); BatchNormLayer's epsilon=1e-4."""
+    `W=HeNormal()` (gain 1), every bias Constant(0.); BatchNormLayer's epsilon=1e-4. (The
+    unit's last convolution keeps its bias: `ConvLayer(..., W=he_norm)` without `b=None`.)"""
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
             if name.endswith("shortcut"):
@@ -293,6 +316,11 @@ def default_options(family: str, block: str) -> dict:
         # The seed's code: `projection = ConvLayer(l, ...)` on the unit's raw input where the
         # stride changes; `DropoutLayer(conv_1, p=0.3)`.
         defaults.update(shortcut="input_projection", dropout=0.3)
+    if family == "preact":
+        defaults["preact_stage1"] = "every_unit"  # "first_unit": the seed's code at 7c4c997
+    if family != "original":
+        # Torch's (the authors' code): no conv bias, N(0, 2/(k*k*out)); Lasagne's: the seed's.
+        defaults["layer_defaults"] = "lasagne" if family == "seed_wide" else "torch"
     defaults["bn_batch"] = None  # images per batch-norm statistic; None: the whole batch
     return defaults
 
@@ -315,6 +343,9 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
         raise ValueError(f"dropout={dropout!r} is not valid: expected a float in [0, 1)")
     if bn_batch is not None and not _is_int(bn_batch, 1):
         raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
+    for name, accepted in (("preact_stage1", PREACT_STAGE1), ("layer_defaults", LAYER_DEFAULTS)):
+        if opts.get(name, accepted[0]) not in accepted:
+            raise ValueError(f"{name}={opts[name]!r} is not valid: expected one of {list(accepted)}")
     if not _is_int(k, 1):
         raise ValueError(f"widening factor k must be an int >= 1, got {k!r}")
     unknown = sorted(set(options) - set(defaults))  # after the values: a bad value is named first
@@ -328,12 +359,12 @@ def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNe
         raise ValueError(f"depth {depth!r} is not {per_unit}n+{extra} for {kind}; valid: {valid}, ...")
     n = (depth - extra) // per_unit
     widths = (16 * k, 32 * k, 64 * k)
-    if family == "seed_wide":
-        # The seed's code: `conv_2 = ConvLayer(...)` keeps Lasagne's default bias (b=Constant(0.)).
-        model = _lasagne_init(ResNet(PreActBasicBlock, (n, n + 2, n + 2), widths, num_classes,
-                                     conv2_bias=True, **opts))
-    else:
-        model = ResNet(_BLOCKS[family, block], (n, n, n), widths, num_classes, **opts)
+    units = (n, n + 2, n + 2) if family == "seed_wide" else (n, n, n)
+    lasagne = opts.pop("layer_defaults", "torch") == "lasagne"
+    # Lasagne's `ConvLayer(...)` keeps its default bias (b=Constant(0.)) on each unit's last convolution.
+    last_bias = {"last_bias": True} if lasagne else {}
+    model = ResNet(_BLOCKS[family, block], units, widths, num_classes, **opts, **last_bias)
+    model = _lasagne_init(model) if lasagne else model
     return GhostBatchNorm2d.convert(model, bn_batch) if bn_batch else model
 
 
@@ -435,6 +466,23 @@ def describe_architectures(num_classes: int = 10) -> list[dict]:
     return [{"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth,
              "width": spec.width, "params": default_parameter_count(spec.name, num_classes)}
             for spec in ARCHITECTURES.values()]
+
+
+def architecture_rows() -> list[dict]:
+    """`describe_architectures` with each network's forward GFLOPs per image (counted on the
+    meta device, nothing computed) and its default options: the rows of the committed table
+    that the book and the command line read without torch (`reproresnet.architectures`)."""
+    from .architectures import OPTIONS
+    meta = torch.device("meta")
+    rows = []
+    for row in describe_architectures():
+        with meta:
+            model = build_model(row["name"])
+        spec = ARCHITECTURES[row["name"]]
+        options = default_options(spec.family, spec.block)
+        rows.append({**row, "gflops": round(flops_per_image(model, meta) / 1e9, 3),
+                     **{name: options.get(name) for name in OPTIONS}})
+    return rows
 
 
 @functools.lru_cache(maxsize=None)

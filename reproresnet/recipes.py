@@ -1,8 +1,9 @@
 """Training recipes as their sources state them, and the learning-rate schedule they imply.
 
 A `Recipe` is written in the units its source uses (epochs or iterations) and owns every
-choice its source makes: optimiser, schedule, batch-norm batch, preprocessing, augmentation,
-validation split and the network options. `config.TrainConfig` picks one, applies a run's
+choice its source makes: optimiser (and how its momentum meets a change of learning rate),
+schedule, batch-norm batch, preprocessing, augmentation, validation split and the network
+options. `config.TrainConfig` picks one, applies a run's
 explicit values over it and checks the result (config owns validation). `make_schedule`
 turns it into a `Schedule` in iterations; the learning rate is then a pure function of the
 iteration (`Schedule.lr_at`), easy to test and to plot.
@@ -18,8 +19,14 @@ from typing import Optional
 
 UNITS = ("epoch", "iteration")
 WEIGHT_DECAY_SCOPES = ("all", "weights")  # every parameter | conv and linear weights only
+# The preprocessing a recipe may choose (data.py implements them).
+NORMALIZATIONS = ("per_pixel_mean", "per_pixel_mean_0_255", "range_0_1", "per_channel", "gcn_zca")
+AUGMENTATIONS = ("per_image", "per_batch", "none")
+PADDINGS = ("zero", "reflect")
+# What a change of learning rate does to the momentum (Schedule.momentum_scale_at says how).
+MOMENTUM_FORMS = ("pytorch", "lasagne", "reset")
 # Fields a run may set over its recipe; the network options go to models.build_model.
-NETWORK_OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "bn_batch")
+NETWORK_OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "bn_batch", "preact_stage1", "layer_defaults")
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,7 @@ class Recipe:
     batch_size: int
     momentum: float = 0.9
     nesterov: bool = True
+    momentum_form: str = "pytorch"  # MOMENTUM_FORMS: kept, rescaled (Lasagne) or emptied at an lr change
     weight_decay: float = 1e-4     # PyTorch SGD weight decay ...
     weight_decay_on: str = "all"   # ... on every parameter, or on conv/linear weights only
     warmup_lr: float = 0.0         # lr used before `warmup_length` (in `unit`s) ...
@@ -42,11 +50,14 @@ class Recipe:
     batch_size_for: tuple[tuple[str, int], ...] = ()  # per-network exceptions to batch_size
     normalization: str = "per_pixel_mean"
     augmentation: str = "per_image"
+    padding: str = "zero"          # what fills the 4-pixel border of the random crop: "zero" | "reflect"
     val_size: int = 0              # training images held out; the best-validation epoch is reported
     bn_batch: Optional[int] = None  # images per batch-norm statistic; None: the whole mini-batch
     shortcut: Optional[str] = None  # network options; None: the network's own default
     bottleneck_stride: Optional[str] = None
     dropout: Optional[float] = None
+    preact_stage1: Optional[str] = None
+    layer_defaults: Optional[str] = None
 
     def for_arch(self, arch: str) -> "Recipe":
         """The recipe as it applies to one network: its batch size and warm-up resolved."""
@@ -92,6 +103,26 @@ def as_record(settings) -> dict:
 
 BOTTLENECK_NETWORKS = ("preact_resnet164", "preact_resnet1001", "resnet164", "resnet1001")
 
+_SEED_CODE = Recipe(
+    name="seed_code",
+    source="Muellerklein's code (Identity-Mapping-ResNet-Lasagne at 3403cfb for ResNet-164 and 0adef49 for "
+           "the wide network; train_nn.py, utils.py, models.py, README): "
+           "\"LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001}\", \"ITERS = 200\", "
+           "\"nesterov_momentum(loss, params, learning_rate=l_r, momentum=0.9)\" (Lasagne's velocity is in "
+           "learning-rate units), \"regularize_layer_params(all_layers, lasagne.regularization.l2) * 0.0001\" "
+           "(= weight decay 2e-4 on conv and dense weights), \"train_test_split(X_train, y_train, test_size=0.1)\" "
+           "with the best-validation parameters kept, \".astype('float32')\" and \"X_train -= pixel_mean\" "
+           "(raw 0-255 values minus the mean image), one crop offset and one flip per mini-batch, \"batch sizes "
+           "of 64 for ResNet-110 and 48 for ResNet-164\", projections \"ConvLayer(l, ...)\" on the raw input, "
+           "stride on the 3x3, Lasagne's layer defaults (a bias on each unit's last convolution, HeNormal and "
+           "GlorotUniform weights, BatchNormLayer epsilon 1e-4)",
+    length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
+    momentum_form="lasagne", weight_decay=2e-4, weight_decay_on="weights", warmup_lr=0.01, warmup_length=10,
+    batch_size_for=tuple((arch, 48) for arch in BOTTLENECK_NETWORKS),
+    normalization="per_pixel_mean_0_255", augmentation="per_batch", val_size=5000,
+    shortcut="input_projection", bottleneck_stride="3x3", layer_defaults="lasagne",
+)
+
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
     Recipe(
         name="seed",
@@ -102,19 +133,22 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
         length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
         weight_decay=1e-4, warmup_lr=0.01, warmup_length=10, warmup_archs=BOTTLENECK_NETWORKS,
     ),
-    Recipe(
-        name="seed_code",
-        source="Muellerklein's code (Identity-Mapping-ResNet-Lasagne, train_nn.py, utils.py, README): "
-               "\"LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001}\", \"ITERS = 200\", "
-               "\"nesterov_momentum(..., momentum=0.9)\", \"regularize_layer_params(all_layers, "
-               "lasagne.regularization.l2) * 0.0001\" (= weight decay 2e-4 on conv and dense weights), "
-               "\"train_test_split(X_train, y_train, test_size=0.1)\" with the best-validation parameters "
-               "kept, one crop offset and one flip per mini-batch, \"batch sizes of 64 for ResNet-110 and "
-               "48 for ResNet-164\", projections \"ConvLayer(l, ...)\" on the raw input, stride on the 3x3",
-        length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
-        weight_decay=2e-4, weight_decay_on="weights", warmup_lr=0.01, warmup_length=10,
-        batch_size_for=tuple((arch, 48) for arch in BOTTLENECK_NETWORKS),
-        augmentation="per_batch", val_size=5000, shortcut="input_projection", bottleneck_stride="3x3",
+    _SEED_CODE,
+    dataclasses.replace(
+        _SEED_CODE,  # the same code, as it read before the ResNet-164 and wide-network runs
+        name="seed_code_2016_04",
+        source="Muellerklein's code at 7c4c997 (2016-04-24, \"initialize repo with ResNet110 results\"), the "
+               "state that reports ResNet-110's 6.38 (3403cfb's README: \"Weights for ResNet-110 are from an older "
+               "slightly tweaked architecture\"): README \"32 instead of 128\", \"0.01 instead of 0.1\"; "
+               "train_nn.py \"BATCHSIZE = 32\", \"LR_SCHEDULE = {0: 0.01, 80: 0.001, 120: 0.0001}\", "
+               "\"ITERS = 200\", \"nesterov_momentum(loss, params, learning_rate=l_r, momentum=0.9)\", L2 "
+               "\"* 0.0001\" on the regularizable weights, the best-validation parameters kept; utils.py "
+               "\"train_test_split(X_train, y_train, test_size=0.1)\", \".astype('float32') / 255.\" with no mean "
+               "subtracted, one crop offset and one flip per mini-batch from a zero pad; models.py: every unit of "
+               "stage 1 built with \"first=True\" (\"bn_pre_relu = l\": no BN-ReLU of its own), projections "
+               "\"ConvLayer(l, ...)\" on the raw input, Lasagne's layer defaults",
+        lr=0.01, batch_size=32, batch_size_for=(), warmup_lr=0.0, warmup_length=0, normalization="range_0_1",
+        bottleneck_stride=None, preact_stage1="first_unit",
     ),
     Recipe(
         name="he2016",
@@ -122,17 +156,22 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                "weight decay 0.0001, momentum 0.9; lr 0.01 for the first 400 iterations in all CIFAR "
                "experiments, then 0.1, divided by 10 at 32k and 48k iterations, 64k in all; He et al. 2015, "
                "4.2: \"32x32 images, with the per-pixel mean subtracted\". Nesterov momentum is "
-               "fb.resnet.torch's (the paper says momentum 0.9)",
+               "fb.resnet.torch's (the paper says momentum 0.9), whose optim.sgd keeps its momentum when "
+               "train.lua sets a new \"optimState.learningRate\"",
         length=64_000, unit="iteration", lr=0.1, milestones=(32_000, 48_000), gamma=0.1,
         batch_size=128, weight_decay=1e-4, warmup_lr=0.01, warmup_length=400, bn_batch=64,
     ),
     Recipe(
         name="wrn2016",
-        source="Zagoruyko & Komodakis 2016, Wide Residual Networks (v2), section 3 and the authors' "
-               "code: lr 0.1 \"dropped by 0.2 at 60, 120 and 160 epochs\", 200 epochs, batch 128, "
-               "Nesterov 0.9, weight decay 0.0005, \"mean/std normalization\"",
-        length=200, unit="epoch", lr=0.1, milestones=(60, 120, 160), gamma=0.2, batch_size=128,
-        weight_decay=5e-4, normalization="per_channel",
+        source="Zagoruyko & Komodakis 2016, Wide Residual Networks (v2), section 3, and the authors' code "
+               "(szagoruyko/wide-residual-networks): lr 0.1 \"dropped by 0.2 at 60, 120 and 160 epochs\", 200 "
+               "epochs, batch 128, Nesterov 0.9, weight decay 0.0005, \"mean/std normalization\"; "
+               "scripts/train_cifar.sh: \"randomcrop_type=reflection\"; train.lua drops the lr in its "
+               "onStartEpoch hook (\"local epoch = state.epoch + 1\", \"tablex.find(opt.epoch_step, epoch)\"), at "
+               "the start of 1-based epoch 60, after 59 epochs, and there replaces the optimizer state "
+               "(\"state.optim = tablex.deepcopy(opt)\"; 8b166cc: \"drop learning rate and reset momentum vector\")",
+        length=200, unit="epoch", lr=0.1, milestones=(59, 119, 159), gamma=0.2, batch_size=128,
+        weight_decay=5e-4, momentum_form="reset", normalization="per_channel", padding="reflect",
     ),
 )}
 
@@ -162,6 +201,19 @@ class Schedule:
         if iteration < self.warmup_iterations:
             return self.warmup_lr
         return self.lr * self.gamma ** bisect.bisect_right(self.milestones, iteration)
+
+    def momentum_scale_at(self, iteration: int, form: str) -> float:
+        """What PyTorch's momentum buffers are multiplied by just before step `iteration`, so that
+        its SGD (b = mu b + g; p -= lr (g + mu b)) steps as `form` does. "pytorch": the buffer is
+        kept (Torch's optim.sgd too). "lasagne": Lasagne's velocity v = -lr b is kept (v = mu v -
+        lr g; p += mu v - lr g), so a new lr rescales b by old/new. "reset": the buffer starts
+        afresh where the lr changes, as a new optim.sgd state does. 1.0 where the lr stays."""
+        if form == "pytorch" or iteration == 0:
+            return 1.0
+        old, new = self.lr_at(iteration - 1), self.lr_at(iteration)
+        if old == new:
+            return 1.0
+        return old / new if form == "lasagne" else 0.0
 
     def as_dict(self) -> dict:
         return as_record(self)

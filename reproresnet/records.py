@@ -16,11 +16,13 @@ import json
 import os
 import platform
 import queue
+import re
 import subprocess
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +37,10 @@ METRIC_COLUMNS = (
 )
 
 
+# Our temporary files: ".reproresnet.<name>.<random>.tmp"; only these are ever cleaned up.
+TEMP_PREFIX, TEMP_SUFFIX = ".reproresnet.", ".tmp"
+
+
 class RunDirError(RuntimeError):
     """The run directory cannot be used: in use, unwritable, full, or holding another run."""
 
@@ -46,7 +52,7 @@ def write_atomic(path: Path, write) -> None:
     On failure (a full disk, say) the temporary file is removed and `path` is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
@@ -71,23 +77,99 @@ def _disk_full(error: BaseException | None) -> bool:
     return False
 
 
+def is_temporary(name: str) -> bool:
+    """A temporary file of `write_atomic` (a killed writer leaves it behind)."""
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
 def remove_orphans(run_dir: Path) -> None:
-    """Delete temporary files a killed writer left; call with the run directory locked."""
-    for orphan in Path(run_dir).glob(".*.tmp"):
+    """Delete the temporary files a killed `write_atomic` left (no one else's); call with the
+    run directory locked."""
+    for orphan in Path(run_dir).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         orphan.unlink(missing_ok=True)
 
 
-def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
-    write_atomic(path, lambda file: file.write(text.encode()))
+def json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode()
 
 
-def write_metrics(path: Path, rows: list[dict]) -> None:
+def metrics_bytes(rows: list[dict]) -> bytes:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({key: _csv_value(row.get(key)) for key in METRIC_COLUMNS} for row in rows)
-    write_atomic(path, lambda file: file.write(buffer.getvalue().encode()))
+    return buffer.getvalue().encode()
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, lambda file: file.write(json_bytes(data)))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, lambda file: file.write(metrics_bytes(rows)))
+
+
+def write_unless_same(path: Path, content: bytes) -> None:
+    """Write `content` to `path` atomically unless `path` already holds it."""
+    try:
+        if Path(path).read_bytes() == content:
+            return
+    except OSError:
+        pass
+    write_atomic(path, lambda file: file.write(content))
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """`state` (tensors and plain values only, so `read_checkpoint` can load it) via torch.save."""
+    import torch
+    write_atomic(path, lambda file: torch.save(state, file))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as `write_checkpoint` wrote it. Loaded with weights_only=True: a pickle
+    holding anything but tensors and plain values (which could run code as it loads) is
+    refused without being run. ValueError, in one line, if it cannot be read."""
+    import pickle
+
+    import torch
+    try:
+        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error:\s*([^.\n]+)", str(error))
+        raise ValueError(f"{path} holds objects other than tensors and plain values, refused unloaded "
+                         f"(loading them could run code; {found.group(1) if found else 'not a checkpoint'})") from None
+    except Exception as error:  # truncated, not a torch file, unreadable
+        raise ValueError(f"{path} cannot be read ({_first_sentence(error)})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint")
+    return state
+
+
+def progress(run_dir: Path) -> tuple[int, bool]:
+    """How far the run in `run_dir` got: (epochs done, complete), from its run.json or its
+    checkpoint, whichever is further along (the checkpoint is written first); (0, False) if
+    neither can be read."""
+    found = [(0, False)]
+    try:
+        record = read_run(run_dir)
+        found.append((record["epochs_done"], record["status"] == "complete"))
+    except ValueError:
+        pass
+    if (Path(run_dir) / CHECKPOINT_FILE).exists():
+        try:
+            checkpoint = read_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
+            status = (checkpoint.get("record") or {}).get("status")
+            found.append((len(checkpoint.get("metrics", [])), status == "complete"))
+        except ValueError:
+            pass
+    return max(found)
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 class Writer:
@@ -169,6 +251,8 @@ def read_run(run_dir: Path) -> dict:
         raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
     if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
         raise ValueError(f"{path}: 'data' and 'config' must be objects")
+    if record["status"] == "running" and str(record.get("message") or "").startswith("stopped cleanly"):
+        record["status"] = "stopped"  # a deadline stop written before the status "stopped" existed
     return record
 
 
@@ -193,7 +277,10 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        return self.record["status"]
+        """running, stopped (resumable), complete or diverged. A run is "running" only while a
+        process holds its lock: one left "running" by a killed process reads "stopped"."""
+        status = self.record["status"]
+        return "stopped" if status == "running" and not lock_held(self.run_dir) else status
 
     @property
     def label(self) -> str:
@@ -210,12 +297,6 @@ class RunRecord:
     @property
     def batch_size(self):
         return (self.record.get("recipe") or {}).get("batch_size", self.config.get("batch_size"))
-
-    @property
-    def stacked(self) -> int:
-        """How many networks its last process trained at once as one stacked network (1: alone)."""
-        segments = (self.record.get("speed") or {}).get("segments") or [{}]
-        return segments[-1].get("stacked", 1)
 
     @property
     def test_error(self) -> float | None:
@@ -301,7 +382,7 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
         except (OSError, UnicodeDecodeError, ValueError) as error:
             problems.append({"path": str(path), "problem": str(error)})
             continue
-        benches.append(bench)
+        benches.append({**bench, "name": path.parent.name})  # its page in the book: book/runs/<name>
     return benches, problems
 
 
@@ -312,25 +393,73 @@ def run_dir_lock(run_dir: Path):
     flock is released by the kernel when the process dies, so a crash never leaves it stuck.
     """
     run_dir = Path(run_dir)
+    created = [path for path in (run_dir, *run_dir.parents) if not path.exists()]
+    lock = run_dir / ".lock"
+    fresh = not lock.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / ".lock", "a+")
+        handle = open(lock, "a+")
     except OSError as error:
-        raise RunDirError(f"cannot write to run directory {run_dir}: {error.strerror}; "
-                          f"choose a writable --out") from error
+        _remove_created(created)
+        raise _unwritable(run_dir, error) from error
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirError(f"run directory {run_dir} is in use by {_lock_owner(handle)}; wait for it to "
                               f"finish or choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {platform.node()}")
+            handle.flush()
+        except OSError as error:  # a full disk: leave nothing this call created
+            with suppress(OSError):  # closing flushes the line again
+                handle.close()
+            if fresh:
+                lock.unlink(missing_ok=True)
+            _remove_created(created)
+            raise _unwritable(run_dir, error) from error
         yield
     finally:
         handle.close()
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock, read from the "pid N on HOST" its holder
+    wrote (reading, not locking: a probe would make a starting writer fail). A lock written
+    on another host cannot be checked from here and counts as held."""
+    try:
+        owner = (Path(run_dir) / ".lock").read_text().split()
+    except OSError:
+        return False
+    if len(owner) != 4 or owner[0] != "pid" or not owner[1].isdigit():
+        return False
+    if owner[3] != platform.node():
+        return True
+    try:
+        os.kill(int(owner[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _unwritable(run_dir: Path, error: OSError) -> RunDirError:
+    if _disk_full(error):
+        return RunDirError(f"disk full while taking the lock of run directory {run_dir}; free some space "
+                           f"and run again (nothing was written)")
+    return RunDirError(f"cannot write to run directory {run_dir}: {error.strerror}; choose a writable --out")
+
+
+def _remove_created(directories: list[Path]) -> None:
+    """Remove the directories a failed call created (innermost first), if still empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _lock_owner(handle) -> str:

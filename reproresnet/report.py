@@ -3,6 +3,9 @@
 The notebooks only call these functions and show what they return, so everything a
 reader sees is tested here. A number reaches the CIFAR-10 column only from a complete
 run on the full CIFAR-10 data; every other run is listed apart, labeled for what it is.
+Every number computed from run records is a `Linked` cell: the book links it to the page
+of each record behind it (`book_pages` writes those pages). Needs pandas and matplotlib,
+not torch: the book is built without it.
 """
 
 from __future__ import annotations
@@ -14,21 +17,59 @@ import statistics
 from collections import Counter
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from . import records
+from . import architectures, records
 from .config import RUNTIME_SETTINGS
-from .models import ARCHITECTURES, default_parameter_count
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import (REFERENCE, REPRODUCED, SEED_BATCH_SIZE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
+from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
-NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, MISSING = "not run", "failed", "in progress", "not measured", "—"
+NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
 # Seeds of one experiment differ in the seed and may differ in where and how fast they ran.
 _RUNTIME_FIELDS = {*RUNTIME_SETTINGS, "seed"}
+# The plan: `make reproduce` and the GPU campaign train seeds 0, 1 and 2 of each network.
+PLANNED_SEEDS = 3
+# Where the record pages are (book/runs/<name>.html), from a page one folder deep (book/, notebooks/).
+RECORD_PAGES = "../book/runs/"
+
+
+class Linked(str):
+    """A table cell's text and the names of the records it was computed from: `html_table`
+    links it to their pages, so every number is one click from its record. `parts`: the
+    text is several numbers, (text, record) each, joined by ", ", each linked to its own."""
+
+    records: tuple[str, ...]
+    parts: tuple[tuple[str, str], ...]
+
+    def __new__(cls, text: str, records=(), parts=()):
+        cell = super().__new__(cls, text)
+        cell.records, cell.parts = tuple(records), tuple(parts)
+        return cell
+
+
+def _name(run) -> str:
+    return run.name if isinstance(run, RunRecord) else run["name"]
+
+
+def linked(text: str, runs) -> Linked:
+    """`text` computed from `runs` (RunRecords, or benchmark records with a "name")."""
+    return Linked(text, [_name(run) for run in runs])
+
+
+def linked_parts(parts: list[tuple[str, object]]) -> Linked:
+    """Several numbers in one cell, each (text, its run), each linked to its own record."""
+    named = [(text, _name(run)) for text, run in parts]
+    return Linked(", ".join(text for text, _ in named), [name for _, name in named], named)
+
+
+def record_page(name: str, pages: str = RECORD_PAGES) -> str:
+    """The URL of a record's page in the book, relative to a page that sees them at `pages`."""
+    return f"{pages}{quote(name)}.html"
 
 
 def problems_table(problems: list[dict]) -> pd.DataFrame:
@@ -125,8 +166,8 @@ def _counted_groups(runs: list[RunRecord], network: str, label: str = CIFAR10) -
     return _groups([run for run in runs if run.arch == network and run.is_result_on(label)])
 
 
-def _each_seed(group: list[RunRecord]) -> str:
-    return ", ".join(f"{run.test_error:.2f} (seed {run.config.get('seed', '?')})" for run in group)
+def _each_seed(group: list[RunRecord]) -> Linked:
+    return linked_parts([(f"{run.test_error:.2f} (seed {run.config.get('seed', '?')})", run) for run in group])
 
 
 def _length(recipe: dict) -> str:
@@ -182,13 +223,17 @@ def _data_note(run: RunRecord, quoted: dict) -> str | None:
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
+def _precision_note(run: RunRecord) -> str:
+    return f"{run.arch}, precision: {run.record.get('precision', 'not recorded')} (the runs' records)."
+
+
 def _seed_network_note(quoted: dict) -> str | None:
     """For the paper's network and for the one the seed trained in its place: which is which."""
     paper = next((row for row in REFERENCE if quoted and row.get("seed_network") == quoted["network"]), quoted)
     seed = reference(paper.get("seed_network") or "")
     if seed is None:
         return None
-    return (f"The seed's {paper['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
+    return (f"The seed's {seed['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
             f"{seed['paper_params']} parameters, not the paper's {paper['title']} of {paper['paper_params']} "
             f"(the seed's own table says {paper['paper_params']}); that network has its own row, {seed['network']}.")
 
@@ -209,46 +254,78 @@ def _number_notes(rows: list[dict]) -> list[str]:
 def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
     """CIFAR-10 test error (%): the original paper, the seed, and this project.
 
-    `label` another data set (the JPEG mirror): the same table of that data set's runs, its
-    column of ours named for it; the paper's and the seed's CIFAR-10 numbers are then context.
-
     Each number column names its statistic: the paper's varies by row (its own column says
     which), the seed's is a single run, ours is the mean ± std over seeds of complete full
     CIFAR-10 runs of one setting (runs that differ in more than seed and runtime get a row
-    each), with `n` and each seed's value. A network without such a run shows "not run", or
-    "failed" if its CIFAR-10 runs diverged, or "in progress" if one is still running.
-    Footnotes (`table.attrs["notes"]`, numbered in the notes column) give the paper's
-    statistic in full and, from the records, how each row's recipe or data differs from the paper's.
+    each), with `n` and each seed's value, each linked to its record. A network without such
+    a run shows "not run", or "failed" if its CIFAR-10 runs diverged, or where its unfinished
+    runs stand. Footnotes (`table.attrs["notes"]`, numbered in the notes column) give the
+    paper's statistic in full and, from the records, how each row's recipe or data differs
+    from the paper's.
+
+    `label` another data set (the JPEG mirror): the same table of that data set's runs, its
+    column of ours named for it, for the networks of the plan and any other it holds, without
+    the quoted CIFAR-10 numbers (the CIFAR-10 table above it has them, with their notes).
     """
-    cifar = [run for run in runs if run.label == label]
-    ours = OURS if label == CIFAR10 else f"this project on the {label} (%): mean ± std"
+    cifar, quoting = [run for run in runs if run.label == label], label == CIFAR10
+    ours = OURS if quoting else f"this project on the {label} (%): mean ± std"
+    networks = _table_networks(runs, label) if quoting else \
+        list(REPRODUCED) + sorted({run.arch for run in cifar if run.full_training_set} - set(REPRODUCED))
     rows = []
-    for network in _table_networks(runs, label):
+    for network in networks:
         quoted = reference(network) or {}
         statistic = quoted.get("paper_statistic")
         base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
                 PAPER_STATISTIC: statistic[0] if statistic else MISSING,
                 SEED: _percent(quoted.get("seed_error"))}
-        quoted_notes = [text for text in (statistic[1] if statistic else None, _seed_network_note(quoted)) if text]
-        failed = sum(run.arch == network and run.status == "diverged" for run in cifar)
+        quoted_notes = [text for text in (statistic[1] if statistic else None, quoted.get("paper_preprocessing"),
+                                          quoted.get("seed_note"), _seed_network_note(quoted)) if text and quoting]
+        if quoting and (quoted.get("paper_error") is not None or quoted.get("seed_error") is not None):
+            quoted_notes.append(QUOTED_PRECISION)
+        failed = [run for run in cifar if run.arch == network and run.status == "diverged"]
         groups = _counted_groups(runs, network, label)
         for group in groups:
-            result = mean_std([run.test_error for run in group])
-            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted)) if text]
-            rows.append({**base, ours: result + (f" ({failed} failed)" if failed else ""), "n": len(group),
+            result = mean_std([run.test_error for run in group]) + (f" ({len(failed)} failed)" if failed else "")
+            notes = [text for text in (_recipe_note(group[0], quoted), _data_note(group[0], quoted),
+                                       _precision_note(group[0])) if text]
+            rows.append({**base, ours: linked(result, group + failed), "n": linked(str(len(group)), group),
                          EACH_SEED: _each_seed(group), NOTES: quoted_notes + notes})
         if not groups:
-            running = any(run.arch == network and run.status == "running" for run in cifar)
-            result = FAILED if failed else IN_PROGRESS if running else NOT_RUN
-            rows.append({**base, ours: result, "n": 0, EACH_SEED: MISSING, NOTES: quoted_notes})
+            unfinished = [run for run in cifar if run.arch == network and run.full_training_set
+                          and run.config.get("limit_test") is None and run.status != "complete"]
+            result = linked(_unfinished_text(unfinished), unfinished) if unfinished else NOT_RUN
+            rows.append({**base, ours: result, "n": MISSING, EACH_SEED: MISSING, NOTES: quoted_notes})
     notes = _number_notes(rows)
-    table = pd.DataFrame(rows, columns=["network", PAPER, PAPER_STATISTIC, SEED, ours, "n", EACH_SEED, NOTES])
-    table.attrs["notes"] = notes
+    columns = ["network", PAPER, PAPER_STATISTIC, SEED] if quoting else ["network"]
+    table = pd.DataFrame(rows, columns=columns + [ours, "n", EACH_SEED, NOTES])
+    table.attrs.update(notes=notes, quoted=[PAPER, PAPER_STATISTIC, SEED])
     return table
 
 
+def run_status(run: RunRecord) -> str:
+    """Where one run stands, in words: "complete", "stopped at 5/200 (deadline), resumable",
+    "running, 7/200", "diverged in epoch 9"."""
+    done, planned = run.record["epochs_done"], run.record["epochs_planned"]
+    if run.status == "stopped":
+        why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
+        return f"stopped at {done}/{planned} ({why}), resumable"
+    if run.status == "running":
+        return f"running, {done}/{planned}"
+    if run.status == "diverged":
+        return f"diverged after {done}/{planned}"
+    return run.status
+
+
+def _unfinished_text(group: list[RunRecord]) -> str:
+    """Unfinished runs in a few words: "3 runs stopped at 5/200 (deadline), resumable"."""
+    counts = Counter(run_status(run) for run in group)
+    return "; ".join(f"{n} run{'s' if n > 1 else ''} {status}" for status, n in counts.items())
+
+
 def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f}"
+    """Hours to one decimal; two significant digits under one hour (0.066, not 0.1)."""
+    hours = seconds / 3600
+    return f"{hours:.1f}" if hours >= 0.95 or hours == 0 else f"{hours:.2g}"
 
 
 def _wall_seconds(run: RunRecord) -> float | None:
@@ -261,24 +338,53 @@ def _wall_seconds(run: RunRecord) -> float | None:
         return None
 
 
-def _training_seconds(run: RunRecord) -> float:
-    """The run's training steps, summed over its epochs (evaluation excluded)."""
+def _segment_of(run: RunRecord, epoch: int) -> dict:
+    """The speed segment (one process's share of the run) that trained `epoch`, or the run's device."""
+    for segment in (run.record.get("speed") or {}).get("segments") or []:
+        if segment.get("first_epoch", 0) <= epoch <= (segment.get("last_epoch") or segment.get("first_epoch", 0)):
+            return segment
+    return {"device": (run.record.get("device") or {}).get("type")}
+
+
+def _share(segment: dict) -> int:
+    """Runs that shared the GPU with this one: packed processes, or seeds stacked in one network."""
+    return (segment.get("pack") or 1) * (segment.get("stacked") or 1)
+
+
+def gpu_seconds(run: RunRecord) -> float:
+    """The GPU time the run's training took: each epoch's training seconds divided by the
+    runs that shared the GPU while it trained (three packed runs each timing 37 s an epoch
+    took 37 GPU-seconds for three epochs, not 111). Epochs on a CPU count nothing."""
     metrics = run.metrics()
-    if metrics is not None and "seconds" in metrics:
-        return float(metrics["seconds"].sum())
-    return ((run.record.get("final") or {}).get("seconds_per_epoch") or 0.0) * run.record["epochs_done"]
+    if metrics is None or "seconds" not in metrics:
+        return 0.0
+    return float(sum(seconds / _share(segment) for epoch, seconds in zip(metrics["epoch"], metrics["seconds"])
+                     if (segment := _segment_of(run, int(epoch))).get("device") == "cuda"))
+
+
+def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
+    """Every timed GPU segment of `runs` (a process's steady-state seconds per epoch)."""
+    return [(run, segment) for run in runs for segment in (run.record.get("speed") or {}).get("segments") or []
+            if segment.get("device") == "cuda" and segment.get("seconds_per_epoch")]
 
 
 SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
 
 
+def _seed_seconds(quoted: dict) -> str:
+    """The seed's seconds per epoch with the batch its code trained that network at."""
+    seconds = quoted.get("seed_seconds_per_epoch")
+    return MISSING if seconds is None else f"{seconds:.0f} (batch {quoted['seed_batch_size']})"
+
+
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
     """What the runs behind the error table cost, one row per row of that table with runs,
-    next to the seed's times (its seconds per epoch on a GTX 980 × its 200 epochs).
+    next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
+    epochs) on the networks that took them.
 
     Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
     record), the epochs, the median wall time of one run (first start to last write) and the
-    GPU-hours of all its runs (their training steps, one device each)."""
+    GPU-hours of all its runs (`gpu_seconds`: packed or stacked runs share a GPU)."""
     rows = []
     for network in _table_networks(runs):
         quoted = reference(network) or {}
@@ -286,33 +392,22 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
         groups = _counted_groups(runs, network)
         if seconds is None and not groups:
             continue
-        seed = {"network": network,
-                SEED_SECONDS: MISSING if seconds is None else f"{seconds:.0f}",
+        seed = {"network": network, SEED_SECONDS: _seed_seconds(quoted),
                 "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
             per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
                          if (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
-            rows.append({**seed, "our device": _join(run.device for run in group) or NOT_RUN,
-                         "our s/epoch (median)": f"{statistics.median(per_epoch):.1f}" if per_epoch else MISSING,
-                         "epochs": _join(run.record["epochs_done"] for run in group) or MISSING,
-                         "wall time per run (h, median)": _hours(statistics.median(walls)) if walls else MISSING,
-                         "GPU-hours, all runs": _hours(sum(map(_training_seconds, group))) if group else MISSING,
-                         "runs": len(group)})
-    return pd.DataFrame(rows)
-
-
-def _why_not_counted(run: RunRecord) -> str:
-    reasons = []
-    if run.label != CIFAR10:
-        reasons.append(f"{run.label}, not CIFAR-10")
-    elif not run.full_training_set or run.config.get("limit_test") is not None:
-        reasons.append("a subset of CIFAR-10")
-    if run.status == "diverged":
-        reasons.append("diverged")
-    elif run.status != "complete":
-        reasons.append("not finished")
-    return "; ".join(reasons) or "no final test error"
+            cell = (lambda text: linked(text, group)) if group else (lambda text: text)
+            rows.append({**seed, "our device": cell(_join(run.device for run in group)) if group else NOT_RUN,
+                         "our s/epoch (median)": cell(f"{statistics.median(per_epoch):.1f}") if per_epoch else MISSING,
+                         "epochs": cell(_join(run.record["epochs_done"] for run in group)) if group else MISSING,
+                         "wall time per run (h, median)": cell(_hours(statistics.median(walls))) if walls else MISSING,
+                         "GPU-hours, all runs": cell(_hours(sum(map(gpu_seconds, group)))) if group else MISSING,
+                         "runs": cell(str(len(group))) if group else MISSING})
+    table = pd.DataFrame(rows)
+    table.attrs["quoted"] = [SEED_SECONDS, "seed hours per run"]
+    return table
 
 
 def _last_test_error(run: RunRecord) -> str:
@@ -324,29 +419,26 @@ def _last_test_error(run: RunRecord) -> str:
 
 def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     """Every run the error table does not average: smoke tests, synthetic or mirrored data,
-    subsets, unfinished and diverged runs. None of these is a CIFAR-10 result."""
-    rows = [{"run": run.name, "network": run.arch, "data set": run.label,
-             "epochs (done/planned)": f"{run.record['epochs_done']}/{run.record['epochs_planned']}",
-             "train images": f"{run.record['data'].get('n_train', 0):,}",
-             "device, batch, precision": f"{run.device}, batch {run.batch_size}, "
-                                         f"{run.record.get('precision', 'precision not recorded')}",
-             "status": run.status, "test error (%)": _last_test_error(run),
-             "not in the CIFAR-10 table because": _why_not_counted(run)}
+    subsets, unfinished and diverged runs. None of these is a CIFAR-10 result, and its data
+    or its status says why. Each row is one run: every cell links to its page."""
+    columns = ["run", "data", "budget", "status", "test error (%)"]
+    rows = [{column: linked(text, [run]) for column, text in zip(columns, (
+                run.name, f"{run.label}, {run.record['data'].get('n_train', 0):,} training images"
+                          + ("" if run.config.get("limit_test") is None else
+                             f", {run.record['data'].get('n_test', 0):,} test images"),
+                f"batch {run.batch_size}, {run.device}, {run.record.get('precision', 'precision not recorded')}",
+                run_status(run), _last_test_error(run)))}
             for run in runs if not run.is_cifar10_result]
-    return pd.DataFrame(rows, columns=["run", "network", "data set", "epochs (done/planned)", "train images",
-                                       "device, batch, precision", "status", "test error (%)",
-                                       "not in the CIFAR-10 table because"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _options_text(run: RunRecord) -> str:
     """The settings in which a run departs from its recipe and its network's defaults, e.g. an
     ablation's `shortcut=input_projection`; "recipe defaults" when it departs in none."""
     from .config import RECIPE_OWNED
-    from .models import default_options
     from .recipes import RECIPES
     preset = RECIPES[run.config["recipe"]].for_arch(run.arch).as_dict() if run.config.get("recipe") in RECIPES else {}
-    spec = ARCHITECTURES.get(run.arch)
-    network = default_options(spec.family, spec.block) if spec else {}
+    network = architectures.row(run.arch) or {}  # its default options
     own = {key: preset.get(key) if preset.get(key) is not None else network.get(key) for key in RECIPE_OWNED}
     chosen = {key: run.config[key] for key in RECIPE_OWNED  # epochs and batch: the recipe column says them
               if key not in ("epochs", "batch_size") and run.config.get(key) not in (None, own[key])}
@@ -359,9 +451,10 @@ def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
     recipe's own, as mean ± std (sample std) over seeds, with n and each seed's value."""
     complete = [run for run in runs if is_real_data(run) and run.is_result_on(run.label)]
     rows = [{"network": group[0].arch, "data set": group[0].label, "recipe": _recipe_text(group[0]),
-             "epochs": _join(run.record["epochs_done"] for run in group), "settings": _options_text(group[0]),
-             "test error (%): mean ± std": mean_std([run.test_error for run in group]), "n": len(group),
-             EACH_SEED: _each_seed(group)}
+             "epochs": linked(_join(run.record["epochs_done"] for run in group), group),
+             "settings": _options_text(group[0]),
+             "test error (%): mean ± std": linked(mean_std([run.test_error for run in group]), group),
+             "n": linked(str(len(group)), group), EACH_SEED: _each_seed(group)}
             for group in _groups(complete)]
     columns = ["network", "data set", "recipe", "epochs", "settings", "test error (%): mean ± std", "n", EACH_SEED]
     return pd.DataFrame(rows, columns=columns).sort_values(["network", "data set", "settings"], ignore_index=True)
@@ -373,69 +466,121 @@ def _bench_rows(benches) -> list[dict]:
     if isinstance(benches, dict):
         benches = [benches]
     return [{**row, "device": (bench.get("device") or {}).get("name", "unknown device"),
-             "batch_size": bench.get("batch_size")}
+             "device_type": (bench.get("device") or {}).get("type"), "batch_size": bench.get("batch_size"),
+             "bench": bench}
             for bench in benches for row in bench.get("rows", [])]
 
 
+SPEED_COLUMNS = ("network", "parameters: paper; exact", SEED_SECONDS, "our s/epoch", "our images/s", "measured on",
+                 "measured by")
+
+
 def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
-    """Parameters (as the papers write them, and exactly) and seconds per epoch: the seed's
-    on a GTX 980 at batch 64, and ours from the benchmark and from full-size training runs.
-    `bench`: one benchmark record, a list of them, or None."""
-    measured = [row for row in _bench_rows(bench) if row.get("path", "reproresnet") == "reproresnet"]
-    timed = [run for run in runs if run.status == "complete" and run.full_training_set
-             and (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
-    networks = list(REPRODUCED)
-    networks += sorted(({row["arch"] for row in measured} | {run.arch for run in timed}) - set(networks))
+    """Parameters (as the papers write them, and exactly) and seconds per epoch on GPUs: the
+    seed's on a GTX 980, ours from the speed segments of every GPU training run (unfinished
+    runs too, marked "partial") and from GPU benchmarks, each with the GPU, batch, precision and
+    the runs that shared the GPU (packed processes, stacked seeds). CPU times are not GPU
+    times: they stay in the benchmark table. `bench`: one benchmark record, a list, or None."""
+    measured = [row for row in _bench_rows(bench) if row.get("path", "reproresnet") == "reproresnet"
+                and row["device_type"] == "cuda" and row.get("seconds_per_epoch") is not None]
+    timed = _gpu_segments([run for run in runs if run.full_training_set])
+    networks = [*REPRODUCED, *(row["network"] for row in REFERENCE  # the seed's timed networks too
+                                if row["seed_seconds_per_epoch"] is not None and row["network"] not in REPRODUCED)]
+    networks += sorted(({row["arch"] for row in measured} | {run.arch for run, _ in timed}) - set(networks))
     rows = []
     for network in networks:
         quoted = reference(network) or {}
-        here = [f"{row['seconds_per_epoch']:.1f} (benchmark, {row['device']}, batch {row['batch_size']})"
-                for row in measured if row["arch"] == network and row.get("seconds_per_epoch") is not None]
-        groups: dict[tuple, list[float]] = {}
-        for run in timed:
-            if run.arch == network:
-                groups.setdefault((run.device, run.batch_size, run.stacked), []).append(
-                    run.record["final"]["seconds_per_epoch"])
-        for (device, batch, stacked), seconds in groups.items():
-            many = f", median of {len(seconds)}" if len(seconds) > 1 else ""
-            together = f", {stacked} networks at once (stacked)" if stacked > 1 else ""
-            here.append(f"{statistics.median(seconds):.1f} (training, {device}, batch {batch}{together}{many})")
-        seed_seconds = quoted.get("seed_seconds_per_epoch")
-        # MISSING: a network gone from the registry
-        exact = f"{default_parameter_count(network):,}" if network in ARCHITECTURES else MISSING
-        rows.append({"network": network, "parameters (paper)": quoted.get("paper_params") or MISSING,
-                     "parameters (exact, ours)": exact,
-                     f"s/epoch seed ({SEED_DEVICE}, batch {SEED_BATCH_SIZE})":
-                         MISSING if seed_seconds is None else f"{seed_seconds:.0f}",
-                     "s/epoch here": "; ".join(here) or NOT_MEASURED})
-    return pd.DataFrame(rows)
+        exact = architectures.row(network)
+        params = f"{quoted.get('paper_params') or MISSING}; " + (f"{exact['params']:,}" if exact else MISSING)
+        base = dict(zip(SPEED_COLUMNS[:3], (network, params, _seed_seconds(quoted))))
+        here = [dict(zip(SPEED_COLUMNS[3:], (linked(text, runs_) for text in texts)))
+                for texts, runs_ in _training_speeds([(run, s) for run, s in timed if run.arch == network])]
+        here += [dict(zip(SPEED_COLUMNS[3:], (linked(text, [row["bench"]]) for text in (
+                     f"{row['seconds_per_epoch']:.1f}", f"{row['images_per_second']:,.0f}",
+                     f"{row['device']}, batch {row['batch_size']}", "benchmark"))))
+                 for row in measured if row["arch"] == network]
+        rows += [{**base, **measurement} for measurement in here] or \
+            [{**base, **dict.fromkeys(SPEED_COLUMNS[3:], MISSING), "our s/epoch": NOT_MEASURED}]
+    table = pd.DataFrame(rows, columns=SPEED_COLUMNS)
+    table.attrs["quoted"] = SPEED_COLUMNS[1:3]
+    return table
+
+
+def _training_speeds(timed: list[tuple[RunRecord, dict]]) -> list[tuple[tuple[str, ...], list[RunRecord]]]:
+    """One network's GPU segments grouped by GPU, batch, precision and sharing: (median s/epoch,
+    median images/s, where, by what) and the runs behind them."""
+    groups: dict[tuple, list] = {}
+    for run, segment in timed:
+        key = (segment.get("gpu") or run.device, run.batch_size, segment.get("precision"), segment.get("pack") or 1,
+               segment.get("stacked") or 1)
+        groups.setdefault(key, []).append((run, segment))
+    speeds = []
+    for (gpu, batch, precision, pack, stacked), members in groups.items():
+        group = list({run.name: run for run, _ in members}.values())
+        shared = ", ".join(text for n, text in ((pack, f"{pack} runs packed"), (stacked, f"{stacked} seeds stacked"))
+                           if n > 1)
+        unfinished = [run for run in group if run.status != "complete"]
+        epochs = _join(f"{run.record['epochs_done']}/{run.record['epochs_planned']}" for run in unfinished)
+        by = f"training, {_count(len(group), 'run')}" + (f", partial ({epochs} epochs)" if unfinished else "")
+        speeds.append(((f"{statistics.median(s['seconds_per_epoch'] for _, s in members):.1f}",
+                        f"{statistics.median(s['images_per_second'] for _, s in members):,.0f}",
+                        f"{gpu}, batch {batch}, {precision}" + (f", {shared}" if shared else ""), by), group))
+    return speeds
+
+
+def _relative_noise(row: dict) -> float | None:
+    """A benchmark row's spread as a fraction: half the range of its timed rounds' step times."""
+    low_high = row.get("seconds_per_step_range")
+    if not low_high or not row.get("seconds_per_step"):
+        return None
+    return (low_high[1] - low_high[0]) / 2 / row["seconds_per_step"]
+
+
+def to_noise(value, relative: float | None) -> str:
+    """`value` rounded to the digit its relative noise leaves meaningful: 1448.9 at ±3.7 % is
+    "1,450", 0.0524 at ±3.7 % is "0.052"; one decimal when the noise is unknown."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if not relative or not value:
+        return f"{value:,.1f}"
+    digits = -math.floor(math.log10(abs(value) * relative))
+    return f"{round(value, digits):,.{max(digits, 0)}f}"
 
 
 def bench_table(benches) -> pd.DataFrame:
-    """Every benchmark row, ours and the baseline's, with the device and batch it ran at."""
+    """Every benchmark row, ours and the baseline's, with the device and batch it ran at, each
+    number rounded to what the spread of its timed rounds allows."""
     columns = {"arch": "network", "path": "path", "networks": "networks", "device": "device", "batch_size": "batch",
                "seconds_per_epoch": "s/epoch", "images_per_second": "images/s",
                "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
-    return pd.DataFrame(_bench_rows(benches)).reindex(columns=list(columns)).round(1).rename(columns=columns)
+    rows = []
+    for row in _bench_rows(benches):
+        noise = _relative_noise(row)
+        data = row.get("data_images_per_second_range")
+        data_noise = (data[1] - data[0]) / 2 / row["data_images_per_second"] if data and \
+            row.get("data_images_per_second") else None
+        texts = {"arch": row["arch"], "path": row["path"], "networks": row.get("networks", 1), "device": row["device"],
+                 "batch_size": row["batch_size"],
+                 "seconds_per_epoch": to_noise(row.get("seconds_per_epoch"), noise),
+                 "images_per_second": to_noise(row.get("images_per_second"), noise),
+                 "data_images_per_second": to_noise(row.get("data_images_per_second"), data_noise),
+                 "peak_memory_mb": MISSING if row.get("peak_memory_mb") is None else f"{row['peak_memory_mb']:,.0f}",
+                 "tflops": to_noise(row.get("tflops"), noise)}
+        rows.append({columns[key]: linked(str(text), [row["bench"]]) for key, text in texts.items()})
+    return pd.DataFrame(rows, columns=list(columns.values()))
 
 
-def architecture_table(flops_max_depth: int = 999) -> pd.DataFrame:
-    """Every registered network: family, block, depth, width, exact parameters and forward
-    GFLOPs per 32x32 image. FLOPs are counted on the meta device (no arithmetic is done);
-    networks deeper than `flops_max_depth` are left out of that column to keep it quick."""
-    import torch
-
-    from .models import build_model, describe_architectures, flops_per_image
-    table = pd.DataFrame(describe_architectures())
-    meta = torch.device("meta")
-
-    def gflops(row) -> float | None:
-        if row["depth"] > flops_max_depth:
-            return None
-        with meta:
-            model = build_model(row["name"])
-        return flops_per_image(model, meta) / 1e9
-    table["GFLOPs/image"] = [gflops(row) for _, row in table.iterrows()]
+def architecture_table() -> pd.DataFrame:
+    """Every registered network (`reproresnet/architectures.csv`, checked against the registry
+    by the tests): family and block, depth, width, exact parameters, forward GFLOPs per 32x32
+    image and its default options."""
+    rows = [{"name": row["name"], "family, block": f"{row['family']}, {row['block']}", "depth": row["depth"],
+             "width": row["width"], "parameters": f"{row['params']:,}", "GFLOPs/image": f"{row['gflops']:.3f}",
+             "default options": ", ".join(f"{option.replace('_', ' ')} {row[option]}" for option in
+                                          architectures.OPTIONS if row[option] is not None)}
+            for row in architectures.rows()]
+    table = pd.DataFrame(rows)
+    table.attrs["source"] = "library"
     return table
 
 
@@ -443,31 +588,34 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import RECIPES
+    from .recipes import NETWORK_OPTIONS, RECIPES
+    at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():
         archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
-        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in ("shortcut", "bottleneck_stride", "dropout")
-                            if getattr(recipe, name) is not None)
+        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in NETWORK_OPTIONS
+                            if name != "bn_batch" and getattr(recipe, name) is not None)
         columns[recipe.name] = {
             "length": f"{recipe.length:,} {recipe.unit}s",
             "batch": ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for]),
             "lr": f"{recipe.lr:g}", "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
-            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}",
+            "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}, "
+                        f"{at_lr_change[recipe.momentum_form]} at an lr change",
             "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
             "warm-up": f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
                        if recipe.warmup_length else "none",
             "BN batch": str(recipe.bn_batch or "mini-batch"), "normalization": recipe.normalization,
-            "augmentation": recipe.augmentation, "validation images": f"{recipe.val_size:,}",
+            "augmentation": f"{recipe.augmentation}, {recipe.padding} padding",
+            "validation images": f"{recipe.val_size:,}",
             "network options": network or "the network's", "source": f"note {len(columns) + 1}"}
     table = pd.DataFrame(columns).rename_axis("setting").reset_index()
-    table.attrs["notes"] = [f"{recipe.name}: {recipe.source}" for recipe in RECIPES.values()]
+    table.attrs.update(notes=[f"{recipe.name}: {recipe.source}" for recipe in RECIPES.values()], source="library")
     return table
 
 
 # "6.37", "-1.5", "≈5.7M", "3/3", "50,000", "6.50 ± 0.71"; and note numbers "3, 4".
 _NUMBER = re.compile(r"[≈-]?\d[\d,./]*M?( ± \d[\d.]*)?|\d+(, \d+)+")
-_NO_VALUE = {MISSING, NOT_RUN, FAILED, IN_PROGRESS, NOT_MEASURED, ""}
+_NO_VALUE = {MISSING, NOT_RUN, NOT_MEASURED, ""}
 
 
 def _cell_text(value) -> str:
@@ -484,59 +632,169 @@ def _number_columns(table: pd.DataFrame) -> set:
     return numbers
 
 
-def html_table(table: pd.DataFrame, table_id: str) -> str:
-    """The table as HTML with an id the book's checker looks for: number columns carry the
-    class `num` (right-aligned by `_static/tables.css`), and the table's footnotes
-    (`table.attrs["notes"]`) follow it as a numbered list."""
-    numbers = _number_columns(table)
+# Columns of network and run names: a name never breaks inside (preact_resnet110, not preact_ resnet110).
+NAME_COLUMNS = ("network", "name", "run")
+
+
+def _record_link(html: str, names, pages: str) -> str:
+    title = escape(f"record{'s' if len(names) > 1 else ''}: {', '.join(names)}")
+    return f'<a class="record-link" href="{record_page(names[0], pages)}" title="{title}">{html}</a>'
+
+
+def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) -> str:
+    """The table as HTML with an id the book's checker looks for.
+
+    Number columns carry the class `num` (right-aligned by `_static/tables.css`). A `Linked`
+    cell links to the page of its (first) record, found at `pages`. Cells of the columns in
+    `table.attrs["quoted"]` (numbers quoted from the papers, the seed or the library's table,
+    not computed from a run) carry the class `quoted`. The numbers of the notes column link
+    to the footnotes (`table.attrs["notes"]`) that follow the table as a numbered list.
+    `table.attrs["source"]` ("records" unless said, else "library" or "problems") and
+    `table.attrs["run"]` (the run a run page's own table describes) become data attributes:
+    the browser test holds every number of a "records" table to a link or one of these."""
+    numbers, quoted = _number_columns(table), set(table.attrs.get("quoted", ()))
 
     def cell(tag: str, column, value) -> str:
         text = escape(_cell_text(value))
-        if column not in numbers:  # identifiers may wrap after "_" and "/", never inside a word
-            text = text.replace("_", "_<wbr>").replace("/", "/<wbr>")
-        return f'<{tag} class="{"num" if column in numbers else "text"}">{text}</{tag}>'
+        if tag == "td" and isinstance(value, Linked) and value.parts:
+            text = ", ".join(_record_link(escape(part), [name], pages) for part, name in value.parts)
+        elif tag == "td" and isinstance(value, Linked) and value.records:
+            text = _record_link(text, value.records, pages)
+        elif tag == "td" and column == NOTES and value != MISSING:
+            text = ", ".join(f'<a class="note-ref" href="#{table_id}-note-{n}">{n}</a>' for n in str(value).split(", "))
+        elif column not in NAME_COLUMNS:  # a setting or a path may wrap after "_" and "/"; names never break
+            text = text.replace("_", "_<wbr>") if tag == "th" or column not in numbers else text
+            text = text.replace("/", "/<wbr>") if " " not in text else text
+        classes = ["num" if column in numbers else "text"] + (["quoted"] if tag == "td" and column in quoted else [])
+        return f'<{tag} class="{" ".join(classes)}">{text}</{tag}>'
     head = "".join(cell("th", column, column) for column in table.columns)
     body = "".join("<tr>" + "".join(cell("td", column, value) for column, value in zip(table.columns, row)) +
                    "</tr>" for row in table.itertuples(index=False))
-    notes = "".join(f"<li>{escape(note)}</li>" for note in table.attrs.get("notes", []))
-    return (f'<table id="{table_id}" class="report-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            f'</table>' + (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
-
-
-def _runs_text(runs: list[RunRecord]) -> str:
-    """"preact_resnet20 (3 epochs on 5,000 training images)" for each run, joined."""
-    return "; ".join(f"{run.arch} ({run.record['epochs_done']} epochs on "
-                     f"{run.record['data'].get('n_train', 0):,} training images)" for run in runs)
+    notes = "".join(f'<li id="{table_id}-note-{n}">{escape(note)}</li>'
+                    for n, note in enumerate(table.attrs.get("notes", []), 1))
+    run = f' data-run="{escape(table.attrs["run"])}"' if "run" in table.attrs else ""
+    return (f'<table id="{table_id}" class="report-table" data-source="{table.attrs.get("source", "records")}"{run}>'
+            f'<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>' +
+            (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
 
 
 def _count(n: int, what: str) -> str:
     return f"{'no' if n == 0 else n} {what}{'' if n == 1 else 's'}"
 
 
-def status_summary(runs: list[RunRecord]) -> str:
-    """What the records hold now, in a few sentences for the book's introduction: complete
-    runs on the full CIFAR-10 data, complete runs on the JPEG mirror (never CIFAR-10
-    results), every other run, and the networks still without a CIFAR-10 result."""
-    counted = [run for run in runs if run.is_cifar10_result]
-    mirror = [run for run in runs if run.label == JPEG_MIRROR and run.status == "complete"]
-    others = len(runs) - len(counted) - len(mirror)
-    missing = [network for network in REPRODUCED if not any(run.arch == network for run in counted)]
-    sentences = [f"The run records hold {_count(len(counted), 'complete run')} on the full CIFAR-10 data"
-                 + (f": {_runs_text(counted)}" if counted else "") + ".",
-                 f"On the JPEG mirror of CIFAR-10, a lossy copy whose numbers are never CIFAR-10 results, they "
-                 f"hold {_count(len(mirror), 'complete run')}" + (f": {_runs_text(mirror)}" if mirror else "") + "."]
-    if others:
-        sentences.append(f"{_count(others, 'other run')} (other data, subsets, unfinished or diverged) "
-                         f"{'is' if others == 1 else 'are'} listed on the results page apart from the CIFAR-10 table.")
-    unfinished = Counter((run.arch, run.record["epochs_done"], run.record["epochs_planned"], run.label, run.device)
-                         for run in runs if run.status == "running")
-    if unfinished:
-        sentences.append("Unfinished: " + "; ".join(
-            f"{arch} × {n} ({done} of {planned} epochs on {label}, {device})"
-            for (arch, done, planned, label, device), n in unfinished.items()) + ".")
-    sentences.append(f"Still without a complete CIFAR-10 run: {', '.join(missing)}." if missing else
-                     f"Each of {', '.join(REPRODUCED)} has at least one complete CIFAR-10 run.")
-    return " ".join(sentences)
+def status_networks() -> list[str]:
+    """The networks of the plan, then the networks the seed trained in their place."""
+    return list(REPRODUCED) + [row["network"] for row in REFERENCE
+                               if row.get("seed_error") is not None and row["network"] not in REPRODUCED]
+
+
+def _plan_runs(runs: list[RunRecord], network: str, label: str) -> list[RunRecord]:
+    """The network's runs on the whole of `label`: the runs the plan counts, finished or not."""
+    return [run for run in runs if run.arch == network and run.label == label and run.full_training_set
+            and run.config.get("limit_test") is None]
+
+
+def _best_group(runs: list[RunRecord]) -> list[RunRecord]:
+    """Of the runs' settings, the one furthest along: most complete runs, then most epochs."""
+    return max(_groups(runs), key=lambda group: (sum(run.status == "complete" for run in group),
+                                                 sum(run.record["epochs_done"] for run in group)))
+
+
+def _progress(runs: list[RunRecord], network: str, label: str) -> str:
+    """Where the network stands on `label`: mean ± std over its complete runs, with n of the
+    planned seeds and the epochs, and how far the unfinished ones are; or "not run"."""
+    mine = _plan_runs(runs, network, label)
+    if not mine:
+        return NOT_RUN
+    group = _best_group(mine)
+    complete = [run for run in group if run.is_result_on(label)]
+    parts = [f"{mean_std([run.test_error for run in complete])} ({len(complete)} of {PLANNED_SEEDS} seeds, "
+             f"{_join(run.record['epochs_done'] for run in complete)} epochs)"] if complete else []
+    rest = [run for run in group if run not in complete]
+    return linked("; ".join(parts + ([_unfinished_text(rest)] if rest else [])), group)
+
+
+def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
+    """GPU-hours the network's runs on CIFAR-10 and its mirror took, and an estimate of those
+    its planned runs still need: their missing epochs at the median GPU-seconds per epoch
+    measured so far (packed or stacked runs share a GPU: `gpu_seconds`)."""
+    mine = _plan_runs(runs, network, CIFAR10) + _plan_runs(runs, network, JPEG_MIRROR)
+    spent = sum(map(gpu_seconds, mine))
+    spent_cell = linked(_hours(spent), mine) if spent else MISSING
+    if network not in REPRODUCED:
+        return spent_cell, "not planned"
+    timed = _gpu_segments(mine)
+    if not timed:
+        return spent_cell, NOT_MEASURED
+    planned = max(run.record["epochs_planned"] for run in mine)
+    done = max(sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:PLANNED_SEEDS])
+               for group in (_plan_runs(runs, network, label) for label in (CIFAR10, JPEG_MIRROR)) if group)
+    per_epoch = statistics.median(segment["seconds_per_epoch"] / _share(segment) for _, segment in timed)
+    gpus = _join(segment.get("gpu") or run.device for run, segment in timed)
+    needed = (PLANNED_SEEDS * planned - done) * per_epoch
+    return spent_cell, linked(f"≈{_hours(needed)} ({gpus})", [run for run, _ in timed])
+
+
+STATUS_PAPER, STATUS_SEED = "paper (%), statistic", f"seed (%), {SEED_STATISTIC}"
+STATUS_MIRROR = "ours, JPEG mirror: not CIFAR-10 (%)"
+
+
+def status_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """Where the reproduction stands, one row per network of the plan and of the seed: the
+    paper's error and statistic, the seed's, ours on CIFAR-10 and on the JPEG mirror (mean ±
+    std, n of the planned seeds, epochs; or how far the unfinished runs are), and the GPU-hours
+    spent and still needed. The introduction shows it first, and the README the same table."""
+    rows = []
+    for network in status_networks():
+        quoted = reference(network) or {}
+        statistic = (quoted.get("paper_statistic") or (MISSING,))[0]
+        spent, needed = _gpu_hours(runs, network)
+        rows.append({"network": network,
+                     STATUS_PAPER: MISSING if quoted.get("paper_error") is None else
+                     f"{quoted['paper_error']:.2f}, {statistic}",
+                     STATUS_SEED: _percent(quoted.get("seed_error")),
+                     f"ours, {CIFAR10} (%)": _progress(runs, network, CIFAR10),
+                     STATUS_MIRROR: _progress(runs, network, JPEG_MIRROR),
+                     "GPU-hours spent": spent, "GPU-hours to finish (est.)": needed})
+    table = pd.DataFrame(rows)
+    table.attrs["quoted"] = [STATUS_PAPER, STATUS_SEED]
+    return table
+
+
+def status_line(runs: list[RunRecord]) -> str:
+    """One sentence above the status table: how many planned runs are complete, on CIFAR-10
+    and on the JPEG mirror, and how far the unfinished ones are."""
+    def complete(label: str) -> int:
+        return sum(min(PLANNED_SEEDS, sum(run.is_result_on(label) for run in _plan_runs(runs, network, label)))
+                   for network in REPRODUCED)
+    plan = len(REPRODUCED) * PLANNED_SEEDS
+    unfinished = [run for network in REPRODUCED for run in _plan_runs(runs, network, JPEG_MIRROR)
+                  if run.status != "complete"]
+    return (f"{complete(CIFAR10)} of {plan} planned CIFAR-10 runs are complete ({len(REPRODUCED)} networks × "
+            f"{PLANNED_SEEDS} seeds). On the JPEG mirror of CIFAR-10, whose numbers are not CIFAR-10 results: "
+            f"{complete(JPEG_MIRROR)} of {plan} complete" +
+            (f"; {_unfinished_text(unfinished)}" if unfinished else "") + ".")
+
+
+def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """The claims this reproduction tests, one a row, in the form of the ML Reproducibility
+    Challenge's summary: each paper's and the seed's test error for the networks of the plan
+    and of the seed, quoted with its statistic, and the records that test it so far."""
+    rows = []
+    for network in status_networks():
+        quoted = reference(network) or {}
+        evidence = {"our evidence: CIFAR-10": _progress(runs, network, CIFAR10),
+                    "our evidence: JPEG mirror (not CIFAR-10)": _progress(runs, network, JPEG_MIRROR)}
+        if quoted.get("paper_error") is not None:
+            rows.append({"claim": f"{quoted['title']} reaches {quoted['paper_error']:.2f} % test error on CIFAR-10 "
+                                  f"({quoted['paper_statistic'][0]})", "source": quoted["paper_source"], **evidence})
+        if quoted.get("seed_error") is not None:
+            rows.append({"claim": f"The seed reports {quoted['seed_error']:.2f} % for {quoted['title']} "
+                                  f"({SEED_STATISTIC})", "source": "the seed", **evidence})
+    table = pd.DataFrame(rows)
+    table = table.replace(NOT_RUN, "not run yet")
+    table.attrs["quoted"] = ["claim", "source"]
+    return table
 
 
 def budget_summary(runs: list[RunRecord]) -> str:
@@ -573,38 +831,84 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
 def _budget_title(record: dict) -> str:
     data = record["data"]
     return (f"{record['arch']} on {data.get('label', '?')}: {record['epochs_done']}/{record['epochs_planned']} "
-            f"epochs, {data.get('n_train', 0):,} training images, batch "
+            f"epochs\n{data.get('n_train', 0):,} training images, batch "
             f"{(record.get('recipe') or {}).get('batch_size', '?')}, {(record.get('device') or {}).get('name', '?')}")
 
 
-def plot_curves(source, paper_error: float | None = None, title: str | None = None) -> Figure:
-    """Training loss and test error against epoch, as the seed plots them.
+def lr_drops(record: dict) -> list[float]:
+    """The epochs at which the run's learning rate drops: its schedule's milestones."""
+    schedule = record.get("schedule") or {}
+    per_epoch = schedule.get("iterations_per_epoch")
+    return [milestone / per_epoch for milestone in schedule.get("milestones", [])] if per_epoch else []
 
-    `source`: a run directory, a RunRecord, a metrics DataFrame, or a list of these (one
-    line each, e.g. the seeds of one network). `paper_error` (%) is drawn as a dashed
-    reference line. The title names the network, data set and budget of the first run.
+
+def _log_ticks(axes, values) -> None:
+    """Plain numbers on a log axis ("0.5", "1", "2", never "9e-01"), denser on a short range."""
+    low, high = float(min(values)), float(max(values))
+    decades = math.log10(high / low) if low > 0 and high > low else 0.0
+    subs = (1.0, 1.5, 2, 3, 4, 5, 6, 7, 8, 9) if decades < 0.6 else (1.0, 2.0, 3.0, 5.0, 7.0) if decades < 1.5 \
+        else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+    axes.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _mean_curve(curves, column: str) -> pd.Series | None:
+    """The mean over seeds at the epochs every seed has; None for fewer than two seeds."""
+    series = [metrics.set_index("epoch")[column] for _, metrics, _ in curves if column in metrics]
+    return pd.concat(series, axis=1).dropna().mean(axis=1) if len(series) > 1 else None
+
+
+def plot_curves(source, paper_error: float | None = None, title: str | None = None, seed_error: float | None = None,
+                context: bool = False) -> Figure:
+    """Test and training error, and the training loss on a log axis, against epoch, as
+    fb.resnet.torch's convergence plots show them.
+
+    `source`: a run directory, a RunRecord, a metrics DataFrame, or a list of these (the seeds
+    of one network): each seed a thin line, their mean a thick one. The x axis spans the
+    recipe's whole length (an unfinished run ends early on it) and marks its learning-rate
+    drops. `paper_error` and `seed_error` (%) are reference lines; `context` greys them and
+    says they are CIFAR-10 numbers (for runs on other data, which must not be held to them).
+    The title names the network, data set and budget of the first run.
     """
     curves = _curve_sources(source)
-    figure = Figure(figsize=(10, 3.6), layout="constrained")
-    loss_axes, error_axes = figure.subplots(1, 2)
-    for name, metrics, _ in curves:
-        loss_axes.plot(metrics["epoch"], metrics["train_loss"], label=name or None)
-        error_axes.plot(metrics["epoch"], metrics["test_error"], label=name or None)
-    if paper_error is not None:
-        error_axes.axhline(paper_error, linestyle="--", color="black", linewidth=1,
-                           label=f"paper ({paper_error:.2f} %)", gid="paper_error")
-    loss_axes.set(xlabel="epoch", ylabel="training loss (cross-entropy)", yscale="log")
-    # Plain numbers on the log axis ("0.5", not "5×10⁻¹"); minor ticks labeled on short ranges only.
-    loss_axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    loss_axes.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
-    error_axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    loss_axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    error_axes.set(xlabel="epoch", ylabel="test error (%)")
-    for axes in (loss_axes, error_axes):
-        axes.grid(alpha=0.3)
-    if paper_error is not None or any(name for name, _, _ in curves):
-        error_axes.legend(fontsize="small")
+    figure = Figure(figsize=(10, 3.8), layout="constrained", facecolor="white")  # white: legible in the dark theme
+    error_axes, loss_axes = figure.subplots(1, 2)
+    several = len(curves) > 1
+    for column, axes, color, style, what in (("test_error", error_axes, "C0", "-", "test error"),
+                                             ("train_error", error_axes, "C1", "--", "training error"),
+                                             ("train_loss", loss_axes, "C0", "-", "training loss")):
+        for index, (name, metrics, _) in enumerate(curves):
+            if column in metrics:
+                label = (f"{what}, each seed" if several else what) if index == 0 else None
+                axes.plot(metrics["epoch"], metrics[column], color=color, linestyle=style,
+                          linewidth=0.8 if several else 1.8, alpha=0.6 if several else 1.0, label=label)
+        mean = _mean_curve(curves, column)
+        if mean is not None:
+            axes.plot(mean.index, mean.values, color=color, linestyle=style, linewidth=2.4,
+                      label=f"{what}, mean of {len(curves)}", gid=f"mean_{column}")
+    grey = "0.55" if context else "black"
+    where = ", CIFAR-10" if context else ""
+    for value, name, style in ((paper_error, "paper", "--"), (seed_error, "seed", ":")):
+        if value is not None:
+            error_axes.axhline(value, linestyle=style, color=grey, linewidth=1.2,
+                               label=f"{name}{where}: {value:.2f} %", gid=f"{name}_error")
     records_ = [record for _, _, record in curves if record is not None]
+    length = max([record["epochs_planned"] for record in records_] +
+                 [int(metrics["epoch"].max()) for _, metrics, _ in curves])
+    drops = sorted({drop for record in records_ for drop in lr_drops(record)})
+    for axes in (error_axes, loss_axes):
+        for index, drop in enumerate(drops):
+            axes.axvline(drop, color="0.6", linewidth=0.8, linestyle="-.", gid="lr_drop",
+                         label="learning-rate drop" if index == 0 and axes is error_axes else None)
+        axes.set_xlim(0, length)
+        axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.set_xlabel("epoch")
+    error_axes.set(ylabel="error (%)", ylim=(0, None))
+    loss_axes.set(ylabel="training loss (cross-entropy)", yscale="log")
+    _log_ticks(loss_axes, [value for _, metrics, _ in curves for value in metrics["train_loss"] if value > 0])
+    error_axes.legend(fontsize="small", loc="upper right")
     figure.suptitle(title if title is not None else _budget_title(records_[0]) if records_ else "",
                     fontsize="medium")
     return figure
@@ -615,33 +919,88 @@ def is_real_data(run: RunRecord) -> bool:
     return run.record["data"].get("dataset") != "synthetic" and run.label != "synthetic"
 
 
+def _references(run: RunRecord) -> dict:
+    """The paper's and the seed's errors to draw beside a run: none for the synthetic stand-in,
+    greyed as CIFAR-10 context for any other data than CIFAR-10."""
+    if not is_real_data(run):
+        return {}
+    quoted = reference(run.arch) or {}
+    return {"paper_error": quoted.get("paper_error"), "seed_error": quoted.get("seed_error"),
+            "context": run.label != CIFAR10}
+
+
 def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
-    """The network's curves: its complete CIFAR-10 runs with the paper's error as reference,
-    else its longest other run on real data and that run's repeats, titled as not a CIFAR-10
-    result and without the paper's line; None if the network has no real-data run with
-    metrics (synthetic smoke runs are never plotted: they say nothing about the network)."""
+    """The network's curves: its complete CIFAR-10 runs with the paper's and the seed's errors
+    as reference lines, else its longest other run on real data and that run's repeats,
+    titled as not a CIFAR-10 result with those lines greyed as context; None if the network
+    has no real-data run with metrics (synthetic smoke runs are never plotted: they say
+    nothing about the network)."""
     mine = [run for run in runs if run.arch == network and is_real_data(run) and run.metrics() is not None]
     counted = [run for run in mine if run.is_cifar10_result]
     if counted:
-        quoted = reference(network) or {}
-        return plot_curves(max(_groups(counted), key=len), paper_error=quoted.get("paper_error"))
+        group = max(_groups(counted), key=len)
+        return plot_curves(group, **_references(group[0]))
     if not mine:
         return None
     # The longest run and its repeats with the same setting: one data set and budget per figure.
     anchor = max(mine, key=lambda run: run.record["epochs_done"])
     same = [run for run in mine if run.label == anchor.label and _setting(run) == _setting(anchor)]
-    return plot_curves(same, title=f"{_budget_title(anchor.record)} (not a CIFAR-10 result)")
+    return plot_curves(same, title=_budget_title(anchor.record).replace("\n", " (not a CIFAR-10 result)\n", 1),
+                       **_references(anchor))
 
 
 def run_figure(run_dir) -> Figure:
-    """One run's curves; the paper's error is drawn only for a CIFAR-10 result."""
+    """One run's curves, with the paper's and the seed's errors as `_references` draws them."""
     run = RunRecord(Path(run_dir), records.read_run(run_dir))
-    quoted = reference(run.arch) or {}
-    return plot_curves(run, paper_error=quoted.get("paper_error") if run.is_cifar10_result else None)
+    return plot_curves(run, **_references(run))
 
 
-def run_summary(record: dict) -> pd.DataFrame:
-    """One run at a glance, as a one-column table."""
+def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
+    """Test error against parameters and against depth, as He et al. and Zagoruyko &
+    Komodakis plot it: the papers' and the seed's numbers as markers of their own, and each
+    complete run of ours a dot (CIFAR-10 filled, the JPEG mirror hollow and grey: not CIFAR-10)."""
+    figure = Figure(figsize=(10, 3.8), layout="constrained", facecolor="white")
+    by_params, by_depth = figure.subplots(1, 2, sharey=True)
+    ours = [run for run in runs if run.label in (CIFAR10, JPEG_MIRROR) and run.is_result_on(run.label)]
+    marks = (("paper_error", "paper", dict(marker="s", color="black", linestyle="none")),
+             ("seed_error", "seed (single run)", dict(marker="^", color="C3", linestyle="none")))
+    for axes, size in ((by_params, "params"), (by_depth, "depth")):
+        named = {}
+        for field, label, style in marks:
+            points = [(architectures.row(row["network"])[size], row[field], row["network"]) for row in REFERENCE
+                      if row.get(field) is not None and architectures.row(row["network"])]
+            axes.plot([x for x, _, _ in points], [y for _, y, _ in points], label=label, gid=field, **style)
+            named.update({name: (x, y) for x, y, name in points if name not in named})
+        for name, (x, y) in named.items():  # each network named once, beside its first marker
+            axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, -3), fontsize="x-small")
+        for data, style in ((CIFAR10, dict(color="C0")), (JPEG_MIRROR, dict(markerfacecolor="none", color="0.5"))):
+            mine = [run for run in ours if run.label == data and architectures.row(run.arch)]
+            if mine:
+                axes.plot([architectures.row(run.arch)[size] for run in mine], [run.test_error for run in mine],
+                          marker="o", linestyle="none", label=f"ours, {data}" + ("" if data == CIFAR10 else
+                                                                                 ": not CIFAR-10"),
+                          gid=f"ours {data}", **style)
+        axes.set_xscale("log")
+        ticks = {round(x, -5 if size == "params" else 0): x for x, _ in named.values()}  # 1.7M once, not thrice
+        axes.xaxis.set_major_locator(ticker.FixedLocator(sorted(ticks)))
+        axes.xaxis.set_minor_locator(ticker.NullLocator())
+        axes.margins(x=0.25)
+        axes.grid(alpha=0.3)
+    by_params.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / 1e6:.1f}M"))
+    by_depth.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    by_params.set(xlabel="parameters", ylabel="test error (%)")
+    by_depth.set(xlabel="depth (layers)")
+    by_params.legend(fontsize="small")
+    figure.suptitle("Test error on CIFAR-10 against size: papers, seed" + (
+        f", and {_count(len(ours), 'complete run')} of ours" if ours else "; no complete run of ours yet"),
+        fontsize="medium")
+    return figure
+
+
+def run_summary(record) -> pd.DataFrame:
+    """One run at a glance, as a one-column table: a RunRecord, or the record `train` returns."""
+    run = record if isinstance(record, RunRecord) else RunRecord(Path(record["config"].get("out") or "."), record)
+    record = run.record
     final = record.get("final") or {}
     data = record["data"]
     rows = {"network": record["arch"], "data set": data.get("label"),
@@ -649,10 +1008,31 @@ def run_summary(record: dict) -> pd.DataFrame:
                                          f"{data.get('n_test', 0):,}",
             "recipe": f"{record['config'].get('recipe')}, batch {(record.get('recipe') or {}).get('batch_size')}",
             "epochs done / planned": f"{record['epochs_done']} / {record['epochs_planned']}",
-            "status": record["status"], "device": (record.get("device") or {}).get("name"),
-            "parameters": f"{record.get('params', 0):,}",
-            "test error (%)": _percent(final.get("test_error")),
-            "selected by": final.get("selected_by", MISSING),
+            "status": run_status(run), "device": (record.get("device") or {}).get("name"),
+            "precision": record.get("precision", MISSING), "parameters": f"{record.get('params', 0):,}",
+            "test error (%)": _last_test_error(run), "selected by": final.get("selected_by", MISSING),
             "seconds per epoch": MISSING if final.get("seconds_per_epoch") is None
-            else f"{final['seconds_per_epoch']:.1f}"}
-    return pd.DataFrame({"": list(rows.values())}, index=list(rows))
+            else f"{final['seconds_per_epoch']:.1f}",
+            "GPU-hours": _hours(gpu_seconds(run)) if gpu_seconds(run) else MISSING}
+    table = pd.DataFrame({"": list(rows.values())}, index=list(rows))
+    table.attrs["run"] = run.name
+    return table
+
+
+def speed_segments_table(run: RunRecord) -> pd.DataFrame:
+    """How each process that trained the run ran: device, runs sharing it, threads, precision,
+    compile mode, and its steady-state seconds per epoch and images per second."""
+    columns = ["epochs", "device", "sharing the device", "CPU threads", "precision, compile", "s/epoch",
+               "images/s", "first epoch (s)"]
+    rows = [[f"{s.get('first_epoch')}-{s.get('last_epoch') or s.get('first_epoch')}",
+             s.get("gpu") or s.get("device") or MISSING,
+             ", ".join(text for n, text in ((s.get("pack") or 1, "packed"), (s.get("stacked") or 1, "stacked"))
+                       if n > 1 for text in [f"{n} {text}"]) or "alone",
+             str(s.get("threads") or MISSING), f"{s.get('precision')}, {s.get('compile_mode') or 'eager'}",
+             MISSING if s.get("seconds_per_epoch") is None else f"{s['seconds_per_epoch']:.1f}",
+             MISSING if s.get("images_per_second") is None else f"{s['images_per_second']:,.0f}",
+             MISSING if s.get("first_epoch_seconds") is None else f"{s['first_epoch_seconds']:.1f}"]
+            for s in (run.record.get("speed") or {}).get("segments") or []]
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["run"] = run.name
+    return table

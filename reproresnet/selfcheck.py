@@ -399,18 +399,21 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproresnet selfcheck", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="K = their number (default 0 1 2)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic")
+    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"],
+                        metavar="NAME", help="networks to check; the first is timed (default: the three of the report)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
+                        help="seeds of each network; their number is the stack size (default: 0 1 2)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic "
+                                                               "(default: synthetic)")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
-    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
+    parser.add_argument("--batch-size", type=int, help="images per step and network (default: the recipe's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
     parser.add_argument("--timed-steps", type=int, help="default: 30 on CUDA, 2 on a CPU")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
-    parser.add_argument("--out", default="selfcheck.json")
+    parser.add_argument("--out", default="selfcheck.json", help="the record (default: selfcheck.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:

@@ -10,8 +10,8 @@ its GPUs, `--pack K` per GPU), `--launcher slurm` submits them to a Slurm cluste
 job array, `--launcher debug` runs them one after another in this process. A job that is
 preempted or reaches its time limit is requeued and resumes from the run's checkpoint.
 
-    python -m reproresnet.sweep --archs preact_resnet110 wrn_16_4 --seeds 0 1 2 --dataset cifar10
-    python -m reproresnet.sweep --archs wrn_16_4 --seeds 0 1 2 --launcher slurm --slurm-partition gpu
+    python -m reproresnet sweep --archs preact_resnet110 wrn_16_4 --seeds 0 1 2 --dataset cifar10
+    python -m reproresnet sweep --archs wrn_16_4 --seeds 0 1 2 --launcher slurm --slurm-partition gpu
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 import submitit
 
 from . import records
-from .config import RUNTIME_SETTINGS
+from .config import RUNTIME_SETTINGS, cpu_threads
 
-DEFAULT_NOTEBOOK = "notebooks/train.ipynb"
+# The repository's notebook, wherever the sweep is started from.
+DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb")
 NOTEBOOK_FILE = "train.ipynb"
 TITLE = "# Training run"
 
@@ -201,6 +202,9 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
     reserved = {"arch", "seed", "run_dir"} & set(parameters)
     if reserved:
         raise ValueError(f"parameters {sorted(reserved)} are set per run; pass archs and seeds instead")
+    if not Path(notebook).is_file():
+        raise ValueError(f"notebook {notebook!r} not found: expected the training notebook (default: {DEFAULT_NOTEBOOK})")
+    _check_settings(archs, seeds, parameters)
     results_dir = Path(results_dir)
     outcomes: dict[str, dict] = {}
     runs = []
@@ -229,6 +233,16 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
     return list(outcomes.values())
 
 
+def _check_settings(archs, seeds, parameters: dict) -> None:
+    """Every run's settings, checked as `train` will (ConfigError, a ValueError, names the bad
+    one) before any job starts: a job would fail on them and leave a failed notebook behind."""
+    from .config import TrainConfig
+    settings = {key: value for key, value in parameters.items() if key in TrainConfig.__dataclass_fields__}
+    for arch in dict.fromkeys(archs):
+        for seed in dict.fromkeys(seeds):
+            TrainConfig(arch=arch, seed=seed, **settings)
+
+
 def _follow(runs: list[NotebookRun], launch: Launch, executor, device: str | None) -> dict[str, dict]:
     """Submit the runs' jobs and follow them to the end, printing where each stands.
 
@@ -240,6 +254,9 @@ def _follow(runs: list[NotebookRun], launch: Launch, executor, device: str | Non
     else:
         gpus = launch.gpus if launch.gpus is not None else [] if device == "cpu" else visible_gpus()
         free = local_slots(gpus, launch.pack, launch.jobs)
+        threads, _ = cpu_threads(jobs=len(free))  # the jobs running at once share this machine's cores
+        for run in pending:
+            run.parameters.setdefault("threads", threads)
     try:
         while pending or running:
             while pending and free:
@@ -335,23 +352,25 @@ def _key_value(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from .config import TrainConfig
     default = {f: TrainConfig.__dataclass_fields__[f].default for f in ("recipe", "dataset", "device")}
-    parser = argparse.ArgumentParser(prog="python -m reproresnet.sweep", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m reproresnet sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", required=True, metavar="NAME")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="K")
+    parser.add_argument("--archs", nargs="+", required=True, metavar="NAME", help="networks to train")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="K", help="seeds of each (default: 0)")
     parser.add_argument("--results-dir", "--results", default="results",
                         help="where the run directories go (default: results)")
-    parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK)
+    parser.add_argument("--notebook", default=DEFAULT_NOTEBOOK,
+                        help=f"the notebook papermill executes per run (default: {DEFAULT_NOTEBOOK})")
     parser.add_argument("--tag", help="run directories are named <arch>-<tag>-seed<k> instead of <arch>-seed<k>")
     # Defaults here are the full experiment (TrainConfig's and the recipe's), replacing the
     # notebook's one-minute smoke values.
     run = parser.add_argument_group("training parameters (passed to the notebook)")
-    run.add_argument("--recipe", default=default["recipe"])
+    run.add_argument("--recipe", default=default["recipe"], help=f"default: {default['recipe']}")
     run.add_argument("--epochs", type=_optional_int, default=None, help="default: the recipe's length")
     run.add_argument("--batch-size", type=_optional_int, default=None, help="default: the recipe's")
     run.add_argument("--dataset", default=default["dataset"], help="cifar10 | cifar100 | folder:PATH | synthetic")
-    run.add_argument("--data-dir", default=None)
-    run.add_argument("--device", default=default["device"])
+    run.add_argument("--data-dir", default=None, help="where CIFAR lives (default: $REPRORESNET_DATA or "
+                                                        "~/.cache/reproresnet/data)")
+    run.add_argument("--device", default=default["device"], help=f"default: {default['device']}")
     run.add_argument("--limit-train", type=_optional_int, default=None, help="default: the whole split")
     run.add_argument("--limit-test", type=_optional_int, default=None, help="default: the whole split")
     run.add_argument("--val-size", type=_optional_int, default=None, help="default: the recipe's")
@@ -369,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--jobs", type=_count, help="local: runs at once (default: GPUs x --pack, "
                                                      "or 1 without a GPU)")
     launch.add_argument("--pack", type=_count, help="local: runs sharing each GPU (default: 1)")
-    launch.add_argument("--slurm-partition", metavar="NAME")
+    launch.add_argument("--slurm-partition", metavar="NAME", help="slurm: the partition to submit to")
     launch.add_argument("--gpus-per-job", type=lambda text: _count(text, 0), metavar="N",
                         help="slurm: GPUs each job asks for (default: 1; the notebook trains on one)")
     launch.add_argument("--array-parallelism", type=_count, metavar="N",

@@ -15,8 +15,8 @@ have done: bit for bit on a CPU; on CUDA only the data order repeats (cuDNN auto
 non-deterministic backward kernels change the last bits of every step).
 
 `deadline` stops a run cleanly at an epoch boundary, its checkpoint written, when the next
-epoch would not end before it; such a run keeps the status "running" (resumable) and says
-so in its record's `message`. `hard_stop` abandons an epoch still running then (its steps are
+epoch would not end before it; such a run gets the status "stopped" (resumable) and says why
+in its record's `message`. `hard_stop` abandons an epoch still running then (its steps are
 lost, the files keep the last complete epoch): how a campaign ends within its budget.
 """
 
@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import statistics
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,10 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, records
-from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, select_device
+from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, cpu_threads, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
-from .engine import Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine
+from .engine import (Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine,
+                     scale_momentum_)
 from .models import build_model, network_size
 from .recipes import Recipe, Schedule, make_schedule
 from .records import RunDirError
@@ -110,8 +112,10 @@ def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: 
     torch.manual_seed(distributed.process_seed(world, epoch_seed(runs[0].config.seed, epoch)))
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
-    epochs = [train_batches(run.splits.train, stack.recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=stack.recipe.augmentation, device=device, part=(world.rank, world.size),
+    recipe = stack.recipe
+    epochs = [train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
+                            augmentation=recipe.augmentation, padding=recipe.padding, device=device,
+                            part=(world.rank, world.size),
                             generator=torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch)))
               for run in runs]
     loss_sum = torch.zeros(stack.k, device=device)
@@ -126,6 +130,9 @@ def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: 
         for index, batches in zip(range(steps), zip(*epochs)):
             lr = schedule.lr_at(first + index)
             stack.engine.set_lr(lr)
+            momentum_scale = schedule.momentum_scale_at(first + index, recipe.momentum_form)
+            if momentum_scale != 1.0:  # in place: the buffers a captured graph reads
+                scale_momentum_(stack.optimizer, momentum_scale)
             images, labels = stacked_batch(batches, stack.speedups.channels_last)
             batch_loss, batch_errors = stack.engine.step(images, labels)
             loss_sum += batch_loss
@@ -181,13 +188,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict | str | None:
-    """The checkpoint to continue from, "complete" for a finished run, or None for a fresh
-    run; refuses to mix two runs in one directory."""
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = True
+                     ) -> tuple[dict | None, dict | None]:
+    """(the checkpoint to continue from, the record of a complete run); (None, None) for a
+    fresh run. Refuses to mix two runs in one directory. The checkpoint is the source of truth:
+    a record or metrics.csv behind it or unreadable is rewritten from it (if `repair`)."""
     checkpoint_path = run_dir / records.CHECKPOINT_FILE
     record_path = run_dir / records.RUN_FILE
     if not checkpoint_path.exists() and not record_path.exists():
-        return None
+        return None, None
     if not resume:
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it, "
                           f"or choose another --out")
@@ -195,20 +204,47 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> dict |
         record = records.read_run(run_dir)
     except ValueError:
         record = None  # unreadable: the checkpoint decides
-    checkpoint = _load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    complete = record is not None and record["status"] == "complete"
+    try:
+        checkpoint = _load_checkpoint(checkpoint_path, record) if checkpoint_path.exists() else None
+    except RunDirError as damaged:
+        if not complete:
+            raise RunDirError(f"{damaged}; delete it to start the run again") from damaged
+        _check_same_settings(run_dir, _effective(record["config"]), config.effective())
+        return None, {**record, "message": f"{damaged}: damaged, but the run is complete and no longer needs it"}
     saved = checkpoint["config"] if checkpoint else record["config"] if record else None
     if saved is not None:
         _check_same_settings(run_dir, _effective(saved), config.effective())
+    ahead = complete and checkpoint is not None and record["epochs_done"] > len(checkpoint["metrics"])
+    if checkpoint is not None and checkpoint["record"] is not None and not ahead:
+        record = checkpoint["record"]
+        if repair:
+            records.write_unless_same(run_dir / records.METRICS_FILE, records.metrics_bytes(checkpoint["metrics"]))
+            records.write_unless_same(record_path, records.json_bytes(record))
     if record is not None and record["status"] == "complete":
-        return "complete"
-    return checkpoint  # None: killed before its first epoch ended, so start again
+        return None, record
+    return checkpoint, None  # None: killed before its first epoch ended, so start again
 
 
-def _load_checkpoint(path: Path) -> dict:
+# What a checkpoint must hold, and of which type, to be continued from.
+CHECKPOINT_FIELDS = {"model": dict, "optimizer": dict, "metrics": list, "config": dict, "started": str}
+
+
+def _load_checkpoint(path: Path, record: dict | None) -> dict:
+    """The checkpoint at `path`, never unpickling anything but tensors and plain values; one
+    written before checkpoints held their run record gets it from `record` (run.json)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise RunDirError(f"{path} cannot be read ({error}); delete it to start the run again") from error
+        checkpoint = records.read_checkpoint(path)
+    except ValueError as error:
+        raise RunDirError(str(error)) from None
+    wrong = [key for key, kind in CHECKPOINT_FIELDS.items() if not isinstance(checkpoint.get(key), kind)]
+    if wrong:
+        raise RunDirError(f"{path} is not a checkpoint of a run: {', '.join(wrong)} missing or of the wrong type")
+    if "record" not in checkpoint:
+        checkpoint["record"] = record and {**record, **_progress(
+            checkpoint["metrics"], checkpoint.get("speed", []), record["epochs_planned"],
+            record.get("recipe", {}).get("val_size", 0))}
+    return checkpoint
 
 
 def _effective(saved: dict) -> dict:
@@ -270,20 +306,26 @@ def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
             "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
 
 
+def _progress(metrics: list[dict], speed: list[dict], epochs: int, val_size: int) -> dict:
+    """The fields of a run record that change with each epoch, once `metrics` are done."""
+    done = len(metrics) == epochs
+    warmup = {segment["first_epoch"] for segment in speed}
+    return {"epochs_done": len(metrics), "status": "complete" if done else "running", "message": None,
+            "final": summarize(metrics, val_size, warmup) if done else None,
+            "speed": {"segments": speed, "note": SPEED_NOTE}}
+
+
 def _save(writer: records.Writer, run: Run, checkpoint: dict | None) -> None:
-    """The run's files, in the writer's order: the checkpoint first (the source of truth a
-    resumption rebuilds the others from), then metrics.csv, then run.json. What is handed to
-    the writer is a copy: training goes on while a background writer works."""
+    """The run's files, in the writer's order: the checkpoint first, holding the record as plain
+    JSON values (the source of truth a resumption rebuilds metrics.csv and run.json from), then
+    metrics.csv, then run.json. What is handed to the writer is a copy: training goes on while
+    a background writer works."""
     run.record["updated"] = records.now()
-    record, metrics, run_dir = copy.deepcopy(run.record), copy.deepcopy(run.metrics), run.run_dir
+    record, metrics, run_dir = json.loads(records.json_bytes(run.record)), copy.deepcopy(run.metrics), run.run_dir
     if checkpoint is not None:
-        writer.submit(_write_torch, run_dir / records.CHECKPOINT_FILE, checkpoint)
+        writer.submit(records.write_checkpoint, run_dir / records.CHECKPOINT_FILE, {**checkpoint, "record": record})
     writer.submit(records.write_metrics, run_dir / records.METRICS_FILE, metrics)
     writer.submit(records.write_json, run_dir / records.RUN_FILE, record)
-
-
-def _write_torch(path: Path, value) -> None:
-    records.write_atomic(path, lambda file: torch.save(value, file))
 
 
 def _snapshot(value, background: bool):
@@ -312,10 +354,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
                           "and rerun it with --resume")
     device = select_device(config.device)
+    threads, why = cpu_threads(config.threads, jobs=pack)
+    torch.set_num_threads(threads)
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
+        progress = progress and world.main
+        _say(progress, f"{config.arch}: loading {config.dataset} ...")
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
-        [record] = _train_in([config], [splits], device, world, resume=resume, progress=progress and world.main,
+        data = splits.describe()
+        _say(progress, f"{config.arch}: {data['n_train']:,} training, {data['n_val']:,} validation and "
+                       f"{data['n_test']:,} test images of {data['label']} on {device}; {threads} CPU "
+                       f"thread{'s' if threads > 1 else ''} ({why})")
+        [record] = _train_in([config], [splits], device, world, resume=resume, progress=progress,
                              deadline=deadline, pack=pack, compile_mode=compile_mode)
     if record["status"] == "diverged":
         raise TrainingDiverged(record["message"])
@@ -360,16 +410,16 @@ def _train_in(configs: list[TrainConfig], splits: list[DataSplits], device: torc
             held.callback(writer.flush)
         # Every process decides from the same files: process 0 writes none before the first
         # epoch ends, which needs the others (DDP's collectives).
-        prepared = [_prepare_run_dir(Path(config.out), config, resume) for config in configs]
-        done = {index: records.read_run(Path(configs[index].out))
-                for index, checkpoint in enumerate(prepared) if checkpoint == "complete"}
+        prepared = [_prepare_run_dir(Path(config.out), config, resume, repair=world.main) for config in configs]
+        done = {index: complete for index, (_, complete) in enumerate(prepared) if complete is not None}
         todo = [index for index in range(len(configs)) if index not in done]
         if todo:
-            checkpoints = [prepared[index] for index in todo]
+            checkpoints = [prepared[index][0] for index in todo]
             _check_same_epoch([configs[index] for index in todo], checkpoints)
             stack = build_stack([configs[index] for index in todo], [splits[index] for index in todo], device,
                                 compile_mode, world, checkpoints)
             _start_records(stack, checkpoints, pack, compile_mode, note)
+            _say(progress, _start_line(stack, checkpoints))
             _train_epochs(stack, writer, progress, deadline, hard_stop)
             done.update(zip(todo, (run.record for run in stack.runs)))
         return [done[index] for index in range(len(configs))]
@@ -390,6 +440,23 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
             run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
             run.metrics, run.speed = checkpoint["metrics"], checkpoint.get("speed", [])
         run.speed.append(_speed_segment(stack, len(run.metrics) + 1, pack, compile_mode, note))
+
+
+def _start_line(stack: Stack, checkpoints: list) -> str:
+    """What was built and what it will do: said before the first epoch line."""
+    config, record = stack.runs[0].config, stack.runs[0].record
+    together = f", {stack.k} runs as one stacked network" if stack.k > 1 else ""
+    epochs = stack.schedule.epochs
+    return (f"{config.arch}: built, {record['params']:,} parameters, {record['precision']}, {stack.engine.name} "
+            f"engine{', compiled during its first epoch' if stack.speedups.compile else ''}{together}; " +
+            (f"resuming after epoch {len(checkpoints[0]['metrics'])} of {epochs}" if checkpoints[0]
+             else f"training {epochs} epoch{'s' if epochs > 1 else ''}"))
+
+
+def _say(progress: bool, line: str) -> None:
+    """A start-up line, before the first progress bar: what is loaded and built, and where."""
+    if progress:
+        tqdm.write(line)
 
 
 def _train_epochs(stack: Stack, writer: records.Writer, progress: bool, deadline: float | None,
@@ -423,7 +490,7 @@ def _train_epochs(stack: Stack, writer: records.Writer, progress: bool, deadline
 def _stop(run: Run, writer: records.Writer, message: str) -> None:
     if run.speed[-1]["last_epoch"] is None:
         run.speed.pop()  # this process trained nothing
-    run.record.update(message=message, speed={"segments": run.speed, "note": SPEED_NOTE})
+    run.record.update(status="stopped", message=message, speed={"segments": run.speed, "note": SPEED_NOTE})
     _save(writer, run, None)
 
 
@@ -446,7 +513,8 @@ def _speed_segment(stack: Stack, first_epoch: int, pack: int, compile_mode: str,
     segment = {"first_epoch": first_epoch, "last_epoch": None, "started": records.now(),
                "device": stack.device.type,
                "gpu": torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
-               "pack": pack, "precision": stack.speedups.precision(), "channels_last": stack.speedups.channels_last,
+               "pack": pack, "threads": torch.get_num_threads(), "precision": stack.speedups.precision(),
+               "channels_last": stack.speedups.channels_last,
                "engine": stack.engine.name, "stacked": stack.k,
                "compile_mode": compile_mode if stack.speedups.compile else None, "first_epoch_seconds": None,
                "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
@@ -468,7 +536,6 @@ def _update_speed(run: Run, rows: list[dict]) -> None:
         segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
                        images_per_second=statistics.median(row["images_per_second"] for row in timed),
                        epochs_timed=len(timed))
-    run.record["speed"] = {"segments": run.speed, "note": SPEED_NOTE}
 
 
 SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
@@ -476,7 +543,7 @@ SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch 
               "and warms up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's "
               "training time, set-up included); pack = runs sharing the device; engine = how each step ran "
               "(eager, or a replayed CUDA graph); stacked = the runs trained as one stacked network in this "
-              "process, whose images_per_second is this run's own share")
+              "process, whose images_per_second is this run's own share; threads = this process's CPU threads")
 
 
 def load_device_splits(config: TrainConfig, device: torch.device, source: DataSplits | None = None) -> DataSplits:
@@ -507,7 +574,8 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
         if checkpoint is not None:
             _check_same_speedups(run.run_dir, checkpoint, speedups, device)
             distributed.check_resume(world, checkpoint, run.run_dir)
-            model.load_state_dict(checkpoint["model"])
+            with _fitting(run.run_dir):
+                model.load_state_dict(checkpoint["model"])
         models.append(model)
     model = models[0] if len(models) == 1 else StackedResNet.from_models(models)
     if speedups.channels_last:
@@ -515,7 +583,8 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     optimizer = make_optimizer(model, recipe, speedups)
     states = [checkpoint["optimizer"] for checkpoint in checkpoints if checkpoint is not None]
     if states:
-        optimizer.load_state_dict(states[0] if len(states) == 1 else merge_optimizer_states(states))
+        with _fitting(*(run.run_dir for run in runs)):
+            optimizer.load_state_dict(states[0] if len(states) == 1 else merge_optimizer_states(states))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     step_model = distributed.wrap(model, world, device)
@@ -523,6 +592,20 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     engine = build_engine(resolve_engine(config, device, world.size > 1), model, optimizer, speedups,
                           recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1)
     return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, device, world)
+
+
+@contextmanager
+def _fitting(*run_dirs: Path):
+    """A checkpoint's state loaded into the run's network or optimizer: one that does not fit is
+    a one-line RunDirError naming the checkpoint(s)."""
+    try:
+        yield
+    except (RuntimeError, ValueError, KeyError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [repr(error)]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # torch's first line only says "Error(s) in ..."
+        paths = " or ".join(str(run_dir / records.CHECKPOINT_FILE) for run_dir in run_dirs)
+        raise RunDirError(f"{paths} does not fit this run's network and optimizer ({detail}); delete it to "
+                          f"start the run again") from None
 
 
 def _check_stackable(configs: list[TrainConfig]) -> None:
@@ -605,21 +688,18 @@ def _train_and_evaluate(stack: Stack, epoch: int, writer: records.Writer, progre
             row.update(val_loss=loss, val_error=error)
             best = min((r["val_error"] for r in run.metrics), default=math.inf)
             if run.active and row["val_error"] < best and stack.world.main:  # the seed's best-validation snapshot
-                writer.submit(_write_torch, run.run_dir / records.BEST_FILE, model)
+                writer.submit(records.write_checkpoint, run.run_dir / records.BEST_FILE, model)
     results = evaluate(stack, [run.splits.test for run in stack.runs])
     for row, (loss, error) in zip(rows, results):
         row.update(test_loss=loss, test_error=error)
         if stack.device.type == "cuda":
             row["peak_memory_mb"] = torch.cuda.max_memory_allocated(stack.device) / 2**20
-    done = epoch + 1 == stack.schedule.epochs
     for run, row, model, optimizer in zip(stack.runs, rows, models, optimizers):
         if not run.active:
             continue
         run.metrics = run.metrics + [row]
         _update_speed(run, run.metrics)
-        warmup = {segment["first_epoch"] for segment in run.speed}
-        run.record.update(epochs_done=epoch + 1, status="complete" if done else "running", message=None,
-                          final=summarize(run.metrics, stack.recipe.val_size, warmup) if done else None)
+        run.record.update(_progress(run.metrics, run.speed, stack.schedule.epochs, stack.recipe.val_size))
         if stack.world.main:
             _save(writer, run, {"model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
                                 "config": run.config.as_dict(), "started": run.record["started"],

@@ -18,7 +18,7 @@ RESULTS_PAGE = "notebooks/results.html"
 TABLES = {  # table id -> a header the table must have (report.OURS for the error table)
     "error-table": "this project (%): mean ± std",
     "compute-table": "seed s/epoch (GTX 980)",
-    "speed-table": "parameters (exact, ours)",
+    "speed-table": "parameters: paper; exact",
 }
 CURVES_CLASS = "tag_training-curves"  # myst-nb turns the cell tag "training-curves" into this class
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -82,10 +82,10 @@ def check(build_dir: Path) -> list[str]:
                             f"(columns: {[h.strip() for h in table['headers']]})")
         elif table["rows"] == 0:
             problems.append(f"{page}: table {table_id!r} has no rows")
-    figures = [src for src, inside in parser.images if inside and src.lower().endswith(".png")]
+    figures = [src for src, inside in parser.images if inside and src.lower().endswith((".svg", ".png"))]
     present = [src for src in figures if (page.parent / src).resolve().is_file()]
     if not figures:
-        problems.append(f"{page}: no training-curve figure (no <img> of a PNG in the cell tagged "
+        problems.append(f"{page}: no training-curve figure (no <img> of an SVG or PNG in the cell tagged "
                         f"'training-curves'); does results/ hold a run record with metrics.csv?")
     elif not present:
         problems.append(f"{page}: training-curve image(s) {figures} not found on disk")

@@ -58,6 +58,19 @@ def without_timing(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
 
 
+# ---------------------------------------------------------------- run directories written by hand
+
+def fake_record(**fields) -> dict:
+    """A run record with the fields every reader requires, and the given ones."""
+    from reproresnet import records
+    return {"format": records.RUN_FORMAT, "arch": "wrn_16_4", "status": "running", "config": {}, "data": {},
+            "epochs_planned": 2, "epochs_done": 1, **fields}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 # ---------------------------------------------------------------- data fixtures
 
 

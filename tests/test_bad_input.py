@@ -32,7 +32,7 @@ RUN_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE, re
 def assert_refused(code: int, err: str, *words: str) -> None:
     assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
     assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith(("reproresnet: error:", "reproresnet train: error:")), err
+    assert err.strip().splitlines()[-1].startswith(("reproresnet: error:", "python -m reproresnet train: error:")), err
     for word in words:
         assert word in err, f"{word!r} not in the message:\n{err}"
 
@@ -47,7 +47,7 @@ def snapshot(run_dir: Path) -> dict:
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return records.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -138,6 +138,24 @@ def test_bad_number_names_the_value_and_what_is_accepted(tmp_path, capsys, flag,
     assert name in err or name.replace("-", "_") in err, err
     assert_refused(code, err, value, accepted)
     assert_nothing_left(tmp_path / "run")
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["train", "--arch", "preact_resnet20", "--out", "unused", "--stop-after", "nan"], "--stop-after"),
+    (["train", "--arch", "preact_resnet20", "--out", "unused", "--dropout", "inf"], "--dropout"),
+    (["campaign", "--out", "unused", "--budget", "nan"], "--budget"),
+    (["campaign", "--out", "unused", "--budget", "inf"], "--budget"),
+    (["campaign", "--out", "unused", "--budget", "60", "--min-start", "nan"], "--min-start"),
+    (["campaign", "--out", "unused", "--budget", "60", "--max-unfinished-mb", "inf"], "--max-unfinished-mb"),
+])
+def test_every_command_refuses_a_non_finite_number(tmp_path, capsys, monkeypatch, args, flag):
+    from reproresnet import campaign
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(campaign, "run_campaign", lambda *a, **k: pytest.fail("the campaign ran"))
+    code, err = run_cli(capsys, args)
+    value = args[args.index(flag) + 1]
+    assert code == 2 and f"argument {flag}: {value!r} is not a finite number" in err.strip().splitlines()[-1], err
+    assert not any(tmp_path.iterdir())
 
 
 def test_zero_weight_decay_is_a_valid_setting():
@@ -388,6 +406,96 @@ def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, referenc
     assert run_cli(capsys, argv(out, resume=True))[0] == 0
     assert records.read_run(out)["status"] == "complete"
     assert_same_weights(out, reference)
+
+
+def test_full_disk_while_taking_the_run_lock(tmp_path, capsys, monkeypatch):
+    """The lock's owner line cannot be written: one line, exit 2, no empty .lock left, no
+    directory created."""
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        handle.flush = lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return handle
+
+    monkeypatch.setattr(records, "open", full_disk_open, raising=False)
+    out = tmp_path / "new" / "run"
+    code, err = run_cli(capsys, argv(out))
+    assert_refused(code, err, "disk full", str(out))
+    assert_nothing_left(tmp_path / "new")
+
+    existing = tmp_path / "existing"
+    (existing / "notes").mkdir(parents=True)
+    code, err = run_cli(capsys, argv(existing))
+    assert_refused(code, err, "disk full")
+    assert sorted(p.name for p in existing.iterdir()) == ["notes"]
+
+
+# ---------------------------------------------------------------- checkpoints that are not a run's
+
+class _RunsCode:
+    """A pickle payload: unpickling it creates `marker` (it could run anything)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """BASE at one epoch, complete."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert cli.main(argv(out, {"--epochs": "1"})) == 0
+    return out
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path, capsys, interrupted):
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(interrupted, out)
+    torch.save({**checkpoint(out), "model": _RunsCode(marker)}, out / records.CHECKPOINT_FILE)
+    torch.load(out / records.CHECKPOINT_FILE, weights_only=False)  # the payload is live ...
+    assert marker.exists()
+    marker.unlink()
+    before = snapshot(out)
+    code, err = run_cli(capsys, argv(out, resume=True))  # ... and never runs here
+    assert_refused(code, err, str(out / records.CHECKPOINT_FILE), "refused", "could run code", "delete it")
+    assert not marker.exists() and snapshot(out) == before
+
+
+@pytest.mark.parametrize("content, words", [
+    pytest.param({"model": {}, "metrics": []}, ["not a checkpoint of a run", "optimizer", "config"], id="fields"),
+    pytest.param([1, 2, 3], ["holds a list, not a checkpoint"], id="a-list"),
+    pytest.param("wrong-network", ["does not fit", "delete it"], id="wrong-network"),
+])
+def test_a_checkpoint_with_the_wrong_content_is_a_one_line_error(tmp_path, capsys, interrupted, content, words):
+    out = tmp_path / "run"
+    shutil.copytree(interrupted, out)
+    if content == "wrong-network":
+        state = checkpoint(out)
+        content = {**state, "model": {key: value[..., :1] if value.dim() else value
+                                      for key, value in state["model"].items()}}
+    torch.save(content, out / records.CHECKPOINT_FILE)
+    code, err = run_cli(capsys, argv(out, resume=True))
+    assert_refused(code, err, str(out / records.CHECKPOINT_FILE), *words)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "runs-code"])
+def test_a_complete_run_reports_its_result_and_says_its_checkpoint_is_damaged(tmp_path, capsys, finished, damage):
+    out, marker = tmp_path / "run", tmp_path / "ran"
+    shutil.copytree(finished, out)
+    path = out / records.CHECKPOINT_FILE
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    else:
+        torch.save({"model": _RunsCode(marker)}, path)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert cli.main(argv(out, {"--epochs": "1"}, resume=True)) == 0
+    printed = capsys.readouterr()
+    final = records.read_run(out)["final"]
+    assert f"test error {final['test_error']:.2f}%" in printed.out
+    assert "damaged" in printed.err and "no longer needs it" in printed.err and "delete" not in printed.err
+    assert len(printed.err.strip().splitlines()) == 1 and not marker.exists() and snapshot(out) == before
 
 
 # ---------------------------------------------------------------- reusing a run directory

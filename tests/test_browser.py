@@ -1,9 +1,12 @@
 """The built book in a real browser: every page of `_build/html` loaded in headless Chromium.
 
 Fails when a page logs a JavaScript error, an image does not load, a table is wider than
-the article (at 1000 and 1400 px), an internal link points nowhere, or the search page
-finds nothing for "ResNet-164". A screenshot of every page goes to `_build/screenshots/`
-(the results page and the introduction in the dark theme too).
+the article (at 1000 and 1400 px), an internal link points nowhere, a number of a table
+computed from the records does not link to the page of its record, a notebook test marker
+(`NBVAL_...`) is visible, a record's page lacks its files to download, the introduction does
+not open with the status table, or the search page finds nothing for "ResNet-164". A
+screenshot of every page goes to `_build/screenshots/` (the results page and the
+introduction also at 1000 px and in the dark theme).
 
 Needs the built book (`make book`; `make test` builds it first) and Debian's Chromium:
     apt-get install chromium chromium-driver && pip install selenium
@@ -158,6 +161,27 @@ return Array.from(article.querySelectorAll('table')).filter(t => t.offsetParent 
             + `${(t.querySelector('th') || {}).textContent || ''})`);
 """
 INTERNAL_LINKS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+# Every cell of a table computed from the records (html_table's data-source="records") that
+# holds a number is a link to a record page, or is quoted (the papers', the seed's, the
+# library's), or holds note numbers, or belongs to a record page's own table (data-run).
+UNLINKED_NUMBERS = r"""
+const number = /(^|[^\w.\/-])\d[\d,.]*/;
+return Array.from(document.querySelectorAll('table.report-table')).flatMap(table => {
+  if (!table.dataset.source) return [`${table.id}: no data-source`];
+  if (table.dataset.source !== 'records') return [];
+  const own = table.dataset.run;
+  return Array.from(table.querySelectorAll('td')).filter(td => number.test(td.textContent))
+    .filter(td => !td.classList.contains('quoted') && !td.querySelector('a.note-ref'))
+    .filter(td => own ? false : !Array.from(td.querySelectorAll('a.record-link'))
+                                     .some(a => /\/book\/runs\/[^/]+\.html$/.test(new URL(a.href).pathname)))
+    .map(td => `${table.id}: "${td.textContent.trim()}" links to no record page`);
+});
+"""
+RECORD_LINKS = "return Array.from(document.querySelectorAll('a.record-link')).map(a => a.href)"
+OWN_TABLES = "return Array.from(document.querySelectorAll('table[data-run]')).map(t => t.dataset.run)"
+DOWNLOADS = "return Array.from(document.querySelectorAll('a.download')).map(a => a.href)"
+VISIBLE_TEXT = "return document.body.innerText"
+FIRST_TABLE = "return (document.querySelector('article.bd-article table') || {}).id"
 
 
 def screenshot(driver, name: str) -> None:
@@ -183,22 +207,52 @@ def check_page(driver, origin: str, page: Path) -> list[str]:
                      for table in driver.execute_script(WIDE_TABLES)]
     links = {href[len(origin):] for href in driver.execute_script(INTERNAL_LINKS) if href.startswith(origin)}
     problems += [f"broken link: {problem}" for href in sorted(links) if (problem := link_target_problem(href))]
+    problems += record_problems(driver, origin, relative)
     driver.set_window_size(WIDTHS[-1], 1000)
     name = relative.removesuffix(".html").replace("/", "__")
     screenshot(driver, name)
     if relative in ("notebooks/results.html", "book/intro.html"):
+        driver.set_window_size(WIDTHS[0], 1000)
+        screenshot(driver, f"{name}--{WIDTHS[0]}")
         driver.execute_script("document.documentElement.dataset.theme = 'dark'")
-        screenshot(driver, f"{name}--dark")
+        for width in WIDTHS:
+            driver.set_window_size(width, 1000)
+            screenshot(driver, f"{name}--dark" + ("" if width == WIDTHS[-1] else f"--{width}"))
         driver.execute_script("document.documentElement.dataset.theme = 'light'")
     problems += [f"console: {error}" for error in page_errors(driver, origin)]
     return [f"{relative}: {problem}" for problem in problems]
 
 
+def record_problems(driver, origin: str, relative: str) -> list[str]:
+    """Every number one click from its record: the links of the report's tables, each record
+    page's files, no notebook test marker in sight, and the introduction's status table first."""
+    problems = list(driver.execute_script(UNLINKED_NUMBERS))
+    pages = {href[len(origin):] for href in driver.execute_script(RECORD_LINKS) if href.startswith(origin)}
+    problems += [f"a record link points nowhere: {problem}" for href in sorted(pages)
+                 if (problem := link_target_problem(href))]
+    problems += [f"a table of record {run!r}, which has no page" for run in driver.execute_script(OWN_TABLES)
+                 if not (BUILD / "book" / "runs" / f"{run}.html").is_file()]
+    if "NBVAL" in driver.execute_script(VISIBLE_TEXT):
+        problems.append("a notebook test marker (NBVAL_...) is visible")
+    if relative.startswith("book/runs/"):
+        files = {unquote(urlsplit(href).path).rsplit("/", 1)[-1] for href in driver.execute_script(DOWNLOADS)}
+        wanted = {"bench.json"} if relative.startswith("book/runs/bench-") else {"run.json", "metrics.csv"}
+        problems += [f"no {name} to download" for name in sorted(wanted - files)]
+    if relative == "book/intro.html" and driver.execute_script(FIRST_TABLE) != "status-table":
+        problems.append(f"the first table is {driver.execute_script(FIRST_TABLE)!r}, not the status table")
+    return problems
+
+
 def test_every_page_loads_cleanly_in_chromium(server, browser):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     checked = pages()
-    assert {"book/intro.html", "notebooks/results.html", "search.html"} <= \
-        {page.relative_to(BUILD).as_posix() for page in checked}, f"{BUILD} is not the whole book"
+    names = {page.relative_to(BUILD).as_posix() for page in checked}
+    assert {"book/intro.html", "book/summary.html", "notebooks/results.html", "search.html"} <= names, \
+        f"{BUILD} is not the whole book"
+    records_dir = ROOT / "results"  # every record has its page
+    expected = {f"book/runs/{path.parent.name}.html" for path in [*records_dir.glob("*/run.json"),
+                                                                  *records_dir.glob("bench-*/bench.json")]}
+    assert expected <= names, f"record pages missing: {sorted(expected - names)}"
     problems = [problem for page in checked for problem in check_page(browser, server, page)]
     (SCREENSHOTS / "pages.txt").write_text(
         "".join(f"{page.relative_to(BUILD).as_posix()}\n" for page in checked))

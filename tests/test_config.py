@@ -1,11 +1,13 @@
 """Settings are checked before anything runs, with a message naming the bad value."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reproresnet.config import ConfigError, TrainConfig, select_device
+from reproresnet.config import ConfigError, TrainConfig, cpu_threads, select_device
 
 
 def test_defaults_are_valid_and_round_trip_through_a_dict():
@@ -120,3 +122,29 @@ def test_train_notebook_takes_every_setting_and_leaves_the_recipes_to_the_recipe
     assert fields <= set(names), sorted(fields - set(names))
     assert all(names[name] is None for name in RECIPE_OWNED if name != "epochs"), \
         {name: names[name] for name in RECIPE_OWNED if names[name] is not None}
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    """A 4-core machine at load `load[0]`, without OMP_NUM_THREADS."""
+    load = [0.0]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load[0], 0.0, 0.0), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    return load
+
+
+def test_cpu_threads_divide_the_free_cores_among_the_jobs_sharing_them(four_cores, monkeypatch):
+    assert cpu_threads() == (4, "4 cores, 1 job(s) sharing them, load 0.0")
+    assert cpu_threads(jobs=2)[0] == 2 and cpu_threads(jobs=3)[0] == 1 and cpu_threads(jobs=8)[0] == 1
+    four_cores[0] = 2.6  # two cores busy with other work: never more threads than the free ones
+    assert cpu_threads()[0] == 2
+    four_cores[0] = 9.0
+    assert cpu_threads()[0] == 1
+    assert cpu_threads(3) == (3, "requested")  # a choice given is kept, whatever the load
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert cpu_threads() == (4, "OMP_NUM_THREADS")  # capped at the cores
+    with pytest.raises(ConfigError, match=r"threads=5 is not valid: expected an integer from 1 to 4"):
+        cpu_threads(5)
+    with pytest.raises(ConfigError, match="threads=0"):
+        TrainConfig(threads=0)

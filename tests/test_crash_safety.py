@@ -1,5 +1,11 @@
-"""SIGKILL a training run at two dozen points, resume it every time, and get the same run.
+"""A run killed at any instant, its last epoch included, resumes into the uninterrupted run.
 
+Fast: a deterministic fault injector (tests/faults.py) kills a short run at every one of its
+file operations in turn, each kill followed by a resume that must end in the uninterrupted
+run; and a run directory whose run.json or metrics.csv is behind its checkpoint, damaged or
+missing is rebuilt from the checkpoint (the source of truth).
+
+Slow: SIGKILL a training run at two dozen points, resume it every time, and get the same run.
 One run is killed over and over (one long chain, not 20 separate runs) and resumed with
 `--resume` after every kill; at the end it must equal, bit for bit, an uninterrupted run of
 the same seed. The kill points are:
@@ -26,6 +32,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,15 +42,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import argv, without_timing
+from conftest import argv, run_cli, without_timing
+from faults import Faults, Killed
 from reproresnet import records
+from reproresnet import train as training
+from reproresnet.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 16
 SETTINGS = {"--epochs": EPOCHS, "--seed": 3}
 REAL_FILES = (records.RUN_FILE, records.METRICS_FILE, records.CHECKPOINT_FILE)
-# write_atomic's temporary files: mkstemp(prefix=".<name>.", suffix=".tmp")
-ORPHAN = re.compile(r"^\.(run\.json|metrics\.csv|checkpoint\.pt)\.[A-Za-z0-9_]+\.tmp$")
+# write_atomic's temporary files: mkstemp(prefix=".reproresnet.<name>.", suffix=".tmp")
+ORPHAN = re.compile(r"^\.reproresnet\.(run\.json|metrics\.csv|checkpoint\.pt|best\.pt)\.[A-Za-z0-9_]+\.tmp$")
 CHILD_TIMEOUT_S = 180  # a watchdog (SIGALRM) for a hung child; an attempt takes a few seconds
 
 # The fork server: reads one JSON request a line, answers one JSON line.
@@ -209,7 +219,7 @@ def _wait_for_epoch(pid: int, marker: Path, timeout: float = 120) -> bool:
 # ---------------------------------------------------------------- reading a run directory
 
 def _checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return records.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
 
 
 def _metrics_rows(run_dir: Path) -> list[dict]:
@@ -226,7 +236,7 @@ def _check_run_dir(run_dir: Path) -> dict:
     then metrics, then run.json); leftovers are only write_atomic's temporaries."""
     names = {path.name for path in run_dir.iterdir()}
     orphans = {name for name in names if ORPHAN.match(name)}
-    assert names - orphans <= {".lock", *REAL_FILES}, f"unexpected files in {run_dir}: {sorted(names)}"
+    assert names - orphans <= {".lock", records.BEST_FILE, *REAL_FILES}, f"unexpected files in {run_dir}: {sorted(names)}"
     done = {}
     if (run_dir / records.CHECKPOINT_FILE).exists():
         checkpoint = _checkpoint(run_dir)
@@ -241,6 +251,135 @@ def _check_run_dir(run_dir: Path) -> dict:
     ck, rows, run = done.get("checkpoint", 0), done.get("metrics", 0), done.get("run", 0)
     assert run <= rows <= ck, f"records out of step in {run_dir}: {done}"
     return {"epochs": ck, "orphans": orphans}
+
+
+# ---------------------------------------------------------------- every file operation, deterministically
+
+# Two epochs with a validation split: best.pt, checkpoint.pt, metrics.csv and run.json, twice.
+SHORT = dict(arch="preact_resnet20", dataset="synthetic", limit_train=32, limit_test=16, val_size=16,
+             batch_size=16, epochs=2, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The short run, uninterrupted, and the file operations it made, in order."""
+    out = tmp_path_factory.mktemp("short") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        faults = Faults().patch_files(patch)
+        training.train(TrainConfig(out=str(out), **SHORT), progress=False)
+    return out, faults.operations
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """Bit for bit the reference run: weights, momentum, best weights, metrics and result."""
+    got, want = _checkpoint(run_dir), _checkpoint(reference)
+    assert [key for key in want["model"] if not torch.equal(got["model"][key], want["model"][key])] == []
+    momentum = [(got["optimizer"]["state"][k]["momentum_buffer"], state["momentum_buffer"])
+                for k, state in want["optimizer"]["state"].items()]
+    assert all(torch.equal(a, b) for a, b in momentum)
+    best = [records.read_checkpoint(d / records.BEST_FILE) for d in (run_dir, reference)]
+    assert all(torch.equal(best[0][key], best[1][key]) for key in best[1])
+    assert without_timing(got["metrics"]) == without_timing(want["metrics"])
+    assert without_timing(_metrics_rows(run_dir)) == without_timing(_metrics_rows(reference))
+    record, reference_record = records.read_run(run_dir), records.read_run(reference)
+    assert record["status"] == "complete" and record["epochs_done"] == reference_record["epochs_done"]
+    for key in ("test_error", "epoch", "selected_by"):
+        assert record["final"][key] == reference_record["final"][key]
+
+
+def test_the_fault_injector_reaches_every_write_of_every_epoch(short_run):
+    _, operations = short_run
+    names = [Path(operation.split()[1]).name for operation in operations]
+    per_epoch = [records.BEST_FILE, records.CHECKPOINT_FILE, records.METRICS_FILE, records.RUN_FILE]
+    assert [op.split()[0] for op in operations] == ["write", "replace"] * 8
+    assert names[::2] == per_epoch * 2
+
+
+def test_a_kill_at_every_file_operation_then_resume_equals_the_uninterrupted_run(tmp_path, short_run):
+    reference, operations = short_run
+    for n in range(1, len(operations) + 1):
+        config = TrainConfig(out=str(tmp_path / f"killed-at-{n}"), **SHORT)
+        with pytest.MonkeyPatch.context() as patch:
+            faults = Faults(kill_at=n).patch_files(patch)
+            with pytest.raises(Killed):
+                training.train(config, progress=False)
+        assert faults.dead and len(faults.operations) == n
+        _check_run_dir(Path(config.out))  # whole files, none ahead of the one written before it
+        record = training.train(config, resume=True, progress=False)
+        assert record == records.read_run(config.out), f"killed at operation {n}: {operations[n - 1]}"
+        assert_same_run(Path(config.out), reference)
+        assert not [p for p in Path(config.out).iterdir() if records.is_temporary(p.name)]
+
+
+# ---------------------------------------------------------------- records behind their checkpoint
+
+def _behind(run_dir: Path) -> None:
+    """The issue's reproduction: run.json one epoch behind its (last) checkpoint."""
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    record.update(status="running", epochs_done=1, final=None)
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _lose_last_line(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+@pytest.mark.parametrize("damage", [
+    pytest.param(_behind, id="record-one-epoch-behind"),
+    pytest.param(lambda run: _truncate(run / records.RUN_FILE), id="record-truncated"),
+    pytest.param(lambda run: (run / records.RUN_FILE).unlink(), id="no-record"),
+    pytest.param(lambda run: _lose_last_line(run / records.METRICS_FILE), id="metrics-last-line-lost"),
+    pytest.param(lambda run: (run / records.METRICS_FILE).unlink(), id="no-metrics"),
+])
+def test_resume_rebuilds_the_record_and_metrics_from_the_checkpoint(tmp_path, capsys, short_run, damage):
+    reference, _ = short_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    damage(out)
+    code, err = run_cli(capsys, ["train", *_short_argv(out), "--resume"])
+    assert code == 0, err
+    # run.json and metrics.csv as the uninterrupted run wrote them, byte for byte
+    for name in (records.RUN_FILE, records.METRICS_FILE):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert_same_run(out, reference)
+
+
+def _short_argv(out: Path) -> list[str]:
+    return [f"--{key.replace('_', '-')}={value}" for key, value in SHORT.items()] + ["--out", str(out), "--quiet"]
+
+
+def test_a_checkpoint_without_its_record_resumes_from_run_json(tmp_path, short_run):
+    """Checkpoints written before they held their record (the committed campaign bundle's):
+    run.json supplies it, even one epoch behind."""
+    reference, _ = short_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    checkpoint = _checkpoint(out)
+    del checkpoint["record"]
+    torch.save(checkpoint, out / records.CHECKPOINT_FILE)
+    _behind(out)
+    record = training.train(TrainConfig(out=str(out), **SHORT), resume=True, progress=False)
+    assert record["status"] == "complete" and record == records.read_run(out)
+    assert record["final"] == records.read_run(reference)["final"]
+    assert without_timing(_metrics_rows(out)) == without_timing(_metrics_rows(reference))
+
+
+def test_resume_removes_only_its_own_temporary_files(tmp_path, short_run):
+    reference, _ = short_run
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    ours = out / f"{records.TEMP_PREFIX}checkpoint.pt.x1y2{records.TEMP_SUFFIX}"
+    ours.write_bytes(b"half a checkpoint")
+    theirs = [out / ".notes.tmp", out / ".checkpoint.pt.abc.tmp"]
+    for path in theirs:
+        path.write_text("the user's")
+    training.train(TrainConfig(out=str(out), **SHORT), resume=True, progress=False)
+    assert not ours.exists() and all(path.read_text() == "the user's" for path in theirs)
 
 
 # ---------------------------------------------------------------- the kill chain

@@ -282,8 +282,61 @@ def test_per_channel_gives_zero_mean_unit_std(synthetic):
     assert torch.allclose(out.std((0, 2, 3)), torch.ones(3), atol=1e-4)
 
 
+def test_seeds_code_scalings():
+    """utils.py since 502ff96: raw 0-255 floats minus `pixel_mean`; at 7c4c997: `/ 255.`, nothing subtracted."""
+    images = torch.randint(0, 256, (20, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    raw = Normalizer.fit(images, "per_pixel_mean_0_255")(images).double()
+    torch.testing.assert_close(raw, images.double() - images.double().mean(0), rtol=0, atol=1e-4)
+    scaled = Normalizer.fit(images, "range_0_1")(images).double()
+    torch.testing.assert_close(scaled, images.double() / 255, rtol=0, atol=1e-7)
+
+
+def pylearn2_gcn_zca(train, test):
+    """make_cifar10_gcn_whitened.py by hand in float64: global_contrast_normalize(X, scale=55.) on
+    raw pixel values (each image minus its mean, divided by its norm / 55), then ZCA(filter_bias=0.1)
+    fitted on the training images: P = V diag(1 / sqrt(e)) V^T of cov + 0.1 I, applied as (x - mean) P."""
+    def gcn(images):
+        x = images.double().flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        return x / (x.pow(2).sum(1, keepdim=True).sqrt() / 55)
+    x = gcn(train)
+    mean = x.mean(0)
+    covariance = (x - mean).T @ (x - mean) / len(x) + 0.1 * torch.eye(x.shape[1], dtype=torch.float64)
+    e, v = torch.linalg.eigh(covariance)
+    return (gcn(test) - mean) @ (v @ torch.diag(e ** -0.5) @ v.T)
+
+
+def test_gcn_zca_is_pylearn2s_and_whitens_the_training_images():
+    """WRN v1's preprocessing (the authors' README: pylearn2's make_cifar10_gcn_whitened.py),
+    on 4x4 images so that the 48x48 covariance is well estimated from 3,000 images."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (3000, 3, 4, 4), generator=g, dtype=torch.uint8)
+    test = torch.randint(0, 256, (50, 3, 4, 4), generator=g, dtype=torch.uint8)
+    norm = Normalizer.fit(train, "gcn_zca")
+    torch.testing.assert_close(norm(test).double().flatten(1), pylearn2_gcn_zca(train, test), rtol=0, atol=1e-4)
+    # Whitened training images: identity covariance, except along the direction GCN removes (every
+    # image's pixels sum to zero) and the shrinkage by filter_bias 0.1 of eigenvalues near 60.
+    x = norm(train).double().flatten(1)
+    covariance = (x - x.mean(0)).T @ (x - x.mean(0)) / len(x)
+    ones = torch.full((48, 1), 48 ** -0.5, dtype=torch.float64)
+    torch.testing.assert_close(covariance, torch.eye(48, dtype=torch.float64) - ones @ ones.T, rtol=0, atol=5e-3)
+    torch.testing.assert_close(x.mean(0), torch.zeros(48, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+def test_gcn_zca_is_fitted_on_the_images_given_only():
+    g = torch.Generator().manual_seed(1)
+    train = torch.randint(0, 256, (500, 3, 4, 4), generator=g, dtype=torch.uint8)
+    other = torch.randint(0, 128, (500, 3, 4, 4), generator=g, dtype=torch.uint8)
+    norm = Normalizer.fit(train, "gcn_zca")
+    again = Normalizer.fit(train.clone(), "gcn_zca")
+    assert torch.equal(norm.whitening, again.whitening) and torch.equal(norm.mean, again.mean)
+    assert not torch.allclose(Normalizer.fit(other, "gcn_zca").whitening, norm.whitening, atol=1e-3)
+    assert norm(other).dtype == torch.float32 and norm(other).shape == other.shape
+
+
 def test_normalizer_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"'zca'.*per_pixel_mean, per_channel"):
+    accepted = "per_pixel_mean, per_pixel_mean_0_255, range_0_1, per_channel, gcn_zca"
+    with pytest.raises(ValueError, match=f"'zca'.*{accepted}"):
         Normalizer.fit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "zca")
     norm = Normalizer.fit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "per_pixel_mean")
     with pytest.raises(ValueError, match="uint8"):
@@ -298,13 +351,22 @@ def coded_images(n: int) -> torch.Tensor:
     return (1 + 10000 * c + 100 * y + x).float().expand(n, 3, 32, 32).contiguous()
 
 
-def recover(images: torch.Tensor, out: torch.Tensor):
-    """(row offset, column offset, flipped) of each crop; asserts each crop IS that window."""
+def reflect_padded(images: torch.Tensor) -> torch.Tensor:
+    """The images padded by 4 pixels of their mirror image, edge row and column not repeated:
+    padded row 4 - k is image row k, padded row 35 + k is image row 31 - k (k = 1..4)."""
+    source = [abs(j - 4) if j < 4 else 62 - (j - 4) if j - 4 > 31 else j - 4 for j in range(40)]
+    index = torch.tensor(source)
+    return images[:, :, index][:, :, :, index]
+
+
+def recover(images: torch.Tensor, out: torch.Tensor, padded: torch.Tensor | None = None):
+    """(row offset, column offset, flipped) of each crop; asserts each crop IS that window of
+    `padded` (default: the images with a 4-pixel zero border)."""
     centre = out[:, 0, 16, 16].long() - 1          # inside the image for every offset 0..8
     flipped = out[:, 0, 16, 17] < out[:, 0, 16, 16]
     rows = centre // 100 - 12                       # crop row 16 = padded row oy + 16 = image row oy + 12
     cols = centre % 100 - 12 + flipped.long()       # flipped: crop col 16 = padded col ox + 15
-    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4)) if padded is None else padded
     for i in range(len(out)):
         window = padded[i, :, rows[i]:rows[i] + 32, cols[i]:cols[i] + 32]
         assert torch.equal(out[i], window.flip(-1) if flipped[i] else window)
@@ -321,6 +383,20 @@ def test_per_image_crops_are_padded_windows_with_fair_flips():
         assert len(offsets.unique()) == 9
     assert 0.4 < flipped.float().mean() < 0.6
     assert (out == 0).any()  # some crops reach into the zero padding
+
+
+def test_reflect_padding_mirrors_the_image_into_the_border():
+    """WRN's randomcrop_type=reflection (Torch's SpatialReflectionPadding): the crops are windows of
+    the image mirrored across its edges, never of a zero or constant border."""
+    images = coded_images(2000)
+    out = augment(images, "per_image", torch.Generator().manual_seed(0), padding="reflect")
+    rows, cols, _ = recover(images, out, reflect_padded(images))
+    assert {0, 8} <= set(rows.tolist()) and {0, 8} <= set(cols.tolist())  # crops reach both borders
+    assert (out > 0).all()  # no zero: every pixel code is at least 1
+    corner = reflect_padded(images[:1])[0, 0]
+    assert corner[0, 0] == images[0, 0, 4, 4] and corner[3, 39] == images[0, 0, 1, 27]  # by hand
+    with pytest.raises(ValueError, match=r"'edge'.*zero, reflect"):
+        augment(images, "per_image", torch.Generator(), padding="edge")
 
 
 def test_per_batch_shares_one_offset_and_flip():

@@ -214,6 +214,56 @@ def test_seed_wrn_uses_lasagne_init():
     assert model.fc.weight.std().item() == pytest.approx(math.sqrt(1 / 256), rel=0.1)
 
 
+# --- the seed's ResNet-110 as its code read on 2016-04-24 (7c4c997) -----------------------------
+
+def _seed_2016_04_resnet110():
+    return preact_resnet110(shortcut="input_projection", preact_stage1="first_unit", layer_defaults="lasagne")
+
+
+def test_seed_2016_04_resnet110_is_built_as_its_code_builds_it():
+    """models.py at 7c4c997: `for _ in range(n): l = residual_block(l, first=True)` in stage 1, and
+    `if first: bn_pre_relu = l`; a bias on each `conv_2 = ConvLayer(...)`; projections of `l`."""
+    model = _seed_2016_04_resnet110()
+    assert model.stage1[0].bn1 is not None  # the stem's batch_norm(ConvLayer(...)), activated before the split
+    assert all(unit.bn1 is None for unit in model.stage1[1:])
+    assert all(unit.bn1 is not None for unit in (*model.stage2, *model.stage3))
+    assert all(unit.conv2.bias is not None and unit.conv1.bias is None for unit in _all_units(model))
+    assert all(not unit.shortcut_reads_preact for unit in (model.stage2[0], model.stage3[0]))
+    assert all(m.eps == 1e-4 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    # Counted from that code, trainable parameters: stem conv 432 + its BN 32; stage 1, 18 x (2,304 +
+    # 32 + 2,304 + 16); stage 2, 32 + 4,608 + 64 + 9,248 + 512 (projection), then 17 x (64 + 9,216 +
+    # 64 + 9,248); stage 3, 64 + 18,432 + 128 + 36,928 + 2,048, then 17 x (128 + 36,864 + 128 +
+    # 36,928); final BN 128; dense 650.
+    assert count_parameters(model) == 1_731_994
+
+
+def test_stage1_units_after_the_first_start_with_their_convolution_on_the_raw_sum():
+    torch.manual_seed(0)
+    model = _seed_2016_04_resnet110().train()
+    unit, x = model.stage1[1], torch.randn(4, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = x + unit.conv2(F.relu(unit.bn2(unit.conv1(x))))
+    torch.testing.assert_close(unit(x), expected)
+    every = preact_resnet110().train().stage1[1]  # He et al.: BN-ReLU first, identity of the raw sum
+    assert every.bn1 is not None and not torch.allclose(every(x), x + every.conv2(F.relu(every.bn2(every.conv1(x)))))
+
+
+def test_lasagne_layer_defaults_on_the_bottleneck_network():
+    torch.manual_seed(0)
+    lasagne, torch_layers = preact_resnet164(layer_defaults="lasagne"), preact_resnet164()
+    assert all(unit.conv3.bias is not None for unit in _all_units(lasagne))
+    assert all(unit.conv3.bias is None for unit in _all_units(torch_layers))
+    conv = lasagne.stage3[1].conv2  # HeNormal(gain='relu') over the fan-in, 64 * 9
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.05)
+    assert count_parameters(lasagne) == count_parameters(torch_layers) + 18 * (64 + 128 + 256)
+
+
+def test_stage1_option_only_on_pre_activation_networks():
+    with pytest.raises(ValueError, match="preact_stage1 do not apply to wide"):
+        wrn_16_4(preact_stage1="first_unit")
+    with pytest.raises(ValueError, match="layer_defaults do not apply to original"):
+        resnet20(layer_defaults="lasagne")
+
+
 # --- default shortcuts ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, shortcut", [
@@ -233,17 +283,17 @@ def test_default_shortcut_follows_each_networks_paper(name, shortcut):
 
 # --- ghost batch norm (bn_batch) ------------------------------------------------------------
 
-def test_ghost_batch_norm_normalises_each_chunk_and_averages_the_running_update():
+def test_ghost_batch_norm_normalises_equal_shares_and_averages_the_running_update():
     torch.manual_seed(0)
     plain = nn.BatchNorm2d(3, momentum=0.1)
     ghost = GhostBatchNorm2d.convert(nn.BatchNorm2d(3, momentum=0.1), ghost_batch=4)
     x = torch.randn(10, 3, 5, 5) * torch.tensor([1.0, 2.0, 5.0]).view(1, 3, 1, 1) + 3
     out = ghost(x)
-    chunks = x.split(4)  # 4, 4 and 2 images
-    for chunk, got in zip(chunks, out.split(4)):
-        torch.testing.assert_close(got, F.batch_norm(chunk, None, None, training=True, eps=plain.eps))
-    mean = torch.stack([c.mean((0, 2, 3)) for c in chunks]).mean(0)
-    var = torch.stack([c.var((0, 2, 3), unbiased=True) for c in chunks]).mean(0)
+    shares = x.split([4, 3, 3])  # ceil(10 / 4) = 3 equal shares of at most 4 images
+    for share, got in zip(shares, out.split([4, 3, 3])):
+        torch.testing.assert_close(got, F.batch_norm(share, None, None, training=True, eps=plain.eps))
+    mean = torch.stack([c.mean((0, 2, 3)) for c in shares]).mean(0)
+    var = torch.stack([c.var((0, 2, 3), unbiased=True) for c in shares]).mean(0)
     torch.testing.assert_close(ghost.running_mean, 0.1 * mean)
     torch.testing.assert_close(ghost.running_var, 0.9 + 0.1 * var)
     assert ghost.num_batches_tracked.item() == 1
@@ -253,12 +303,50 @@ def test_ghost_batch_norm_normalises_each_chunk_and_averages_the_running_update(
     torch.testing.assert_close(ghost(x), plain(x))
 
 
+def _last_batch(data, rank, processes):
+    """The epoch's last batch as process `rank` of `processes` gets it (train_batches' slices)."""
+    from reproresnet.data import Normalizer, train_batches
+    batches = train_batches(data, 128, normalizer=Normalizer.fit(data.images, "per_pixel_mean"),
+                            augmentation="none", generator=torch.Generator().manual_seed(0), device="cpu",
+                            part=(rank, processes))
+    return list(batches)[-1][0]
+
+
+def test_ghost_batch_norm_splits_a_partial_batch_as_two_processes_do():
+    """He et al.'s 2 x 64: for the epoch's last 80 images (208 mod 128, as 50,000 mod 128) one
+    process with bn_batch=64 normalises the same two halves of 40 that two processes get."""
+    from reproresnet.data import ImageSet
+    data = ImageSet(torch.randint(0, 256, (208, 3, 32, 32), generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.uint8), torch.arange(208))
+    whole = _last_batch(data, 0, 1)
+    halves = [_last_batch(data, rank, 2) for rank in (0, 1)]
+    assert len(whole) == 80 and [len(h) for h in halves] == [40, 40]
+    ghost = GhostBatchNorm2d(3, ghost_batch=64)
+    two_processes = torch.cat([F.batch_norm(h, None, None, training=True, eps=ghost.eps) for h in halves])
+    torch.testing.assert_close(ghost(whole), two_processes)
+    # ... and a last batch of bn_batch images or fewer is one share, where two processes would split it
+    torch.testing.assert_close(ghost(whole[:48]), F.batch_norm(whole[:48], None, None, training=True, eps=ghost.eps))
+
+
 def test_ghost_batch_norm_is_plain_batch_norm_for_one_chunk():
     torch.manual_seed(0)
     plain, ghost = nn.BatchNorm2d(3), GhostBatchNorm2d(3, ghost_batch=8)
     x = torch.randn(8, 3, 4, 4)
     torch.testing.assert_close(ghost(x), plain(x))
     torch.testing.assert_close(ghost.running_var, plain.running_var)
+
+
+def test_ghost_batch_norm_in_float64_keeps_the_dtype_and_mode_of_what_it_converts():
+    source = nn.BatchNorm2d(3).double().eval()
+    source.running_mean.fill_(0.5)
+    ghost = GhostBatchNorm2d.convert(source, ghost_batch=2)
+    assert ghost.weight.dtype == ghost.running_mean.dtype == torch.float64 and not ghost.training
+    assert ghost.running_mean.device == source.running_mean.device
+    torch.testing.assert_close(ghost.running_mean, source.running_mean)
+    x = torch.randn(6, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ghost.train()(x)  # three shares of 2; statistics land in float64 buffers
+    expected = torch.stack([c.mean((0, 2, 3)) for c in x.split(2)]).mean(0)
+    torch.testing.assert_close(ghost.running_mean, 0.9 * 0.5 + 0.1 * expected)
 
 
 def test_bn_batch_option_converts_every_batch_norm_and_keeps_parameters():

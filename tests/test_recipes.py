@@ -46,25 +46,45 @@ def test_seed_recipe_warms_up_the_bottleneck_network_only():
 
 
 def test_seed_code_recipe_as_the_seeds_code_runs_it():
-    """train_nn.py: LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001} for every network."""
+    """train_nn.py: LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001} for every network,
+    Lasagne's nesterov_momentum, raw 0-255 pixels minus the mean image (utils.py since 502ff96)."""
     for arch, batch in (("preact_resnet110", 64), ("preact_resnet164", 48), ("seed_wrn_n2_k4", 64)):
         config = TrainConfig(arch=arch, recipe="seed_code")
         recipe = config.resolved_recipe()
         assert (recipe.batch_size, recipe.weight_decay, recipe.weight_decay_on) == (batch, 2e-4, "weights")
-        assert (recipe.augmentation, recipe.normalization, recipe.val_size) == ("per_batch", "per_pixel_mean", 5000)
+        assert (recipe.augmentation, recipe.normalization, recipe.val_size) == (
+            "per_batch", "per_pixel_mean_0_255", 5000)
+        assert (recipe.momentum_form, recipe.padding) == ("lasagne", "zero")
         schedule = make_schedule(recipe, arch, CIFAR_TRAIN - 5000)
         for epoch, lr in {0: 0.01, 9: 0.01, 10: 0.1, 79: 0.1, 80: 0.01, 120: 0.001, 199: 0.001}.items():
             assert lr_at_epoch(schedule, epoch) == pytest.approx(lr), (arch, epoch)
     assert TrainConfig(arch="preact_resnet164", recipe="seed_code").model_options() == {
-        "shortcut": "input_projection", "bottleneck_stride": "3x3"}
-    # a network without a bottleneck takes the recipe's shortcut only
+        "shortcut": "input_projection", "bottleneck_stride": "3x3", "layer_defaults": "lasagne"}
+    # a network without a bottleneck takes the recipe's shortcut and layers only
     assert TrainConfig(arch="preact_resnet110", recipe="seed_code").model_options() == {
-        "shortcut": "input_projection"}
+        "shortcut": "input_projection", "layer_defaults": "lasagne"}
+
+
+def test_seed_code_2016_04_recipe_as_the_code_of_the_seeds_resnet110_result_reads():
+    """7c4c997: BATCHSIZE = 32, LR_SCHEDULE = {0: 0.01, 80: 0.001, 120: 0.0001}, inputs / 255 with no
+    mean subtracted, a 10 % hold-out, and every unit of stage 1 built with first=True."""
+    config = TrainConfig(arch="preact_resnet110", recipe="seed_code_2016_04")
+    recipe = config.resolved_recipe()
+    assert (recipe.batch_size, recipe.length, recipe.warmup_length) == (32, 200, 0)
+    assert (recipe.weight_decay, recipe.weight_decay_on, recipe.momentum_form) == (2e-4, "weights", "lasagne")
+    assert (recipe.normalization, recipe.augmentation, recipe.padding, recipe.val_size) == (
+        "range_0_1", "per_batch", "zero", 5000)
+    schedule = make_schedule(recipe, "preact_resnet110", CIFAR_TRAIN - 5000)
+    assert schedule.iterations_per_epoch == 1407  # 45,000 / 32, the last batch of 8 kept
+    for epoch, lr in {0: 0.01, 79: 0.01, 80: 0.001, 119: 0.001, 120: 0.0001, 199: 0.0001}.items():
+        assert lr_at_epoch(schedule, epoch) == pytest.approx(lr), epoch
+    assert config.model_options() == {"shortcut": "input_projection", "preact_stage1": "first_unit",
+                                      "layer_defaults": "lasagne"}
 
 
 @pytest.mark.parametrize("recipe, normalization, bn_batch", [
-    ("seed", "per_pixel_mean", None), ("seed_code", "per_pixel_mean", None),
-    ("he2016", "per_pixel_mean", 64), ("wrn2016", "per_channel", None)])
+    ("seed", "per_pixel_mean", None), ("seed_code", "per_pixel_mean_0_255", None),
+    ("seed_code_2016_04", "range_0_1", None), ("he2016", "per_pixel_mean", 64), ("wrn2016", "per_channel", None)])
 def test_each_recipe_owns_its_preprocessing_and_bn_batch(recipe, normalization, bn_batch):
     config = TrainConfig(arch="preact_resnet110", recipe=recipe)
     assert config.resolved_recipe().normalization == normalization
@@ -93,12 +113,30 @@ def test_he2016_recipe_in_iterations():
 
 
 def test_wrn2016_recipe():
+    """The authors' train.lua: `local epoch = state.epoch + 1` and the drop at `epoch_step` {60,120,160}
+    in onStartEpoch, i.e. after 59, 119 and 159 epochs; reflection padding, momentum reset there."""
     recipe = get_recipe("wrn2016")
     assert (recipe.batch_size, recipe.weight_decay, recipe.gamma) == (128, 5e-4, 0.2)
+    assert (recipe.padding, recipe.momentum_form, recipe.normalization) == ("reflect", "reset", "per_channel")
     schedule = make_schedule(recipe, "wrn_16_4", CIFAR_TRAIN)
-    expected = {0: 0.1, 59: 0.1, 60: 0.02, 119: 0.02, 120: 0.004, 159: 0.004, 160: 0.0008, 199: 0.0008}
-    for epoch, lr in expected.items():
+    expected = {0: 0.1, 58: 0.1, 59: 0.02, 118: 0.02, 119: 0.004, 158: 0.004, 159: 0.0008, 199: 0.0008}
+    for epoch, lr in expected.items():  # 0-based epochs: the 60th epoch already runs at 0.02
         assert lr_at_epoch(schedule, epoch) == pytest.approx(lr), epoch
+
+
+def test_momentum_scale_at_a_change_of_learning_rate():
+    """Lasagne keeps v = -lr b, so b is rescaled by old/new where the lr changes; reset empties it;
+    PyTorch keeps it. Between changes every form leaves the buffer alone."""
+    schedule = make_schedule(get_recipe("seed_code").replace(epochs=20), "preact_resnet110", 400)  # 7 steps/epoch
+    warm_end, first_decay = schedule.warmup_iterations, schedule.milestones[0]
+    assert (schedule.lr_at(warm_end - 1), schedule.lr_at(warm_end)) == (0.01, 0.1)
+    assert schedule.momentum_scale_at(warm_end, "lasagne") == pytest.approx(0.1)
+    assert schedule.momentum_scale_at(first_decay, "lasagne") == pytest.approx(10.0)
+    assert schedule.momentum_scale_at(first_decay, "reset") == 0.0
+    for form in ("pytorch", "lasagne", "reset"):
+        assert schedule.momentum_scale_at(0, form) == 1.0
+        assert schedule.momentum_scale_at(first_decay + 1, form) == 1.0
+        assert schedule.momentum_scale_at(warm_end, "pytorch") == 1.0
 
 
 def test_shortened_run_keeps_the_schedule_shape():
@@ -126,6 +164,11 @@ def test_explicit_milestones_are_taken_literally():
     ({"milestones": (80, 250)}, "milestones=(80, 250)"),
     ({"epochs": 10, "milestones": (5, 10)}, "milestones=(5, 10)"),
     ({"momentum_typo": 0.9}, "momentum_typo"),
+    ({"momentum_form": "keras"}, "momentum_form='keras'"),
+    ({"padding": "mirror"}, "padding='mirror'"),
+    ({"normalization": "zca"}, "normalization='zca'"),
+    ({"preact_stage1": "none", "arch": "preact_resnet20"}, "preact_stage1='none'"),
+    ({"layer_defaults": "caffe", "arch": "preact_resnet20"}, "layer_defaults='caffe'"),
 ])
 def test_bad_overrides_name_the_value(overrides, bad):
     with pytest.raises(ConfigError) as error:
@@ -134,7 +177,7 @@ def test_bad_overrides_name_the_value(overrides, bad):
 
 
 def test_unknown_recipe_lists_the_presets():
-    with pytest.raises(ConfigError, match="seed.*seed_code.*he2016.*wrn2016"):
+    with pytest.raises(ConfigError, match="seed.*seed_code.*seed_code_2016_04.*he2016.*wrn2016"):
         TrainConfig(recipe="he2015")
 
 
@@ -223,3 +266,16 @@ def test_recipe_command_prints_every_resolved_value(capsys):
     assert "input_projection" in text and "per_batch" in text and "0.3" in text
     assert main(["recipe", "nope", "--arch", "preact_resnet20"]) == 2
     assert "recipe='nope'" in capsys.readouterr().err
+
+
+def test_recipe_command_prints_the_code_state_of_the_seeds_resnet110(capsys):
+    assert main(["recipe", "seed_code_2016_04", "--arch", "preact_resnet110", "--json"]) == 0
+    resolved = __import__("json").loads(capsys.readouterr().out)
+    assert (resolved["batch_size"], resolved["lr"], resolved["milestones"], resolved["gamma"]) == (
+        32, 0.01, [80, 120], 0.1)
+    assert (resolved["train_size"], resolved["iterations_per_epoch"], resolved["warmup_iterations"]) == (
+        45_000, 1407, 0)
+    assert (resolved["momentum_form"], resolved["normalization"], resolved["augmentation"]) == (
+        "lasagne", "range_0_1", "per_batch")
+    assert (resolved["shortcut"], resolved["preact_stage1"], resolved["layer_defaults"]) == (
+        "input_projection", "first_unit", "lasagne")

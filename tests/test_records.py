@@ -4,6 +4,7 @@ import errno
 import json
 import multiprocessing
 import os
+import platform
 
 import pytest
 
@@ -107,3 +108,31 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path):
     with pytest.raises(RunDirError, match="cannot write to run directory"):
         with records.run_dir_lock(blocker / "run"):
             pass
+
+
+def _record(run_dir, **fields):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.write_json(run_dir / records.RUN_FILE, {"format": records.RUN_FORMAT, "arch": "wrn_16_4",
+                                                    "status": "running", "config": {}, "data": {},
+                                                    "epochs_planned": 200, "epochs_done": 5, **fields})
+    return run_dir
+
+
+def test_a_deadline_stop_written_before_the_stopped_status_reads_as_stopped(tmp_path):
+    old = _record(tmp_path / "old", message="stopped cleanly after epoch 5 of 200 (deadline); resume to continue")
+    assert records.read_run(old)["status"] == "stopped"
+    assert records.read_run(_record(tmp_path / "killed"))["status"] == "running"  # as written: no lock is read
+
+
+def test_a_run_is_running_only_while_a_live_process_holds_its_lock(tmp_path):
+    run = records.RunRecord.read(_record(tmp_path / "run"))
+    assert run.status == "stopped"  # no lock at all: killed, or copied from another machine
+    with records.run_dir_lock(tmp_path / "run"):  # this process trains it
+        assert run.status == "running"
+    assert run.status == "running"  # the holder's pid is still alive (it is this process)
+    (tmp_path / "run" / ".lock").write_text(f"pid {2**22 + 12345} on {platform.node()}")  # no such process
+    assert run.status == "stopped"
+    (tmp_path / "run" / ".lock").write_text("pid 1 on another-host")  # cannot be checked from here
+    assert run.status == "running"
+    complete = records.RunRecord.read(_record(tmp_path / "done", status="complete"))
+    assert complete.status == "complete"

@@ -2,12 +2,14 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from reproresnet import recipes, records, reference, report
+from reproresnet.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,8 +59,12 @@ def test_error_table_shows_mean_std_and_n_over_two_cifar10_seeds(tmp_path):
     table = report.error_table(runs)
     line = row(table, "preact_resnet110")
     assert line[report.OURS] == "6.50 ± 0.71"  # sample standard deviation
-    assert line["n"] == 2
+    assert line["n"] == "2"
     assert line[report.EACH_SEED] == "6.00 (seed 0), 7.00 (seed 1)"
+    # every number links to its records: the mean to both, each seed's to its own
+    assert line[report.OURS].records == ("preact_resnet110-seed0", "preact_resnet110-seed1")
+    assert line[report.EACH_SEED].parts == (("6.00 (seed 0)", "preact_resnet110-seed0"),
+                                            ("7.00 (seed 1)", "preact_resnet110-seed1"))
     assert line[report.PAPER] == "6.37" and line[report.SEED] == "6.38"
     assert report.OURS.endswith("mean ± std") and report.SEED.endswith("single run")
     compute = row(report.compute_table(runs), "preact_resnet110")
@@ -73,7 +79,7 @@ def test_error_table_shows_mean_std_and_n_over_two_cifar10_seeds(tmp_path):
 def test_one_run_shows_its_error_without_a_spread(tmp_path):
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=5.123)
     line = row(report.error_table(report.load_runs(tmp_path)[0]), "wrn_16_4")
-    assert line[report.OURS] == "5.12" and line["n"] == 1
+    assert line[report.OURS] == "5.12" and line["n"] == "1"
 
 
 def test_network_without_runs_shows_not_run(tmp_path):
@@ -81,7 +87,7 @@ def test_network_without_runs_shows_not_run(tmp_path):
     table = report.error_table(report.load_runs(tmp_path)[0])
     for network in ("preact_resnet164", "wrn_16_4", "resnet110", "resnet164"):
         assert row(table, network)[report.OURS] == "not run"
-        assert row(table, network)["n"] == 0
+        assert row(table, network)["n"] == report.MISSING
     assert list(table["network"][:3]) == list(reference.REPRODUCED)
 
 
@@ -92,7 +98,7 @@ def test_empty_results_every_network_not_run(tmp_path):
     assert set(table[report.OURS]) == {"not run"}
     assert "not run" in report.budget_summary(runs)
     assert report.other_runs_table(runs).empty
-    assert set(report.speed_table(runs)["s/epoch here"]) == {"not measured"}
+    assert set(report.speed_table(runs)["our s/epoch"]) == {"not measured"}
 
 
 @pytest.mark.parametrize("label, limit_train, n_train", [
@@ -109,39 +115,40 @@ def test_runs_not_on_full_cifar10_never_land_in_the_cifar10_column(tmp_path, lab
     assert not errors.apply(lambda column: column.astype(str).str.contains("1.23")).any().any()
     other = report.other_runs_table(runs)
     assert list(other["run"]) == ["preact_resnet110-seed0"]
-    assert other.iloc[0]["data set"] == label and other.iloc[0]["test error (%)"] == "1.23"
-    assert "not CIFAR-10" in other.iloc[0]["not in the CIFAR-10 table because"] or \
-        "subset" in other.iloc[0]["not in the CIFAR-10 table because"]
+    assert other.iloc[0]["data"] == f"{label}, {n_train:,} training images"  # says why it is not counted
+    assert other.iloc[0]["test error (%)"] == "1.23"
     assert "1 complete" not in report.budget_summary(runs)
 
 
-def test_diverged_run_shows_failed(tmp_path):
+def test_diverged_run_shows_where_it_diverged(tmp_path):
     make_run(tmp_path, "preact_resnet164-seed0", arch="preact_resnet164", status="diverged")
     runs, _ = report.load_runs(tmp_path)
-    assert row(report.error_table(runs), "preact_resnet164")[report.OURS] == "failed"
+    assert row(report.error_table(runs), "preact_resnet164")[report.OURS] == "1 run diverged after 2/200"
     other = report.other_runs_table(runs)
-    assert other.iloc[0]["status"] == "diverged"
-    assert "diverged" in other.iloc[0]["not in the CIFAR-10 table because"]
+    assert other.iloc[0]["status"] == "diverged after 2/200"
 
 
 def test_diverged_seed_is_counted_beside_the_complete_ones(tmp_path):
     make_run(tmp_path, "preact_resnet164-seed0", arch="preact_resnet164", test_error=5.5)
     make_run(tmp_path, "preact_resnet164-seed1", arch="preact_resnet164", seed=1, status="diverged")
     line = row(report.error_table(report.load_runs(tmp_path)[0]), "preact_resnet164")
-    assert line[report.OURS] == "5.50 (1 failed)" and line["n"] == 1
+    assert line[report.OURS] == "5.50 (1 failed)" and line["n"] == "1"
 
 
-def test_unfinished_cifar10_run_is_in_progress_and_shows_its_last_epoch(tmp_path):
+def test_unfinished_cifar10_run_says_where_it_stopped_and_shows_its_last_epoch(tmp_path):
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", status="running",
              metric_rows=[{"epoch": 1, "train_loss": 2.0, "test_error": 50.0},
                           {"epoch": 2, "train_loss": 1.5, "test_error": 40.25}])
     runs, _ = report.load_runs(tmp_path)
-    assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == "in progress"
+    # "running" with no process holding its lock: a killed run, stopped and resumable
+    assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == \
+        "1 run stopped at 2/200 (interrupted), resumable"
     other = report.other_runs_table(runs)
     assert other.iloc[0]["test error (%)"] == "40.25 (epoch 2)"
-    assert other.iloc[0]["epochs (done/planned)"] == "2/200"
+    assert other.iloc[0]["status"] == "stopped at 2/200 (interrupted), resumable"
     # the budget stands beside the number: batch size, device and precision of the run
-    assert other.iloc[0]["device, batch, precision"] == "NVIDIA H100, batch 64, bf16 autocast"
+    assert other.iloc[0]["budget"] == "batch 64, NVIDIA H100, bf16 autocast"
+    assert all(cell.records == ("wrn_16_4-seed0",) for cell in other.iloc[0])  # each cell links to the run
 
 
 def test_runs_with_different_settings_are_not_averaged_together(tmp_path):
@@ -184,34 +191,53 @@ def test_a_training_notebook_without_a_record_is_a_problem(tmp_path):
     assert [Path(p["path"]).parent.name for p in problems] == ["wrn_16_4-seed0"]
 
 
-def test_plot_curves_draws_the_paper_error_as_a_dashed_reference_line(tmp_path):
-    run_dir = make_run(tmp_path, "preact_resnet110-seed0", epochs=3)
-    figure = report.plot_curves(run_dir, paper_error=6.37)
-    loss_axes, error_axes = figure.axes
-    reference_lines = [line for line in error_axes.get_lines() if line.get_gid() == "paper_error"]
-    assert len(reference_lines) == 1
-    assert reference_lines[0].get_linestyle() == "--"
-    assert list(reference_lines[0].get_ydata()) == [6.37, 6.37]
-    assert [list(line.get_xdata()) for line in loss_axes.get_lines()] == [[1, 2, 3]]
+def gid_lines(axes, gid):
+    return [line for line in axes.get_lines() if line.get_gid() == gid]
+
+
+def test_plot_curves_over_the_whole_recipe_with_reference_lines_and_lr_drops(tmp_path):
+    run_dir = make_run(tmp_path, "preact_resnet110-seed0", status="running", epochs=200,
+                       metric_rows=[{"epoch": e, "train_loss": 2.0 / e, "train_error": 40.0 / e,
+                                     "test_error": 50.0 / e} for e in (1, 2, 3)])
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    record["schedule"] = {"iterations_per_epoch": 782, "milestones": [62_560, 93_840]}  # epochs 80 and 120
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    figure = report.plot_curves(run_dir, paper_error=6.37, seed_error=6.38)
+    error_axes, loss_axes = figure.axes
+    [paper] = gid_lines(error_axes, "paper_error")
+    assert paper.get_linestyle() == "--" and list(paper.get_ydata()) == [6.37, 6.37]
+    assert paper.get_color() == "black" and paper.get_label() == "paper: 6.37 %"
+    assert [list(line.get_ydata()) for line in gid_lines(error_axes, "seed_error")] == [[6.38, 6.38]]
+    # the x axis is the recipe's whole length, unfinished as the run is, with its learning-rate drops
+    assert error_axes.get_xlim() == (0, 200) and loss_axes.get_xlim() == (0, 200)
+    assert sorted(line.get_xdata()[0] for line in gid_lines(error_axes, "lr_drop")) == [80, 120]
+    labels = [line.get_label() for line in error_axes.get_lines()]
+    assert "test error" in labels and "training error" in labels
+    assert loss_axes.get_yscale() == "log"
+    figure.canvas.draw()  # the loss axis reads in plain numbers, never "9e-01" or a power of ten
+    ticks = [tick.get_text() for tick in loss_axes.get_yticklabels() if tick.get_text()]
+    assert len(ticks) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?", tick) for tick in ticks), ticks
     title = figure._suptitle.get_text()
-    assert "CIFAR-10" in title and "3/3 epochs" in title and "batch 64" in title
+    assert "CIFAR-10" in title and "2/200 epochs" in title and "batch 64" in title
 
 
 def test_plot_curves_from_a_dataframe_without_reference(tmp_path):
     metrics = pd.DataFrame({"epoch": [1, 2], "train_loss": [2.0, 1.0], "test_error": [50.0, 40.0]})
     figure = report.plot_curves(metrics, title="two epochs")
-    assert not [line for line in figure.axes[1].get_lines() if line.get_gid() == "paper_error"]
+    assert not gid_lines(figure.axes[0], "paper_error")
+    assert figure.axes[0].get_xlim() == (0, 2)
     assert figure._suptitle.get_text() == "two epochs"
 
 
-def test_curves_of_a_jpeg_mirror_run_have_no_paper_line_and_say_so(tmp_path):
+def test_curves_of_a_jpeg_mirror_run_grey_the_cifar10_numbers_and_say_so(tmp_path):
     make_run(tmp_path, "preact_resnet110-mirror", label="CIFAR-10 (JPEG mirror)", dataset="folder:/mirror",
              n_train=5000, limit_train=5000, epochs=2)
     runs, _ = report.load_runs(tmp_path)
     figure = report.curves_for_network(runs, "preact_resnet110")
     assert "not a CIFAR-10 result" in figure._suptitle.get_text()
     assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text()
-    assert not [line for line in figure.axes[1].get_lines() if line.get_gid() == "paper_error"]
+    [paper] = gid_lines(figure.axes[0], "paper_error")  # context only: grey, and said to be CIFAR-10's
+    assert paper.get_color() == "0.55" and paper.get_label() == "paper, CIFAR-10: 6.37 %"
     assert report.curves_for_network(runs, "wrn_16_4") is None
 
 
@@ -225,15 +251,39 @@ def test_synthetic_smoke_runs_are_never_plotted(tmp_path):
     assert report.curves_for_network(runs, "preact_resnet110") is None
     figure = report.curves_for_network(runs, "wrn_16_4")  # the mirror run, although the smoke run is longer
     assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text() and "3/3 epochs" in figure._suptitle.get_text()
+    smoke = report.run_figure(tmp_path / "wrn_16_4-smoke")  # its own page: no paper to hold it to
+    assert not gid_lines(smoke.axes[0], "paper_error")
 
 
-def test_curves_of_cifar10_runs_carry_the_paper_error(tmp_path):
-    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", epochs=4)
-    make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, epochs=4)
+def test_curves_of_cifar10_runs_draw_each_seed_thin_and_their_mean_thick(tmp_path):
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", epochs=4, test_error=6.0)
+    make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, epochs=4, test_error=8.0)
     figure = report.curves_for_network(report.load_runs(tmp_path)[0], "wrn_16_4")
-    lines = figure.axes[1].get_lines()
-    assert [line.get_ydata()[0] for line in lines if line.get_gid() == "paper_error"] == [5.55]
-    assert len([line for line in lines if line.get_gid() != "paper_error"]) == 2
+    error_axes = figure.axes[0]
+    assert [line.get_ydata()[0] for line in gid_lines(error_axes, "paper_error")] == [5.55]
+    assert gid_lines(error_axes, "paper_error")[0].get_color() == "black"
+    seeds = [line for line in error_axes.get_lines() if line.get_gid() is None]
+    [mean] = gid_lines(error_axes, "mean_test_error")
+    assert len(seeds) == 2 and all(line.get_linewidth() < mean.get_linewidth() for line in seeds)
+    assert list(mean.get_ydata()) == pytest.approx([7.0 + 10 / e for e in range(1, 5)])
+
+
+def test_error_against_size_marks_papers_seed_and_each_complete_run(tmp_path):
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
+    make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, test_error=6.5)
+    make_run(tmp_path, "wrn_16_4-jpeg", arch="wrn_16_4", label=report.JPEG_MIRROR, dataset="folder:/m", test_error=9.0)
+    make_run(tmp_path, "wrn_16_4-running", arch="wrn_16_4", seed=2, status="running", test_error=1.0)
+    figure = report.plot_error_vs_size(report.load_runs(tmp_path)[0])
+    by_params, by_depth = figure.axes
+    [ours] = gid_lines(by_params, "ours CIFAR-10")
+    assert list(ours.get_ydata()) == [6.0, 6.5] and list(ours.get_xdata()) == [2_748_890, 2_748_890]
+    assert list(gid_lines(by_depth, "ours CIFAR-10")[0].get_xdata()) == [16, 16]
+    [mirror] = gid_lines(by_params, f"ours {report.JPEG_MIRROR}")  # apart, and said not to be CIFAR-10
+    assert list(mirror.get_ydata()) == [9.0] and "not CIFAR-10" in mirror.get_label()
+    [paper] = gid_lines(by_params, "paper_error")
+    quoted = {row["network"]: row for row in reference.REFERENCE}
+    assert sorted(paper.get_ydata()) == sorted(row["paper_error"] for row in quoted.values()
+                                               if row["paper_error"] is not None)
 
 
 def bench_record(rows, device="NVIDIA H100", fmt=report.BENCH_FORMAT):
@@ -241,37 +291,66 @@ def bench_record(rows, device="NVIDIA H100", fmt=report.BENCH_FORMAT):
             "rows": rows}
 
 
-def test_speed_table_parameters_and_seconds_per_epoch(tmp_path):
-    make_run(tmp_path, "preact_resnet110-seed0", seconds_per_epoch=20.0)
-    make_run(tmp_path, "preact_resnet110-seed1", seed=1, seconds_per_epoch=22.0)
-    make_run(tmp_path, "preact_resnet110-smoke", label="synthetic", n_train=1000, limit_train=1000,
-             seconds_per_epoch=0.5)  # a small epoch says nothing about a CIFAR-10 epoch
-    bench = bench_record([{"arch": "wrn_16_4", "path": "reproresnet", "seconds_per_epoch": 7.31},
-                          {"arch": "wrn_16_4", "path": "baseline", "seconds_per_epoch": 99.0}])
-    table = report.speed_table(report.load_runs(tmp_path)[0], bench).set_index("network")
-    assert list(table.index) == list(reference.REPRODUCED)
-    assert table.loc["preact_resnet164", "parameters (paper)"] == "1.7M"
-    assert table.loc["preact_resnet164", "parameters (exact, ours)"] == "1,703,258"  # the authors' log
-    assert table.loc["wrn_16_4", "parameters (paper)"] == "2.7M"
-    seed_column = "s/epoch seed (GTX 980, batch 64)"
-    assert list(table[seed_column]) == ["90", "183", "113"]
-    assert table.loc["preact_resnet110", "s/epoch here"] == \
-        "21.0 (training, NVIDIA H100, batch 64, median of 2)"
-    assert table.loc["wrn_16_4", "s/epoch here"] == "7.3 (benchmark, NVIDIA H100, batch 128)"
-    assert table.loc["preact_resnet164", "s/epoch here"] == "not measured"
+def with_speed(run_dir, *segments):
+    """Give a fabricated run the speed segments `train` records, one per process."""
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    record["speed"] = {"segments": [{"first_epoch": 1, "last_epoch": record["epochs_done"], "device": "cuda",
+                                     "gpu": record["device"]["name"], "pack": 1, "precision": "bf16 autocast",
+                                     **segment} for segment in segments]}
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    return run_dir
 
 
-def test_speed_table_says_when_a_run_trained_in_a_stack(tmp_path):
-    """A stacked run's seconds per epoch are those of the whole stack's epoch: said beside them."""
-    for seed in (0, 1):
-        run_dir = make_run(tmp_path, f"preact_resnet164-seed{seed}", arch="preact_resnet164", seed=seed,
-                           seconds_per_epoch=9.0)
-        record = json.loads((run_dir / records.RUN_FILE).read_text())
-        record["speed"] = {"segments": [{"stacked": 1}, {"stacked": 3}] if seed else [{"stacked": 1}]}
-        (run_dir / records.RUN_FILE).write_text(json.dumps(record))
-    table = report.speed_table(report.load_runs(tmp_path)[0]).set_index("network")
-    assert table.loc["preact_resnet164", "s/epoch here"] == \
-        "9.0 (training, NVIDIA H100, batch 64); 9.0 (training, NVIDIA H100, batch 64, 3 networks at once (stacked))"
+def test_speed_table_gpu_seconds_per_epoch_from_runs_partial_ones_marked_and_gpu_benchmarks(tmp_path):
+    with_speed(make_run(tmp_path, "preact_resnet110-seed0"), {"seconds_per_epoch": 20.0, "images_per_second": 2500})
+    with_speed(make_run(tmp_path, "preact_resnet110-seed1", seed=1),
+               {"seconds_per_epoch": 22.0, "images_per_second": 2300})
+    for seed in (0, 1, 2):  # three unfinished runs packed on one GPU
+        with_speed(make_run(tmp_path, f"preact_resnet110-jpeg-seed{seed}", seed=seed, status="running",
+                            label=report.JPEG_MIRROR, dataset="folder:/m"),
+                   {"seconds_per_epoch": 36.0 + seed, "images_per_second": 1350, "pack": 3})
+    with_speed(make_run(tmp_path, "preact_resnet110-smoke", label="synthetic", n_train=1000, limit_train=1000),
+               {"seconds_per_epoch": 0.5, "images_per_second": 2000})  # a small epoch says nothing
+    cpu = make_run(tmp_path, "wrn_16_4-cpu", arch="wrn_16_4", device="AMD EPYC")
+    with_speed(cpu, {"device": "cpu", "gpu": None, "seconds_per_epoch": 900.0, "images_per_second": 55})
+    bench = [{**bench_record([{"arch": "wrn_16_4", "path": "reproresnet", "seconds_per_epoch": 7.31,
+                               "images_per_second": 6840.0},
+                              {"arch": "wrn_16_4", "path": "baseline", "seconds_per_epoch": 99.0}]), "name": "bench-h100"},
+             {**bench_record([{"arch": "preact_resnet164", "path": "reproresnet", "seconds_per_epoch": 1449.0}]),
+              "device": {"type": "cpu", "name": "Xeon"}, "name": "bench-cpu"}]
+    table = report.speed_table(report.load_runs(tmp_path)[0], bench)
+    assert list(dict.fromkeys(table["network"])) == [*reference.REPRODUCED, "seed_wrn_n2_k4"]
+    seed = report.SEED_SECONDS
+    by = {(line["network"], line["measured by"]): line for _, line in table.iterrows()}
+    done = by["preact_resnet110", "training, 2 runs"]
+    assert (done["our s/epoch"], done["our images/s"]) == ("21.0", "2,400")
+    assert done["measured on"] == "NVIDIA H100, batch 64, bf16 autocast" and done[seed] == "90 (batch 32)"
+    assert done["our s/epoch"].records == ("preact_resnet110-seed0", "preact_resnet110-seed1")
+    partial = by["preact_resnet110", "training, 3 runs, partial (2/200 epochs)"]
+    assert partial["our s/epoch"] == "37.0" and partial["measured on"].endswith("3 runs packed")
+    assert by["wrn_16_4", "benchmark"]["our s/epoch"] == "7.3"
+    assert by["wrn_16_4", "benchmark"]["our s/epoch"].records == ("bench-h100",)
+    # CPU times (the CPU run, the CPU benchmark) are never set beside the seed's GTX 980
+    assert set(table[table["network"] == "preact_resnet164"]["our s/epoch"]) == {"not measured"}
+    assert len(table[table["network"] == "wrn_16_4"]) == 1
+    line = table[table["network"] == "preact_resnet164"].iloc[0]
+    assert line["parameters: paper; exact"] == "1.7M; 1,703,258"  # the authors' log
+    assert table[table["network"] == "seed_wrn_n2_k4"].iloc[0]["parameters: paper; exact"] == "≈5.7M; 5,702,746"
+    assert list(dict.fromkeys(table[seed])) == ["90 (batch 32)", "183 (batch 48)", "—", "113 (batch 64)"]
+
+
+def test_benchmark_numbers_are_rounded_to_their_noise():
+    assert report.to_noise(1448.916, 0.037) == "1,450" and report.to_noise(0.05241, 0.037) == "0.052"
+    assert report.to_noise(35.7, 0.003) == "35.7" and report.to_noise(35.7, 0.0003) == "35.70"
+    assert report.to_noise(7.31, None) == "7.3"
+    row = {"arch": "preact_resnet110", "path": "reproresnet", "seconds_per_epoch": 1448.9,
+           "images_per_second": 34.5, "seconds_per_step": 0.927, "seconds_per_step_range": [0.902, 0.970],
+           "data_images_per_second": 33225.4, "data_images_per_second_range": [30714.1, 35341.3],
+           "peak_memory_mb": None, "tflops": 0.0524}
+    table = report.bench_table([{**bench_record([row]), "name": "bench-cpu"}])
+    assert list(table.iloc[0]) == ["preact_resnet110", "reproresnet", "1", "NVIDIA H100", "128", "1,450", "34",
+                                   "33,000", report.MISSING, "0.052"]
+    assert all(cell.records == ("bench-cpu",) for cell in table.iloc[0])
 
 
 def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
@@ -291,19 +370,50 @@ def test_reference_numbers_and_sources():
     table = reference.reference_table()
     assert table.loc["preact_resnet110", ["paper_error", "seed_error", "paper_params"]].tolist() == [6.37, 6.38, "1.7M"]
     assert table.loc["preact_resnet164", ["paper_error", "seed_error", "paper_params"]].tolist() == [5.46, 5.66, "1.7M"]
-    assert table.loc["wrn_16_4", ["paper_error", "seed_error", "paper_params"]].tolist() == [5.55, 5.41, "2.7M"]
-    assert table.loc[list(reference.REPRODUCED), "seed_seconds_per_epoch"].tolist() == [90, 183, 113]
+    assert table.loc["wrn_16_4", "paper_error"] == 5.55 and table.loc["wrn_16_4", "paper_params"] == "2.7M"
     assert table.loc["resnet110", "paper_error"] == 6.61 and table.loc["resnet164", "paper_error"] == 5.93
-    assert table["paper_source"].str.len().min() > 10
+    assert table["paper_source"].dropna().str.len().min() > 10
     assert reference.seed_run_hours()["preact_resnet110"] == pytest.approx(5.0)
+
+
+# Each quoted number's statistic, as its source states it (He et al. 2016, 3.1: "Throughout this
+# paper we report the median accuracy of 5 runs"; He et al. 2015, table 6: 6.61 is the mean of 5;
+# the seed quotes 5.55 without one; the seed: "the first and only training run").
+PAPER_STATISTICS = {6.37: "median of 5", 5.46: "median of 5", 5.93: "median of 5", 6.61: "mean of 5",
+                    5.55: "not stated"}
+
+
+def test_every_quoted_number_has_the_statistic_its_source_states():
+    quoted = [row for row in reference.REFERENCE if row["paper_error"] is not None]
+    assert {row["paper_error"]: row["paper_statistic"][0] for row in quoted} == PAPER_STATISTICS
+    assert all(row["paper_preprocessing"] for row in quoted)
+    assert reference.SEED_STATISTIC == "single run"
+    seeds = [row for row in reference.REFERENCE if row["seed_error"] is not None]
+    assert {row["seed_error"]: row["seed_recipe"] for row in seeds} == {
+        6.38: "seed_code_2016_04", 5.66: "seed_code", 5.41: "seed_code"}
+    assert all(row["seed_recipe"] in RECIPES and row["seed_recipe"] in row["seed_note"] for row in seeds)
+
+
+def test_the_seeds_numbers_and_times_sit_on_the_networks_that_produced_them():
+    """The seed's 5.41 and 113 s/epoch belong to its 22-layer wide network, not to WRN-16-4; each time
+    is at the batch its code used for that network (ResNet-164: 48)."""
+    table = reference.reference_table()
+    assert table.loc["seed_wrn_n2_k4", ["seed_error", "seed_seconds_per_epoch", "seed_batch_size"]].tolist() == \
+        [5.41, 113, 64]
+    assert table.loc["wrn_16_4", ["seed_error", "seed_seconds_per_epoch"]].isna().all()
+    assert (table["seed_error"] == 5.41).sum() == 1
+    assert table.loc["preact_resnet164", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [183, 48]
+    assert table.loc["preact_resnet110", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [90, 32]
+    assert reference.seed_run_hours() == pytest.approx(
+        {"preact_resnet110": 5.0, "preact_resnet164": 183 * 200 / 3600, "seed_wrn_n2_k4": 113 * 200 / 3600})
 
 
 def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
     html = report.html_table(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html
     for index, name in enumerate(recipes.RECIPES, 1):  # a column each, its source a note
-        assert f'<th class="text">{name.replace("_", "_<wbr>")}</th>' in html
-        assert f"<li>{name}: " in html and f"note {index}" in html
+        assert f'<th class="text">{name.replace("_", "_<wbr>")}</th>' in html  # a setting wraps, a network never
+        assert f'<li id="recipe-table-note-{index}">{name}: ' in html and f"note {index}" in html
 
 
 def test_run_summary_and_figure_of_one_run(tmp_path):
@@ -311,7 +421,7 @@ def test_run_summary_and_figure_of_one_run(tmp_path):
     summary = report.run_summary(records.read_run(run_dir))
     assert summary.loc["test error (%)", ""] == "5.40"
     figure = report.run_figure(run_dir)
-    assert [line.get_ydata()[0] for line in figure.axes[1].get_lines() if line.get_gid() == "paper_error"] == [5.55]
+    assert [line.get_ydata()[0] for line in gid_lines(figure.axes[0], "paper_error")] == [5.55]
 
 
 # ---------------------------------------------------------------- scripts/check_book.py
@@ -327,7 +437,7 @@ def write_page(build, figure="../_images/curves.png", with_file=True, error_tabl
     page = build / "notebooks" / "results.html"
     page.parent.mkdir(parents=True)
     errors = report.html_table(report.error_table([]), "error-table") if error_table else ""
-    speed = report.html_table(pd.DataFrame({"network": ["wrn_16_4"], "parameters (exact, ours)": ["1"]}),
+    speed = report.html_table(pd.DataFrame({"network": ["wrn_16_4"], "parameters: paper; exact": ["1"]}),
                               "speed-table")
     speed += report.html_table(report.compute_table([]), "compute-table")
     page.write_text(f"<html><body><main>{errors}{speed}<div class='cell tag_hide-input tag_training-curves'>"
@@ -344,7 +454,7 @@ def test_check_book_accepts_a_complete_results_page(tmp_path, capsys):
 
 @pytest.mark.parametrize("page, expected", [
     ({"with_file": False}, "not found on disk"),
-    ({"figure": "../_images/curves.svg"}, "no training-curve figure"),
+    ({"figure": "../_images/curves.gif"}, "no training-curve figure"),
     ({"error_table": False}, "error-table"),
 ])
 def test_check_book_rejects_a_page_missing_a_part(tmp_path, capsys, page, expected):
@@ -376,9 +486,24 @@ def test_every_quoted_number_says_its_statistic_and_the_seed_network_has_its_row
             assert any("He et al." in note or "Zagoruyko" in note for note in notes_of(table, quoted["network"]))
     seed_net = row(table, "seed_wrn_n2_k4")
     assert seed_net[report.SEED] == "5.41" and seed_net[report.PAPER] == report.MISSING
+    assert row(table, "wrn_16_4")[report.SEED] == report.MISSING  # 5.41 is not WRN-16-4's
     wrn_notes = notes_of(table, "wrn_16_4")
-    assert any("2/4/4 units" in note and "≈5.7M" in note and "seed_wrn_n2_k4" in note for note in wrn_notes)
-    assert notes_of(table, "seed_wrn_n2_k4") == [note for note in wrn_notes if "2/4/4" in note]
+    assert any("5.41 % under the name WRN-16-4" in note and "2/4/4 units" in note and "≈5.7M" in note
+               and "seed_wrn_n2_k4" in note for note in wrn_notes)
+    assert [note for note in notes_of(table, "seed_wrn_n2_k4") if "2/4/4" in note] == \
+        [note for note in wrn_notes if "2/4/4" in note]
+
+
+def test_notes_say_where_the_seeds_numbers_came_from_and_each_quoted_numbers_preprocessing_and_precision():
+    table = report.error_table([])
+    resnet110 = notes_of(table, "preact_resnet110")
+    assert any("6.38 came from its code at 7c4c997" in note and "seed_code_2016_04" in note for note in resnet110)
+    assert any("5.66 came from its code at 3403cfb" in note and "batch 48" in note
+               for note in notes_of(table, "preact_resnet164"))
+    assert any("per-pixel mean subtracted" in note for note in resnet110)
+    assert any("global contrast normalization and ZCA whitening" in note for note in notes_of(table, "wrn_16_4"))
+    for quoted in reference.REFERENCE:
+        assert reference.QUOTED_PRECISION in notes_of(table, quoted["network"])
 
 
 def test_notes_say_how_recipe_and_data_differ_from_the_papers(tmp_path):
@@ -392,8 +517,9 @@ def test_notes_say_how_recipe_and_data_differ_from_the_papers(tmp_path):
     assert not any("data:" in note for note in he_notes)
     wrn_notes = notes_of(table, "wrn_16_4")
     assert any("45,000 images with 5,000 held out" in note for note in wrn_notes)
-    assert any("per_pixel_mean instead of per_channel" in note for note in wrn_notes)
+    assert any("per_pixel_mean instead of gcn_zca" in note for note in wrn_notes)  # 5.55 is WRN v1's, whitened
     assert not any("recipe 'wrn2016'" in note for note in wrn_notes)  # the paper's own recipe, 200 epochs
+    assert "wrn_16_4, precision: bf16 autocast (the runs' records)." in wrn_notes
 
 
 def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tmp_path):
@@ -403,29 +529,77 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
              seconds_per_epoch=1000.0)  # not behind the table: not counted
     table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
     line = table.loc["preact_resnet110"]
-    assert line["seed s/epoch (GTX 980)"] == "90" and line["seed hours per run"] == "5.0"
-    assert line["our s/epoch (median)"] == "22.5" and line["runs"] == 2
+    assert line["seed s/epoch (GTX 980)"] == "90 (batch 32)" and line["seed hours per run"] == "5.0"
+    assert line["our s/epoch (median)"] == "22.5" and line["runs"] == "2"
     assert line["wall time per run (h, median)"] == "2.5"  # 06:00 to 08:30
     assert line["GPU-hours, all runs"] == f"{200 * (18 + 27) / 3600:.1f}"
     assert table.loc["preact_resnet164", "our device"] == "not run"
     assert "resnet110" not in table.index  # neither the seed's times nor our runs
+    assert "wrn_16_4" not in table.index  # the seed's 113 s/epoch are its 22-layer network's
+    assert table.loc["seed_wrn_n2_k4", "seed hours per run"] == "6.3"
 
 
-def test_status_summary_counts_what_the_records_hold(tmp_path):
-    assert report.status_summary([]).startswith("The run records hold no complete runs on the full CIFAR-10 data")
-    make_run(tmp_path, "preact_resnet20-mirror", arch="preact_resnet20", label="CIFAR-10 (JPEG mirror)",
-             dataset="folder:/m", n_train=5000, limit_train=5000, epochs=3)
-    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4")
-    make_run(tmp_path, "wrn_16_4-smoke", arch="wrn_16_4", label="synthetic", n_train=256, limit_train=256)
-    text = report.status_summary(report.load_runs(tmp_path)[0])
-    assert "1 complete run on the full CIFAR-10 data: wrn_16_4 (200 epochs on 50,000 training images)" in text
-    assert "1 complete run: preact_resnet20 (3 epochs on 5,000 training images)" in text
-    assert "1 other run" in text and "Unfinished" not in text
-    assert text.endswith("Still without a complete CIFAR-10 run: preact_resnet110, preact_resnet164.")
-    make_run(tmp_path, "preact_resnet110-jpeg-seed0", label="CIFAR-10 (JPEG mirror)", status="running")
-    text = report.status_summary(report.load_runs(tmp_path)[0])
-    assert "2 other runs" in text
-    assert "Unfinished: preact_resnet110 × 1 (2 of 200 epochs on CIFAR-10 (JPEG mirror), NVIDIA H100)." in text
+def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
+    runs = []
+    assert report.status_line(runs).startswith("0 of 9 planned CIFAR-10 runs are complete (3 networks × 3 seeds)")
+    table = report.status_table(runs)
+    assert list(table["network"]) == [*reference.REPRODUCED, "seed_wrn_n2_k4"]  # the plan, then the seed's own
+    quoted = reference.reference("preact_resnet164")  # quoted with its statistic, read from reference.py
+    line = row(table, "preact_resnet164")
+    assert line[report.STATUS_PAPER] == f"{quoted['paper_error']:.2f}, {quoted['paper_statistic'][0]}"
+    assert line[report.STATUS_SEED] == f"{quoted['seed_error']:.2f}"
+    assert set(table["ours, CIFAR-10 (%)"]) == set(table[report.STATUS_MIRROR]) == {report.NOT_RUN}
+    assert list(table["GPU-hours to finish (est.)"]) == ["not measured"] * 3 + ["not planned"]
+
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
+    make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, test_error=6.5)
+    for seed in (0, 1, 2):  # three runs packed on one GPU, stopped at a deadline after 2 epochs
+        run_dir = with_speed(make_run(tmp_path, f"preact_resnet110-jpeg-seed{seed}", seed=seed, status="stopped",
+                                      label=report.JPEG_MIRROR, dataset="folder:/m"),
+                             {"seconds_per_epoch": 36.0 + seed, "images_per_second": 1350, "pack": 3})
+        record = json.loads((run_dir / records.RUN_FILE).read_text())
+        record["message"] = "stopped cleanly after epoch 2 of 200 (deadline); resume to continue"
+        (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    runs = report.load_runs(tmp_path)[0]
+    assert report.status_line(runs) == (
+        "2 of 9 planned CIFAR-10 runs are complete (3 networks × 3 seeds). On the JPEG mirror of CIFAR-10, "
+        "whose numbers are not CIFAR-10 results: 0 of 9 complete; 3 runs stopped at 2/200 (deadline), resumable.")
+    table = report.status_table(runs)
+    wrn = row(table, "wrn_16_4")
+    assert wrn["ours, CIFAR-10 (%)"] == "6.25 ± 0.35 (2 of 3 seeds, 200 epochs)"
+    assert wrn["ours, CIFAR-10 (%)"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    resnet = row(table, "preact_resnet110")
+    assert resnet[report.STATUS_MIRROR] == "3 runs stopped at 2/200 (deadline), resumable"
+    assert resnet["ours, CIFAR-10 (%)"] == report.NOT_RUN
+    # GPU time: 3 runs x 2 epochs x 20 s, each epoch shared by 3 packed runs; to finish: the 594
+    # missing epochs of the plan at 37 s / 3 runs a GPU-epoch
+    assert resnet["GPU-hours spent"] == f"{3 * 2 * 20 / 3 / 3600:.2g}"
+    assert resnet["GPU-hours to finish (est.)"] == f"≈{(3 * 200 - 6) * 37 / 3 / 3600:.1f} (NVIDIA H100)"
+    assert resnet["GPU-hours spent"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
+
+
+def test_gpu_seconds_share_a_packed_gpu_and_count_no_cpu_epochs(tmp_path):
+    run_dir = make_run(tmp_path, "a", epochs=4, metric_rows=[{"epoch": e, "train_loss": 1.0, "test_error": 5.0,
+                                                              "seconds": 30.0} for e in range(1, 5)])
+    with_speed(run_dir, {"first_epoch": 1, "last_epoch": 2, "pack": 3},
+               {"first_epoch": 3, "last_epoch": 3, "pack": 1, "stacked": 2},
+               {"first_epoch": 4, "last_epoch": 4, "device": "cpu"})
+    assert report.gpu_seconds(records.RunRecord.read(run_dir)) == pytest.approx(2 * 30 / 3 + 30 / 2)
+
+
+def test_claims_table_quotes_each_claim_with_its_statistic_and_its_evidence(tmp_path):
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
+    table = report.claims_table(report.load_runs(tmp_path)[0])
+    quoted = [row for row in reference.REFERENCE if row["network"] in report.status_networks()]
+    expected = [f"{row['title']} reaches {row['paper_error']:.2f} % test error on CIFAR-10 ({row['paper_statistic'][0]})"
+                for row in quoted if row["paper_error"] is not None]
+    assert [claim for claim in table["claim"] if "reaches" in claim] == expected
+    assert sum("The seed reports" in claim for claim in table["claim"]) == \
+        sum(row["seed_error"] is not None for row in quoted)
+    wrn = table[table["claim"].str.startswith("WRN-16-4 reaches")].iloc[0]
+    assert wrn["our evidence: CIFAR-10"] == "6.00 (1 of 3 seeds, 200 epochs)"
+    assert set(table[~table["claim"].str.contains("WRN-16-4|wrn_16_4")]["our evidence: CIFAR-10"]) == \
+        {"not run yet"}
 
 
 def test_html_table_right_aligns_number_columns_and_lists_the_notes():
@@ -436,7 +610,29 @@ def test_html_table_right_aligns_number_columns_and_lists_the_notes():
     assert '<th class="text">network</th><th class="num">error (%)</th><th class="num">n</th>' \
            '<th class="text">each seed</th>' in html
     assert '<td class="num">6.50 ± 0.71</td>' in html and '<td class="num">not run</td>' in html
-    assert html.endswith('<ol class="table-notes"><li>first &lt;note&gt;</li></ol>')
+    assert html.endswith('<ol class="table-notes"><li id="t-note-1">first &lt;note&gt;</li></ol>')
+
+
+def test_html_table_links_each_number_to_its_record_and_marks_quoted_ones():
+    """What the browser test holds every table of the book to, cell by cell."""
+    table = pd.DataFrame({"network": ["preact_resnet110"], report.PAPER: ["6.37"],
+                          "ours": [report.linked("6.50 ± 0.71", [{"name": "r-seed0"}, {"name": "r-seed1"}])],
+                          report.EACH_SEED: [report.linked_parts([("6.00", {"name": "r-seed0"}),
+                                                                  ("7.00", {"name": "r-seed1"})])],
+                          report.NOTES: ["1, 2"]})
+    table.attrs.update(quoted=[report.PAPER], notes=["a", "b"])
+    html = report.html_table(table, "t")
+    assert '<td class="num quoted">6.37</td>' in html and 'data-source="records"' in html
+    assert '<a class="record-link" href="../book/runs/r-seed0.html" title="records: r-seed0, r-seed1">' \
+           '6.50 ± 0.71</a>' in html
+    assert '<a class="record-link" href="../book/runs/r-seed0.html" title="record: r-seed0">6.00</a>, ' \
+           '<a class="record-link" href="../book/runs/r-seed1.html" title="record: r-seed1">7.00</a>' in html
+    assert '<a class="note-ref" href="#t-note-1">1</a>, <a class="note-ref" href="#t-note-2">2</a>' in html
+    assert '<li id="t-note-2">b</li>' in html
+    assert 'href="r-seed0.html"' in report.html_table(table, "t", pages="")  # from another record's page
+    # a network's name never breaks at its underscore; a path may after a slash
+    assert "preact_<wbr>" not in html
+    assert "results/<wbr>x/<wbr>run.json" in report.html_table(pd.DataFrame({"path": ["results/x/run.json"]}), "p")
 
 
 def test_jpeg_mirror_runs_get_the_same_table_under_their_own_name(tmp_path):
@@ -451,7 +647,7 @@ def test_jpeg_mirror_runs_get_the_same_table_under_their_own_name(tmp_path):
     ours = f"this project on the {mirror} (%): mean ± std"
     assert ours in table.columns and report.OURS not in table.columns
     line = row(table, "wrn_16_4")
-    assert (line[ours], line["n"]) == ("7.50 ± 0.71", 2)
+    assert (line[ours], line["n"]) == ("7.50 ± 0.71", "2")
     assert line[report.EACH_SEED] == "7.00 (seed 0), 8.00 (seed 1)"
     assert row(table, "preact_resnet110")[ours] == report.NOT_RUN
 
@@ -472,4 +668,4 @@ def test_ablation_table_has_a_row_per_option_value_with_mean_std_and_n(tmp_path)
     table = report.ablation_table(report.load_runs(tmp_path)[0])
     assert list(table["settings"]) == ["recipe defaults", "shortcut=input_projection"]
     assert list(table["test error (%): mean ± std"]) == ["6.50 ± 0.71", "6.50"]
-    assert list(table["n"]) == [2, 1]
+    assert list(table["n"]) == ["2", "1"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reproresnet import engine, train as training
-from reproresnet.data import eval_batches, load_splits
+from reproresnet.data import Normalizer, eval_batches, load_splits
 from science_runs import run_for
 
 
@@ -49,6 +49,17 @@ def test_normaliser_does_not_depend_on_the_test_images(tmp_path, cifar_root, mon
     assert len(fewer.runs[0].splits.test) == 2 and len(full.runs[0].splits.test) == 4
     assert torch.equal(full.runs[0].normalizer.mean, fewer.runs[0].normalizer.mean)
     assert torch.equal(full.runs[0].normalizer.std, fewer.runs[0].normalizer.std)
+
+
+@pytest.mark.slow  # three 3072 x 3072 eigendecompositions: about 10 s each on one CPU core
+def test_gcn_zca_of_a_run_is_fitted_on_its_training_split_only(tmp_path, cifar_root, monkeypatch):
+    """Protects WRN v1's whitening from the held-out and test images: fitted on the images trained on."""
+    full = run_for(tmp_path / "a", cifar_root, monkeypatch, normalization="gcn_zca", val_size=5)
+    fewer = run_for(tmp_path / "b", cifar_root, monkeypatch, normalization="gcn_zca", val_size=5, limit_test=2)
+    assert torch.equal(full.normalizer.whitening, fewer.normalizer.whitening)
+    assert torch.equal(full.normalizer.mean, fewer.normalizer.mean)
+    alone = Normalizer.fit(full.splits.train.images, "gcn_zca")
+    assert torch.equal(alone.whitening, full.normalizer.whitening)
 
 
 def test_validation_split_is_disjoint_from_training_and_from_test(tmp_path, cifar_root, monkeypatch):

@@ -277,3 +277,156 @@ def test_summary_speed_leaves_out_the_first_epoch():
     assert summary["seconds_per_epoch"] == pytest.approx(2.5)          # median of 3, 1, 2, 50
     assert summary["images_per_second"] == pytest.approx((1000 / 3 + 1000 / 2) / 2)
     assert not math.isclose(summary["seconds_per_epoch"], 3.0)          # what the first epoch would give
+
+
+# ---------------------------------------------------------------- momentum at a change of learning rate
+
+def lasagne_nesterov(params, grads_per_step, lrs, momentum, weight_decay):
+    """Lasagne's nesterov_momentum, from lasagne/updates.py (sgd, then apply_nesterov_momentum):
+    velocity := momentum * velocity - learning_rate * gradient;
+    param := param + momentum * velocity - learning_rate * gradient. The gradient is that of the loss
+    with the seed's L2 term (1e-4 * sum w^2 adds 2e-4 * w: `weight_decay`); velocity starts at zero."""
+    params, velocity = [p.clone() for p in params], [torch.zeros_like(p) for p in params]
+    for lr, grads in zip(lrs, grads_per_step):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + weight_decay[i] * p
+            velocity[i] = momentum * velocity[i] - lr * d
+            params[i] = p + momentum * velocity[i] - lr * d
+    return params
+
+
+def torch_sgd_reset_at_each_drop(params, grads_per_step, lrs, momentum, weight_decay):
+    """Torch's optim.sgd with Nesterov (dampening 0): dfdx = g + wd p; state.dfdx = dfdx on a state's
+    first call, else momentum state.dfdx + dfdx; p -= lr (dfdx + momentum state.dfdx). The WRN
+    authors' train.lua gives it a fresh state (`state.optim = tablex.deepcopy(opt)`) where the lr drops."""
+    params, state = [p.clone() for p in params], [None] * len(params)
+    for step, (lr, grads) in enumerate(zip(lrs, grads_per_step)):
+        if step and lr != lrs[step - 1]:
+            state = [None] * len(params)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + weight_decay[i] * p
+            state[i] = d.clone() if state[i] is None else momentum * state[i] + d
+            params[i] = p - lr * (d + momentum * state[i])
+    return params
+
+
+def pytorch_nesterov(params, grads_per_step, lrs, momentum, weight_decay):
+    """PyTorch's SGD (hand_sgd) with the learning rate of each step: b = momentum b + d, kept across
+    every change of lr; p -= lr (d + momentum b)."""
+    params, buffers = [p.clone() for p in params], [torch.zeros_like(p) for p in params]
+    for lr, grads in zip(lrs, grads_per_step):
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + weight_decay[i] * p
+            buffers[i] = momentum * buffers[i] + d
+            params[i] = p - lr * (d + momentum * buffers[i])
+    return params
+
+
+def train_on_known_gradients(run, epochs, grads):
+    """Whole epochs of `train_one_epoch` in which each step takes the next of `grads` as its gradient."""
+    def step(model, optimizer, images, labels, speedups):
+        for p, g in zip(model.parameters(), next(grads)):
+            p.grad = g.clone()
+        optimizer.step()
+        return torch.zeros(()), torch.zeros((), dtype=torch.long)
+
+    with mock.patch.object(engine, "train_step", step):
+        for epoch in epochs:
+            training.train_one_epoch(run, epoch, progress=False)
+
+
+@pytest.mark.parametrize("recipe_name, rule", [("seed_code", lasagne_nesterov),
+                                               ("wrn2016", torch_sgd_reset_at_each_drop)])
+def test_momentum_across_learning_rate_changes_follows_the_recipes_code(tmp_path, cifar_root, monkeypatch,
+                                                                        recipe_name, rule):
+    """Protects the momentum form: over a warm-up (0.01 -> 0.1) and decays, the loop's SGD moves every
+    parameter as the update rule written from the source's own code, also when the run is resumed
+    from a checkpoint just before a decay; PyTorch's rule, which keeps its buffer, would not."""
+    epochs = 10  # 4 steps an epoch; seed_code: warm-up 2 steps, decays at 16 and 24; wrn2016: 12, 24, 32
+    settings = dict(recipe=recipe_name, batch_size=4, epochs=epochs)
+    run = run_for(tmp_path / "whole", cifar_root, monkeypatch, **settings)
+    recipe = RECIPES[recipe_name].replace(epochs=epochs)
+    steps = epochs * 4
+    lrs = [hand_lr(recipe, "preact_resnet20", i, 4) for i in range(steps)]
+    assert len(set(lrs)) >= 3
+    params = list(run.model.parameters())
+    g = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(steps)]
+    decay = [hand_decay(recipe, run.model, p) for p in params]
+    expected = rule([p.detach() for p in params], grads, lrs, recipe.momentum, decay)
+    kept = pytorch_nesterov([p.detach() for p in params], grads, lrs, recipe.momentum, decay)
+    assert max((a - b).abs().max().item() for a, b in zip(kept, expected)) > 1e-3  # the forms differ here
+    train_on_known_gradients(run, range(epochs), iter(grads))
+    for p, want in zip(params, expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-5)  # float32 over 40 steps
+    # Resumed: epochs 0-3 in one run, its model and optimizer state loaded into a fresh one for 4-9.
+    first = run_for(tmp_path / "first", cifar_root, monkeypatch, **settings)
+    stream = iter(grads)
+    train_on_known_gradients(first, range(4), stream)
+    second = run_for(tmp_path / "second", cifar_root, monkeypatch, **settings)
+    second.model.load_state_dict(first.model.state_dict())
+    second.optimizer.load_state_dict(first.optimizer.state_dict())
+    train_on_known_gradients(second, range(4, epochs), stream)
+    for p, want in zip(second.model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-4, atol=1e-5)  # float32 over 40 steps
+
+
+def test_a_training_step_descends_the_mean_cross_entropy():
+    """Protects the loss: the plain cross-entropy of the softmax, averaged over the batch (no label
+    smoothing, no sum), as every source trains with it. One step of SGD with lr 1 and no momentum
+    moves a linear classifier by minus the hand-derived gradient (softmax - one-hot)^T x / n."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    x, labels = torch.randn(6, 3, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    model = model.double()
+    weight, bias = (t.detach().clone() for t in model[1].parameters())
+    logits = x.flatten(1) @ weight.T + bias
+    probabilities = logits.softmax(1)
+    hand_loss = -probabilities[torch.arange(6), labels].log().mean()
+    residual = (probabilities - F.one_hot(labels, 5).double()) / 6
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss_sum, errors = engine.train_step(model, optimizer, x, labels.unsqueeze(0),  # one network: labels [1, B]
+                                         engine.Speedups(False, False, False, False))
+    assert loss_sum.item() == pytest.approx(6 * hand_loss.item(), rel=1e-12)
+    assert errors.item() == (logits.argmax(1) != labels).sum().item()
+    torch.testing.assert_close(model[1].weight.detach(), weight - residual.T @ x.flatten(1))
+    torch.testing.assert_close(model[1].bias.detach(), bias - residual.sum(0))
+
+
+def test_each_recipes_padding_reaches_the_training_batches(tmp_path, cifar_root, monkeypatch):
+    """Protects reflection padding (wrn2016) from stopping at the recipe: the loop's batches are padded
+    as the recipe says."""
+    for recipe_name, padding in (("wrn2016", "reflect"), ("seed", "zero")):
+        run = run_for(tmp_path / recipe_name, cifar_root, monkeypatch, recipe=recipe_name, batch_size=4)
+        no_step = lambda *args: (torch.zeros(()), torch.zeros((), dtype=torch.long))  # noqa: E731
+        with mock.patch.object(training, "train_batches", wraps=training.train_batches) as batches, \
+                mock.patch.object(engine, "train_step", no_step):
+            training.train_one_epoch(run, 0, progress=False)
+        assert batches.call_args.kwargs["padding"] == padding
+
+
+def test_evaluation_runs_in_fp32_without_tf32_and_restores_the_settings(wide_run, monkeypatch):
+    """Protects "evaluation in fp32": cuDNN convolutions and matmuls may not use TF32 while the network
+    evaluates (on CUDA cuDNN allows it by default), and the caller's settings come back afterwards,
+    also when evaluation fails."""
+    def flags():
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    seen, forward, saved = [], wide_run.model.forward, flags()
+
+    def watched(images):
+        seen.append(flags())
+        return forward(images)
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        monkeypatch.setattr(wide_run.model, "forward", watched)
+        training.evaluate(wide_run, [wide_run.runs[0].splits.test])
+        assert seen and set(seen) == {(False, False)}
+        assert flags() == (True, True)
+        monkeypatch.setattr(wide_run.model, "forward", mock.Mock(side_effect=RuntimeError("out of memory")))
+        with pytest.raises(RuntimeError):
+            training.evaluate(wide_run, [wide_run.runs[0].splits.test])
+        assert flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 
 from reproresnet import records, sweep
+from reproresnet.config import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_NOTEBOOK = ROOT / "notebooks" / "train.ipynb"
@@ -51,7 +52,7 @@ def test_sweep_skips_a_complete_run_and_passes_the_right_parameters(tmp_path, fa
     [call] = fake_papermill
     run_dir = tmp_path / "preact_resnet20-seed1"
     assert call["parameters"] == {"epochs": 2, "dataset": "synthetic", "arch": "preact_resnet20", "seed": 1,
-                                  "run_dir": str(run_dir)}
+                                  "run_dir": str(run_dir), "threads": cpu_threads(jobs=1)[0]}
     assert call["output"] == str(run_dir / "train.ipynb")
     assert call["cwd"] is None  # the caller's directory: relative paths keep their meaning
     # the page of each run is titled with its name
@@ -94,6 +95,36 @@ def test_sweep_rejects_bad_arguments(tmp_path, fake_papermill, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sweep.run_sweep(["wrn_16_4"], [0], tmp_path, **kwargs)
     assert fake_papermill == []
+
+
+@pytest.mark.parametrize("archs, parameters, message", [
+    (["preact_resnet20", "resnet19"], {}, "arch='resnet19' is not valid"),
+    (["preact_resnet20"], {"lr": "nan"}, "lr='nan' is not valid: expected a finite number"),
+    (["preact_resnet20"], {"shortcut": "sideways"}, "shortcut"),
+    (["preact_resnet20"], {"epochs": 0}, "epochs=0"),
+])
+def test_sweep_checks_every_runs_settings_before_it_starts_a_job(tmp_path, fake_papermill, archs, parameters,
+                                                                 message):
+    with pytest.raises(ValueError, match=message):
+        sweep.run_sweep(archs, [0, 1], tmp_path / "results", parameters, IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
+    assert fake_papermill == [] and not (tmp_path / "results").exists()
+
+
+def test_main_refuses_a_bad_setting_before_it_starts_a_job(tmp_path, fake_papermill, capsys):
+    for value in ("nan", "1e999"):
+        argv = ["--archs", "preact_resnet20", "--results", str(tmp_path), "--launcher", "debug", "--set", f"lr={value}"]
+        assert sweep.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: lr=" in err and "finite number" in err and len(err.strip().splitlines()) == 1, err
+    assert fake_papermill == [] and not any(tmp_path.iterdir())
+
+
+def test_the_sweep_finds_its_notebook_from_any_directory(tmp_path, fake_papermill, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], "results", {"epochs": 2}, IN_PROCESS)
+    assert outcome["status"] == "complete" and Path(sweep.DEFAULT_NOTEBOOK) == TRAIN_NOTEBOOK
+    with pytest.raises(ValueError, match="notebook 'missing.ipynb' not found"):
+        sweep.run_sweep(["preact_resnet20"], [1], "results", {}, IN_PROCESS, notebook="missing.ipynb")
 
 
 def test_main_passes_the_full_experiment_not_the_notebook_smoke_defaults(tmp_path, monkeypatch):
@@ -190,14 +221,15 @@ def fake_slurm(tmp_path, monkeypatch):
 def test_slurm_sweep_submits_one_array_job_per_sweep_with_the_requested_resources(tmp_path, fake_slurm):
     import submitit
     results = tmp_path / "results"
-    write_record(results / "a-seed0", arch="a")  # complete: not submitted
+    write_record(results / "wrn_16_4-seed0", arch="wrn_16_4")  # complete: not submitted
     launch = sweep.Launch(launcher="slurm", slurm_partition="gpu", gpus_per_job=1, timeout_min=600,
                           array_parallelism=1, slurm_args={"account": "abc", "cpus-per-task": "8"})
-    outcomes = sweep.run_sweep(["a", "b", "c"], [0], results, {"epochs": 2, "dataset": "synthetic"}, launch,
+    outcomes = sweep.run_sweep(["wrn_16_4", "preact_resnet20", "preact_resnet32"], [0], results, {"epochs": 2, "dataset": "synthetic"}, launch,
                                notebook="notebooks/train.ipynb", wait=False)
     folder = results / sweep.LOG_FOLDER
-    assert [(o["run"], o["status"]) for o in outcomes] == [("a-seed0", "skipped"), ("b-seed0", "submitted"),
-                                                          ("c-seed0", "submitted")]
+    assert [(o["run"], o["status"]) for o in outcomes] == [("wrn_16_4-seed0", "skipped"),
+                                                          ("preact_resnet20-seed0", "submitted"),
+                                                          ("preact_resnet32-seed0", "submitted")]
     assert outcomes[1]["message"] == f"job 4242_0 (log: {folder}/4242_0/4242_0_0_log.out)"
     [script] = [path.read_text() for path in fake_slurm.iterdir()]  # one sbatch call: an array of 2
     flags = {line for line in script.splitlines() if line.startswith("#SBATCH")}
@@ -210,12 +242,13 @@ def test_slurm_sweep_submits_one_array_job_per_sweep_with_the_requested_resource
     command = script.strip().splitlines()[-1]
     assert command.startswith("srun --unbuffered --output") and command.endswith(
         f"-u -m submitit.core._submit {folder}/%j")
-    for index, name in enumerate(["b-seed0", "c-seed0"]):
+    for index, arch in enumerate(["preact_resnet20", "preact_resnet32"]):
+        name = f"{arch}-seed0"
         delayed = submitit.helpers.DelayedSubmission.load(folder / f"4242_{index}" / f"4242_{index}_submitted.pkl")
         run = delayed.function
         assert isinstance(run, sweep.NotebookRun) and delayed.args == () and delayed.kwargs == {}
         assert run.notebook == "notebooks/train.ipynb" and run.run_dir == str(results / name)
-        assert run.parameters == {"epochs": 2, "dataset": "synthetic", "arch": name[0], "seed": 0,
+        assert run.parameters == {"epochs": 2, "dataset": "synthetic", "arch": arch, "seed": 0,
                                   "run_dir": str(results / name)}
         # on a time limit or preemption it is requeued as the same call, up to MAX_TIMEOUTS time limits
         assert delayed._timeout_min == 600 and delayed._timeout_countdown == sweep.MAX_TIMEOUTS
@@ -226,7 +259,7 @@ def test_slurm_sweep_submits_one_array_job_per_sweep_with_the_requested_resource
 def test_slurm_launcher_without_slurm_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun
     with pytest.raises(ValueError, match="launcher 'slurm' needs Slurm's commands on PATH"):
-        sweep.run_sweep(["a"], [0], tmp_path, {}, sweep.Launch(launcher="slurm"))
+        sweep.run_sweep(["wrn_16_4"], [0], tmp_path, {}, sweep.Launch(launcher="slurm"))
 
 
 def test_main_exit_status_says_whether_every_run_finished(monkeypatch):
@@ -273,16 +306,15 @@ def test_sweep_reports_a_failed_notebook_and_goes_on(tmp_path, monkeypatch):
 
     def execute_notebook(input_path, output_path, parameters, **kwargs):
         calls.append(parameters["arch"])
-        raise PapermillExecutionError(cell_index=2, exec_count=1, source="", ename="ConfigError",
-                                      evalue="epochs='three' is not valid: expected int or None, got str",
-                                      traceback=[])
+        raise PapermillExecutionError(cell_index=2, exec_count=1, source="", ename="DataError",
+                                      evalue="CIFAR-10 not found in data: pass --download", traceback=[])
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
-    outcomes = sweep.run_sweep(["preact_resnet20", "wrn_16_4"], [0], tmp_path, {"epochs": "three"},
+    outcomes = sweep.run_sweep(["preact_resnet20", "wrn_16_4"], [0], tmp_path, {"epochs": 3},
                                IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
     assert calls == ["preact_resnet20", "wrn_16_4"]
     assert [o["status"] for o in outcomes] == ["failed", "failed"]
-    assert outcomes[0]["message"].startswith("epochs='three' is not valid")
+    assert outcomes[0]["message"].startswith("CIFAR-10 not found in data")
     assert sweep.main(["--archs", "wrn_16_4", "--results", str(tmp_path / "other"), "--launcher", "debug"]) == 1
 
 
@@ -368,10 +400,50 @@ def test_local_sweep_runs_notebooks_in_separate_processes_one_gpu_each(tmp_path)
     path = tmp_path / "stand-in.ipynb"
     nbformat.write(notebook, path)
     # two GPUs, one run each: both at once, each seeing its own GPU only
-    outcomes = sweep.run_sweep(["a", "b"], [0], tmp_path / "results", {}, sweep.Launch(gpus=(0, 1), poll_s=0.2),
+    archs = ["preact_resnet20", "wrn_16_4"]
+    outcomes = sweep.run_sweep(archs, [0], tmp_path / "results", {}, sweep.Launch(gpus=(0, 1), poll_s=0.2),
                                notebook=str(path))
     assert [o["status"] for o in outcomes] == ["complete", "complete"]
-    written = [json.loads((tmp_path / "results" / f"{arch}-seed0" / "run.json").read_text()) for arch in "ab"]
+    written = [json.loads((tmp_path / "results" / f"{arch}-seed0" / "run.json").read_text()) for arch in archs]
     parents = {record["parent"] for record in written}
     assert len(parents) == 2 and os.getpid() not in parents  # each kernel started by its own job
     assert sorted(record["gpus"] for record in written) == ["0", "1"]
+
+
+def test_local_jobs_running_at_once_divide_the_cores_between_them(tmp_path, monkeypatch):
+    """Four local jobs at once on a 4-core machine: one CPU thread each, not four each."""
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(sweep.os, "getloadavg", lambda: (0.0, 0.0, 0.0), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    submitted = []
+
+    class Job:
+        job_id, state = "1", "DONE"
+        paths = type("Paths", (), {"stdout": "log", "stderr": "log"})
+
+        def __init__(self, run):
+            self.run = run
+
+        def done(self):
+            return True
+
+        def result(self):
+            return {"run": self.run.name, "status": "complete", "message": None}
+
+    class Executor:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, run):
+            submitted.append(run)
+            return Job(run)
+
+    monkeypatch.setattr(sweep, "make_executor", lambda launch, folder: Executor())
+    runs = sweep.run_sweep(["preact_resnet20"], [0, 1, 2, 3], tmp_path, {"device": "cpu"},
+                           sweep.Launch(jobs=4, poll_s=0), notebook=str(TRAIN_NOTEBOOK))
+    assert [o["status"] for o in runs] == ["complete"] * 4
+    assert [run.parameters["threads"] for run in submitted] == [1, 1, 1, 1]
+    submitted.clear()
+    sweep.run_sweep(["preact_resnet20"], [4], tmp_path, {"device": "cpu", "threads": 3},
+                    sweep.Launch(jobs=1, poll_s=0), notebook=str(TRAIN_NOTEBOOK))
+    assert submitted[0].parameters["threads"] == 3  # a choice given is kept

@@ -96,6 +96,17 @@ def test_cli_train_and_list(tmp_path, capsys):
     assert code == 0
     assert "preact_resnet20 on synthetic: test error" in capsys.readouterr().out
     assert records.read_run(out)["config"]["batch_size"] == 32
+    # without --quiet: what is loaded and built, and where, before the first progress bar
+    code = cli.main(["train", "--arch", "preact_resnet20", "--out", str(tmp_path / "loud"), "--dataset", "synthetic",
+                     "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1",
+                     "--device", "cpu", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[:3] == [
+        "preact_resnet20: loading synthetic ...",
+        "preact_resnet20: 64 training, 0 validation and 32 test images of synthetic on cpu; 1 CPU thread (requested)",
+        "preact_resnet20: built, 269,722 parameters, fp32; training 1 epoch"]
+    assert lines[3].startswith("epoch   1/1")
+    assert records.read_run(tmp_path / "loud")["speed"]["segments"][0]["threads"] == 1
 
     assert cli.main(["list", "--json"]) == 0
     listing = {row["name"]: row["params"] for row in json.loads(capsys.readouterr().out)}
@@ -151,7 +162,7 @@ def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tm
     alone = training.train(TrainConfig(out=str(tmp_path / "alone"), seed=0, **STACK), progress=False,
                            deadline=time.time() + 3600)
     monkeypatch.undo()
-    assert [(r["status"], r["epochs_done"]) for r in first + [alone]] == [("running", 1)] * 3
+    assert [(r["status"], r["epochs_done"]) for r in first + [alone]] == [("stopped", 1)] * 3
     segment = first[0]["speed"]["segments"][-1]
     assert (segment["stacked"], segment["engine"]) == (2, "eager") and "dropout" in segment["stacked_note"]
     ours, lone = checkpoint(tmp_path / "k0"), checkpoint(tmp_path / "alone")

@@ -46,7 +46,7 @@ import torch
 from . import records
 from .config import ConfigError, TrainConfig, select_device
 from .data import PAD, augment, train_batches
-from .engine import WARMUP_STEPS
+from .engine import WARMUP_STEPS, exact_fp32
 from .train import Stack, build_stack, epoch_seed, load_device_splits, source_key, stacked_batch, synchronize
 
 FORMAT = "reproresnet-selfcheck/2"
@@ -145,7 +145,13 @@ def _flat_weights(stack: Stack) -> torch.Tensor:
 
 
 def _steps(stack: Stack, batches, first_run: int, timed: int) -> dict:
-    """The compared steps on this stack's runs' batches, then `timed` full steps timed."""
+    """The compared steps on this stack's runs' batches, then `timed` full steps timed; as the
+    loop runs them, fp32 with TF32 off."""
+    with exact_fp32():
+        return _steps_exact(stack, batches, first_run, timed)
+
+
+def _steps_exact(stack: Stack, batches, first_run: int, timed: int) -> dict:
     runs = range(first_run, first_run + stack.k)
     stacked = [stacked_batch([step[index] for index in runs], stack.speedups.channels_last) for step in batches]
     before = _flat_weights(stack).clone()

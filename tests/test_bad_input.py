@@ -587,7 +587,7 @@ def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
 def test_divergence_keeps_the_last_good_checkpoint_and_can_be_resumed(tmp_path, capsys, monkeypatch, reference):
     """A NaN loss in epoch 2 (the loss is poisoned for that epoch only)."""
     out = tmp_path / "run"
-    real_epoch, real_loss = training.train_one_epoch, training.F.cross_entropy
+    real_epoch, real_loss = training.train_one_epoch, torch.nn.functional.cross_entropy
 
     def nan_loss(*args, **kwargs):
         return real_loss(*args, **kwargs) * float("nan")
@@ -596,7 +596,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_can_be_resumed(tmp_path, 
         if epoch != 1:
             return real_epoch(run, epoch, *args, **kwargs)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(training.F, "cross_entropy", nan_loss)
+            patch.setattr(torch.nn.functional, "cross_entropy", nan_loss)  # the loss of every step
             return real_epoch(run, epoch, *args, **kwargs)
 
     monkeypatch.setattr(training, "train_one_epoch", epoch_2_diverges)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reproresnet import bundle as bundling
 from reproresnet import campaign, records, selfcheck
 from reproresnet import engine as engine_module
 from reproresnet import train as training
@@ -395,6 +396,22 @@ def test_the_check_passes_a_right_stack_and_catches_a_wrong_gradient_or_a_frozen
     assert not baked["ok"] and baked["update_rel_diff"] > 0.10
 
 
+def test_the_check_steps_and_times_fp32_without_tf32(monkeypatch):
+    """The variants are timed as the loop trains: fp32 with TF32 off (on CUDA, cuDNN would use
+    TF32 by default, and an fp32 variant would look faster than its training runs)."""
+    def flags():
+        return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+
+    seen, real_step, saved = [], engine_module.train_step, flags()
+    monkeypatch.setattr(engine_module, "train_step", lambda *args: seen.append(flags()) or real_step(*args))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _tiny_check(stack=2)
+        assert len(seen) > 10 and set(seen) == {(False, False)} and flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_the_check_keeps_its_budget_and_a_check_cut_short_chooses_nothing_unchecked(monkeypatch):
     """A check still running when the budget is spent is interrupted and recorded as unchecked,
     even where the interruption surfaces as another error; then the eager unstacked reference
@@ -453,11 +470,12 @@ def reference(tmp_path_factory):
     return out, time.time() - began
 
 
-def _campaign(out: Path, budget: float, seeds=(0, 1), stack=1, script: str | None = None) -> subprocess.Popen:
-    argv = ["campaign", "--out", str(out), "--budget", f"{budget:.1f}", *PLAN_ARGS, "--seeds", *map(str, seeds),
-            "--stack", str(stack), "--train-args", TRAIN_ARGS]
-    command = [sys.executable, "-c", script, *argv] if script else [sys.executable, "-m", "reproresnet", *argv]
-    return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _campaign(out: Path, budget: float) -> subprocess.Popen:
+    """The two runs of the reference as a campaign process, one after the other (--stack 1)."""
+    argv = ["campaign", "--out", str(out), "--budget", f"{budget:.1f}", *PLAN_ARGS, "--seeds", "0", "1",
+            "--stack", "1", "--train-args", TRAIN_ARGS]
+    return subprocess.Popen([sys.executable, "-m", "reproresnet", *argv], cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def _check_equal_to_reference(out: Path, reference_dir: Path, seeds=(0, 1)) -> None:
@@ -528,7 +546,7 @@ def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path):
     manifest = bundling.bundle(out, tmp_path / "bundle")
     assert {f"preact_resnet20-fp32-seed{seed}/run.json" for seed in (0, 1, 2)} | {"_campaign/selfcheck.json"} <= \
         {entry["path"] for entry in manifest["files"]}
-    assert len(bundling.unbundle(tmp_path / "bundle", tmp_path / "home")) == len(manifest["files"])
+    assert len(bundling.unbundle(tmp_path / "bundle", tmp_path / "home")["restored"]) == len(manifest["files"])
 
 
 def _lock_is_free(run_dir: Path) -> bool:
@@ -540,44 +558,40 @@ def _lock_is_free(run_dir: Path) -> bool:
         return not (run_dir / ".lock").exists()
 
 
-# A campaign that SIGKILLs itself at its N-th file write (records.write_atomic), whatever it writes.
-KILL_AT_WRITE = """
-import os, signal, sys
-from reproresnet import campaign, records
-real, count, n = records.write_atomic, [0], int(os.environ["KILL_AT_WRITE"])
-
-def write_atomic(path, write):
-    count[0] += 1
-    if count[0] == n:
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(path, write)
-
-records.write_atomic = write_atomic
-sys.exit(campaign.main(sys.argv[2:]))  # python -c SCRIPT campaign ARGS...
-"""
-
-
 @pytest.mark.slow
-def test_a_campaign_killed_at_any_write_loses_nothing(tmp_path, reference):
-    """SIGKILLed at its 2nd, 5th, ... file write (in the self-check, between a run's checkpoint and
-    its metrics, between two runs, at the end), and called again each time: the runs finish as the
-    uninterrupted ones, bit for bit; every lock is free after each kill."""
-    reference_dir, _ = reference
-    for n in (2, 5, 7, 9, 12, 16, 23):
-        process = subprocess.Popen(_campaign(tmp_path, 900, script=KILL_AT_WRITE).args, cwd=REPO,
-                                   env={**_env(), "KILL_AT_WRITE": str(n)}, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        output = process.communicate(timeout=600)[0]
-        assert process.returncode in (-signal.SIGKILL, 0), output
-        assert all(_lock_is_free(run) for run in tmp_path.glob("preact_resnet20-*")) and _lock_is_free(tmp_path)
-        for run in tmp_path.glob("preact_resnet20-*"):
-            if (run / records.RUN_FILE).exists() and (run / records.CHECKPOINT_FILE).exists():
-                saved = torch.load(run / records.CHECKPOINT_FILE, weights_only=False)
-                assert len(saved["metrics"]) >= records.read_run(run)["epochs_done"]  # the record never ahead
-    final = _campaign(tmp_path, 900)
-    output = final.communicate(timeout=960)[0]
-    assert final.returncode == 0, output
-    _check_equal_to_reference(tmp_path, reference_dir)
+def test_a_campaign_killed_at_any_file_operation_and_called_again_equals_the_uninterrupted_one(tmp_path):
+    """The campaign "dies" at its n-th file operation (tests/faults.py: half-way through a write,
+    before a rename, before an unlink), for every n of an uninterrupted campaign, and is called
+    again: every run then equals the uninterrupted campaign's, metrics and weights bit for bit,
+    and no lock is left held (runs one by one, so that the same code runs either way)."""
+    from faults import Faults, Killed
+    plan = campaign.Plan(archs=("preact_resnet20",), seeds=(0, 1), dataset="synthetic",
+                         train_args=("--epochs", "2", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32"))
+    options = campaign.Options(budget=900, device="cpu", stack=1, min_start=0, log_epochs=False)
+    names = [f"preact_resnet20-fp32-seed{seed}" for seed in (0, 1)]
+
+    def called(out, faults=None):
+        with pytest.MonkeyPatch.context() as patch:
+            if faults:
+                faults.patch_files(patch)
+            return campaign.run_campaign(plan, out, options, log=lambda line: None)
+
+    whole = tmp_path / "whole"
+    _checked(whole, "eager-fp32-nchw-k1")
+    counted = Faults()
+    called(whole, counted)
+    assert all(records.read_run(whole / name)["status"] == "complete" for name in names)
+    assert len(counted.operations) > 20
+    for n in range(1, len(counted.operations) + 1):
+        out = tmp_path / f"killed-at-{n}"
+        _checked(out, "eager-fp32-nchw-k1")
+        with pytest.raises(Killed):
+            called(out, Faults(kill_at=n))
+        assert _lock_is_free(out) and all(_lock_is_free(out / name) for name in names if (out / name).exists())
+        rows = called(out)
+        where = (n, counted.operations[n - 1])
+        assert [row["status"] for row in rows] == ["complete", "complete"], where
+        assert all(same_run(out / name, whole / name) for name in names), where
 
 
 @pytest.mark.slow

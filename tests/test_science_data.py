@@ -56,10 +56,10 @@ def test_gcn_zca_of_a_run_is_fitted_on_its_training_split_only(tmp_path, cifar_r
     """Protects WRN v1's whitening from the held-out and test images: fitted on the images trained on."""
     full = run_for(tmp_path / "a", cifar_root, monkeypatch, normalization="gcn_zca", val_size=5)
     fewer = run_for(tmp_path / "b", cifar_root, monkeypatch, normalization="gcn_zca", val_size=5, limit_test=2)
-    assert torch.equal(full.normalizer.whitening, fewer.normalizer.whitening)
-    assert torch.equal(full.normalizer.mean, fewer.normalizer.mean)
-    alone = Normalizer.fit(full.splits.train.images, "gcn_zca")
-    assert torch.equal(alone.whitening, full.normalizer.whitening)
+    assert torch.equal(full.runs[0].normalizer.whitening, fewer.runs[0].normalizer.whitening)
+    assert torch.equal(full.runs[0].normalizer.mean, fewer.runs[0].normalizer.mean)
+    alone = Normalizer.fit(full.runs[0].splits.train.images, "gcn_zca")
+    assert torch.equal(alone.whitening, full.runs[0].normalizer.whitening)
 
 
 def test_validation_split_is_disjoint_from_training_and_from_test(tmp_path, cifar_root, monkeypatch):

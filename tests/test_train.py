@@ -104,7 +104,7 @@ def test_cli_train_and_list(tmp_path, capsys):
     assert code == 0 and lines[:3] == [
         "preact_resnet20: loading synthetic ...",
         "preact_resnet20: 64 training, 0 validation and 32 test images of synthetic on cpu; 1 CPU thread (requested)",
-        "preact_resnet20: built, 269,722 parameters, fp32; training 1 epoch"]
+        "preact_resnet20: built, 269,722 parameters, fp32, eager engine; training 1 epoch"]
     assert lines[3].startswith("epoch   1/1")
     assert records.read_run(tmp_path / "loud")["speed"]["segments"][0]["threads"] == 1
 

@@ -25,7 +25,8 @@ from . import records
 from .bench_baseline import BaselinePath, queued_batches
 from .config import ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
-from .models import ARCHITECTURES, UnknownArchitectureError, flops_per_image
+from .architectures import ARCHITECTURES
+from .models import UnknownArchitectureError, flops_per_image
 from .engine import COMPILE_MODES, Speedups, compile_counter
 from .train import build_stack, synchronize, train_one_epoch
 

@@ -52,7 +52,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     passed, so TrainConfig's default (or the recipe's) applies and TrainConfig checks every
     value: one default and one check per setting."""
     parser.add_argument("--arch", required=True, metavar="NAME",
-                        help=f"network, one of: {', '.join(architectures.names())}")
+                        help=f"network, one of: {', '.join(architectures.ARCHITECTURES)}")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory for records and checkpoints")
     parser.add_argument("--recipe", help=f"one of {list(RECIPES)} (default: {_default('recipe')})")
     parser.add_argument("--resume", action="store_true", default=False,

@@ -15,8 +15,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NETWORK_OPTIONS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS,
-                      WEIGHT_DECAY_SCOPES, Recipe, as_record, make_schedule)
+from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
+from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES,
+                      Recipe, as_record, make_schedule)
 
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("eager", "graph")  # engine.EagerEngine, engine.GraphEngine
@@ -92,12 +93,9 @@ class TrainConfig:
         self._check_network()
 
     def _check_network(self):
-        import torch
-
-        from .models import build_model
+        options = self.model_options()  # names an unknown network
         try:
-            with torch.device("meta"):  # checks the options without allocating any weights
-                build_model(self.arch, **self.model_options())
+            ARCHITECTURES[self.arch].options(options)
         except ValueError as error:
             raise ConfigError(str(error)) from None
 
@@ -131,7 +129,6 @@ class TrainConfig:
 
     def model_options(self) -> dict:
         """Network options: the recipe's where the network has them, then this run's."""
-        from .models import ARCHITECTURES, default_options
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"arch={self.arch!r} is not valid: expected one of {list(ARCHITECTURES)}")
         spec = ARCHITECTURES[self.arch]
@@ -142,7 +139,6 @@ class TrainConfig:
 
     def describe(self, train_size: Optional[int] = None) -> dict:
         """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
-        from .models import ARCHITECTURES, default_options
         recipe = self.resolved_recipe()
         if train_size is None:
             train_size = (self.limit_train or CIFAR_TRAIN_IMAGES) - recipe.val_size

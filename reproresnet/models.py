@@ -1,17 +1,17 @@
 """CIFAR ResNets: pre-activation (He et al. 2016), original (He et al. 2015) and wide
-(Zagoruyko & Komodakis 2016); where the sources differ, the choice is a named option."""
+(Zagoruyko & Komodakis 2016); where the sources differ, the choice is a named option.
+
+The units and the network, built by one builder (`create`) from a spec of the registry
+(`architectures.ARCHITECTURES`, which states what each network is, without torch)."""
 import functools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-SHORTCUTS = ("projection", "input_projection", "zero_pad")
-BOTTLENECK_STRIDES = ("1x1", "3x3")
-PREACT_STAGE1 = ("every_unit", "first_unit")  # which units of stage 1 begin with their own BN-ReLU
-LAYER_DEFAULTS = ("torch", "lasagne")  # whose layers: conv bias, initialisation, BN epsilon
+from .architectures import ARCHITECTURES, ArchSpec, default_options
+
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -287,143 +287,21 @@ def _lasagne_init(model: ResNet) -> ResNet:
     return model
 
 
-_BLOCKS = {("preact", "basic"): PreActBasicBlock, ("preact", "bottleneck"): PreActBottleneck,
-           ("original", "basic"): BasicBlock, ("original", "bottleneck"): Bottleneck,
-           ("wide", "basic"): PreActBasicBlock, ("seed_wide", "basic"): PreActBasicBlock}
-# depth = per_unit * n + extra; seed_wide stacks n, n+2, n+2 units (the seed's
-# `for _ in range(1,(n+2))` in stages 2 and 3), so its depth is 2 + 2 * (3n + 4).
-_DEPTH_RULES = {("preact", "basic"): (6, 2), ("preact", "bottleneck"): (9, 2),
-                ("original", "basic"): (6, 2), ("original", "bottleneck"): (9, 2),
-                ("wide", "basic"): (6, 4), ("seed_wide", "basic"): (6, 10)}
+# Which class is which unit: (block, pre-activation) -> the unit.
+_UNITS = {("basic", True): PreActBasicBlock, ("bottleneck", True): PreActBottleneck,
+          ("basic", False): BasicBlock, ("bottleneck", False): Bottleneck}
 
 
-def _is_int(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def default_options(family: str, block: str) -> dict:
-    """Each network's options as its source builds it."""
-    # He 2016: "we use projection shortcuts [for the bottleneck nets] ... otherwise, we follow
-    # [He 2015]", whose CIFAR nets use "identity shortcuts in all cases (i.e., option A)";
-    # fb.resnet.torch: "Default shortcutType=A" for cifar10. WRN's code: a 1x1 Convolution.
-    shortcut = "projection" if block == "bottleneck" or family == "wide" else "zero_pad"
-    defaults = {"num_classes": 10, "shortcut": shortcut}
-    if block == "bottleneck":
-        defaults["bottleneck_stride"] = "1x1"
-    if family == "wide":
-        defaults["dropout"] = 0.3  # the report's WRN-16-4 is the dropout variant
-    if family == "seed_wide":
-        # The seed's code: `projection = ConvLayer(l, ...)` on the unit's raw input where the
-        # stride changes; `DropoutLayer(conv_1, p=0.3)`.
-        defaults.update(shortcut="input_projection", dropout=0.3)
-    if family == "preact":
-        defaults["preact_stage1"] = "every_unit"  # "first_unit": the seed's code at 7c4c997
-    if family != "original":
-        # Torch's (the authors' code): no conv bias, N(0, 2/(k*k*out)); Lasagne's: the seed's.
-        defaults["layer_defaults"] = "lasagne" if family == "seed_wide" else "torch"
-    defaults["bn_batch"] = None  # images per batch-norm statistic; None: the whole batch
-    return defaults
-
-
-def _create(family: str, block: str, depth: int, k: int, options: dict) -> ResNet:
-    """Validate the architecture and every option, then build the network."""
-    if (family, block) not in _BLOCKS:
-        raise ValueError(f"block {block!r} is not one of 'basic', 'bottleneck'")
-    defaults = default_options(family, block)
-    opts = {**defaults, **options}
-    num_classes, dropout, bn_batch = opts.pop("num_classes"), opts.get("dropout", 0.0), opts.pop("bn_batch")
-    if not _is_int(num_classes, 2):
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    if opts["shortcut"] not in SHORTCUTS:
-        raise ValueError(f"shortcut {opts['shortcut']!r} is not one of {SHORTCUTS}")
-    if opts.get("bottleneck_stride", "1x1") not in BOTTLENECK_STRIDES:
-        raise ValueError(f"bottleneck_stride {opts['bottleneck_stride']!r} is not one of "
-                         f"{BOTTLENECK_STRIDES}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout={dropout!r} is not valid: expected a float in [0, 1)")
-    if bn_batch is not None and not _is_int(bn_batch, 1):
-        raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
-    for name, accepted in (("preact_stage1", PREACT_STAGE1), ("layer_defaults", LAYER_DEFAULTS)):
-        if opts.get(name, accepted[0]) not in accepted:
-            raise ValueError(f"{name}={opts[name]!r} is not valid: expected one of {list(accepted)}")
-    if not _is_int(k, 1):
-        raise ValueError(f"widening factor k must be an int >= 1, got {k!r}")
-    unknown = sorted(set(options) - set(defaults))  # after the values: a bad value is named first
-    if unknown:
-        raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {family} {block}-block "
-                         f"networks; accepted: {', '.join(defaults)}")
-    per_unit, extra = _DEPTH_RULES[family, block]
-    if not _is_int(depth, per_unit + extra) or (depth - extra) % per_unit:
-        valid = ", ".join(str(per_unit * n + extra) for n in (1, 2, 3))
-        kind = f"{family} networks" if "wide" in family else f"{block} blocks"
-        raise ValueError(f"depth {depth!r} is not {per_unit}n+{extra} for {kind}; valid: {valid}, ...")
-    n = (depth - extra) // per_unit
-    widths = (16 * k, 32 * k, 64 * k)
-    units = (n, n + 2, n + 2) if family == "seed_wide" else (n, n, n)
-    lasagne = opts.pop("layer_defaults", "torch") == "lasagne"
+def create(spec: ArchSpec, **options) -> ResNet:
+    """The network `spec` describes, with `options` (defaults and checks: `ArchSpec.options`)."""
+    options = spec.options(options)
+    num_classes, bn_batch = options.pop("num_classes"), options.pop("bn_batch")
+    lasagne = options.pop("layer_defaults", "torch") == "lasagne"
     # Lasagne's `ConvLayer(...)` keeps its default bias (b=Constant(0.)) on each unit's last convolution.
     last_bias = {"last_bias": True} if lasagne else {}
-    model = ResNet(_BLOCKS[family, block], units, widths, num_classes, **opts, **last_bias)
+    model = ResNet(_UNITS[spec.block, spec.preact], spec.units, spec.widths, num_classes, **options, **last_bias)
     model = _lasagne_init(model) if lasagne else model
     return GhostBatchNorm2d.convert(model, bn_batch) if bn_batch else model
-
-
-def preact_resnet(depth: int, block: str = "basic", **options) -> ResNet:
-    """Pre-activation ResNet; options: num_classes, shortcut, bn_batch, bottleneck_stride (bottleneck only)."""
-    return _create("preact", block, depth, 1, options)
-
-
-def resnet(depth: int, block: str = "basic", **options) -> ResNet:
-    """Original post-activation ResNet; options as for `preact_resnet`. Here "projection" and
-    "input_projection" are the same thing: 1x1 conv + BN on the unit's input (option B)."""
-    return _create("original", block, depth, 1, options)
-
-
-def wide_resnet(depth: int, k: int, **options) -> ResNet:
-    """WRN-depth-k; options: num_classes, shortcut, bn_batch, dropout (default 0.3)."""
-    return _create("wide", "basic", depth, k, options)
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    family: str  # "preact" | "original" | "wide" | "seed_wide"
-    block: str  # "basic" | "bottleneck"
-    depth: int
-    width: int  # widening factor k; 1 unless wide
-
-    def build(self, **options) -> ResNet:
-        return _create(self.family, self.block, self.depth, self.width, options)
-
-
-# One row per registered network: name, family, block, depth, width.
-ARCHITECTURES: dict[str, ArchSpec] = {row[0]: ArchSpec(*row) for row in (
-    # Pre-activation ResNets (He et al. 2016), basic then bottleneck blocks.
-    ("preact_resnet20", "preact", "basic", 20, 1),
-    ("preact_resnet32", "preact", "basic", 32, 1),
-    ("preact_resnet44", "preact", "basic", 44, 1),
-    ("preact_resnet56", "preact", "basic", 56, 1),
-    ("preact_resnet110", "preact", "basic", 110, 1),
-    ("preact_resnet1202", "preact", "basic", 1202, 1),
-    ("preact_resnet164", "preact", "bottleneck", 164, 1),
-    ("preact_resnet1001", "preact", "bottleneck", 1001, 1),
-    # Original post-activation ResNets (He et al. 2015).
-    ("resnet20", "original", "basic", 20, 1),
-    ("resnet32", "original", "basic", 32, 1),
-    ("resnet44", "original", "basic", 44, 1),
-    ("resnet56", "original", "basic", 56, 1),
-    ("resnet110", "original", "basic", 110, 1),
-    ("resnet1202", "original", "basic", 1202, 1),
-    ("resnet164", "original", "bottleneck", 164, 1),
-    ("resnet1001", "original", "bottleneck", 1001, 1),
-    # Wide ResNets (Zagoruyko & Komodakis 2016); WRN-16-4 is the network of the seed's table.
-    ("wrn_16_4", "wide", "basic", 16, 4),
-    ("wrn_16_8", "wide", "basic", 16, 8),
-    ("wrn_28_10", "wide", "basic", 28, 10),
-    ("wrn_40_4", "wide", "basic", 40, 4),
-    # The seed's "WRN n=2 k=4" as its code builds it (ResNet_FullPre_Wide(n=2, k=4)): 22 layers.
-    ("seed_wrn_n2_k4", "seed_wide", "basic", 22, 4),
-)}
 
 
 class UnknownArchitectureError(ValueError):
@@ -434,7 +312,7 @@ def build_model(name: str, num_classes: int = 10, **options) -> nn.Module:
     """Build a registered network by name; options as for its family (`default_options`)."""
     if name not in ARCHITECTURES:
         raise UnknownArchitectureError(f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name].build(num_classes=num_classes, **options)
+    return create(ARCHITECTURES[name], num_classes=num_classes, **options)
 
 
 def count_parameters(model: nn.Module) -> int:

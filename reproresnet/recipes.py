@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from .architectures import BOTTLENECK_NETWORKS, NETWORK_OPTIONS
+
 UNITS = ("epoch", "iteration")
 WEIGHT_DECAY_SCOPES = ("all", "weights")  # every parameter | conv and linear weights only
 # The preprocessing a recipe may choose (data.py implements them).
@@ -25,8 +27,6 @@ AUGMENTATIONS = ("per_image", "per_batch", "none")
 PADDINGS = ("zero", "reflect")
 # What a change of learning rate does to the momentum (Schedule.momentum_scale_at says how).
 MOMENTUM_FORMS = ("pytorch", "lasagne", "reset")
-# Fields a run may set over its recipe; the network options go to models.build_model.
-NETWORK_OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "bn_batch", "preact_stage1", "layer_defaults")
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,6 @@ def as_record(settings) -> dict:
         return [plain(v) for v in value] if isinstance(value, tuple) else value
     return {key: plain(value) for key, value in dataclasses.asdict(settings).items()}
 
-
-BOTTLENECK_NETWORKS = ("preact_resnet164", "preact_resnet1001", "resnet164", "resnet1001")
 
 _SEED_CODE = Recipe(
     name="seed_code",

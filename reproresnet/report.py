@@ -24,6 +24,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from . import architectures, records
+from .architectures import NETWORK_OPTIONS
 from .config import RUNTIME_SETTINGS
 from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
@@ -588,7 +589,7 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import NETWORK_OPTIONS, RECIPES
+    from .recipes import RECIPES
     at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():

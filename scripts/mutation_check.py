@@ -96,7 +96,7 @@ MUTATIONS = [
     Mutation("bn-beta-init-one", "reproresnet/models.py",
              "nn.init.ones_(m.weight)\n                nn.init.zeros_(m.bias)", "nn.init.ones_(m.weight)\n                nn.init.ones_(m.bias)",
              "BN beta starts at 1", M),
-    Mutation("wide-default-dropout-off", "reproresnet/models.py",
+    Mutation("wide-default-dropout-off", "reproresnet/architectures.py",
              'defaults["dropout"] = 0.3', 'defaults["dropout"] = 0.0',
              "the report's WRN-16-4 trains without dropout", "tests/test_models.py"),
     # ---- data

@@ -2,7 +2,8 @@
 
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
-from reproresnet.models import preact_resnet
+from reproresnet.architectures import ArchSpec
+from reproresnet.models import create
 
 
 def run_for(tmp_path, cifar_root, monkeypatch, **settings):
@@ -13,7 +14,7 @@ def run_for(tmp_path, cifar_root, monkeypatch, **settings):
     root, _ = cifar_root
     settings.setdefault("val_size", 0)  # 15 fixture images leave no room for a recipe's 5,000-image hold-out
     monkeypatch.setattr(training, "build_model", lambda name, num_classes, **options:
-                        preact_resnet(8, num_classes=num_classes))
+                        create(ArchSpec("preact", "basic", 8), num_classes=num_classes))
     config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
                             "data_dir": str(root), "device": "cpu", **settings})
     device = training.select_device(config.device)

@@ -22,7 +22,8 @@ from torchvision import transforms
 
 from reproresnet import bench
 from reproresnet.data import PAD, Normalizer, augment, train_batches
-from reproresnet.models import build_model, preact_resnet, wide_resnet
+from reproresnet.architectures import ArchSpec
+from reproresnet.models import build_model, create
 from reproresnet.recipes import get_recipe
 from reproresnet.engine import Speedups, compile_model, make_optimizer, train_step
 
@@ -32,8 +33,8 @@ PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer
 # Small members of each block family, so that the checks stay fast on a CPU.
 NETWORKS = {
     "preact_basic": lambda: build_model("preact_resnet20"),
-    "preact_bottleneck": lambda: preact_resnet(29, "bottleneck"),
-    "wide": lambda: wide_resnet(10, 2, dropout=0.0),  # no dropout: its draws would differ between runs
+    "preact_bottleneck": lambda: create(ArchSpec("preact", "bottleneck", 29)),
+    "wide": lambda: create(ArchSpec("wide", "basic", 10, 2), dropout=0.0),  # no dropout: its draws would differ between runs
 }
 
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reproresnet.models import (BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, preact_resnet, resnet,
-                                wide_resnet)
+from reproresnet.architectures import ArchSpec
+from reproresnet.models import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, create
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 
@@ -302,7 +302,7 @@ def test_preact_basic_network_end_to_end(training):
     """Protects the whole pre-activation basic-block network: activated stem on the first unit's identity
     path (He 2016 appendix), stages, final BN-ReLU, pooling, classifier."""
     torch.manual_seed(0)
-    model = randomise_(preact_resnet(14, "basic", shortcut="zero_pad")).double()
+    model = randomise_(create(ArchSpec("preact", "basic", 14), shortcut="zero_pad")).double()
     compare(model, preact_net_reference(model, 2, (16, 32, 64), "basic", "zero_pad"), net_images(), training)
 
 
@@ -311,7 +311,7 @@ def test_preact_bottleneck_network_end_to_end(training):
     """Protects the whole pre-activation bottleneck network: shared BN-ReLU before each reshaping split,
     projections, final BN-ReLU, pooling, classifier."""
     torch.manual_seed(0)
-    model = randomise_(preact_resnet(11, "bottleneck", shortcut="projection")).double()
+    model = randomise_(create(ArchSpec("preact", "bottleneck", 11), shortcut="projection")).double()
     compare(model, preact_net_reference(model, 1, (16, 32, 64), "bottleneck", "projection"), net_images(),
             training)
 
@@ -320,7 +320,7 @@ def test_preact_bottleneck_network_end_to_end(training):
 def test_wide_network_end_to_end(training):
     """Protects the whole wide network: widths 16k/32k/64k, seeded dropout in every unit, final BN-ReLU."""
     torch.manual_seed(0)
-    model = randomise_(wide_resnet(16, 2, shortcut="projection", dropout=0.3)).double()
+    model = randomise_(create(ArchSpec("wide", "basic", 16, 2), shortcut="projection", dropout=0.3)).double()
     compare(model, preact_net_reference(model, 2, (32, 64, 128), "basic", "projection", p=0.3), net_images(),
             training)
 
@@ -330,7 +330,7 @@ def test_wide_network_end_to_end(training):
 def test_original_network_end_to_end(shortcut, training):
     """Protects the whole original ResNet: conv-BN-ReLU stem, post-activation units, pooling, classifier."""
     torch.manual_seed(0)
-    model = randomise_(resnet(14, "basic", shortcut=shortcut)).double()
+    model = randomise_(create(ArchSpec("original", "basic", 14), shortcut=shortcut)).double()
     compare(model, original_net_reference(model, 2, shortcut), net_images(), training)
 
 
@@ -343,9 +343,9 @@ def he_std(conv):
 
 
 INIT_NETWORKS = {
-    "wide": lambda: wide_resnet(10, 2, dropout=0.0),                 # 3->16, 16->32, 32->64, 64->128
-    "bottleneck": lambda: preact_resnet(11, "bottleneck"),           # 1x1 convs 16->64, 64->32, 32->128
-    "original": lambda: resnet(8, "basic", shortcut="projection"),  # 1x1 projections 16->32, 32->64
+    "wide": lambda: create(ArchSpec("wide", "basic", 10, 2), dropout=0.0),                 # 3->16, 16->32, 32->64, 64->128
+    "bottleneck": lambda: create(ArchSpec("preact", "bottleneck", 11)),           # 1x1 convs 16->64, 64->32, 32->128
+    "original": lambda: create(ArchSpec("original", "basic", 8), shortcut="projection"),  # 1x1 projections 16->32, 32->64
 }
 
 

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reproresnet import engine, train as training
-from reproresnet.models import wide_resnet
+from reproresnet.architectures import ArchSpec
+from reproresnet.models import create
 from reproresnet.recipes import RECIPES
 from science_runs import run_for
 
@@ -182,7 +183,7 @@ def wide_run(tmp_path, cifar_root, monkeypatch):
     in batches of 3 (so the loss is summed across batches)."""
     run = run_for(tmp_path, cifar_root, monkeypatch, eval_batch_size=3)
     torch.manual_seed(0)
-    model = randomise_bn_(wide_resnet(10, 1, dropout=0.3)).train()
+    model = randomise_bn_(create(ArchSpec("wide", "basic", 10, 1), dropout=0.3)).train()
     return dataclasses.replace(run, model=model)
 
 

@@ -10,13 +10,15 @@ stack's state splits into what separate runs would write, bit for bit, and back.
 
 import copy
 import io
+from functools import partial
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reproresnet.models import ArchSpec, ResNet, build_model
+from reproresnet.architectures import ArchSpec
+from reproresnet.models import ResNet, build_model, create
 from reproresnet.recipes import get_recipe
 from reproresnet.stacked import (DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, merge_optimizer_states,
                                  split_optimizer_state, stack_inputs, stacked_loss)
@@ -29,17 +31,17 @@ PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer
 # Every family at its smallest depth, with each shortcut and batch-norm variant.
 FAMILIES = {
     "preact_resnet20": (lambda **o: build_model("preact_resnet20", **o), {}),  # zero-pad shortcuts
-    "preact-basic-projection": (ArchSpec("t", "preact", "basic", 8, 1).build, {"shortcut": "projection"}),
-    "preact-basic-input_projection": (ArchSpec("t", "preact", "basic", 8, 1).build, {"shortcut": "input_projection"}),
-    "preact-basic-ghost-bn": (ArchSpec("t", "preact", "basic", 8, 1).build, {"bn_batch": 4}),
-    "preact-bottleneck": (ArchSpec("t", "preact", "bottleneck", 11, 1).build, {}),
-    "preact-bottleneck-3x3-zero_pad": (ArchSpec("t", "preact", "bottleneck", 11, 1).build,
+    "preact-basic-projection": (partial(create, ArchSpec("preact", "basic", 8, 1)), {"shortcut": "projection"}),
+    "preact-basic-input_projection": (partial(create, ArchSpec("preact", "basic", 8, 1)), {"shortcut": "input_projection"}),
+    "preact-basic-ghost-bn": (partial(create, ArchSpec("preact", "basic", 8, 1)), {"bn_batch": 4}),
+    "preact-bottleneck": (partial(create, ArchSpec("preact", "bottleneck", 11, 1)), {}),
+    "preact-bottleneck-3x3-zero_pad": (partial(create, ArchSpec("preact", "bottleneck", 11, 1)),
                                        {"bottleneck_stride": "3x3", "shortcut": "zero_pad"}),
     "resnet20": (lambda **o: build_model("resnet20", **o), {}),  # zero-pad shortcuts
-    "original-basic-projection": (ArchSpec("t", "original", "basic", 8, 1).build, {"shortcut": "projection"}),
-    "original-bottleneck-ghost-bn": (ArchSpec("t", "original", "bottleneck", 11, 1).build, {"bn_batch": 4}),
-    "wide": (ArchSpec("t", "wide", "basic", 10, 2).build, {"dropout": 0.0}),
-    "seed_wide": (ArchSpec("t", "seed_wide", "basic", 16, 1).build, {"dropout": 0.0}),  # conv biases, eps 1e-4
+    "original-basic-projection": (partial(create, ArchSpec("original", "basic", 8, 1)), {"shortcut": "projection"}),
+    "original-bottleneck-ghost-bn": (partial(create, ArchSpec("original", "bottleneck", 11, 1)), {"bn_batch": 4}),
+    "wide": (partial(create, ArchSpec("wide", "basic", 10, 2)), {"dropout": 0.0}),
+    "seed_wide": (partial(create, ArchSpec("seed_wide", "basic", 16, 1)), {"dropout": 0.0}),  # conv biases, eps 1e-4
 }
 SCOPES = {"all": get_recipe("seed"), "weights": get_recipe("seed_code")}
 

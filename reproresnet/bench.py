@@ -23,16 +23,15 @@ import torch
 
 from . import records
 from .bench_baseline import BaselinePath, queued_batches
-from .config import ConfigError, TrainConfig, select_device
+from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
 from .architectures import ARCHITECTURES
 from .models import UnknownArchitectureError, flops_per_image
+from .reference import REPRODUCED
 from .engine import COMPILE_MODES, Speedups, compile_counter
 from .train import build_stack, synchronize, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
-TRAIN_IMAGES = 50_000           # one epoch of the recipes: CIFAR-10's training split
-DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
 # with respect to activations and to weights, each about as many FLOPs as the forward.
 TRAINING_FLOPS_PER_FORWARD = 3
@@ -50,7 +49,7 @@ class BenchSettings:
     device's default: on a GPU, enough steps for a stable number; on a CPU (2 shared cores in
     CI), as few as show the comparison, on one thread (an OpenMP team waits at every barrier for
     a descheduled thread); torch's thread count on CUDA, and the speedups `Speedups.for_device` picks."""
-    archs: tuple = _option(f"networks (default: {' '.join(DEFAULT_ARCHS)})", DEFAULT_ARCHS)
+    archs: tuple = _option(f"networks (default: {' '.join(REPRODUCED)})", REPRODUCED)
     device: str = _option("auto, cpu, cuda or cuda:N", "auto")
     out: str = _option("record path (default: results/bench-<device>/bench.json)")
     batch_size: int = _option("images per step", per_device=(128, 32), least=1)
@@ -69,7 +68,7 @@ class BenchSettings:
     graph: bool = _option("also run the graph engine's path (a CUDA graph per step; CUDA only)", True)
     stack: int = _option("networks the stacked path trains as one (graph engine on CUDA; 1: no stacked path)", 3,
                          least=1)
-    train_images: int = _option("synthetic training set size", TRAIN_IMAGES, least=1)
+    train_images: int = _option("synthetic training set size", CIFAR_TRAIN_IMAGES, least=1)
     seed: int = _option("random seed", 0)
 
     def resolved(self, device: torch.device) -> "BenchSettings":
@@ -104,7 +103,7 @@ def _check_archs(archs) -> tuple:
     return names
 
 
-def synthetic_train_set(n: int = TRAIN_IMAGES, seed: int = 0) -> ImageSet:
+def synthetic_train_set(n: int = CIFAR_TRAIN_IMAGES, seed: int = 0) -> ImageSet:
     """n random uint8 images of CIFAR's shape and labels 0..9 (random: zeros can run faster)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
@@ -199,7 +198,7 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": BENCH_FORMAT, "complete": False, **records.provenance(device),
               "batch_size": s.batch_size, "steps": s.steps, "warmup_steps": s.warmup_steps,
-              "epoch_images": TRAIN_IMAGES,
+              "epoch_images": CIFAR_TRAIN_IMAGES,
               "settings": {**dataclasses.asdict(s), "speedups": dataclasses.asdict(speedups),
                            "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
                                     "matmul": torch.backends.cuda.matmul.allow_tf32},
@@ -296,7 +295,7 @@ def _row(arch: str, path, measured: dict, batch_size: int, forward_flops: int) -
     images_per_second = path.networks * batch_size / per_step
     return {"arch": arch, "path": path.name, "networks": path.networks,
             "engine": path.engine, "precision": path.precision,
-            "seconds_per_epoch": path.networks * TRAIN_IMAGES / images_per_second,
+            "seconds_per_epoch": path.networks * CIFAR_TRAIN_IMAGES / images_per_second,
             "images_per_second": images_per_second,
             "data_images_per_second": statistics.median(rates),
             "data_images_per_second_range": [min(rates), max(rates)],

@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib import rc_context
 
 from . import records, report
+from .config import CIFAR10
 
 PAGES = Path("book/runs")
 README_START = "<!-- status: written by `make readme` from the records in results/; edits here are replaced -->"
@@ -42,7 +43,7 @@ def run_page(run: records.RunRecord, page_dir: Path) -> str:
     """One run's page: where it stands, its files to download, its summary, curves, speed and settings."""
     files = [(name, run.run_dir / name) for name in (records.RUN_FILE, records.METRICS_FILE, "train.ipynb")]
     downloads = ", ".join(_download(name, path, page_dir) for name, path in files if path.is_file())
-    data = ("" if run.label == records.CIFAR10 else
+    data = ("" if run.label == CIFAR10 else
             f" It trained on {run.label}, not on CIFAR-10: its numbers are never CIFAR-10 results.")
     given = {key: value for key, value in run.config.items() if value is not None}
     settings = _two_columns(pd.DataFrame({"": [str(value) for value in given.values()]}, index=list(given)),

@@ -40,8 +40,8 @@ from pathlib import Path
 
 from . import records
 from .records import RunDirError
+from .reference import REPRODUCED
 
-DEFAULT_ARCHS = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
 SELFCHECK_FILE = "selfcheck.json"
@@ -55,7 +55,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass(frozen=True)
 class Plan:
-    archs: tuple = DEFAULT_ARCHS
+    archs: tuple = REPRODUCED
     seeds: tuple = (0, 1, 2)
     recipe: str = "seed"
     dataset: str = "cifar10"
@@ -432,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
-    plan.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), metavar="NAME",
-                      help=f"networks of the plan (default: {' '.join(DEFAULT_ARCHS)})")
+    plan.add_argument("--archs", nargs="+", default=list(REPRODUCED), metavar="NAME",
+                      help=f"networks of the plan (default: {' '.join(REPRODUCED)})")
     plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
                       help="seeds of each network (default: 0 1 2)")
     plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")

@@ -22,7 +22,10 @@ from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, R
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("eager", "graph")  # engine.EagerEngine, engine.GraphEngine
 DATASETS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
-CIFAR_TRAIN_IMAGES = 50_000
+CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10's and CIFAR-100's training split
+# How records name CIFAR-10 and its JPEG mirror (data.DataSplits.label): a mirror's or a
+# stand-in's numbers are never called CIFAR-10 results.
+CIFAR10, JPEG_MIRROR = "CIFAR-10", "CIFAR-10 (JPEG mirror)"
 # Settings that say where and how fast a run runs, not what it computes: the settings check
 # of a resume, the sweep and the report's grouping of seeds ignore them. bf16 is not one:
 # precision is part of the result. (A resume is still refused when the speedups these resolve

@@ -3,7 +3,10 @@
 CIFAR-10/100 is small enough (150 MB as uint8) to live on the accelerator in one piece, so
 there is no DataLoader: an epoch is a permutation, a gather, and a few batched tensor ops
 (as the fastest CIFAR trainers do). Loading goes through torchvision; its errors are
-turned into `DataError`s that say what is wrong and how to fix it.
+turned into `DataError`s that say what is wrong and how to fix it. The settings (data set,
+limits, validation split, normalisation, augmentation, padding, batch sizes) arrive checked
+(`config.TrainConfig`); what only the data can tell (a limit larger than its split, a missing
+or corrupt file) is checked here.
 """
 
 from __future__ import annotations
@@ -25,14 +28,13 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
-from .recipes import AUGMENTATIONS, NORMALIZATIONS, PADDINGS
+from .config import CIFAR10, DATASETS, JPEG_MIRROR
 
 DATA_DIR_ENV = "REPRORESNET_DATA"
-DATASET_FORMS = ("cifar10", "cifar100", "folder:PATH", "synthetic")
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-_CIFAR = {"cifar10": (datasets.CIFAR10, "CIFAR-10"), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
+_CIFAR = {"cifar10": (datasets.CIFAR10, CIFAR10), "cifar100": (datasets.CIFAR100, "CIFAR-100")}
 IMAGE_SIZE = 32
 PAD = 4  # pixels of padding before the random 32x32 crop (He et al.)
 # pylearn2's make_cifar10_gcn_whitened.py, which the WRN authors' README names for their whitened
@@ -113,13 +115,6 @@ def load_splits(dataset: str, data_dir=None, *, download: bool = False,
     same seed); the subsets are then taken from it, the same images a fresh load would keep.
     A split without a limit is `source`'s own tensor, not a copy.
     """
-    for name, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if limit is not None and limit <= 0:
-            raise DataError(f"{name}={limit}: a limit must be a positive number of images, "
-                            f"or None for the whole split")
-    if val_size < 0:
-        raise DataError(f"val_size={val_size}: must be 0 (no validation split) or a positive number of images")
-
     limits = {"train": limit_train, "test": limit_test}
 
     def choose(n: int, split: str) -> torch.Tensor:
@@ -146,7 +141,7 @@ def load_splits(dataset: str, data_dir=None, *, download: bool = False,
     elif dataset == "synthetic":
         train, test, classes, label = _synthetic(seed, choose)
     else:
-        raise DataError(f"unknown dataset {dataset!r}; accepted forms: {', '.join(DATASET_FORMS)} "
+        raise DataError(f"unknown dataset {dataset!r}; accepted forms: {', '.join(DATASETS)} "
                         f"(folder:PATH reads PATH/train/<class>/* and PATH/test/<class>/*)")
 
     val = None
@@ -232,7 +227,7 @@ def _load_folder(root: Path, choose: Callable):
 
     is_jpeg = all(Path(p).suffix.lower() in (".jpg", ".jpeg") for split in samples.values() for p, _ in split)
     mirror = tuple(classes["train"]) == CIFAR10_CLASSES and is_jpeg
-    label = "CIFAR-10 (JPEG mirror)" if mirror else f"image folder {root.resolve().name}"
+    label = JPEG_MIRROR if mirror else f"image folder {root.resolve().name}"
     train, test = (_decode_samples([samples[s][i] for i in choose(len(samples[s]), s).tolist()])
                    for s in ("train", "test"))
     return train, test, classes["train"], label
@@ -316,11 +311,6 @@ def _synthetic(seed: int, choose: Callable):
 
 # ---------------------------------------------------------------- normalisation, augmentation, batching
 
-def _check_mode(value: str, accepted: tuple[str, ...], what: str) -> None:
-    if value not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
-
-
 class Normalizer:
     """uint8 images -> float32 network inputs, with statistics of the training split only.
 
@@ -333,12 +323,10 @@ class Normalizer:
     """
 
     def __init__(self, mode: str, mean: torch.Tensor, std: torch.Tensor, whitening: torch.Tensor | None = None):
-        _check_mode(mode, NORMALIZATIONS, "normalization")
         self.mode, self.mean, self.std, self.whitening = mode, mean, std, whitening
 
     @classmethod
     def fit(cls, train_images: torch.Tensor, mode: str) -> Normalizer:
-        _check_mode(mode, NORMALIZATIONS, "normalization")
         n = len(train_images)
         one = torch.ones(1, 1, 1, dtype=torch.float64)
         if mode == "gcn_zca":
@@ -350,7 +338,7 @@ class Normalizer:
             # Summing uint8 in float64 avoids a 600 MB float copy of the training set.
             mean = train_images.sum(0, dtype=torch.float64) / (255 * n)
             std = one / 255 if mode == "per_pixel_mean_0_255" else one  # x/255 - m over 1/255 = x - 255 m
-        else:
+        else:  # per_channel
             # Exact moments from each channel's 256-bin histogram, again without a float copy.
             values = torch.arange(256, dtype=torch.float64, device=train_images.device) / 255
             hists = torch.stack([torch.bincount(train_images[:, c].flatten(), minlength=256) for c in range(3)])
@@ -414,8 +402,6 @@ def augment(images: torch.Tensor, mode: str, generator: torch.Generator,
     within=(start, size): `images` are images start... of a batch of `size`; the draws are the
     whole batch's, so each process of a distributed run draws what a single process would.
     """
-    _check_mode(mode, AUGMENTATIONS, "augmentation")
-    _check_mode(padding, PADDINGS, "padding")
     if mode == "none":
         return images
     n, size = len(images), images.shape[-1]
@@ -443,9 +429,6 @@ def train_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer, au
     """One epoch in a random order (from `generator`); the last, smaller batch is kept.
 
     part=(r, n): the r-th of n equal slices of every batch, gathered and augmented alone."""
-    _check_mode(augmentation, AUGMENTATIONS, "augmentation")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = torch.randperm(len(data), generator=generator, device=generator.device)
     rank, parts = part
     for indices in order.split(batch_size):
@@ -458,8 +441,6 @@ def train_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer, au
 def eval_batches(data: ImageSet, batch_size: int, *, normalizer: Normalizer,
                  device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The split in its stored order, normalized, without augmentation."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     for indices in torch.arange(len(data)).split(batch_size):
         images, labels = _gather(data, indices, device)
         yield normalizer(images), labels

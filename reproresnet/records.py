@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .config import CIFAR10, CIFAR_TRAIN_IMAGES
+
 RUN_FORMAT = "reproresnet-run/1"
 BENCH_FORMAT = "reproresnet-bench/1"  # written by bench.py, read by report.py
-CIFAR10 = "CIFAR-10"  # the data label of the real data set (data.py); mirrors are labeled apart
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
@@ -308,7 +309,7 @@ class RunRecord:
         """Trained on the whole training split (no `limit_train`, not the small synthetic set)."""
         data = self.record["data"]
         return self.config.get("limit_train") is None and \
-            data.get("n_train", 0) + data.get("n_val", 0) >= 50_000
+            data.get("n_train", 0) + data.get("n_val", 0) >= CIFAR_TRAIN_IMAGES
 
     def is_result_on(self, label: str) -> bool:
         """A complete run on the whole of the data set `label` names: what a results table averages."""

@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from . import architectures, records
 from .architectures import NETWORK_OPTIONS
 from .config import RUNTIME_SETTINGS
-from .records import BENCH_FORMAT, CIFAR10, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
+from .config import CIFAR10, JPEG_MIRROR  # noqa: F401 (the notebooks' API)
+from .records import BENCH_FORMAT, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
@@ -145,7 +146,6 @@ def _join(values) -> str:
 PAPER, PAPER_STATISTIC = "original paper (%)", "paper's statistic"
 SEED = f"seed (%): {SEED_STATISTIC}"
 OURS, EACH_SEED, NOTES = "this project (%): mean ± std", "each seed (%)", "notes"
-JPEG_MIRROR = "CIFAR-10 (JPEG mirror)"
 
 
 def _table_networks(runs: list[RunRecord], label: str = CIFAR10) -> list[str]:

@@ -47,6 +47,7 @@ from . import records
 from .config import ConfigError, TrainConfig, select_device
 from .data import PAD, augment, train_batches
 from .engine import WARMUP_STEPS, exact_fp32
+from .reference import REPRODUCED
 from .train import Stack, build_stack, epoch_seed, load_device_splits, source_key, stacked_batch, synchronize
 
 FORMAT = "reproresnet-selfcheck/2"
@@ -407,7 +408,7 @@ def jsonable(value):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["preact_resnet110", "preact_resnet164", "wrn_16_4"],
+    parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
                         metavar="NAME", help="networks to check; the first is timed (default: the three of the report)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
                         help="seeds of each network; their number is the stack size (default: 0 1 2)")

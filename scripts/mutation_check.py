@@ -304,7 +304,7 @@ MUTATIONS = [
              "evaluation lets cuDNN and matmuls use TF32", T),
     Mutation("he2016-statistic-not-stated", "reproresnet/reference.py",
              'HE2016_MEDIAN = ("median of 5"', 'HE2016_MEDIAN = ("not stated"',
-             "He et al.'s numbers lose the statistic their paper states", "tests/test_report.py"),
+             "He et al.'s numbers lose the statistic their paper states", "tests/test_reference.py"),
     Mutation("precision-note-dropped", "reproresnet/report.py",
              "_precision_note(group[0])) if text]", "None) if text]",
              "the error table's notes stop saying which precision our runs ran in", "tests/test_report.py"),

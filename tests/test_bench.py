@@ -8,6 +8,7 @@ import torch
 
 from reproresnet import bench, report
 from reproresnet.bench import BenchSettings
+from reproresnet.config import CIFAR_TRAIN_IMAGES
 from reproresnet.models import UnknownArchitectureError
 
 QUIET = {"log": lambda line: None}
@@ -52,7 +53,7 @@ def test_record_holds_both_paths_with_positive_numbers(cpu_record):
         # The recipe's epoch is 50,000 images, whatever the synthetic set's size; a step of the
         # stacked path trains 3 networks: 3 x 16 images, and an epoch of each of them.
         n = row["networks"]
-        assert row["seconds_per_epoch"] == pytest.approx(n * bench.TRAIN_IMAGES / row["images_per_second"])
+        assert row["seconds_per_epoch"] == pytest.approx(n * CIFAR_TRAIN_IMAGES / row["images_per_second"])
         assert row["images_per_second"] == pytest.approx(n * 16 / row["seconds_per_step"])
         low, high = row["seconds_per_step_range"]
         assert low <= row["seconds_per_step"] <= high

@@ -35,6 +35,8 @@ def test_defaults_are_valid_and_round_trip_through_a_dict():
     ({"normalization": "zca"}, "normalization='zca'"),
     ({"augmentation": "cutout"}, "augmentation='cutout'"),
     ({"limit_train": 0}, "limit_train=0"),
+    ({"limit_test": -3}, "limit_test=-3"),
+    ({"val_size": -1}, "val_size=-1"),
     ({"val_size": -5}, "val_size=-5"),
     ({"dropout": 1.5}, "dropout=1.5"),
     ({"seed": "zero"}, "seed='zero'"),
@@ -49,6 +51,20 @@ def test_bad_settings_are_refused_with_their_value(settings, named):
     with pytest.raises(ConfigError) as error:
         TrainConfig(**settings)
     assert named in str(error.value)
+
+
+@pytest.mark.parametrize("name, value, accepted", [
+    ("normalization", "zca", "'per_pixel_mean', 'per_pixel_mean_0_255', 'range_0_1', 'per_channel', 'gcn_zca'"),
+    ("augmentation", "random", "'per_image', 'per_batch', 'none'"),
+    ("padding", "edge", "'zero', 'reflect'"),
+    ("dataset", "cifar", "'cifar10', 'cifar100', 'folder:PATH', 'synthetic'"),
+    ("dataset", "folder:", "'cifar10', 'cifar100', 'folder:PATH', 'synthetic'"),
+    ("dataset", "CIFAR10", "'cifar10', 'cifar100', 'folder:PATH', 'synthetic'"),
+])
+def test_a_preprocessing_or_data_setting_names_what_it_accepts(name, value, accepted):
+    """Checked here, once: the data pipeline trusts what the config passed."""
+    with pytest.raises(ConfigError, match=f"{name}={value!r} is not valid: expected one of \\[{accepted}\\]"):
+        TrainConfig(**{name: value})
 
 
 def test_unknown_setting_is_named():

@@ -242,9 +242,6 @@ def test_limits_on_cifar(cifar_root):
 @pytest.mark.parametrize("kwargs, pattern", [
     ({"limit_train": 5001}, r"limit_train=5001 is larger than the train split .*5000 images"),
     ({"limit_test": 1001}, r"limit_test=1001 is larger than the test split .*1000 images"),
-    ({"limit_train": 0}, r"limit_train=0: a limit must be a positive"),
-    ({"limit_test": -3}, r"limit_test=-3"),
-    ({"val_size": -1}, r"val_size=-1"),
     ({"limit_train": 50, "val_size": 50}, r"val_size=50 leaves no training images: the train split has 50"),
 ])
 def test_bad_limits(kwargs, pattern):
@@ -334,10 +331,7 @@ def test_gcn_zca_is_fitted_on_the_images_given_only():
     assert norm(other).dtype == torch.float32 and norm(other).shape == other.shape
 
 
-def test_normalizer_rejects_bad_input():
-    accepted = "per_pixel_mean, per_pixel_mean_0_255, range_0_1, per_channel, gcn_zca"
-    with pytest.raises(ValueError, match=f"'zca'.*{accepted}"):
-        Normalizer.fit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "zca")
+def test_normalizer_rejects_images_already_normalized():
     norm = Normalizer.fit(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "per_pixel_mean")
     with pytest.raises(ValueError, match="uint8"):
         norm(torch.zeros(2, 3, 32, 32))
@@ -395,8 +389,6 @@ def test_reflect_padding_mirrors_the_image_into_the_border():
     assert (out > 0).all()  # no zero: every pixel code is at least 1
     corner = reflect_padded(images[:1])[0, 0]
     assert corner[0, 0] == images[0, 0, 4, 4] and corner[3, 39] == images[0, 0, 1, 27]  # by hand
-    with pytest.raises(ValueError, match=r"'edge'.*zero, reflect"):
-        augment(images, "per_image", torch.Generator(), padding="edge")
 
 
 def test_per_batch_shares_one_offset_and_flip():
@@ -421,8 +413,6 @@ def test_augment_is_reproducible_from_the_generator():
     for mode in ("per_image", "per_batch"):
         assert torch.equal(run(mode, 7), run(mode, 7)) and not torch.equal(run(mode, 7), run(mode, 8))
     assert augment(images, "none", torch.Generator()) is images
-    with pytest.raises(ValueError, match=r"'random'.*per_image, per_batch, none"):
-        augment(images, "random", torch.Generator())
 
 
 # ---------------------------------------------------------------- batching

@@ -366,48 +366,6 @@ def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
     assert report.load_runs(tmp_path) == ([], [])  # a benchmark directory is not a run
 
 
-def test_reference_numbers_and_sources():
-    table = reference.reference_table()
-    assert table.loc["preact_resnet110", ["paper_error", "seed_error", "paper_params"]].tolist() == [6.37, 6.38, "1.7M"]
-    assert table.loc["preact_resnet164", ["paper_error", "seed_error", "paper_params"]].tolist() == [5.46, 5.66, "1.7M"]
-    assert table.loc["wrn_16_4", "paper_error"] == 5.55 and table.loc["wrn_16_4", "paper_params"] == "2.7M"
-    assert table.loc["resnet110", "paper_error"] == 6.61 and table.loc["resnet164", "paper_error"] == 5.93
-    assert table["paper_source"].dropna().str.len().min() > 10
-    assert reference.seed_run_hours()["preact_resnet110"] == pytest.approx(5.0)
-
-
-# Each quoted number's statistic, as its source states it (He et al. 2016, 3.1: "Throughout this
-# paper we report the median accuracy of 5 runs"; He et al. 2015, table 6: 6.61 is the mean of 5;
-# the seed quotes 5.55 without one; the seed: "the first and only training run").
-PAPER_STATISTICS = {6.37: "median of 5", 5.46: "median of 5", 5.93: "median of 5", 6.61: "mean of 5",
-                    5.55: "not stated"}
-
-
-def test_every_quoted_number_has_the_statistic_its_source_states():
-    quoted = [row for row in reference.REFERENCE if row["paper_error"] is not None]
-    assert {row["paper_error"]: row["paper_statistic"][0] for row in quoted} == PAPER_STATISTICS
-    assert all(row["paper_preprocessing"] for row in quoted)
-    assert reference.SEED_STATISTIC == "single run"
-    seeds = [row for row in reference.REFERENCE if row["seed_error"] is not None]
-    assert {row["seed_error"]: row["seed_recipe"] for row in seeds} == {
-        6.38: "seed_code_2016_04", 5.66: "seed_code", 5.41: "seed_code"}
-    assert all(row["seed_recipe"] in RECIPES and row["seed_recipe"] in row["seed_note"] for row in seeds)
-
-
-def test_the_seeds_numbers_and_times_sit_on_the_networks_that_produced_them():
-    """The seed's 5.41 and 113 s/epoch belong to its 22-layer wide network, not to WRN-16-4; each time
-    is at the batch its code used for that network (ResNet-164: 48)."""
-    table = reference.reference_table()
-    assert table.loc["seed_wrn_n2_k4", ["seed_error", "seed_seconds_per_epoch", "seed_batch_size"]].tolist() == \
-        [5.41, 113, 64]
-    assert table.loc["wrn_16_4", ["seed_error", "seed_seconds_per_epoch"]].isna().all()
-    assert (table["seed_error"] == 5.41).sum() == 1
-    assert table.loc["preact_resnet164", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [183, 48]
-    assert table.loc["preact_resnet110", ["seed_seconds_per_epoch", "seed_batch_size"]].tolist() == [90, 32]
-    assert reference.seed_run_hours() == pytest.approx(
-        {"preact_resnet110": 5.0, "preact_resnet164": 183 * 200 / 3600, "seed_wrn_n2_k4": 113 * 200 / 3600})
-
-
 def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
     html = report.html_table(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html

@@ -392,11 +392,10 @@ def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
     would train it)."""
     import papermill
 
-    from .sweep import DEFAULT_NOTEBOOK, execute_run
+    from .config import differences
+    from .sweep import DEFAULT_NOTEBOOK, execute_run, notebook_config
     notebook = notebook or DEFAULT_NOTEBOOK
     names = set(papermill.inspect_notebook(notebook))
-    from .config import RUNTIME_SETTINGS, TrainConfig
-    defaults = TrainConfig().as_dict()
     outcomes = []
     for run_dir in map(Path, run_dirs):
         record = records.read_run(run_dir)
@@ -404,14 +403,12 @@ def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
             outcome = {"run": run_dir.name, "status": "incomplete",
                        "message": f"{record['epochs_done']}/{record['epochs_planned']} epochs: not rendered"}
         else:
-            config = record["config"]
-            missing = [k for k, v in config.items()
-                       if k not in names and k not in RUNTIME_SETTINGS and v != defaults.get(k)]
+            parameters = {k: v for k, v in record["config"].items() if k in names}
+            missing = list(differences(record["config"], notebook_config(parameters)))  # no parameter for them
             if missing:
                 outcome = {"run": run_dir.name, "status": "failed",
                            "message": f"{notebook} has no parameter for the recorded {missing}"}
             else:
-                parameters = {k: v for k, v in config.items() if k in names}
                 outcome = execute_run(notebook, str(run_dir), {**parameters, "run_dir": str(run_dir)},
                                       progress=False)
         print(f"{outcome['run']}: {outcome['status']}" + (f" ({outcome['message']})" if outcome["message"] else ""))

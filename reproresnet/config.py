@@ -26,11 +26,11 @@ CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10's and CIFAR-100's training split
 # How records name CIFAR-10 and its JPEG mirror (data.DataSplits.label): a mirror's or a
 # stand-in's numbers are never called CIFAR-10 results.
 CIFAR10, JPEG_MIRROR = "CIFAR-10", "CIFAR-10 (JPEG mirror)"
-# Settings that say where and how fast a run runs, not what it computes: the settings check
-# of a resume, the sweep and the report's grouping of seeds ignore them. bf16 is not one:
-# precision is part of the result. (A resume is still refused when the speedups these resolve
-# to differ from the checkpoint's: train._check_same_speedups.) The engine is one: a CUDA graph
-# replays the kernels of the eager step, so a run may change engines between processes.
+# Settings that say where and how fast a run runs, not what it computes: no experiment key
+# holds them (TrainConfig.experiment_key). bf16 is not one: precision is part of the result. (A
+# resume is still refused when the speedups these resolve to differ from the checkpoint's:
+# train._check_same_speedups.) The engine is one: a CUDA graph replays the kernels of the eager
+# step, so a run may change engines between processes.
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "engine",
                     "eval_batch_size", "threads")
 # Settings a recipe owns; a value given in the config replaces the recipe's.
@@ -158,14 +158,27 @@ class TrainConfig:
                 "lost": list(schedule.lost), **{name: network.get(name) for name in NETWORK_OPTIONS}}
 
     def effective(self) -> dict:
-        """`as_dict()` with each recipe-owned value resolved: what a run and its resumption
-        must share, however each was asked for (a default or the same value given explicitly)."""
+        """`as_dict()` with each recipe-owned value and network option resolved, however each
+        was asked for (a default or the same value given explicitly): the recipe's length in
+        epochs (None for a length in iterations), the network's options (None where it has none)."""
         recipe = self.resolved_recipe()
+        network = ARCHITECTURES[self.arch].options(self.model_options())
         values = self.as_dict()
         values.update({name: value for name, value in recipe.as_dict().items()
-                       if name in RECIPE_OWNED and name not in NETWORK_OPTIONS and name != "epochs"})
-        values.update({name: None for name in NETWORK_OPTIONS}, **self.model_options())
+                       if name in RECIPE_OWNED and name not in NETWORK_OPTIONS})
+        values["epochs"] = recipe.length if recipe.unit == "epoch" else None
+        values.update({name: network.get(name) for name in NETWORK_OPTIONS})
         return values
+
+    def experiment_key(self) -> dict:
+        """What this run computes, however it was asked for: every setting at its effective
+        value, less the seed and the run-time settings (RUNTIME_SETTINGS). Runs with equal keys
+        are seeds of one experiment. Not in it either, as no setting: the engine and the stack
+        size (how many seeds train as one network, campaign --stack). A stack computes what each
+        run would alone but for its dropout masks (stacked.DIFFERS_FROM_SEPARATE_RUNS), which are
+        random draws as another seed's would be: the same experiment, like a resumption in
+        another process."""
+        return _computed(self.effective())
 
     def as_dict(self) -> dict:
         return as_record(self)
@@ -177,6 +190,27 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def recorded_key(config: dict) -> dict:
+    """The experiment key of a config as a record holds it (`TrainConfig.as_dict`); one this
+    version cannot read is taken as written, less the seed and the run-time settings."""
+    try:
+        return TrainConfig.from_dict(config).experiment_key()
+    except ConfigError:
+        return _computed(config)
+
+
+def _computed(settings: dict) -> dict:
+    return {name: value for name, value in settings.items() if name not in RUNTIME_SETTINGS and name != "seed"}
+
+
+def differences(recorded: dict, requested: TrainConfig) -> dict[str, tuple]:
+    """{setting: (recorded, requested)} for each setting in which `requested` is another
+    experiment, or another seed, than the run whose record holds the config `recorded`."""
+    saved = {**recorded_key(recorded), "seed": recorded.get("seed")}
+    wanted = {**requested.experiment_key(), "seed": requested.seed}
+    return {name: (saved.get(name), value) for name, value in wanted.items() if saved.get(name) != value}
 
 
 def check_recipe(recipe: Recipe) -> Recipe:

@@ -25,15 +25,12 @@ from matplotlib.figure import Figure
 
 from . import architectures, records
 from .architectures import NETWORK_OPTIONS
-from .config import RUNTIME_SETTINGS
-from .config import CIFAR10, JPEG_MIRROR  # noqa: F401 (the notebooks' API)
+from .config import CIFAR10, JPEG_MIRROR, recorded_key  # noqa: F401 (the notebooks' API)
 from .records import BENCH_FORMAT, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
 NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
-# Seeds of one experiment differ in the seed and may differ in where and how fast they ran.
-_RUNTIME_FIELDS = {*RUNTIME_SETTINGS, "seed"}
 # The plan: `make reproduce` and the GPU campaign train seeds 0, 1 and 2 of each network.
 PLANNED_SEEDS = 3
 # Where the record pages are (book/runs/<name>.html), from a page one folder deep (book/, notebooks/).
@@ -129,9 +126,9 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def _setting(run: RunRecord) -> tuple:
-    """What makes two runs the same experiment: everything but the seed and the runtime."""
-    return tuple(sorted((k, json.dumps(v)) for k, v in run.config.items() if k not in _RUNTIME_FIELDS))
+def _experiment(run: RunRecord) -> str:
+    """The run's experiment (`config.recorded_key`), as a hashable text: seeds of one experiment share it."""
+    return json.dumps(recorded_key(run.config), sort_keys=True)
 
 
 def _recipe_text(run: RunRecord) -> str:
@@ -158,7 +155,7 @@ def _groups(runs: list[RunRecord]) -> list[list[RunRecord]]:
     """The runs, one list per setting (the seeds of one experiment), each sorted by seed."""
     groups: dict[tuple, list[RunRecord]] = {}
     for run in runs:
-        groups.setdefault((run.arch, run.label, _setting(run)), []).append(run)
+        groups.setdefault((run.arch, run.label, _experiment(run)), []).append(run)
     return [sorted(group, key=lambda run: str(run.config.get("seed"))) for group in groups.values()]
 
 
@@ -945,7 +942,7 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
         return None
     # The longest run and its repeats with the same setting: one data set and budget per figure.
     anchor = max(mine, key=lambda run: run.record["epochs_done"])
-    same = [run for run in mine if run.label == anchor.label and _setting(run) == _setting(anchor)]
+    same = [run for run in mine if run.label == anchor.label and _experiment(run) == _experiment(anchor)]
     return plot_curves(same, title=_budget_title(anchor.record).replace("\n", " (not a CIFAR-10 result)\n", 1),
                        **_references(anchor))
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import submitit
 
 from . import records
-from .config import RUNTIME_SETTINGS, cpu_threads
+from .config import cpu_threads
 
 # The repository's notebook, wherever the sweep is started from.
 DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb")
@@ -41,11 +41,19 @@ LOCAL_TIMEOUT_MIN = 60 * 24 * 30   # local jobs have no time limit to speak of
 SLURM_TIMEOUT_MIN = 60 * 24
 
 
-def _conflicts(run: records.RunRecord, parameters: dict) -> list[str]:
-    """Requested settings a complete run was not trained with (it would not be retrained)."""
-    saved = run.config
-    return [f"{key}: {saved[key]!r} recorded, {value!r} requested" for key, value in parameters.items()
-            if key in saved and key not in RUNTIME_SETTINGS and saved[key] != value]
+def _conflicts(run: records.RunRecord, requested) -> list[str]:
+    """Settings in which the complete `run` is another experiment or seed than `requested` (a
+    TrainConfig): it would not be retrained."""
+    from .config import differences
+    return [f"{key}: {recorded!r} recorded, {value!r} requested"
+            for key, (recorded, value) in differences(run.config, requested).items()]
+
+
+def notebook_config(parameters: dict):
+    """The TrainConfig the training notebook builds from its `parameters` (None: TrainConfig's default)."""
+    from .config import TrainConfig
+    return TrainConfig(**{key: value for key, value in parameters.items()
+                          if key in TrainConfig.__dataclass_fields__ and value is not None})
 
 
 def _titled(notebook: Path, name: str):
@@ -215,7 +223,7 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
             outcomes[run_dir.name] = None
             complete = records.complete_run(run_dir)
             if complete is not None:
-                conflicts = _conflicts(complete, {k: v for k, v in run_parameters.items() if k != "run_dir"})
+                conflicts = _conflicts(complete, notebook_config(run_parameters))
                 outcomes[run_dir.name] = {"run": run_dir.name, "status": "conflict" if conflicts else "skipped",
                                           "message": "; ".join(conflicts) or "already complete"}
                 _report(outcomes[run_dir.name])
@@ -236,11 +244,9 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
 def _check_settings(archs, seeds, parameters: dict) -> None:
     """Every run's settings, checked as `train` will (ConfigError, a ValueError, names the bad
     one) before any job starts: a job would fail on them and leave a failed notebook behind."""
-    from .config import TrainConfig
-    settings = {key: value for key, value in parameters.items() if key in TrainConfig.__dataclass_fields__}
     for arch in dict.fromkeys(archs):
         for seed in dict.fromkeys(seeds):
-            TrainConfig(arch=arch, seed=seed, **settings)
+            notebook_config({**parameters, "arch": arch, "seed": seed})
 
 
 def _follow(runs: list[NotebookRun], launch: Launch, executor, device: str | None) -> dict[str, dict]:

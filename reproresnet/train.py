@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, records
-from .config import RUNTIME_SETTINGS, ConfigError, TrainConfig, cpu_threads, select_device
+from .config import ConfigError, TrainConfig, cpu_threads, differences, select_device
 from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_splits, train_batches
 from .engine import (Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine,
                      scale_momentum_)
@@ -210,11 +210,11 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, repair: b
     except RunDirError as damaged:
         if not complete:
             raise RunDirError(f"{damaged}; delete it to start the run again") from damaged
-        _check_same_settings(run_dir, _effective(record["config"]), config.effective())
+        _check_same_settings(run_dir, record["config"], config)
         return None, {**record, "message": f"{damaged}: damaged, but the run is complete and no longer needs it"}
     saved = checkpoint["config"] if checkpoint else record["config"] if record else None
     if saved is not None:
-        _check_same_settings(run_dir, _effective(saved), config.effective())
+        _check_same_settings(run_dir, saved, config)
     ahead = complete and checkpoint is not None and record["epochs_done"] > len(checkpoint["metrics"])
     if checkpoint is not None and checkpoint["record"] is not None and not ahead:
         record = checkpoint["record"]
@@ -247,17 +247,11 @@ def _load_checkpoint(path: Path, record: dict | None) -> dict:
     return checkpoint
 
 
-def _effective(saved: dict) -> dict:
-    try:
-        return TrainConfig.from_dict(saved).effective()
-    except ConfigError:
-        return saved  # settings this version cannot read: compared as they were written
-
-
-def _check_same_settings(run_dir: Path, saved: dict, requested: dict) -> None:
-    changed = [key for key, value in requested.items() if key not in RUNTIME_SETTINGS and saved.get(key) != value]
+def _check_same_settings(run_dir: Path, saved: dict, requested: TrainConfig) -> None:
+    """The run in `run_dir` (its recorded config `saved`) is the experiment and seed asked for."""
+    changed = differences(saved, requested)
     if changed:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {requested[key]!r}" for key in changed)
+        details = ", ".join(f"{key}: {before!r} -> {after!r}" for key, (before, after) in changed.items())
         raise RunDirError(f"cannot resume {run_dir} with different settings ({details}); "
                           f"use the original settings or another --out")
 

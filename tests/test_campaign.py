@@ -613,3 +613,26 @@ def test_a_complete_campaign_run_renders_its_page_without_training(tmp_path):
     assert [o["status"] for o in outcomes] == ["complete", "incomplete"], outcomes
     assert (run_dir / "train.ipynb").exists() and not (unfinished / "train.ipynb").exists()
     assert {name: digest(run_dir / name) for name in before} == before  # read, not trained
+
+
+def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path, monkeypatch):
+    """A recorded setting that changes the experiment and that the notebook has no parameter
+    for fails the run's page; one at its effective default (epochs 200, the recipe's) or a
+    run-time one (device) does not."""
+    import nbformat
+    pytest.importorskip("papermill")
+    from reproresnet import sweep
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    notebook.cells = [nbformat.v4.new_code_cell('arch = "preact_resnet20"\nseed = 0\nrun_dir = ""',
+                                                metadata={"tags": ["parameters"]})]
+    nbformat.write(notebook, tmp_path / "thin.ipynb")
+    for name, config in (("other-lr", {"lr": 0.05, "epochs": 200}), ("defaults", {"epochs": 200, "device": "cpu"})):
+        (tmp_path / name).mkdir()
+        records.write_json(tmp_path / name / records.RUN_FILE, fake_record(
+            arch="preact_resnet20", status="complete", config={"arch": "preact_resnet20", "seed": 0, **config}))
+    executed = []
+    monkeypatch.setattr(sweep, "execute_run", lambda notebook, run_dir, parameters, progress: executed.append(
+        run_dir) or {"run": Path(run_dir).name, "status": "complete", "message": None})
+    outcomes = campaign.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
+    assert outcomes[0]["status"] == "failed" and outcomes[0]["message"].endswith("the recorded ['lr']")
+    assert executed == [str(tmp_path / "defaults")]

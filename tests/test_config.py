@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reproresnet.config import ConfigError, TrainConfig, cpu_threads, select_device
+from reproresnet.config import ConfigError, TrainConfig, cpu_threads, differences, recorded_key, select_device
 
 
 def test_defaults_are_valid_and_round_trip_through_a_dict():
@@ -65,6 +65,32 @@ def test_a_preprocessing_or_data_setting_names_what_it_accepts(name, value, acce
     """Checked here, once: the data pipeline trusts what the config passed."""
     with pytest.raises(ConfigError, match=f"{name}={value!r} is not valid: expected one of \\[{accepted}\\]"):
         TrainConfig(**{name: value})
+
+
+def test_the_experiment_key_holds_what_a_run_computes_however_it_was_asked_for():
+    key = TrainConfig(arch="preact_resnet164").experiment_key()
+    # the recipe's values, given or left to it, are one experiment
+    assert TrainConfig(arch="preact_resnet164", epochs=200, batch_size=64, shortcut="projection",
+                       bottleneck_stride="1x1").experiment_key() == key
+    # where and how fast it runs, and the seed, are not in it
+    assert TrainConfig(arch="preact_resnet164", seed=3, out="elsewhere", device="cpu", engine="eager", threads=1,
+                       channels_last=True, compile=False, eval_batch_size=10, data_dir="d").experiment_key() == key
+    assert "seed" not in key and "engine" not in key and "out" not in key
+    # what it computes is
+    for changed in ({"epochs": 100}, {"lr": 0.05}, {"bf16": True}, {"shortcut": "input_projection"},
+                    {"dataset": "synthetic"}, {"limit_train": 100}, {"arch": "preact_resnet110"}):
+        assert TrainConfig(**{"arch": "preact_resnet164", **changed}).experiment_key() != key, changed
+
+
+def test_a_recorded_config_is_compared_by_its_effective_values_and_its_seed():
+    recorded = TrainConfig(epochs=200, seed=1).as_dict()
+    assert differences(recorded, TrainConfig(seed=1, device="cpu")) == {}
+    assert differences(recorded, TrainConfig(seed=2)) == {"seed": (1, 2)}
+    assert differences(recorded, TrainConfig(seed=1, lr=0.05)) == {"lr": (0.1, 0.05)}
+    # a config this version cannot read is compared as it was written
+    foreign = {**recorded, "retired_setting": 1}
+    assert recorded_key(foreign) == {**{k: v for k, v in recorded.items() if k in TrainConfig().experiment_key()},
+                                     "retired_setting": 1}
 
 
 def test_unknown_setting_is_named():

@@ -162,6 +162,18 @@ def test_runs_with_different_settings_are_not_averaged_together(tmp_path):
     assert sorted(compute[compute["network"] == "preact_resnet110"]["epochs"]) == ["164", "200"]
 
 
+def test_seeds_asked_for_by_a_default_or_its_value_are_one_experiment(tmp_path):
+    """The recipe's 200 epochs asked for as None (the recipe's length) or as 200, on another
+    device: one experiment, as resuming either would accept the other (config.recorded_key)."""
+    make_run(tmp_path, "preact_resnet110-seed0", seed=0, test_error=6.0)
+    seed1 = make_run(tmp_path, "preact_resnet110-seed1", seed=1, test_error=7.0)
+    record = json.loads((seed1 / records.RUN_FILE).read_text())
+    record["config"].update(epochs=None, device="cpu")
+    (seed1 / records.RUN_FILE).write_text(json.dumps(record))
+    line = row(report.error_table(report.load_runs(tmp_path)[0]), "preact_resnet110")
+    assert line[report.OURS] == "6.50 ± 0.71" and "(seed 1)" in line[report.EACH_SEED]
+
+
 def test_corrupt_and_foreign_records_are_problems_and_the_rest_render(tmp_path):
     make_run(tmp_path, "preact_resnet110-seed0", test_error=6.25)
     (tmp_path / "broken").mkdir()

@@ -74,6 +74,16 @@ def test_sweep_reports_a_complete_run_recorded_with_other_settings(tmp_path, fak
     assert fake_papermill == []
 
 
+def test_a_complete_run_asked_for_by_its_effective_values_is_the_same_experiment(tmp_path, fake_papermill):
+    """The recipe's 200 epochs asked for as None (the recipe's length), a device and an engine
+    that change where, not what: skipped, as a resumption would accept them."""
+    write_record(tmp_path / "preact_resnet20-seed0", epochs=200, device="cpu")
+    [outcome] = sweep.run_sweep(["preact_resnet20"], [0], tmp_path, {"epochs": None, "dataset": "synthetic",
+                                                                     "device": "auto", "engine": "eager"},
+                                IN_PROCESS, notebook=str(TRAIN_NOTEBOOK))
+    assert outcome["status"] == "skipped" and fake_papermill == []
+
+
 def test_sweep_names_runs_by_tag_relative_to_the_callers_directory(tmp_path, fake_papermill, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep.run_sweep(["wrn_16_4"], [3], "results", {"data_dir": "data"}, IN_PROCESS, notebook=str(TRAIN_NOTEBOOK),

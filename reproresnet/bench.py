@@ -1,6 +1,6 @@
 """Speed benchmark: this project's training loop against a plain PyTorch CIFAR pipeline.
 
-``reproresnet`` (`train.build_run` stepped by `train_one_epoch`, the device's default speedups)
+``reproresnet`` (`train.build_stack` stepped by `train_one_epoch`, the device's default speedups)
 against ``baseline`` (PIL images through torchvision transforms in a DataLoader, an eager model),
 on synthetic data of CIFAR-10's shape. How it times and the record it writes: bench/README.md.
 """
@@ -21,15 +21,15 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import records
+from . import records, rundir
+from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
 from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
-from .architectures import ARCHITECTURES
+from .engine import COMPILE_MODES, Speedups, compile_counter, synchronize
 from .models import UnknownArchitectureError, flops_per_image
 from .reference import REPRODUCED
-from .engine import COMPILE_MODES, Speedups, compile_counter
-from .train import build_stack, synchronize, train_one_epoch
+from .train import build_stack, train_one_epoch
 
 BENCH_FORMAT = records.BENCH_FORMAT
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
@@ -206,7 +206,7 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
               "created": records.now(), "rows": [], "ratios": [],
               "unavailable": [] if device.type == "cuda" or not s.graph else [
                   {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}]}
-    records.write_json(out, record)
+    rundir.write_json(out, record)
     log(f"benchmark on {record['device']['name']} ({device}): batch {s.batch_size}, {s.warmup_steps} warm-up + "
         f"{s.steps} timed steps in {s.rounds} rounds; speedups {dataclasses.asdict(speedups)}; record: {out}")
     data = synthetic_train_set(s.train_images, s.seed)
@@ -216,11 +216,11 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
         for arch in s.archs:
             record["rows"] += _bench_arch(arch, data, device, s, log)
             record["ratios"] = ratios(record["rows"])
-            records.write_json(out, record)
+            rundir.write_json(out, record)
     finally:
         torch.set_num_threads(threads)
     record.update(complete=True, finished=records.now())
-    records.write_json(out, record)
+    rundir.write_json(out, record)
     return record
 
 

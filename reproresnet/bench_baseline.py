@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data import ImageSet
 from .models import build_model
-from .train import synchronize
+from .engine import synchronize
 
 if TYPE_CHECKING:
     from .bench import BenchSettings

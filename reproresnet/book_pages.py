@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib import rc_context
 
-from . import records, report
+from . import records, report, rundir
 from .config import CIFAR10
 
 PAGES = Path("book/runs")
@@ -96,7 +96,7 @@ def write_pages(results_dir: Path, page_dir: Path = PAGES) -> list[Path]:
 
 
 def _write(path: Path, text: str) -> Path:
-    records.write_atomic(path, lambda file: file.write(text.encode()))
+    rundir.write_atomic(path, lambda file: file.write(text.encode()))
     return path
 
 

@@ -25,8 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import records
-from .records import RunDirError
+from . import records, rundir
+from .rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
 MANIFEST = "bundle.json"
@@ -54,7 +54,7 @@ def bundled_files(src: Path, exclude: Path | None = None) -> list[Path]:
     excluded = exclude.resolve() if exclude is not None else None
     for path in sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink()):
         name = path.name
-        if name == ".lock" or records.is_temporary(name) or "__pycache__" in path.parts:
+        if name == records.LOCK_FILE or rundir.is_temporary(name) or "__pycache__" in path.parts:
             continue
         if excluded is not None and excluded in path.resolve().parents:
             continue
@@ -100,11 +100,11 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
         for index in range(n_parts):
             chunk = packed.read(max_file_bytes)
             part = f"{name}.part{index:02d}"
-            records.write_atomic(out / part, lambda file: file.write(chunk))
+            rundir.write_atomic(out / part, lambda file: file.write(chunk))
             parts.append({"name": part, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
     manifest = {"format": FORMAT, "name": name, "created": records.now(), "source": str(src),
                 "parts": parts, "files": listing}
-    records.write_json(out / _manifest_name(name), manifest)
+    rundir.write_json(out / _manifest_name(name), manifest)
     return manifest
 
 
@@ -224,7 +224,7 @@ def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> 
             raise BundleError(f"{rel} does not match its sha256 after unpacking")
         if Path(rel).name in CHECKPOINTS:
             try:
-                records.read_checkpoint(staging / rel)
+                rundir.read_checkpoint(staging / rel)
             except ValueError as error:
                 raise BundleError(f"the bundle's {rel} is refused: {error}") from None
 
@@ -235,17 +235,17 @@ def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked:
     with ExitStack() as lock:
         if locked:
             try:
-                lock.enter_context(records.run_dir_lock(target))
+                lock.enter_context(rundir.run_dir_lock(target))
             except RunDirError as error:  # in use: a run is training there
                 return str(error)
-            records.remove_orphans(target)
-            here, bundled = records.progress(target), records.progress(staged)
+            rundir.remove_orphans(target)
+            here, bundled = rundir.progress(target), rundir.progress(staged)
             if here > bundled:
                 return (f"the run here is further along ({_describe(here)}) than the bundle's "
                         f"({_describe(bundled)}): kept")
         for rel in files:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            records.write_unless_same(target / rel, (staged / rel).read_bytes())
+            rundir.write_unless_same(target / rel, (staged / rel).read_bytes())
         for name in CHECKPOINTS if locked else ():
             if not (staged / name).exists():
                 (target / name).unlink(missing_ok=True)  # behind the bundle's complete record

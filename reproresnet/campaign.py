@@ -38,8 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import records
-from .records import RunDirError
+from . import records, rundir
+from .rundir import RunDirError
 from .reference import REPRODUCED
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
@@ -176,7 +176,7 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     reserve = options.reserve if options.reserve is not None else min(15.0, max(1.0, 0.05 * options.budget))
     hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
     stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
-    with records.run_dir_lock(out), records.Writer(background=_device_type(options.device) == "cuda") as writer:
+    with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
         (out / STATE_DIR).mkdir(exist_ok=True)
         outcomes: dict[str, dict] = {}
         plan_configs = {}
@@ -192,13 +192,13 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
 
 
 def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at: float, outcomes: dict,
-              writer: records.Writer, log) -> dict:
+              writer: rundir.Writer, log) -> dict:
     import torch
 
     from . import selfcheck
     from .config import cpu_threads, select_device
     from .data import load_source
-    from .train import source_key
+    from .data import source_key
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
@@ -242,7 +242,7 @@ def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Opt
     # The first network's variants now; the others just before they first train (_check_network).
     record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
                                  budget=budget, precision=precision, stack=options.stack, log=log,
-                                 save=lambda record: records.write_json(path, selfcheck.jsonable(record)))
+                                 save=lambda record: rundir.write_json(path, selfcheck.jsonable(record)))
     log(selfcheck.format_variants(record))
     return record
 
@@ -265,11 +265,11 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     record["networks"][arch] = result
     log(f"selfcheck {arch} {chosen.name}: {'ok' if result['ok'] else 'FAILED'} ({result['seconds']} s)"
         + (f" {result['error']}" if "error" in result else ""))
-    records.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
+    rundir.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
 
 
 def _train_plan(out: Path, plan_configs: dict, record: dict, device, sources: dict, options: Options,
-                hard_stop: float, stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
+                hard_stop: float, stop_at: float, outcomes: dict, writer: rundir.Writer, log) -> None:
     from . import selfcheck
     training: list = []
     for stack in stacks(plan_configs):
@@ -297,7 +297,7 @@ def _train_plan(out: Path, plan_configs: dict, record: dict, device, sources: di
 
 
 def _train_group(group: list, variant, note: str, device, sources: dict, options: Options, hard_stop: float,
-                 stop_at: float, outcomes: dict, writer: records.Writer, log) -> None:
+                 stop_at: float, outcomes: dict, writer: rundir.Writer, log) -> None:
     """One stack trained until done or the deadline; a failing stack is retried run by run,
     a failing engine replaced by the eager one at the same precision."""
     from . import selfcheck
@@ -381,7 +381,7 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
                   "seconds": round(time.time() - start, 1), "budget": options.budget, "stack": options.stack,
                   "device": options.device, "precision": options.precision,
                   "outcomes": {r["run"]: r["outcome"] for r in rows}})
-    records.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "runs": [r["run"] for r in rows]},
+    rundir.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "runs": [r["run"] for r in rows]},
                               "status": rows, "calls": calls})
 
 

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .data import DataError
     from .engine import EngineError
-    from .records import RunDirError
+    from .rundir import RunDirError
     from .train import TrainingDiverged
     try:
         return args.handler(args)

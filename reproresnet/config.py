@@ -29,7 +29,7 @@ CIFAR10, JPEG_MIRROR = "CIFAR-10", "CIFAR-10 (JPEG mirror)"
 # Settings that say where and how fast a run runs, not what it computes: no experiment key
 # holds them (TrainConfig.experiment_key). bf16 is not one: precision is part of the result. (A
 # resume is still refused when the speedups these resolve to differ from the checkpoint's:
-# train._check_same_speedups.) The engine is one: a CUDA graph replays the kernels of the eager
+# rundir.check_same_speedups.) The engine is one: a CUDA graph replays the kernels of the eager
 # step, so a run may change engines between processes.
 RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "engine",
                     "eval_batch_size", "threads")
@@ -190,6 +190,19 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def check_stackable(configs: list[TrainConfig]) -> None:
+    """Runs trained as one stack: one config, seeds apart, each run in its own directory."""
+    def shared(config):
+        return {key: value for key, value in config.effective().items() if key not in ("seed", "out")}
+    for config in configs[1:]:
+        if shared(config) != shared(configs[0]):
+            changed = sorted(key for key, value in shared(config).items() if shared(configs[0]).get(key) != value)
+            raise ConfigError(f"{config.out} differs from {configs[0].out} in {changed}: only runs that differ "
+                              f"in their seed can be trained as one stack")
+    if len({os.path.realpath(config.out) for config in configs}) != len(configs):
+        raise ConfigError(f"two runs of one stack share a directory: {[config.out for config in configs]}")
 
 
 def recorded_key(config: dict) -> dict:

@@ -28,7 +28,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
-from .config import CIFAR10, DATASETS, JPEG_MIRROR
+from .config import CIFAR10, DATASETS, JPEG_MIRROR, TrainConfig
 
 DATA_DIR_ENV = "REPRORESNET_DATA"
 
@@ -153,6 +153,20 @@ def load_splits(dataset: str, data_dir=None, *, download: bool = False,
         val = train.subset(order[:val_size].sort().values)
         train = train.subset(order[val_size:].sort().values)
     return DataSplits(train, val, test, list(classes), label, dataset)
+
+
+def load_device_splits(config: TrainConfig, device, source: DataSplits | None = None) -> DataSplits:
+    """The run's data, resident on `device` as uint8 (taken from `source` if given: see `load_source`)."""
+    splits = load_splits(config.dataset, config.data_dir, download=config.download,
+                         limit_train=config.limit_train, limit_test=config.limit_test,
+                         val_size=config.resolved_recipe().val_size, seed=config.seed, source=source)
+    return splits.to(device)
+
+
+def source_key(config: TrainConfig) -> tuple:
+    """What identifies the data a run reads whole (`load_source`): the synthetic set is
+    generated from the seed."""
+    return config.dataset, config.data_dir, config.seed if config.dataset == "synthetic" else None
 
 
 def _rng(seed: int, stream: str) -> torch.Generator:

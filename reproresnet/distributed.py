@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError
-from .records import RunDirError
+from .rundir import RunDirError
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,12 @@ def compile_counter(group: str, name: str) -> int:
     return int(counters[group][name])
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (on CUDA): what a wall-clock time must include."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
     # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
     # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the

@@ -1,28 +1,23 @@
-"""Run records on disk, written and read: atomic writes, one writer per run directory,
-provenance, and the one reader that training, the sweep and the report share.
+"""What a run record holds: `run.json` and `metrics.csv`, written (`new_record`, then
+`epoch_fields`, the speed segments and `stop_fields` as epochs end) and read (`read_run`,
+`RunRecord`, `load_runs`) here: the one format that training, the sweep, the campaign and
+the report share. How the files reach the disk: rundir.py. Needs no torch.
 
-A run directory holds `run.json` (config, provenance, status, summary), `metrics.csv`
-(one row per epoch) and `checkpoint.pt`. Every file is replaced atomically, so a reader
-or a killed process never sees half a file.
+run.json holds the run's config, recipe, schedule, data, network size, precision and
+provenance; its status (running; stopped, resumable; complete; diverged), epochs done and
+planned, its reported result (`final`: `summarize`) and one speed segment per process that
+trained it. metrics.csv holds one row per epoch (METRIC_COLUMNS).
 """
 
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import io
 import json
 import os
 import platform
-import queue
-import re
+import statistics
 import subprocess
-import tempfile
-import threading
-import time
-import warnings
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,62 +27,11 @@ from .config import CIFAR10, CIFAR_TRAIN_IMAGES
 RUN_FORMAT = "reproresnet-run/1"
 BENCH_FORMAT = "reproresnet-bench/1"  # written by bench.py, read by report.py
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
+LOCK_FILE = ".lock"  # "pid N on HOST" while a process writes the run (rundir.run_dir_lock)
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
     "seconds", "images_per_second", "peak_memory_mb",
 )
-
-
-# Our temporary files: ".reproresnet.<name>.<random>.tmp"; only these are ever cleaned up.
-TEMP_PREFIX, TEMP_SUFFIX = ".reproresnet.", ".tmp"
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be used: in use, unwritable, full, or holding another run."""
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file beside `path`, then rename it over `path`.
-
-    The rename is atomic on POSIX, so `path` holds either the old or the new content.
-    On failure (a full disk, say) the temporary file is removed and `path` is untouched.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are for reading
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if _disk_full(error):
-            raise RunDirError(f"disk full while writing {path}; free some space and rerun with "
-                              f"--resume (the last complete files are intact)") from error
-        raise
-
-
-def _disk_full(error: BaseException | None) -> bool:
-    # torch.save reports a failed write as a RuntimeError whose context is the OSError.
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def is_temporary(name: str) -> bool:
-    """A temporary file of `write_atomic` (a killed writer leaves it behind)."""
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-def remove_orphans(run_dir: Path) -> None:
-    """Delete the temporary files a killed `write_atomic` left (no one else's); call with the
-    run directory locked."""
-    for orphan in Path(run_dir).glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
-        orphan.unlink(missing_ok=True)
 
 
 def json_bytes(data: dict) -> bytes:
@@ -102,130 +46,110 @@ def metrics_bytes(rows: list[dict]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, lambda file: file.write(json_bytes(data)))
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, lambda file: file.write(metrics_bytes(rows)))
-
-
-def write_unless_same(path: Path, content: bytes) -> None:
-    """Write `content` to `path` atomically unless `path` already holds it."""
-    try:
-        if Path(path).read_bytes() == content:
-            return
-    except OSError:
-        pass
-    write_atomic(path, lambda file: file.write(content))
-
-
-def write_checkpoint(path: Path, state: dict) -> None:
-    """`state` (tensors and plain values only, so `read_checkpoint` can load it) via torch.save."""
-    import torch
-    write_atomic(path, lambda file: torch.save(state, file))
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A checkpoint as `write_checkpoint` wrote it. Loaded with weights_only=True: a pickle
-    holding anything but tensors and plain values (which could run code as it loads) is
-    refused without being run. ValueError, in one line, if it cannot be read."""
-    import pickle
-
-    import torch
-    try:
-        with warnings.catch_warnings():  # torch warns about a foreign pickle before refusing it
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"WeightsUnpickler error:\s*([^.\n]+)", str(error))
-        raise ValueError(f"{path} holds objects other than tensors and plain values, refused unloaded "
-                         f"(loading them could run code; {found.group(1) if found else 'not a checkpoint'})") from None
-    except Exception as error:  # truncated, not a torch file, unreadable
-        raise ValueError(f"{path} cannot be read ({_first_sentence(error)})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint")
-    return state
-
-
-def progress(run_dir: Path) -> tuple[int, bool]:
-    """How far the run in `run_dir` got: (epochs done, complete), from its run.json or its
-    checkpoint, whichever is further along (the checkpoint is written first); (0, False) if
-    neither can be read."""
-    found = [(0, False)]
-    try:
-        record = read_run(run_dir)
-        found.append((record["epochs_done"], record["status"] == "complete"))
-    except ValueError:
-        pass
-    if (Path(run_dir) / CHECKPOINT_FILE).exists():
-        try:
-            checkpoint = read_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-            status = (checkpoint.get("record") or {}).get("status")
-            found.append((len(checkpoint.get("metrics", [])), status == "complete"))
-        except ValueError:
-            pass
-    return max(found)
-
-
-def _first_sentence(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text.split(". ")[0].rstrip(".")
-
-
-class Writer:
-    """Runs file writes in the order they are submitted: at once, or (`background=True`) in one
-    background thread, so that a GPU keeps training while a checkpoint goes to disk. What is
-    submitted must not change afterwards (copies, not live tensors). A write that failed is
-    raised again at the next `submit` or at `flush`; `flush` waits for every write."""
-
-    def __init__(self, background: bool = False):
-        self.background, self.error = background, None
-        self.queue: queue.Queue | None = None
-        if background:
-            self.queue = queue.Queue()
-            threading.Thread(target=self._work, name="reproresnet-writer", daemon=True).start()
-
-    def submit(self, write, *args) -> None:
-        self._raise()
-        if self.queue is None:
-            write(*args)
-        else:
-            self.queue.put((write, args))
-
-    def flush(self) -> None:
-        if self.queue is not None:
-            self.queue.join()
-        self._raise()
-
-    def __enter__(self) -> "Writer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.flush()
-        finally:
-            if self.queue is not None:
-                self.queue.put(None)  # ends the thread
-
-    def _raise(self) -> None:
-        if self.error is not None:  # stays: nothing queued after a failed write may be written
-            raise self.error
-
-    def _work(self) -> None:
-        while (item := self.queue.get()) is not None:
-            write, args = item
-            try:
-                if self.error is None:  # after a failure nothing more is written: files keep their order
-                    write(*args)
-            except BaseException as error:  # noqa: BLE001 (handed to the training thread)
-                self.error = error
-            finally:
-                self.queue.task_done()
-
-
 def _csv_value(value):
     return "" if value is None else f"{value:.6g}" if isinstance(value, float) else value
+
+
+# ---------------------------------------------------------------- written
+
+SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch and images_per_second "
+              "are medians of the training time of its epochs after its first (which compiles or captures "
+              "and warms up; evaluation and writes are not timed; first_epoch_seconds is that first epoch's "
+              "training time, set-up included); pack = runs sharing the device; engine = how each step ran "
+              "(eager, or a replayed CUDA graph); stacked = the runs trained as one stacked network in this "
+              "process, whose images_per_second is this run's own share; threads = this process's CPU threads")
+
+
+def new_record(*, name: str, config: dict, recipe: dict, schedule: dict, data: dict, precision: str,
+               provenance: dict, speedups: dict, params: int, flops: int, distributed: dict, epochs: int) -> dict:
+    """A run's record as it starts, before its first epoch: what it trains and on what, where and
+    how (`provenance`: the device, versions and git state), and how far it is."""
+    return {
+        "format": RUN_FORMAT,
+        "status": "running",
+        "name": name,
+        "arch": config["arch"],
+        "config": config,
+        "recipe": recipe,
+        "schedule": schedule,
+        "data": data,
+        "precision": precision,  # bf16 and fp32 runs are different experiments
+        **provenance,
+        "device": {**provenance["device"], "speedups": speedups},
+        "params": params,
+        "flops_per_image": flops,
+        "distributed": distributed,
+        "epochs_planned": epochs,
+        "epochs_done": 0,
+        "final": None,
+        "message": None,
+        "started": now(),
+        "updated": now(),
+    }
+
+
+def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
+    """The run's reported result: the final epoch (He et al.), or the epoch of the best
+    validation error when a validation split was held out (the seed's protocol). Speed
+    leaves out `warmup_epochs` (1-based), the first epoch of every process: it compiles."""
+    if val_size:
+        chosen = min(metrics, key=lambda row: row["val_error"])
+        selected_by = "best_validation"
+    else:
+        chosen = metrics[-1]
+        selected_by = "final_epoch"
+    timed = [row for row in metrics if row["epoch"] not in warmup_epochs] or metrics
+    return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "selected_by": selected_by,
+            "seconds_per_epoch": statistics.median(row["seconds"] for row in timed),
+            "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
+
+
+def epoch_fields(metrics: list[dict], speed: list[dict], epochs: int, val_size: int) -> dict:
+    """The fields of a run record that change with each epoch, once `metrics` are done."""
+    done = len(metrics) == epochs
+    warmup = {segment["first_epoch"] for segment in speed}
+    return {"epochs_done": len(metrics), "status": "complete" if done else "running", "message": None,
+            "final": summarize(metrics, val_size, warmup) if done else None,
+            "speed": {"segments": speed, "note": SPEED_NOTE}}
+
+
+def stop_fields(speed: list[dict], message: str) -> dict:
+    """The fields of a run record stopped before its end, resumable, `message` saying why; the
+    speed segment of a process that trained nothing is left out."""
+    segments = speed[:-1] if speed and speed[-1]["last_epoch"] is None else speed
+    return {"status": "stopped", "message": message, "speed": {"segments": segments, "note": SPEED_NOTE}}
+
+
+def speed_segment(first_epoch: int, *, device: str, gpu: str | None, pack: int, threads: int, precision: str,
+                  channels_last: bool, engine: str, stacked: int, compile_mode: str | None,
+                  stacked_note: str | None = None, chosen: str | None = None) -> dict:
+    """How one process trains a run from `first_epoch` on: the context of its s/epoch, which is
+    filled in as its epochs end (`update_speed`). `chosen`: why it trains this way (the
+    campaign's self-check)."""
+    segment = {"first_epoch": first_epoch, "last_epoch": None, "started": now(), "device": device, "gpu": gpu,
+               "pack": pack, "threads": threads, "precision": precision, "channels_last": channels_last,
+               "engine": engine, "stacked": stacked, "compile_mode": compile_mode, "first_epoch_seconds": None,
+               "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
+    if stacked_note:
+        segment["stacked_note"] = stacked_note
+    if chosen:
+        segment["chosen"] = chosen
+    return segment
+
+
+def update_speed(segment: dict, metrics: list[dict]) -> None:
+    """The process's s/epoch and img/s in its `segment`: the medians of its epochs after its first."""
+    segment["last_epoch"] = metrics[-1]["epoch"]
+    if segment["last_epoch"] == segment["first_epoch"]:  # its training time includes compilation
+        segment["first_epoch_seconds"] = metrics[-1]["seconds"]
+    timed = [row for row in metrics if segment["first_epoch"] < row["epoch"] <= segment["last_epoch"]]
+    if timed:
+        segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
+                       images_per_second=statistics.median(row["images_per_second"] for row in timed),
+                       epochs_timed=len(timed))
+
+
+# ---------------------------------------------------------------- read
 
 
 _REQUIRED = ("arch", "status", "config", "data", "epochs_planned", "epochs_done")
@@ -387,51 +311,12 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
     return benches, problems
 
 
-@contextmanager
-def run_dir_lock(run_dir: Path):
-    """Hold an exclusive lock on `run_dir` for one writer.
-
-    flock is released by the kernel when the process dies, so a crash never leaves it stuck.
-    """
-    run_dir = Path(run_dir)
-    created = [path for path in (run_dir, *run_dir.parents) if not path.exists()]
-    lock = run_dir / ".lock"
-    fresh = not lock.exists()
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a+")
-    except OSError as error:
-        _remove_created(created)
-        raise _unwritable(run_dir, error) from error
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"run directory {run_dir} is in use by {_lock_owner(handle)}; wait for it to "
-                              f"finish or choose another --out") from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {platform.node()}")
-            handle.flush()
-        except OSError as error:  # a full disk: leave nothing this call created
-            with suppress(OSError):  # closing flushes the line again
-                handle.close()
-            if fresh:
-                lock.unlink(missing_ok=True)
-            _remove_created(created)
-            raise _unwritable(run_dir, error) from error
-        yield
-    finally:
-        handle.close()
-
-
 def lock_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock, read from the "pid N on HOST" its holder
     wrote (reading, not locking: a probe would make a starting writer fail). A lock written
     on another host cannot be checked from here and counts as held."""
     try:
-        owner = (Path(run_dir) / ".lock").read_text().split()
+        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
     except OSError:
         return False
     if len(owner) != 4 or owner[0] != "pid" or not owner[1].isdigit():
@@ -445,34 +330,6 @@ def lock_held(run_dir: Path) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
-
-
-def _unwritable(run_dir: Path, error: OSError) -> RunDirError:
-    if _disk_full(error):
-        return RunDirError(f"disk full while taking the lock of run directory {run_dir}; free some space "
-                           f"and run again (nothing was written)")
-    return RunDirError(f"cannot write to run directory {run_dir}: {error.strerror}; choose a writable --out")
-
-
-def _remove_created(directories: list[Path]) -> None:
-    """Remove the directories a failed call created (innermost first), if still empty."""
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
-
-
-def _lock_owner(handle) -> str:
-    """The "pid N on HOST" line the holder writes just after it takes the lock: on a busy
-    machine it may not be there yet, so wait for it a little."""
-    deadline = time.monotonic() + 10
-    while True:
-        handle.seek(0)
-        owner = handle.read().strip()
-        if owner.startswith("pid ") and " on " in owner or time.monotonic() > deadline:
-            return owner or "another process"
-        time.sleep(0.01)
 
 
 def now() -> str:

@@ -43,12 +43,13 @@ from pathlib import Path
 
 import torch
 
-from . import records
+from . import records, rundir
 from .config import ConfigError, TrainConfig, select_device
-from .data import PAD, augment, train_batches
-from .engine import WARMUP_STEPS, exact_fp32
+from .data import PAD, augment, load_device_splits, source_key, train_batches
+from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
-from .train import Stack, build_stack, epoch_seed, load_device_splits, source_key, stacked_batch, synchronize
+from .stacked import stacked_batch
+from .train import Stack, build_stack, epoch_seed
 
 FORMAT = "reproresnet-selfcheck/2"
 LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     record = selfcheck(plan, device, budget=args.budget, precision=args.precision, timed_steps=args.timed_steps,
                        log=lambda line: print(line, flush=True),
-                       save=lambda record: records.write_json(out, jsonable(record)))
+                       save=lambda record: rundir.write_json(out, jsonable(record)))
     print(format_variants(record))
     print(f"selfcheck: {'all passed' if record['ok'] else 'not all passed (see above)'}; record in {out}")
     return 0

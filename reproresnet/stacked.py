@@ -214,6 +214,14 @@ def stack_inputs(batches: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(list(batches), 1)
 
 
+def stacked_batch(batches, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K runs' (images, labels) as the stack's input `[B, 3K, H, W]` and labels `[K, B]`."""
+    images = batches[0][0] if len(batches) == 1 else stack_inputs([images for images, _ in batches])
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, torch.stack([labels for _, labels in batches])
+
+
 def stacked_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, losses, errors) of logits `[B, K, classes]` against labels `[K, B]`: `loss` is the
     SUM of the K models' mean cross-entropies, so each model's gradient is its own (a mean would
@@ -256,3 +264,25 @@ def merge_optimizer_states(states: Sequence[dict]) -> dict:
         merged[index] = {name: merge_tensors(f"state[{index}][{name!r}]", [part[name] for part in parts])
                          for name in values}
     return {"state": merged, "param_groups": copy.deepcopy(first["param_groups"])}
+
+
+def member_states(model: nn.Module, optimizer: torch.optim.Optimizer, k: int) -> tuple[list[dict], list[dict]]:
+    """Each of the K networks' model and optimizer state as a network trained alone holds them
+    (K = 1: a plain network's; a tensor lr, the engine's, as the number a separate run saves)."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        group["lr"] = float(group["lr"])
+    if k == 1:
+        return [model.state_dict()], [state]
+    return model.model_state_dicts(), split_optimizer_state(state, k)
+
+
+def nonfinite(model: nn.Module, k: int) -> list[list[str] | None]:
+    """For each of the K networks: None if its weights and buffers are finite, else the names of
+    those that are not; all K checked on the device at once, with one synchronisation."""
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    flat = torch.cat([tensor.reshape(k, -1).float() for tensor in state.values()], 1)
+    finite = torch.isfinite(flat).all(1).tolist()
+    return [None if ok else [name for name, tensor in state.items()
+                             if not torch.isfinite(tensor.reshape(k, -1)[index]).all()]
+            for index, ok in enumerate(finite)]

@@ -1,6 +1,7 @@
 """Shared test fixtures, and the helpers of the tests that train through the command line
 (import them with `from conftest import ...`)."""
 
+import csv
 import hashlib
 import pickle
 import struct
@@ -56,6 +57,37 @@ def run_cli(capsys, args: list[str]) -> tuple[int, str]:
 
 def without_timing(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key not in TIMING_COLUMNS} for row in rows]
+
+
+# ---------------------------------------------------------------- training in this process
+
+# The tiny run the in-process training tests train (test_train, test_campaign): preact_resnet20
+# on 96 synthetic images, on the CPU.
+TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=96, limit_test=48, batch_size=32,
+            device="cpu", epochs=3)
+
+
+def tiny(tmp_path, name="run", **changes):
+    from reproresnet.config import TrainConfig
+    return TrainConfig(out=str(tmp_path / name), **{**TINY, **changes})
+
+
+def weights(run_dir) -> dict:
+    """The network in the run's checkpoint."""
+    from reproresnet import records
+    return torch.load(Path(run_dir) / records.CHECKPOINT_FILE, weights_only=True)["model"]
+
+
+def metrics_without_timing(run_dir) -> list[dict]:
+    from reproresnet import records
+    with open(Path(run_dir) / records.METRICS_FILE) as file:
+        return without_timing(list(csv.DictReader(file)))
+
+
+def same_run(a, b) -> bool:
+    """The two runs' metrics, time aside, and their networks are equal, bit for bit."""
+    wa, wb = weights(a), weights(b)
+    return metrics_without_timing(a) == metrics_without_timing(b) and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 # ---------------------------------------------------------------- run directories written by hand

@@ -6,7 +6,7 @@ kill: every write of every step is reached, the last included, in a fixed order,
 timing involved.
 
 `patch_files` patches the layer every writer of a run directory goes through:
-`records.write_atomic`'s write callback (the kill lands half-way through the bytes of the
+`rundir.write_atomic`'s write callback (the kill lands half-way through the bytes of the
 temporary file), `os.replace` (the kill lands before the rename, the temporary file complete)
 and `os.unlink`. `patch` counts any other callable the same way (a child's start, say).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import os
 
-from reproresnet import records
+from reproresnet import rundir
 
 
 class Killed(BaseException):
@@ -54,7 +54,7 @@ class Faults:
         monkeypatch.setattr(owner, name, counted)
 
     def patch_files(self, monkeypatch) -> "Faults":
-        real_write_atomic = records.write_atomic
+        real_write_atomic = rundir.write_atomic
 
         def write_atomic(path, write):
             def counted(file):
@@ -67,7 +67,7 @@ class Faults:
                 write(file)
             return real_write_atomic(path, counted)
 
-        monkeypatch.setattr(records, "write_atomic", write_atomic)
+        monkeypatch.setattr(rundir, "write_atomic", write_atomic)
         self.patch(monkeypatch, os, "replace")
         self.patch(monkeypatch, os, "unlink")
         return self

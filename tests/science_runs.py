@@ -1,8 +1,9 @@
 """A run as `train` sets it up (a stack of one run), for the science tests (tests/test_science_*.py)."""
 
 from reproresnet import train as training
-from reproresnet.config import TrainConfig
 from reproresnet.architectures import ArchSpec
+from reproresnet.config import TrainConfig, select_device
+from reproresnet.data import load_device_splits
 from reproresnet.models import create
 
 
@@ -17,5 +18,5 @@ def run_for(tmp_path, cifar_root, monkeypatch, **settings):
                         create(ArchSpec("preact", "basic", 8), num_classes=num_classes))
     config = TrainConfig(**{"arch": "preact_resnet20", "out": str(tmp_path / "run"), "dataset": "cifar10",
                             "data_dir": str(root), "device": "cpu", **settings})
-    device = training.select_device(config.device)
-    return training.build_stack([config], [training.load_device_splits(config, device)], device)
+    device = select_device(config.device)
+    return training.build_stack([config], [load_device_splits(config, device)], device)

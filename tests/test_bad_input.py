@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from conftest import argv, run_cli, without_timing
-from reproresnet import cli, records
+from reproresnet import cli, records, rundir
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
 
@@ -47,7 +47,7 @@ def snapshot(run_dir: Path) -> dict:
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return records.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
+    return rundir.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:
@@ -359,8 +359,8 @@ class _FullDisk:
         return os.fdopen(fd, mode, *args, **kwargs)
 
 
-class _RecordsOs:
-    """`os` as records sees it, with the full disk's fdopen."""
+class _RundirOs:
+    """`os` as rundir sees it, with the full disk's fdopen."""
 
     def __init__(self, disk: _FullDisk):
         self._disk = disk
@@ -380,8 +380,8 @@ class _RecordsOs:
 def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, reference, fills_in, free):
     out = tmp_path / "run"
     disk = _FullDisk(free)
-    monkeypatch.setattr(records, "os", _RecordsOs(disk))
-    real_write_atomic, writes = records.write_atomic, []
+    monkeypatch.setattr(rundir, "os", _RundirOs(disk))
+    real_write_atomic, writes = rundir.write_atomic, []
 
     def write_atomic(path, write):
         writes.append(Path(path).name)
@@ -389,7 +389,7 @@ def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, referenc
             disk.full = True
         return real_write_atomic(path, write)
 
-    monkeypatch.setattr(records, "write_atomic", write_atomic)
+    monkeypatch.setattr(rundir, "write_atomic", write_atomic)
     code, err = run_cli(capsys, argv(out))
     assert disk.full
     assert_refused(code, err, "disk full", str(out / fills_in), "--resume")
@@ -416,7 +416,7 @@ def test_full_disk_while_taking_the_run_lock(tmp_path, capsys, monkeypatch):
         handle.flush = lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         return handle
 
-    monkeypatch.setattr(records, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(rundir, "open", full_disk_open, raising=False)
     out = tmp_path / "new" / "run"
     code, err = run_cli(capsys, argv(out))
     assert_refused(code, err, "disk full", str(out))

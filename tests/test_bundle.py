@@ -15,14 +15,14 @@ import torch
 from conftest import digest, fake_record, run_cli
 from faults import Faults, Killed
 from reproresnet import bundle as bundling
-from reproresnet import campaign, records
+from reproresnet import campaign, records, rundir
 
 
 def write_checkpoint(path: Path, epochs: int, status: str = "running", size: int = 1000, seed: int = 0) -> None:
     """A checkpoint as training writes it, as far as a bundle cares: weights (`size` random,
     incompressible bytes), one metrics row per epoch and its record."""
     weights = torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    records.write_checkpoint(path, {"model": {"w": weights}, "metrics": [{"epoch": e} for e in range(1, epochs + 1)],
+    rundir.write_checkpoint(path, {"model": {"w": weights}, "metrics": [{"epoch": e} for e in range(1, epochs + 1)],
                                     "record": fake_record(status=status, epochs_done=epochs)})
 
 
@@ -30,8 +30,8 @@ def write_run(run: Path, epochs: int, status: str = "running", checkpoint: bool 
     run.mkdir(parents=True, exist_ok=True)
     if checkpoint:
         write_checkpoint(run / records.CHECKPOINT_FILE, epochs, status, **kwargs)
-    records.write_metrics(run / records.METRICS_FILE, [{"epoch": e, "test_error": 50.0 - e} for e in range(1, epochs + 1)])
-    records.write_json(run / records.RUN_FILE, fake_record(status=status, epochs_done=epochs))
+    rundir.write_metrics(run / records.METRICS_FILE, [{"epoch": e, "test_error": 50.0 - e} for e in range(1, epochs + 1)])
+    rundir.write_json(run / records.RUN_FILE, fake_record(status=status, epochs_done=epochs))
 
 
 def _campaign_dir(root: Path, big: int = 3 * 2**20) -> Path:
@@ -40,7 +40,7 @@ def _campaign_dir(root: Path, big: int = 3 * 2**20) -> Path:
     write_run(root / "b-seed0", 2, status="complete", size=big, seed=1)
     for run in ("a-seed0", "b-seed0"):
         (root / run / ".lock").write_text("pid 1")
-        (root / run / f"{records.TEMP_PREFIX}checkpoint.pt.x1{records.TEMP_SUFFIX}").write_bytes(b"half")
+        (root / run / f"{rundir.TEMP_PREFIX}checkpoint.pt.x1{rundir.TEMP_SUFFIX}").write_bytes(b"half")
     (root / campaign.STATE_DIR).mkdir()
     (root / campaign.STATE_DIR / "selfcheck.json").write_text("{}\n")
     return root
@@ -49,7 +49,7 @@ def _campaign_dir(root: Path, big: int = 3 * 2**20) -> Path:
 def files_of(root: Path) -> dict[str, str]:
     """Every file under `root` but locks and our temporaries: relative path -> sha256."""
     return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != ".lock" and not records.is_temporary(p.name)}
+            if p.is_file() and p.name != ".lock" and not rundir.is_temporary(p.name)}
 
 
 # ---------------------------------------------------------------- round trip and limits
@@ -141,7 +141,7 @@ def test_a_newer_bundle_replaces_an_older_run_and_drops_its_stale_checkpoint(tmp
     write_run(home / "a-seed0", 1)
     (home / "a-seed0" / "train.ipynb").write_text("{}")  # not the bundle's: left alone
     done = bundling.unbundle(tmp_path / "new", home)
-    assert done["skipped"] == {} and records.progress(home / "a-seed0") == (2, True)
+    assert done["skipped"] == {} and rundir.progress(home / "a-seed0") == (2, True)
     assert not (home / "a-seed0" / records.CHECKPOINT_FILE).exists()
     assert (home / "a-seed0" / "train.ipynb").exists()
 
@@ -152,7 +152,7 @@ def test_unbundle_takes_each_run_directorys_lock(tmp_path):
     home = tmp_path / "home"
     write_run(home / "a-seed0", 0)
     before = files_of(home / "a-seed0")
-    with records.run_dir_lock(home / "a-seed0"):  # a run training there
+    with rundir.run_dir_lock(home / "a-seed0"):  # a run training there
         done = bundling.unbundle(tmp_path / "out", home)
     assert "in use" in done["skipped"]["a-seed0"] and files_of(home / "a-seed0") == before
     assert (home / "b-seed0" / records.RUN_FILE).exists()
@@ -232,14 +232,14 @@ def test_a_kill_at_every_file_operation_of_unbundle_then_unbundling_again_comple
     home = tmp_path / "home"
     write_run(home / "a-seed0", 2, seed=3)
     write_run(home / "b-seed0", 1, seed=4)
-    before = {run: records.progress(home / run) for run in ("a-seed0", "b-seed0", "c-seed0")}
+    before = {run: rundir.progress(home / run) for run in ("a-seed0", "b-seed0", "c-seed0")}
 
     whole = tmp_path / "whole"
     shutil.copytree(home, whole)
     with pytest.MonkeyPatch.context() as patch:
         faults = Faults().patch_files(patch)
         bundling.unbundle(tmp_path / "bundle", whole)
-    after = {run: records.progress(whole / run) for run in before}
+    after = {run: rundir.progress(whole / run) for run in before}
     assert after == {"a-seed0": (3, True), "b-seed0": (2, False), "c-seed0": (1, False)}
     expected = files_of(whole)
     assert records.CHECKPOINT_FILE not in {Path(rel).name for rel in expected if rel.startswith("a-seed0")}
@@ -254,16 +254,15 @@ def test_a_kill_at_every_file_operation_of_unbundle_then_unbundling_again_comple
             with pytest.raises(Killed):
                 bundling.unbundle(tmp_path / "bundle", killed)
         for run in before:  # each run as it was or as the bundle has it, never a mix
-            assert records.progress(killed / run) in (before[run], after[run]), (n, faults.operations[n - 1])
+            assert rundir.progress(killed / run) in (before[run], after[run]), (n, faults.operations[n - 1])
         done = bundling.unbundle(tmp_path / "bundle", killed)
         assert done["skipped"] == {} and files_of(killed) == expected, (n, faults.operations[n - 1])
-        assert not [p for p in killed.glob("*-seed0/*") if records.is_temporary(p.name)]
+        assert not [p for p in killed.glob("*-seed0/*") if rundir.is_temporary(p.name)]
 
 
 def test_the_committed_campaign_bundle_restores_and_its_checkpoints_load_as_plain_values(tmp_path):
     """The next GPU slot resumes these runs: their checkpoints load with weights_only=True (those
     written before checkpoints held their record get it from run.json)."""
-    from reproresnet import train as training
     committed = Path(__file__).resolve().parents[1] / "campaign-bundle"
     if not (committed / "bundle.json").exists():
         pytest.skip("no campaign bundle is committed (bench/README.md: campaign-bundle/, removed)")
@@ -273,6 +272,6 @@ def test_the_committed_campaign_bundle_restores_and_its_checkpoints_load_as_plai
     assert run_dirs and done["skipped"] == {}
     for run_dir in run_dirs:
         record = records.read_run(run_dir)
-        checkpoint = training._load_checkpoint(run_dir / records.CHECKPOINT_FILE, record)
+        checkpoint = rundir.load_checkpoint(run_dir / records.CHECKPOINT_FILE, record)
         assert checkpoint["record"]["epochs_done"] == len(checkpoint["metrics"]) >= record["epochs_done"]
         assert checkpoint["record"]["config"] == record["config"] == checkpoint["config"]

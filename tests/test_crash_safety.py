@@ -12,12 +12,12 @@ the same seed. The kill points are:
 
 (a) "timed": the parent sends SIGKILL a seeded random delay after the child announces that
     it entered an epoch, so the kill lands somewhere in training, evaluation or the writes;
-(b)/(c) "write": the child kills itself inside `records.write_atomic` while writing
+(b)/(c) "write": the child kills itself inside `rundir.write_atomic` while writing
     checkpoint.pt, metrics.csv or run.json: half-way through the bytes of the temporary
     file ("mid_write"), after the temporary file is complete and fsynced but before the
     rename ("before_rename"), or right after the rename, before the next file
     ("after_rename"). No hook is added to the library: the child monkeypatches
-    `records.write_atomic` (its write callback) and `os.replace`.
+    `rundir.write_atomic` (its write callback) and `os.replace`.
 
 Every attempt is a separate process, forked from a `python -c` server that imported torch
 and reproresnet once: importing them costs ~5 CPU-seconds a process, which 25 processes
@@ -44,7 +44,7 @@ import torch
 
 from conftest import argv, run_cli, without_timing
 from faults import Faults, Killed
-from reproresnet import records
+from reproresnet import records, rundir
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
 
@@ -87,7 +87,7 @@ def child(job):
     if kill:
         mode, target, nth, fraction = kill["mode"], kill["file"], kill["nth"], kill.get("fraction", 0.5)
         seen, armed = [0], [False]
-        real_write_atomic, real_fsync, real_replace = records.write_atomic, os.fsync, os.replace
+        real_write_atomic, real_fsync, real_replace = rundir.write_atomic, os.fsync, os.replace
 
         def write_atomic(path, write):
             if Path(path).name == target:
@@ -115,7 +115,7 @@ def child(job):
             if armed[0] and mode == "after_rename":
                 die()
 
-        records.write_atomic, os.replace = write_atomic, replace
+        rundir.write_atomic, os.replace = write_atomic, replace
     return cli.main(job["argv"])
 
 
@@ -219,7 +219,7 @@ def _wait_for_epoch(pid: int, marker: Path, timeout: float = 120) -> bool:
 # ---------------------------------------------------------------- reading a run directory
 
 def _checkpoint(run_dir: Path) -> dict:
-    return records.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
+    return rundir.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
 
 
 def _metrics_rows(run_dir: Path) -> list[dict]:
@@ -277,7 +277,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     momentum = [(got["optimizer"]["state"][k]["momentum_buffer"], state["momentum_buffer"])
                 for k, state in want["optimizer"]["state"].items()]
     assert all(torch.equal(a, b) for a, b in momentum)
-    best = [records.read_checkpoint(d / records.BEST_FILE) for d in (run_dir, reference)]
+    best = [rundir.read_checkpoint(d / records.BEST_FILE) for d in (run_dir, reference)]
     assert all(torch.equal(best[0][key], best[1][key]) for key in best[1])
     assert without_timing(got["metrics"]) == without_timing(want["metrics"])
     assert without_timing(_metrics_rows(run_dir)) == without_timing(_metrics_rows(reference))
@@ -308,7 +308,7 @@ def test_a_kill_at_every_file_operation_then_resume_equals_the_uninterrupted_run
         record = training.train(config, resume=True, progress=False)
         assert record == records.read_run(config.out), f"killed at operation {n}: {operations[n - 1]}"
         assert_same_run(Path(config.out), reference)
-        assert not [p for p in Path(config.out).iterdir() if records.is_temporary(p.name)]
+        assert not [p for p in Path(config.out).iterdir() if rundir.is_temporary(p.name)]
 
 
 # ---------------------------------------------------------------- records behind their checkpoint
@@ -373,7 +373,7 @@ def test_resume_removes_only_its_own_temporary_files(tmp_path, short_run):
     reference, _ = short_run
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    ours = out / f"{records.TEMP_PREFIX}checkpoint.pt.x1y2{records.TEMP_SUFFIX}"
+    ours = out / f"{rundir.TEMP_PREFIX}checkpoint.pt.x1y2{rundir.TEMP_SUFFIX}"
     ours.write_bytes(b"half a checkpoint")
     theirs = [out / ".notes.tmp", out / ".checkpoint.pt.abc.tmp"]
     for path in theirs:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reproresnet import distributed, records
+from reproresnet import distributed, records, rundir
 from reproresnet.config import TrainConfig
 from reproresnet.data import Normalizer, load_splits, train_batches
 from reproresnet.config import ConfigError
@@ -138,7 +138,7 @@ def test_a_run_is_resumed_only_with_the_world_size_it_was_trained_with(tmp_path)
     train(config, progress=False)
     checkpoint = torch.load(tmp_path / "run" / records.CHECKPOINT_FILE, weights_only=False)
     assert checkpoint["world_size"] == 1
-    with pytest.raises(records.RunDirError, match="with 2 process\\(es\\): it was trained with 1.*--nproc-per-node 1"):
+    with pytest.raises(rundir.RunDirError, match="with 2 process\\(es\\): it was trained with 1.*--nproc-per-node 1"):
         distributed.check_resume(distributed.World(rank=0, size=2), checkpoint, config.out)
 
 

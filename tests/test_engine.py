@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from reproresnet import records
+from reproresnet import records, rundir
 from reproresnet.config import ConfigError, TrainConfig
 from reproresnet.engine import (WARMUP_STEPS, EagerEngine, EngineError, GraphEngine, Speedups, make_optimizer,
                                 resolve_engine, train_step)
@@ -161,7 +161,7 @@ def test_the_background_writer_keeps_the_order_and_raises_a_failed_write(tmp_pat
         gate.wait(10)
         written.append(name)
 
-    with records.Writer(background=True) as writer:
+    with rundir.Writer(background=True) as writer:
         for name in ("checkpoint", "metrics", "record"):
             writer.submit(write, name)
         assert written == []  # nothing yet: the caller went on
@@ -172,7 +172,7 @@ def test_the_background_writer_keeps_the_order_and_raises_a_failed_write(tmp_pat
     def fail():
         raise OSError(28, "No space left on device")
 
-    writer = records.Writer(background=True)
+    writer = rundir.Writer(background=True)
     writer.submit(fail)
     writer.submit(write, "after the failure")
     with pytest.raises(OSError, match="No space left"):

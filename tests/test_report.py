@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from reproresnet import recipes, records, reference, report
-from reproresnet.recipes import RECIPES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reproresnet import engine, train as training
+from reproresnet import engine, records, train as training
 from reproresnet.architectures import ArchSpec
 from reproresnet.models import create
 from reproresnet.recipes import RECIPES
@@ -262,19 +262,19 @@ def epoch_rows():
 def test_summary_with_validation_reports_the_best_validation_epoch():
     """Protects the seed's protocol: the test error of the first best-validation epoch, not the final
     or best-test one."""
-    summary = training.summarize(epoch_rows(), val_size=5000)
+    summary = records.summarize(epoch_rows(), val_size=5000)
     assert (summary["epoch"], summary["test_error"], summary["selected_by"]) == (2, 6.5, "best_validation")
 
 
 def test_summary_without_validation_reports_the_final_epoch():
     """Protects He et al.'s protocol: the final epoch's test error, never the best test error."""
-    summary = training.summarize(epoch_rows(), val_size=0)
+    summary = records.summarize(epoch_rows(), val_size=0)
     assert (summary["epoch"], summary["test_error"], summary["selected_by"]) == (5, 6.0, "final_epoch")
 
 
 def test_summary_speed_leaves_out_the_first_epoch():
     """Protects the reported speed: the median over epochs 2.. (the first one compiles and warms up)."""
-    summary = training.summarize(epoch_rows(), val_size=0)
+    summary = records.summarize(epoch_rows(), val_size=0)
     assert summary["seconds_per_epoch"] == pytest.approx(2.5)          # median of 3, 1, 2, 50
     assert summary["images_per_second"] == pytest.approx((1000 / 3 + 1000 / 2) / 2)
     assert not math.isclose(summary["seconds_per_epoch"], 3.0)          # what the first epoch would give

@@ -8,7 +8,6 @@ them), to 1e-11 relative (the largest error over a tensor over its largest value
 stack's state splits into what separate runs would write, bit for bit, and back.
 """
 
-import copy
 import io
 from functools import partial
 

@@ -3,29 +3,22 @@
 import csv
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from reproresnet import cli, records, train as training
-from reproresnet.config import TrainConfig
+from reproresnet import cli, records, rundir, train as training
+from reproresnet.config import TrainConfig, select_device
+from reproresnet.data import load_device_splits
 from reproresnet.models import build_model, count_parameters
-from reproresnet.records import RunDirError
+from reproresnet.rundir import RunDirError
+from reproresnet.engine import EagerEngine
 from reproresnet.stacked import split_optimizer_state
 
-TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=96, limit_test=48, batch_size=32,
-            device="cpu", epochs=3)
-
-
-def tiny(tmp_path, name="run", **changes):
-    return TrainConfig(out=str(tmp_path / name), **{**TINY, **changes})
-
-
-def weights(run_dir):
-    return torch.load(run_dir / records.CHECKPOINT_FILE, weights_only=False)["model"]
-
+from conftest import TINY, same_run, tiny, weights
 
 @pytest.mark.slow
 def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
@@ -146,22 +139,27 @@ def _same_structure(a, b):
     return type(a) is type(b)
 
 
-def _stop_after_epoch(monkeypatch, last: int) -> None:
-    real = training._no_time_for
-    monkeypatch.setattr(training, "_no_time_for", lambda epoch, *args: epoch == last or real(epoch, *args))
+class AfterEpochs(training.Deadline):
+    """A deadline that leaves time for `epochs` epochs: asked before each epoch, it answers by
+    the epochs done, not by the clock."""
+
+    def __init__(self, epochs: int):
+        super().__init__(at=math.inf)
+        self.epochs = epochs
+
+    def allows(self, epochs_done: int, predicted_seconds: float) -> bool:
+        return epochs_done < self.epochs
 
 
-def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tmp_path, monkeypatch):
+def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tmp_path):
     """Two seeds trained as one stack, stopped after an epoch, then each resumed as a separate
     run: each checkpoint has a lone run's keys, shapes, dtypes and lr, holds exactly its part of
     the stack (split and merged back, bit for bit), and the lone run goes on from it."""
     device = torch.device("cpu")
     configs = stacked(tmp_path)
-    _stop_after_epoch(monkeypatch, 1)
-    first = training.train_stack(configs, device, deadline=time.time() + 3600)
+    first = training.train_stack(configs, device, deadline=AfterEpochs(1))
     alone = training.train(TrainConfig(out=str(tmp_path / "alone"), seed=0, **STACK), progress=False,
-                           deadline=time.time() + 3600)
-    monkeypatch.undo()
+                           deadline=AfterEpochs(1))
     assert [(r["status"], r["epochs_done"]) for r in first + [alone]] == [("stopped", 1)] * 3
     segment = first[0]["speed"]["segments"][-1]
     assert (segment["stacked"], segment["engine"]) == (2, "eager") and "dropout" in segment["stacked_note"]
@@ -169,7 +167,7 @@ def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tm
     assert ours.keys() == lone.keys() and all(_same_structure(ours[key], lone[key]) for key in ("model", "optimizer"))
     assert ours["optimizer"]["param_groups"] == lone["optimizer"]["param_groups"]
     saved = [checkpoint(tmp_path / f"k{seed}") for seed in (0, 1)]
-    stack = training.build_stack(configs, [training.load_device_splits(c, device) for c in configs], device,
+    stack = training.build_stack(configs, [load_device_splits(c, device) for c in configs], device,
                                  checkpoints=saved)
     momentum = split_optimizer_state(stack.optimizer.state_dict(), 2)
     for state, optimizer, checkpoint_ in zip(stack.model.model_state_dicts(), momentum, saved):
@@ -186,10 +184,8 @@ def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tm
 def test_separate_runs_are_resumed_as_one_stack_from_exactly_their_state(tmp_path, monkeypatch):
     device = torch.device("cpu")
     configs = stacked(tmp_path)
-    _stop_after_epoch(monkeypatch, 1)
     for config in configs:
-        training.train(config, progress=False, deadline=time.time() + 3600)
-    monkeypatch.undo()
+        training.train(config, progress=False, deadline=AfterEpochs(1))
     saved = [checkpoint(Path(c.out)) for c in configs]
     built = []
     real_build = training.build_stack
@@ -199,7 +195,7 @@ def test_separate_runs_are_resumed_as_one_stack_from_exactly_their_state(tmp_pat
     assert [(r["status"], r["epochs_done"]) for r in records_] == [("complete", 3)] * 2
     assert [(s["first_epoch"], s["stacked"]) for s in records_[0]["speed"]["segments"]] == [(1, 1), (2, 2)]
     # the stack began from the two checkpoints, merged (its state after training differs; rebuild it)
-    again = real_build(configs, [training.load_device_splits(c, device) for c in configs], device,
+    again = real_build(configs, [load_device_splits(c, device) for c in configs], device,
                        checkpoints=saved)
     for state, checkpoint_ in zip(again.model.model_state_dicts(), saved):
         assert all(torch.equal(state[name], checkpoint_["model"][name]) for name in checkpoint_["model"])
@@ -233,7 +229,7 @@ def test_a_stack_evaluates_each_run_as_it_would_alone(tmp_path):
     relative (a forward pass, summed in another order), errors within one image."""
     device = torch.device("cpu")
     configs = stacked(tmp_path)
-    splits = [training.load_device_splits(c, device) for c in configs]
+    splits = [load_device_splits(c, device) for c in configs]
     together = training.evaluate(training.build_stack(configs, splits, device), [s.test for s in splits])
     for config, split, (loss, error) in zip(configs, splits, together):
         [(alone_loss, alone_error)] = training.evaluate(training.build_stack([config], [split], device), [split.test])
@@ -264,3 +260,102 @@ def test_a_nan_in_one_run_of_a_stack_stops_that_run_only(tmp_path, monkeypatch):
     assert len(checkpoint(tmp_path / "k1")["metrics"]) == 1
     a, b = weights(tmp_path / "k0"), weights(tmp_path / "clean0")
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+# ---------------------------------------------------------------- the clean stop and speed
+
+
+def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_path):
+    whole = training.train(tiny(tmp_path, "whole", epochs=4), progress=False)
+
+    config = tiny(tmp_path, "split", epochs=4)
+    stopped = training.train(config, progress=False, deadline=AfterEpochs(2))
+    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["final"] is None
+    assert stopped["message"].startswith("stopped cleanly after epoch 2 of 4")
+    assert records.read_run(tmp_path / "split") == stopped
+    checkpoint = torch.load(tmp_path / "split" / records.CHECKPOINT_FILE, weights_only=False)
+    assert len(checkpoint["metrics"]) == 2
+    assert checkpoint["speedups"] == {"bf16": False, "channels_last": False, "compile": False,
+                                      "fused_optimizer": False}
+    assert checkpoint["generator_device"] == "cpu"
+
+    resumed = training.train(config, resume=True, progress=False, pack=2)
+    assert resumed["status"] == "complete" and resumed["message"] is None
+    assert same_run(tmp_path / "whole", tmp_path / "split")
+    assert resumed["final"]["test_error"] == whole["final"]["test_error"]
+    # one speed segment per process; each leaves its first epoch out of s/epoch
+    segments = resumed["speed"]["segments"]
+    assert [(s["first_epoch"], s["last_epoch"], s["epochs_timed"], s["pack"]) for s in segments] == \
+        [(1, 2, 1, 1), (3, 4, 1, 2)]
+    assert all(s["precision"] == "fp32" and s["compile_mode"] is None and s["gpu"] is None for s in segments)
+    assert all(s["threads"] == torch.get_num_threads() for s in segments)  # this process's CPU threads
+    metrics = checkpoint["metrics"] + torch.load(tmp_path / "split" / records.CHECKPOINT_FILE,
+                                                 weights_only=False)["metrics"][2:]
+    assert resumed["final"]["seconds_per_epoch"] == pytest.approx(
+        (metrics[1]["seconds"] + metrics[3]["seconds"]) / 2)  # epochs 2 and 4; 1 and 3 warmed up
+    assert "first" in resumed["speed"]["note"]
+
+
+def test_a_deadline_already_passed_trains_nothing_and_says_so(tmp_path):
+    record = training.train(tiny(tmp_path), progress=False, deadline=time.time() - 1)
+    assert record["epochs_done"] == 0 and record["status"] == "stopped"
+    assert "stopped cleanly after epoch 0" in record["message"]
+    assert not (tmp_path / "run" / records.CHECKPOINT_FILE).exists()
+    assert training.train(tiny(tmp_path), resume=True, progress=False)["status"] == "complete"
+
+
+def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
+    config = tiny(tmp_path, epochs=2)
+    training.train(config, progress=False, deadline=time.time() + 3600)
+    path = tmp_path / "run" / records.CHECKPOINT_FILE
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["metrics"] = checkpoint["metrics"][:1]  # as if stopped after epoch 1 ...
+    checkpoint["record"].update(status="running", epochs_done=1, final=None)
+    checkpoint["speedups"]["bf16"] = True             # ... of a run that started on CUDA
+    checkpoint["generator_device"] = "cuda"
+    torch.save(checkpoint, path)
+    record = records.read_run(tmp_path / "run")
+    rundir.write_json(tmp_path / "run" / records.RUN_FILE, {**record, "status": "running"})
+    with pytest.raises(RunDirError, match=r"speedups .*'bf16': True.* drawn on cuda.* on cpu"):
+        training.train(config, resume=True, progress=False)
+
+
+def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_path):
+    config = tiny(tmp_path, limit_train=80)  # 2 batches of 32 and one of 16
+    device = select_device(config.device)
+    stack = training.build_stack([config], [load_device_splits(config, device)], device)
+    test = [stack.runs[0].splits.test]
+    reference = training.evaluate(stack, test)
+
+    sizes = []
+
+    class FullBatchesOnly(torch.nn.Module):  # stands in for the compiled module
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            sizes.append(len(images))
+            assert len(images) == config.batch_size, "a partial batch reached the compiled module"
+            return self.model(images)
+
+    bf16 = dataclasses.replace(stack.speedups, bf16=True)
+    engine = EagerEngine(stack.model, stack.optimizer, bf16, config.batch_size, FullBatchesOnly(stack.model))
+    stack = dataclasses.replace(stack, engine=engine, speedups=bf16)
+    assert training.evaluate(stack, test) == reference  # no autocast, not the step module
+    training.train_one_epoch(stack, 0, progress=False)
+    assert sizes == [32, 32]
+
+
+def test_the_cli_stops_cleanly_and_says_how_far_it_got(tmp_path, capsys):
+    from reproresnet import cli
+    args = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "32",
+            "--limit-test", "16", "--epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")]
+    assert cli.main(args + ["--stop-after", "0"]) == 0
+    assert "0/2 epochs; stopped cleanly" in capsys.readouterr().out
+
+
+def test_stop_after_and_stop_at_are_exclusive():
+    from reproresnet import cli
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--arch", "preact_resnet20", "--out", "x", "--stop-after", "5", "--stop-at", "1"])

@@ -63,13 +63,13 @@ SERVER = r'''
 import json, os, signal, sys, time, traceback
 import torch
 torch.set_num_threads(1)
-import reproresnet.cli, reproresnet.records, reproresnet.train  # once, before any fork
+import reproresnet.cli, reproresnet.rundir, reproresnet.train  # once, before any fork
 
 
 def child(job):
     import io
     from pathlib import Path
-    from reproresnet import cli, records, train
+    from reproresnet import cli, rundir, train
 
     def die():
         os.kill(os.getpid(), signal.SIGKILL)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import statistics
@@ -17,11 +16,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 
-from . import records, rundir
+from . import bench_record, records, rundir
 from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
 from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
@@ -31,10 +30,6 @@ from .models import UnknownArchitectureError, flops_per_image
 from .reference import REPRODUCED
 from .train import build_stack, train_one_epoch
 
-BENCH_FORMAT = records.BENCH_FORMAT
-# A training step costs about 3 forward passes: the forward, then the backward's gradients
-# with respect to activations and to weights, each about as many FLOPs as the forward.
-TRAINING_FLOPS_PER_FORWARD = 3
 
 
 def _option(help: str, default=None, *, per_device: tuple | None = None, least: int | None = None):
@@ -110,12 +105,35 @@ def synthetic_train_set(n: int = CIFAR_TRAIN_IMAGES, seed: int = 0) -> ImageSet:
     return ImageSet(images, torch.randint(0, 10, (n,), generator=generator))
 
 
-# ---------------------------------------------------------------- the library's path
+# ---------------------------------------------------------------- the paths timed
 
-# Each path (the library's, and `BaselinePath` in bench_baseline.py) has a `name`, a `model`,
-# a `precision`, `networks` (trained at once), `losses`, `steps(count)`: the seconds of `count`
-# full-batch steps, `new_epoch()`: one epoch of its input pipeline, timed after
-# `data_warmup_batches` batches, and `close()`.
+class TimedPath(Protocol):
+    """What the benchmark times: the library's paths (`LibraryPath`) and the plain baseline
+    (`bench_baseline.BaselinePath`)."""
+    name: str
+    model: torch.nn.Module
+    precision: str
+    engine: str
+    networks: int            # networks one step trains
+    losses: list[float]      # the training losses seen, to check they stay finite
+    data_warmup_batches: int  # batches of an epoch left untimed before its input pipeline is timed
+
+    def steps(self, count: int) -> float:
+        """Seconds for `count` full-batch steps."""
+
+    def new_epoch(self) -> Iterator:
+        """One epoch of its input pipeline."""
+
+    def close(self) -> None:
+        """Lets go of what it holds (a DataLoader's worker processes)."""
+
+
+def paper_recipe(arch: str) -> str:
+    """The recipe of the paper a network comes from: Zagoruyko & Komodakis's for the wide
+    networks, else He et al.'s (the seed's own network is a pre-activation ResNet)."""
+    return "wrn2016" if ARCHITECTURES[arch].family == "wide" else "he2016"
+
+
 class LibraryPath:
     """The library's own run of `arch` as `train` builds it (`train.build_stack`), stepped by its
     `train_one_epoch` over full batches: `networks` seeds as one stacked network, each step run
@@ -126,7 +144,7 @@ class LibraryPath:
     def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings, name: str = "reproresnet",
                  engine: str = "eager", networks: int = 1):
         configs = [TrainConfig(arch=arch, out=str(Path(s.out).parent / f"{name}-{seed}"), seed=seed,
-                               recipe="wrn2016" if arch.startswith("wrn") else "he2016", batch_size=s.batch_size,
+                               recipe=paper_recipe(arch), batch_size=s.batch_size,
                                dataset="synthetic", device=str(device), bf16=s.bf16, channels_last=s.channels_last,
                                compile=s.compile and engine == "eager", engine=engine)
                    for seed in range(s.seed, s.seed + networks)]
@@ -165,7 +183,7 @@ class LibraryPath:
 
 # ---------------------------------------------------------------- timing
 
-def _time_data(path, windows: list[int], device: torch.device) -> list[float]:
+def _time_data(path: TimedPath, windows: list[int], device: torch.device) -> list[float]:
     """Images per second of the input pipeline alone, delivered on `device`, per window of
     batches in one fresh epoch; the first `data_warmup_batches` are untimed."""
     epoch = path.new_epoch()
@@ -196,16 +214,13 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
     s = dataclasses.replace(settings, out=str(out)).resolved(device)
     speedups = Speedups.for_device(s, device)  # as build_run picks them from the same three switches
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"format": BENCH_FORMAT, "complete": False, **records.provenance(device),
-              "batch_size": s.batch_size, "steps": s.steps, "warmup_steps": s.warmup_steps,
-              "epoch_images": CIFAR_TRAIN_IMAGES,
-              "settings": {**dataclasses.asdict(s), "speedups": dataclasses.asdict(speedups),
-                           "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
-                                    "matmul": torch.backends.cuda.matmul.allow_tf32},
-                           "cpu_count": os.cpu_count()},
-              "created": records.now(), "rows": [], "ratios": [],
-              "unavailable": [] if device.type == "cuda" or not s.graph else [
-                  {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}]}
+    record = bench_record.new_record(
+        provenance=records.provenance(device), batch_size=s.batch_size, steps=s.steps, warmup_steps=s.warmup_steps,
+        settings={**dataclasses.asdict(s), "speedups": dataclasses.asdict(speedups),
+                  "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+                  "cpu_count": os.cpu_count()},
+        unavailable=[] if device.type == "cuda" or not s.graph else [
+            {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}])
     rundir.write_json(out, record)
     log(f"benchmark on {record['device']['name']} ({device}): batch {s.batch_size}, {s.warmup_steps} warm-up + "
         f"{s.steps} timed steps in {s.rounds} rounds; speedups {dataclasses.asdict(speedups)}; record: {out}")
@@ -215,16 +230,16 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
     try:
         for arch in s.archs:
             record["rows"] += _bench_arch(arch, data, device, s, log)
-            record["ratios"] = ratios(record["rows"])
+            record["ratios"] = bench_record.ratios(record["rows"])
             rundir.write_json(out, record)
     finally:
         torch.set_num_threads(threads)
-    record.update(complete=True, finished=records.now())
+    bench_record.finish(record)
     rundir.write_json(out, record)
     return record
 
 
-def _paths(arch: str, data: ImageSet, device: torch.device, s: BenchSettings) -> list[Callable]:
+def _paths(arch: str, data: ImageSet, device: torch.device, s: BenchSettings) -> list[Callable[[], TimedPath]]:
     """What builds each path to time: the library's eager path, its graph engine, its stacked
     network, and the plain baseline."""
     cuda = device.type == "cuda"
@@ -234,7 +249,8 @@ def _paths(arch: str, data: ImageSet, device: torch.device, s: BenchSettings) ->
     if s.stack > 1:
         paths.append(lambda: LibraryPath(arch, data, device, s, f"stacked-{s.stack}", "graph" if cuda else "eager",
                                          s.stack))
-    return paths + ([lambda: BaselinePath(arch, data, device, s)] if s.baseline else [])
+    return paths + ([lambda: BaselinePath(arch, data, device, s.batch_size, s.num_workers, s.seed)]
+                    if s.baseline else [])
 
 
 def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSettings, log) -> list[dict]:
@@ -265,14 +281,13 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         for path in paths[::-1]:
             measured[path.name]["data_rates"] = _time_data(path, windows, device)
             path.close()
-        rows = [_row(arch, path, measured[path.name], s.batch_size, forward_flops) for path in paths]
-        skipped = compile_counter("inductor", "cudagraph_skips") - skips
-        warnings = [f"torch.compile built {timing_graphs} graph(s) during the timed steps"] if timing_graphs else []
-        if skipped:
-            warnings.append(f"CUDA graphs were skipped {skipped} time(s): those steps ran without them")
-        rows[0].update(graphs=compile_counter("stats", "unique_graphs") - graphs, graphs_during_timing=timing_graphs,
-                       cudagraph_skips=skipped, speedups=dataclasses.asdict(paths[0].stack.speedups),
-                       warnings=warnings)
+        rows = [bench_record.row(arch, path=path.name, networks=path.networks, engine=path.engine,
+                                 precision=path.precision, batch_size=s.batch_size, forward_flops=forward_flops,
+                                 losses=path.losses, **measured[path.name]) for path in paths]
+        warnings = bench_record.compiled(
+            rows[0], graphs=compile_counter("stats", "unique_graphs") - graphs, during_timing=timing_graphs,
+            cudagraph_skips=compile_counter("inductor", "cudagraph_skips") - skips,
+            speedups=dataclasses.asdict(paths[0].stack.speedups))
         log("; ".join(f"{arch}: {row['path']} {row['images_per_second']:.0f} img/s" for row in rows))
         for warning in warnings:
             log(f"{arch}: WARNING: {warning}")
@@ -286,33 +301,6 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
             path.close()
         if cuda:
             torch.cuda.empty_cache()
-
-
-def _row(arch: str, path, measured: dict, batch_size: int, forward_flops: int) -> dict:
-    """One path's numbers; images per second count every network a step trains."""
-    rounds, rates = measured["round_seconds"], measured["data_rates"]
-    per_step = statistics.median(rounds)
-    images_per_second = path.networks * batch_size / per_step
-    return {"arch": arch, "path": path.name, "networks": path.networks,
-            "engine": path.engine, "precision": path.precision,
-            "seconds_per_epoch": path.networks * CIFAR_TRAIN_IMAGES / images_per_second,
-            "images_per_second": images_per_second,
-            "data_images_per_second": statistics.median(rates),
-            "data_images_per_second_range": [min(rates), max(rates)],
-            "warmup_seconds": measured["warmup_seconds"], "peak_memory_mb": measured["peak_memory_mb"],
-            "tflops": TRAINING_FLOPS_PER_FORWARD * forward_flops * images_per_second / 1e12,
-            "seconds_per_step": per_step, "seconds_per_step_range": [min(rounds), max(rounds)],
-            "forward_flops_per_image": forward_flops, "loss_finite": math.isfinite(sum(path.losses))}
-
-
-def ratios(rows: list[dict]) -> list[dict]:
-    """path / baseline, per network and path: step throughput (every network's images) and
-    input-pipeline throughput."""
-    base = {row["arch"]: row for row in rows if row["path"] == "baseline"}
-    return [{"arch": row["arch"], "path": row["path"],
-             "step_speedup": row["images_per_second"] / base[row["arch"]]["images_per_second"],
-             "data_speedup": row["data_images_per_second"] / base[row["arch"]]["data_images_per_second"]}
-            for row in rows if row["path"] != "baseline" and row["arch"] in base]
 
 
 def device_slug(device: torch.device) -> str:
@@ -347,8 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownArchitectureError) as error:
         print(f"reproresnet bench: error: {error}", file=sys.stderr)
         return 2
-    from .report import format_bench
-    print(format_bench(record))
+    print(bench_record.format_bench(record))
     return 0
 
 

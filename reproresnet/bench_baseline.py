@@ -11,7 +11,7 @@ against the library's own training loop.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .data import ImageSet
-from .models import build_model
 from .engine import synchronize
-
-if TYPE_CHECKING:
-    from .bench import BenchSettings
+from .models import build_model
 
 # The constants most public CIFAR code bases normalise with (kuangliu/pytorch-cifar).
 BASELINE_MEAN, BASELINE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -44,19 +41,21 @@ class PILImageDataset(Dataset):
 
 
 class BaselinePath:
-    """A plain PyTorch CIFAR training loop, as most public repositories write it."""
+    """A plain PyTorch CIFAR training loop, as most public repositories write it: one of the paths
+    `bench.TimedPath` describes."""
 
     name, networks, engine = "baseline", 1, "eager"
 
-    def __init__(self, arch: str, data: ImageSet, device: torch.device, s: BenchSettings):
+    def __init__(self, arch: str, data: ImageSet, device: torch.device, batch_size: int, num_workers: int,
+                 seed: int):
         from torchvision import transforms
         transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                         transforms.ToTensor(), transforms.Normalize(BASELINE_MEAN, BASELINE_STD)])
-        self.loader = DataLoader(PILImageDataset(data, transform), batch_size=s.batch_size, shuffle=True,
-                                 num_workers=s.num_workers, pin_memory=device.type == "cuda",
-                                 persistent_workers=s.num_workers > 0, drop_last=True)
-        self.device, self.data_warmup_batches = device, queued_batches(s.num_workers)
-        torch.manual_seed(s.seed)
+        self.loader = DataLoader(PILImageDataset(data, transform), batch_size=batch_size, shuffle=True,
+                                 num_workers=num_workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=num_workers > 0, drop_last=True)
+        self.device, self.data_warmup_batches = device, queued_batches(num_workers)
+        torch.manual_seed(seed)
         self.model = build_model(arch).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         self.batches = (batch for _ in iter(int, 1) for batch in self.loader)  # epoch after epoch

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib import rc_context
 
-from . import records, report, rundir
+from . import bench_record, records, report, rundir
 from .config import CIFAR10
 
 PAGES = Path("book/runs")
@@ -70,7 +70,7 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
                       f"A benchmark on {(bench.get('device') or {}).get('name', 'an unknown device')}: our training "
                       f"path against a plain PyTorch baseline. The record: {_download('bench.json', path, page_dir)}.",
                       "", report.html_table(table, "bench-record", pages=""), "",
-                      "As `python -m reproresnet bench` prints it:", "", "```text", report.format_bench(bench), "```",
+                      "As `python -m reproresnet bench` prints it:", "", "```text", bench_record.format_bench(bench), "```",
                       ""])
 
 
@@ -81,7 +81,7 @@ def write_pages(results_dir: Path, page_dir: Path = PAGES) -> list[Path]:
         if old.suffix in (".md", ".svg"):
             old.unlink()
     runs, _ = records.load_runs(results_dir)
-    benches, _ = records.load_benches(results_dir)
+    benches, _ = bench_record.load_benches(results_dir)
     written = []
     for run in runs:
         if run.metrics() is not None:

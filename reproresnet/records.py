@@ -25,7 +25,6 @@ from pathlib import Path
 from .config import CIFAR10, CIFAR_TRAIN_IMAGES
 
 RUN_FORMAT = "reproresnet-run/1"
-BENCH_FORMAT = "reproresnet-bench/1"  # written by bench.py, read by report.py
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 LOCK_FILE = ".lock"  # "pid N on HOST" while a process writes the run (rundir.run_dir_lock)
 METRIC_COLUMNS = (
@@ -291,24 +290,6 @@ def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
             problems.append({"path": str(notebook), "problem": f"no {RUN_FILE} beside it: the notebook "
                              "stopped before the first epoch ended (its page shows why)"})
     return runs, problems
-
-
-def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
-    """Every `bench-*/bench.json` under `results_dir`: (benchmarks, problems)."""
-    benches, problems = [], []
-    for path in sorted(Path(results_dir).glob("bench-*/bench.json")):
-        try:
-            bench = json.loads(path.read_text())
-            if not isinstance(bench, dict) or bench.get("format") != BENCH_FORMAT:
-                found = bench.get("format") if isinstance(bench, dict) else type(bench).__name__
-                raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
-            if not isinstance(bench.get("rows"), list):
-                raise ValueError("field 'rows' missing")
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            problems.append({"path": str(path), "problem": str(error)})
-            continue
-        benches.append({**bench, "name": path.parent.name})  # its page in the book: book/runs/<name>
-    return benches, problems
 
 
 def lock_held(run_dir: Path) -> bool:

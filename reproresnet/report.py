@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from . import architectures, records
 from .architectures import NETWORK_OPTIONS
 from .config import CIFAR10, JPEG_MIRROR, recorded_key  # noqa: F401 (the notebooks' API)
-from .records import BENCH_FORMAT, RunRecord, load_benches, load_runs  # noqa: F401 (the notebooks' API)
+from .bench_record import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
+from .records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
                         reference)
 
@@ -73,44 +74,6 @@ def record_page(name: str, pages: str = RECORD_PAGES) -> str:
 
 def problems_table(problems: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(problems, columns=["path", "problem"])
-
-
-def format_bench(record: dict) -> str:
-    """A benchmark record as the plain-text table `reproresnet bench` prints."""
-    settings = record.get("settings", {})
-    speedups = settings.get("speedups", {})
-    used = [name for name in ("bf16", "channels_last", "compile", "fused_optimizer") if speedups.get(name)]
-    if speedups.get("compile"):
-        used[used.index("compile")] = f"compile ({settings.get('compile_mode', 'default')})"
-    precision = next((row.get("precision", "fp32") for row in record["rows"] if row["path"] == "baseline"), "fp32")
-    baseline = f"{precision} eager, DataLoader with {settings.get('num_workers', '?')} workers"
-    lines = [f"{record['device']['name']} ({record['device']['type']}), batch {record['batch_size']}, "
-             f"{record['warmup_steps']} warm-up + {record['steps']} timed steps in {settings.get('rounds', '?')} "
-             f"rounds (median round); epoch = {record.get('epoch_images', 50_000):,} images",
-             f"reproresnet path: {', '.join(used) or 'fp32 eager'}; graph: the same step replayed as a CUDA graph; "
-             f"stacked-K: K networks trained as one (its img/s and s/epoch count all K); baseline: {baseline}",
-             f"{'arch':<18} {'path':<12} {'s/epoch':>8} {'img/s':>9} {'data img/s':>11} {'warm-up s':>9} "
-             f"{'peak MB':>8} {'TFLOP/s':>8} {'graphs':>6}"]
-    for row in record["rows"]:
-        peak = "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}"
-        graphs = "-" if row.get("graphs") is None else str(row["graphs"])
-        lines.append(f"{row['arch']:<18} {row['path']:<12} {row['seconds_per_epoch']:>8.2f} "
-                     f"{row['images_per_second']:>9.0f} {row['data_images_per_second']:>11.0f} "
-                     f"{row['warmup_seconds']:>9.1f} {peak:>8} {row['tflops']:>8.3f} {graphs:>6}")
-    lines += [f"{'':<18} {item['path']:<12} not available: {item['why']}" for item in record.get("unavailable", [])]
-    if record["ratios"]:
-        lines += ["", f"{'arch':<18} {'path':<12} {'step speedup':>12} {'data speedup':>12}  (against the baseline)"]
-        lines += [f"{r['arch']:<18} {r.get('path', 'reproresnet'):<12} {r['step_speedup']:>11.2f}x "
-                  f"{r['data_speedup']:>11.1f}x" for r in record["ratios"]]
-    warnings = [f"{row['arch']}: {warning}" for row in record["rows"] for warning in row.get("warnings", [])]
-    if warnings:
-        lines += ["", "WARNINGS:", *warnings]
-    epochs = [(row["arch"], row["epochs"]) for row in record["rows"] if row.get("epochs")]
-    if epochs:
-        lines += ["", "real epochs through train_one_epoch (reproresnet path, last partial batch included):"]
-        lines += [f"{arch:<18} " + "  ".join(f"epoch {i} {e['seconds']:.2f} s ({e['compiles']} compiled)"
-                                             for i, e in enumerate(rows, 1)) for arch, rows in epochs]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- tables

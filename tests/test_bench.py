@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from reproresnet import bench, report
+from reproresnet import bench, bench_record
 from reproresnet.bench import BenchSettings
 from reproresnet.config import CIFAR_TRAIN_IMAGES
 from reproresnet.models import UnknownArchitectureError
@@ -29,7 +29,7 @@ def cpu_record(tmp_path_factory):
 @pytest.mark.slow
 def test_record_holds_both_paths_with_positive_numbers(cpu_record):
     record = json.loads(cpu_record.read_text())
-    assert record["format"] == bench.BENCH_FORMAT and record["complete"] is True
+    assert record["format"] == bench_record.BENCH_FORMAT and record["complete"] is True
     assert record["device"]["type"] == "cpu" and record["device"]["name"]
     assert (record["batch_size"], record["steps"], record["warmup_steps"]) == (16, 2, 1)
     assert record["settings"]["speedups"] == {"bf16": False, "channels_last": False, "compile": False,
@@ -73,7 +73,7 @@ def test_ratios_are_the_quotients_of_the_rows(cpu_record):
 @pytest.mark.slow
 def test_main_prints_the_table(cpu_record, capsys):
     record = json.loads(cpu_record.read_text())
-    table = report.format_bench(record)
+    table = bench_record.format_bench(record)
     assert "preact_resnet20" in table and "reproresnet" in table and "baseline" in table and "stacked-3" in table
     assert all(f"{ratio['step_speedup']:.2f}x" in table for ratio in record["ratios"])
     assert "graph        not available" in table
@@ -114,14 +114,11 @@ def test_bad_settings_are_clear_errors(tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
-def test_ratios_pair_rows_by_network():
-    rows = [{"arch": "a", "path": "reproresnet", "images_per_second": 300.0, "data_images_per_second": 9000.0},
-            {"arch": "b", "path": "reproresnet", "images_per_second": 50.0, "data_images_per_second": 10.0},
-            {"arch": "a", "path": "stacked-3", "images_per_second": 600.0, "data_images_per_second": 3000.0},
-            {"arch": "a", "path": "baseline", "images_per_second": 100.0, "data_images_per_second": 1000.0}]
-    assert bench.ratios(rows) == [{"arch": "a", "path": "reproresnet", "step_speedup": 3.0, "data_speedup": 9.0},
-                                  {"arch": "a", "path": "stacked-3", "step_speedup": 6.0, "data_speedup": 3.0}]
-
-
 def test_cpu_device_slug():
     assert bench.device_slug(torch.device("cpu")) == "cpu"
+
+
+def test_each_network_is_timed_with_the_recipe_of_its_paper():
+    assert [bench.paper_recipe(arch) for arch in ("preact_resnet110", "resnet164", "wrn_16_4", "wrn_28_10",
+                                                  "seed_wrn_n2_k4")] == ["he2016", "he2016", "wrn2016", "wrn2016",
+                                                                         "he2016"]

@@ -1,0 +1,12 @@
+"""The benchmark record's arithmetic (bench_record.py); its shape as a real benchmark writes it: tests/test_bench.py."""
+
+from reproresnet import bench_record
+
+
+def test_ratios_pair_rows_by_network():
+    rows = [{"arch": "a", "path": "reproresnet", "images_per_second": 300.0, "data_images_per_second": 9000.0},
+            {"arch": "b", "path": "reproresnet", "images_per_second": 50.0, "data_images_per_second": 10.0},
+            {"arch": "a", "path": "stacked-3", "images_per_second": 600.0, "data_images_per_second": 3000.0},
+            {"arch": "a", "path": "baseline", "images_per_second": 100.0, "data_images_per_second": 1000.0}]
+    assert bench_record.ratios(rows) == [{"arch": "a", "path": "reproresnet", "step_speedup": 3.0, "data_speedup": 9.0},
+                                  {"arch": "a", "path": "stacked-3", "step_speedup": 6.0, "data_speedup": 3.0}]

@@ -5,8 +5,8 @@
 #
 #  1. the machine (nproc, the GPU by nvidia-smi; the campaign prints torch's versions itself);
 #  2. the CIFAR-10 JPEG mirror unpacked from $CAMPAIGN_MIRROR into data/cifar10-jpeg (once);
-#  3. a bundle restored only if $CAMPAIGN_BUNDLE_IN names one and the campaign directory holds
-#     no campaign yet: a second call on the same (still warm) machine continues from the run
+#  3. a bundle restored ($CAMPAIGN_BUNDLE_IN, default campaign-bundle/: the committed bundle of
+#     the last slot, if there is one) only if the campaign directory holds no campaign yet: a second call on the same (still warm) machine continues from the run
 #     directories the first one left, with no round trip through a bundle;
 #  4. the campaign, one process, for CAMPAIGN_SECONDS (default: all that the limit leaves): it
 #     reads the mirror once, runs (or reuses) the in-process self-check that chooses the engine,
@@ -21,7 +21,7 @@
 # Environment: OUT (bundle destination; default runs/bundle), CAMPAIGN_LIMIT_S (the whole
 # script, default 520, for a 540 s command limit), CAMPAIGN_MIRROR (the mirror archive; default
 # the first of ../shared/data/, shared/data/ and data/cifar10-jpeg.tar.gz), CAMPAIGN_BUNDLE_IN
-# (a previous call's bundle, for a fresh machine), CAMPAIGN_DIR (default runs/campaign),
+# (a previous call's bundle for a fresh machine; default campaign-bundle, '' for none), CAMPAIGN_DIR (default runs/campaign),
 # CAMPAIGN_DATA (where the mirror is or goes; default data/cifar10-jpeg, git-ignored),
 # CAMPAIGN_DEVICE (cuda; cpu only to try the script), CAMPAIGN_ARGS (more `campaign` flags, e.g.
 # a tiny plan for a CPU try), CAMPAIGN_TRAIN_ARGS (its --train-args), PYTHON (python3).
@@ -70,7 +70,7 @@ if [[ ! -d $data/train ]]; then
     fi
 fi
 
-bundle_in=${CAMPAIGN_BUNDLE_IN:-}
+bundle_in=${CAMPAIGN_BUNDLE_IN-campaign-bundle}
 if [[ -f $dir/_campaign/campaign.json ]]; then
     echo "== continuing the campaign in $dir (left by an earlier call on this machine)"
 elif [[ -n $bundle_in && -f $bundle_in/bundle.json ]]; then

@@ -24,7 +24,8 @@ on without it. Called again, here or on another machine after `bundle`/`unbundle
 where it stopped. One campaign per directory (flock).
 
 Unfinished runs leave checkpoints, which must travel back from a GPU slot: a new run does not
-start while the unfinished checkpoints would pass `--max-unfinished-mb` (default 60).
+start while the unfinished checkpoints would pass `--max-unfinished-mb` (default 40 MiB: gzipped
+in a bundle, about 39 MB, under the 40 MB a committed `campaign-bundle/` may hold).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class Options:
     precision: str = "auto"          # auto: the self-check's choice (fp32 unless > 1.5x bf16's step time)
     min_start: float = 5.0
     selfcheck_budget: float = 30.0
-    max_unfinished_mb: float = 60.0
+    max_unfinished_mb: float = 40.0  # MiB of raw checkpoints; a committed bundle must stay < 40 MB
     reserve: float | None = None     # s kept at the end: None = 5% of the budget, 1 to 15 s
     log_epochs: bool = True
 
@@ -449,8 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
     runtime.add_argument("--selfcheck-budget", type=number,
                          help=f"seconds the self-check may take (default: {_per_device(DEFAULT_SELFCHECK_BUDGET)})")
-    runtime.add_argument("--max-unfinished-mb", type=number, default=60.0,
-                         help="checkpoints of unfinished runs stay under this (default: 60; a bundle holds 64 MiB)")
+    runtime.add_argument("--max-unfinished-mb", type=number, default=Options.max_unfinished_mb,
+                         help="MiB of checkpoints of unfinished runs; new runs wait above it (default: 40, "
+                              "which gzips to a bundle under the 40 MB a commit may hold)")
     runtime.add_argument("--status", action="store_true", help="print the status table and exit")
     return parser
 

@@ -510,8 +510,9 @@ def to_noise(value, relative: float | None) -> str:
 
 def bench_table(benches) -> pd.DataFrame:
     """Every benchmark row, ours and the baseline's, with the device and batch it ran at, each
-    number rounded to what the spread of its timed rounds allows."""
-    columns = {"arch": "network", "path": "path", "networks": "networks", "device": "device", "batch_size": "batch",
+    number rounded to what the spread of its timed rounds allows. A stacked path names its
+    networks (`stacked-3`: images/s of the three together)."""
+    columns = {"arch": "network", "path": "path", "device": "device", "batch_size": "batch",
                "seconds_per_epoch": "s/epoch", "images_per_second": "images/s",
                "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
     rows = []
@@ -520,7 +521,7 @@ def bench_table(benches) -> pd.DataFrame:
         data = row.get("data_images_per_second_range")
         data_noise = (data[1] - data[0]) / 2 / row["data_images_per_second"] if data and \
             row.get("data_images_per_second") else None
-        texts = {"arch": row["arch"], "path": row["path"], "networks": row.get("networks", 1), "device": row["device"],
+        texts = {"arch": row["arch"], "path": row["path"], "device": row["device"],
                  "batch_size": row["batch_size"],
                  "seconds_per_epoch": to_noise(row.get("seconds_per_epoch"), noise),
                  "images_per_second": to_noise(row.get("images_per_second"), noise),

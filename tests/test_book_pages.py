@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,9 +73,17 @@ def test_every_record_gets_a_page_with_its_files_to_download(tmp_path):
     assert (pages / "wrn_16_4-seed0.svg").read_bytes() == svg  # the same records, the same files
 
 
-def test_the_repository_link_of_the_pages_is_the_repository_button():
+def test_the_book_links_no_repository_address_that_git_does_not_record():
+    """The repository button and {{ repository }} name the public address git records as the
+    remote `origin`, and no other: an address nobody published is a dead link."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    url = config["repository"]["url"]
-    assert config["html"]["use_repository_button"] is True and url.startswith("https://")
-    assert f"]({url})" in config["parse"]["myst_substitutions"]["repository"]
+    text = config["parse"]["myst_substitutions"]["repository"]
     assert "{{ repository }}" in (ROOT / "book" / "reproduce.md").read_text()
+    remote = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True,
+                            text=True).stdout.strip()
+    public = remote if remote.startswith("https://") else None
+    url = (config.get("repository") or {}).get("url")
+    if config["html"].get("use_repository_button"):
+        assert url is not None and url == public
+    for address in re.findall(r"https?://[^\s)\]]+", text):
+        assert address == public, f"{address} is not the repository's recorded address ({remote or 'no remote'})"

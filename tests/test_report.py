@@ -359,7 +359,7 @@ def test_benchmark_numbers_are_rounded_to_their_noise():
            "data_images_per_second": 33225.4, "data_images_per_second_range": [30714.1, 35341.3],
            "peak_memory_mb": None, "tflops": 0.0524}
     table = report.bench_table([{**bench_record([row]), "name": "bench-cpu"}])
-    assert list(table.iloc[0]) == ["preact_resnet110", "reproresnet", "1", "NVIDIA H100", "128", "1,450", "34",
+    assert list(table.iloc[0]) == ["preact_resnet110", "reproresnet", "NVIDIA H100", "128", "1,450", "34",
                                    "33,000", report.MISSING, "0.052"]
     assert all(cell.records == ("bench-cpu",) for cell in table.iloc[0])
 

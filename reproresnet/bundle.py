@@ -239,7 +239,7 @@ def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked:
             except RunDirError as error:  # in use: a run is training there
                 return str(error)
             rundir.remove_orphans(target)
-            here, bundled = rundir.progress(target), rundir.progress(staged)
+            here, bundled = rundir.how_far(target), rundir.how_far(staged)
             if here > bundled:
                 return (f"the run here is further along ({_describe(here)}) than the bundle's "
                         f"({_describe(bundled)}): kept")

@@ -13,11 +13,14 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
 from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES,
                       Recipe, as_record, make_schedule)
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("eager", "graph")  # engine.EagerEngine, engine.GraphEngine
@@ -275,7 +278,7 @@ def _choice(name: str, value, choices) -> None:
         raise ConfigError(f"{name}={value!r} is not valid: expected one of {list(choices)}")
 
 
-def select_device(requested: str) -> "torch.device":
+def select_device(requested: str) -> torch.device:
     import torch
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

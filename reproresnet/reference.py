@@ -7,6 +7,11 @@ preprocessing and precision produced it, and which code state and network the se
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 HE2016 = "He et al. 2016, Identity Mappings in Deep Residual Networks, table 3"
 ZAGORUYKO2016 = "Zagoruyko & Komodakis 2016, Wide Residual Networks"
 SEED = "Muellerklein, [Re] Reproducing CIFAR-10 results from deep and wide preactivation residual networks"
@@ -113,7 +118,7 @@ REFERENCE = (
 REPRODUCED = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
 
 
-def reference_table() -> "pandas.DataFrame":
+def reference_table() -> pd.DataFrame:
     """The quoted numbers, one row per network, indexed by the registry name."""
     import pandas as pd
     return pd.DataFrame(REFERENCE).set_index("network")

@@ -662,7 +662,7 @@ def _best_group(runs: list[RunRecord]) -> list[RunRecord]:
                                                  sum(run.record["epochs_done"] for run in group)))
 
 
-def _progress(runs: list[RunRecord], network: str, label: str) -> str:
+def _standing(runs: list[RunRecord], network: str, label: str) -> str:
     """Where the network stands on `label`: mean ± std over its complete runs, with n of the
     planned seeds and the epochs, and how far the unfinished ones are; or "not run"."""
     mine = _plan_runs(runs, network, label)
@@ -715,8 +715,8 @@ def status_table(runs: list[RunRecord]) -> pd.DataFrame:
                      STATUS_PAPER: MISSING if quoted.get("paper_error") is None else
                      f"{quoted['paper_error']:.2f}, {statistic}",
                      STATUS_SEED: _percent(quoted.get("seed_error")),
-                     f"ours, {CIFAR10} (%)": _progress(runs, network, CIFAR10),
-                     STATUS_MIRROR: _progress(runs, network, JPEG_MIRROR),
+                     f"ours, {CIFAR10} (%)": _standing(runs, network, CIFAR10),
+                     STATUS_MIRROR: _standing(runs, network, JPEG_MIRROR),
                      "GPU-hours spent": spent, "GPU-hours to finish (est.)": needed})
     table = pd.DataFrame(rows)
     table.attrs["quoted"] = [STATUS_PAPER, STATUS_SEED]
@@ -745,8 +745,8 @@ def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for network in status_networks():
         quoted = reference(network) or {}
-        evidence = {"our evidence: CIFAR-10": _progress(runs, network, CIFAR10),
-                    "our evidence: JPEG mirror (not CIFAR-10)": _progress(runs, network, JPEG_MIRROR)}
+        evidence = {"our evidence: CIFAR-10": _standing(runs, network, CIFAR10),
+                    "our evidence: JPEG mirror (not CIFAR-10)": _standing(runs, network, JPEG_MIRROR)}
         if quoted.get("paper_error") is not None:
             rows.append({"claim": f"{quoted['title']} reaches {quoted['paper_error']:.2f} % test error on CIFAR-10 "
                                   f"({quoted['paper_statistic'][0]})", "source": quoted["paper_source"], **evidence})

@@ -290,7 +290,7 @@ def snapshot(value, background: bool):
 
 # ---------------------------------------------------------------- resuming
 
-def progress(run_dir: Path) -> tuple[int, bool]:
+def how_far(run_dir: Path) -> tuple[int, bool]:
     """How far the run in `run_dir` got: (epochs done, complete), from its run.json or its
     checkpoint, whichever is further along (the checkpoint is written first); (0, False) if
     neither can be read."""

@@ -125,8 +125,8 @@ class Launch:
                                  f"not {self.launcher!r}")
 
 
-class NotebookRun(submitit.helpers.Checkpointable):
-    """One run as a submitit job: the notebook executed into its run directory.
+class NotebookTask(submitit.helpers.Checkpointable):
+    """What a submitit job does for one run: execute the notebook into the run's directory.
 
     When the job is preempted or reaches its time limit, submitit calls `checkpoint()`,
     which (as Checkpointable does) requeues this same call; executed again, the notebook's
@@ -215,7 +215,7 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
     _check_settings(archs, seeds, parameters)
     results_dir = Path(results_dir)
     outcomes: dict[str, dict] = {}
-    runs = []
+    tasks = []
     for arch in dict.fromkeys(archs):
         for seed in dict.fromkeys(seeds):
             run_dir = results_dir / records.run_name(arch, seed, tag)
@@ -228,16 +228,16 @@ def run_sweep(archs, seeds, results_dir, parameters: dict, launch: Launch | None
                                           "message": "; ".join(conflicts) or "already complete"}
                 _report(outcomes[run_dir.name])
                 continue
-            runs.append(NotebookRun(notebook, str(run_dir), run_parameters))
-    if runs:
+            tasks.append(NotebookTask(notebook, str(run_dir), run_parameters))
+    if tasks:
         executor = make_executor(launch, Path(launch.logs) if launch.logs else results_dir / LOG_FOLDER)
         if wait:
-            outcomes.update(_follow(runs, launch, executor, parameters.get("device")))
+            outcomes.update(_follow(tasks, launch, executor, parameters.get("device")))
         else:
-            for run, job in zip(runs, executor.submit_array(runs)):
-                outcomes[run.name] = {"run": run.name, "status": "submitted",
-                                      "message": f"job {job.job_id} (log: {job.paths.stdout})"}
-                _report(outcomes[run.name])
+            for task, job in zip(tasks, executor.submit_array(tasks)):
+                outcomes[task.name] = {"run": task.name, "status": "submitted",
+                                       "message": f"job {job.job_id} (log: {job.paths.stdout})"}
+                _report(outcomes[task.name])
     return list(outcomes.values())
 
 
@@ -249,35 +249,35 @@ def _check_settings(archs, seeds, parameters: dict) -> None:
             notebook_config({**parameters, "arch": arch, "seed": seed})
 
 
-def _follow(runs: list[NotebookRun], launch: Launch, executor, device: str | None) -> dict[str, dict]:
+def _follow(tasks: list[NotebookTask], launch: Launch, executor, device: str | None) -> dict[str, dict]:
     """Submit the runs' jobs and follow them to the end, printing where each stands.
 
     Slurm gets one job array; locally, a job starts when a place (a GPU, `pack` times) is free."""
-    pending, running, outcomes, board = list(runs), {}, {}, _Board()
+    pending, running, outcomes, board = list(tasks), {}, {}, _Board()
     if launch.launcher == "slurm":
-        running = {run: (job, None) for run, job in zip(runs, executor.submit_array(runs))}
+        running = {task: (job, None) for task, job in zip(tasks, executor.submit_array(tasks))}
         pending, free = [], []
     else:
         gpus = launch.gpus if launch.gpus is not None else [] if device == "cpu" else visible_gpus()
         free = local_slots(gpus, launch.pack, launch.jobs)
         threads, _ = cpu_threads(jobs=len(free))  # the jobs running at once share this machine's cores
-        for run in pending:
-            run.parameters.setdefault("threads", threads)
+        for task in pending:
+            task.parameters.setdefault("threads", threads)
     try:
         while pending or running:
             while pending and free:
-                run, slot = pending.pop(0), free.pop(0)
+                task, slot = pending.pop(0), free.pop(0)
                 if launch.launcher == "local":  # gpus_per_node=0: submitit hides every GPU from the job
                     executor.update_parameters(gpus_per_node=int(slot is not None),
                                                visible_gpus=() if slot is None else (slot,))
-                running[run] = (executor.submit(run), slot)
-            for run, (job, slot) in list(running.items()):
+                running[task] = (executor.submit(task), slot)
+            for task, (job, slot) in list(running.items()):
                 done = job.done()  # the debug executor runs the job here
-                board.show(run, job)
+                board.show(task, job)
                 if done:
-                    outcomes[run.name] = _outcome(run, job)
-                    _report(outcomes[run.name])
-                    del running[run]
+                    outcomes[task.name] = _outcome(task, job)
+                    _report(outcomes[task.name])
+                    del running[task]
                     free.append(slot)
             if running and not (pending and free):  # nothing to start until a job ends
                 time.sleep(launch.poll_s)
@@ -296,24 +296,24 @@ class _Board:
     def __init__(self):
         self.last = {}
 
-    def show(self, run: NotebookRun, job) -> None:
+    def show(self, task: NotebookTask, job) -> None:
         try:
-            record = records.read_run(run.run_dir)
+            record = records.read_run(task.run_dir)
             epochs = f", epoch {record['epochs_done']}/{record['epochs_planned']}"
         except (ValueError, KeyError):
             epochs = ""
         stand = f"job {job.job_id} {job.state}{epochs}"
-        if self.last.get(run.name) != stand:
-            self.last[run.name] = stand
-            print(f"{run.name}: {stand} (log: {job.paths.stdout})", file=sys.stderr, flush=True)
+        if self.last.get(task.name) != stand:
+            self.last[task.name] = stand
+            print(f"{task.name}: {stand} (log: {job.paths.stdout})", file=sys.stderr, flush=True)
 
 
-def _outcome(run: NotebookRun, job) -> dict:
+def _outcome(task: NotebookTask, job) -> dict:
     try:
         return job.result()
     except Exception as error:  # the job itself died (killed, cancelled, out of requeues): its log says why
         first = (str(error).strip().splitlines() or [repr(error)])[0]
-        return {"run": run.name, "status": "failed", "message": f"{first} (log: {job.paths.stderr})"}
+        return {"run": task.name, "status": "failed", "message": f"{first} (log: {job.paths.stderr})"}
 
 
 def _report(outcome: dict) -> None:
@@ -325,7 +325,7 @@ def _optional_int(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
 
 
-def _setting(text: str) -> tuple[str, object]:
+def _train_setting(text: str) -> tuple[str, object]:
     """KEY=VALUE for any TrainConfig field; VALUE is a Python literal (3, 0.1, None, True,
     [80, 120]) or else a string (input_projection)."""
     import ast
@@ -369,18 +369,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", help="run directories are named <arch>-<tag>-seed<k> instead of <arch>-seed<k>")
     # Defaults here are the full experiment (TrainConfig's and the recipe's), replacing the
     # notebook's one-minute smoke values.
-    run = parser.add_argument_group("training parameters (passed to the notebook)")
-    run.add_argument("--recipe", default=default["recipe"], help=f"default: {default['recipe']}")
-    run.add_argument("--epochs", type=_optional_int, default=None, help="default: the recipe's length")
-    run.add_argument("--batch-size", type=_optional_int, default=None, help="default: the recipe's")
-    run.add_argument("--dataset", default=default["dataset"], help="cifar10 | cifar100 | folder:PATH | synthetic")
-    run.add_argument("--data-dir", default=None, help="where CIFAR lives (default: $REPRORESNET_DATA or "
+    training = parser.add_argument_group("training parameters (passed to the notebook)")
+    training.add_argument("--recipe", default=default["recipe"], help=f"default: {default['recipe']}")
+    training.add_argument("--epochs", type=_optional_int, default=None, help="default: the recipe's length")
+    training.add_argument("--batch-size", type=_optional_int, default=None, help="default: the recipe's")
+    training.add_argument("--dataset", default=default["dataset"], help="cifar10 | cifar100 | folder:PATH | synthetic")
+    training.add_argument("--data-dir", default=None, help="where CIFAR lives (default: $REPRORESNET_DATA or "
                                                         "~/.cache/reproresnet/data)")
-    run.add_argument("--device", default=default["device"], help=f"default: {default['device']}")
-    run.add_argument("--limit-train", type=_optional_int, default=None, help="default: the whole split")
-    run.add_argument("--limit-test", type=_optional_int, default=None, help="default: the whole split")
-    run.add_argument("--val-size", type=_optional_int, default=None, help="default: the recipe's")
-    run.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+    training.add_argument("--device", default=default["device"], help=f"default: {default['device']}")
+    training.add_argument("--limit-train", type=_optional_int, default=None, help="default: the whole split")
+    training.add_argument("--limit-test", type=_optional_int, default=None, help="default: the whole split")
+    training.add_argument("--val-size", type=_optional_int, default=None, help="default: the recipe's")
+    training.add_argument("--set", type=_train_setting, action="append", default=[], metavar="KEY=VALUE",
                      help="any other training setting, e.g. --set shortcut=input_projection (repeatable)")
     launch = parser.add_argument_group("where the jobs run: one submitit job per run")
     launch.add_argument("--launcher", choices=LAUNCHERS, default="local",

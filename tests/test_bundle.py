@@ -141,7 +141,7 @@ def test_a_newer_bundle_replaces_an_older_run_and_drops_its_stale_checkpoint(tmp
     write_run(home / "a-seed0", 1)
     (home / "a-seed0" / "train.ipynb").write_text("{}")  # not the bundle's: left alone
     done = bundling.unbundle(tmp_path / "new", home)
-    assert done["skipped"] == {} and rundir.progress(home / "a-seed0") == (2, True)
+    assert done["skipped"] == {} and rundir.how_far(home / "a-seed0") == (2, True)
     assert not (home / "a-seed0" / records.CHECKPOINT_FILE).exists()
     assert (home / "a-seed0" / "train.ipynb").exists()
 
@@ -232,14 +232,14 @@ def test_a_kill_at_every_file_operation_of_unbundle_then_unbundling_again_comple
     home = tmp_path / "home"
     write_run(home / "a-seed0", 2, seed=3)
     write_run(home / "b-seed0", 1, seed=4)
-    before = {run: rundir.progress(home / run) for run in ("a-seed0", "b-seed0", "c-seed0")}
+    before = {run: rundir.how_far(home / run) for run in ("a-seed0", "b-seed0", "c-seed0")}
 
     whole = tmp_path / "whole"
     shutil.copytree(home, whole)
     with pytest.MonkeyPatch.context() as patch:
         faults = Faults().patch_files(patch)
         bundling.unbundle(tmp_path / "bundle", whole)
-    after = {run: rundir.progress(whole / run) for run in before}
+    after = {run: rundir.how_far(whole / run) for run in before}
     assert after == {"a-seed0": (3, True), "b-seed0": (2, False), "c-seed0": (1, False)}
     expected = files_of(whole)
     assert records.CHECKPOINT_FILE not in {Path(rel).name for rel in expected if rel.startswith("a-seed0")}
@@ -254,7 +254,7 @@ def test_a_kill_at_every_file_operation_of_unbundle_then_unbundling_again_comple
             with pytest.raises(Killed):
                 bundling.unbundle(tmp_path / "bundle", killed)
         for run in before:  # each run as it was or as the bundle has it, never a mix
-            assert rundir.progress(killed / run) in (before[run], after[run]), (n, faults.operations[n - 1])
+            assert rundir.how_far(killed / run) in (before[run], after[run]), (n, faults.operations[n - 1])
         done = bundling.unbundle(tmp_path / "bundle", killed)
         assert done["skipped"] == {} and files_of(killed) == expected, (n, faults.operations[n - 1])
         assert not [p for p in killed.glob("*-seed0/*") if rundir.is_temporary(p.name)]

@@ -256,7 +256,7 @@ def test_slurm_sweep_submits_one_array_job_per_sweep_with_the_requested_resource
         name = f"{arch}-seed0"
         delayed = submitit.helpers.DelayedSubmission.load(folder / f"4242_{index}" / f"4242_{index}_submitted.pkl")
         run = delayed.function
-        assert isinstance(run, sweep.NotebookRun) and delayed.args == () and delayed.kwargs == {}
+        assert isinstance(run, sweep.NotebookTask) and delayed.args == () and delayed.kwargs == {}
         assert run.notebook == "notebooks/train.ipynb" and run.run_dir == str(results / name)
         assert run.parameters == {"epochs": 2, "dataset": "synthetic", "arch": arch, "seed": 0,
                                   "run_dir": str(results / name)}

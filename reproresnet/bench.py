@@ -25,7 +25,7 @@ from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
 from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
 from .data import DataSplits, ImageSet, train_batches
-from .engine import COMPILE_MODES, Speedups, compile_counter, synchronize
+from .engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
 from .models import UnknownArchitectureError, flops_per_image
 from .reference import REPRODUCED
 from .train import build_stack, train_one_epoch
@@ -78,8 +78,7 @@ class BenchSettings:
             if f.metadata["least"] is not None and getattr(s, f.name) < f.metadata["least"]:
                 raise ConfigError(f"{f.name}={getattr(s, f.name)!r} is not valid: "
                                   f"expected an integer >= {f.metadata['least']}")
-        if s.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"compile_mode={s.compile_mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+        check_compile_mode(s.compile_mode)
         # Each pipeline is timed within one epoch, after its untimed first batches.
         usable = s.train_images // s.batch_size - (queued_batches(s.num_workers) if s.baseline else 1)
         if usable < 1:

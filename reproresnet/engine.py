@@ -89,14 +89,18 @@ def resolve_engine(config: TrainConfig, device: torch.device, distributed: bool)
     return config.engine
 
 
+def check_compile_mode(mode: str) -> None:
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+
+
 def compile_model(model: torch.nn.Module, mode: str = "default", backend="inductor"):
     """torch.compile for training. dynamic=False keeps the full-batch graph static: with torch's
     default (dynamic=None) the epoch's smaller last batch makes torch recompile with a symbolic
     batch size, and every later full batch then runs that dynamic graph instead. With
     dynamic=False the last batch gets a second static graph, compiled once per process; CUDA
     graphs (mode "reduce-overhead") then also record one graph per batch size."""
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+    check_compile_mode(mode)
     return torch.compile(model, mode=None if mode == "default" else mode,
                          dynamic=False, backend=backend)
 

@@ -61,6 +61,12 @@ SEED_164_NOTE = ("The seed's 5.66 came from its code at 3403cfb (2016-06-06, \"U
 SEED_WRN_NOTE = ("The seed's 5.41 came from its code at 0adef49 (2016-06-15, \"Updated README with wideresnet "
                  "results\"): ResNet_FullPre_Wide(n=2, k=4) at batch 64, recipe seed_code here.")
 
+# What every number of He et al. 2016's CIFAR table shares, and the rows the seed has no number for.
+_HE2016_TABLE = {"paper_source": HE2016, "paper_statistic": HE2016_MEDIAN, "paper_preprocessing": HE_PREPROCESSING,
+                 "paper_recipe": "he2016", "paper_normalization": "per_pixel_mean", "paper_params": "1.7M"}
+_NOT_IN_THE_SEED = {"seed_error": None, "seed_recipe": None, "seed_note": None, "seed_seconds_per_epoch": None,
+                    "seed_batch_size": None}
+
 # One row per network: CIFAR-10 test error (%) of the original paper and of the seed, what
 # statistic, preprocessing and precision each is, parameters as the papers write them, and the
 # seed's seconds per epoch (GTX 980, training and validation of one epoch as its train_nn.py
@@ -71,16 +77,10 @@ SEED_WRN_NOTE = ("The seed's 5.41 came from its code at 0adef49 (2016-06-15, \"U
 # number. `seed_network`: the network the seed actually trained where it is not the paper's; the
 # seed's number and time sit on that network's row only.
 REFERENCE = (
-    {"network": "preact_resnet110", "title": "Pre-act ResNet-110",
-     "paper_error": 6.37, "paper_source": HE2016, "paper_statistic": HE2016_MEDIAN,
-     "paper_preprocessing": HE_PREPROCESSING, "paper_recipe": "he2016", "paper_normalization": "per_pixel_mean",
-     "paper_params": "1.7M",
+    {"network": "preact_resnet110", "title": "Pre-act ResNet-110", "paper_error": 6.37, **_HE2016_TABLE,
      "seed_error": 6.38, "seed_recipe": "seed_code_2016_04", "seed_note": SEED_110_NOTE,
      "seed_seconds_per_epoch": 90, "seed_batch_size": 32},
-    {"network": "preact_resnet164", "title": "Pre-act ResNet-164",
-     "paper_error": 5.46, "paper_source": HE2016, "paper_statistic": HE2016_MEDIAN,
-     "paper_preprocessing": HE_PREPROCESSING, "paper_recipe": "he2016", "paper_normalization": "per_pixel_mean",
-     "paper_params": "1.7M",
+    {"network": "preact_resnet164", "title": "Pre-act ResNet-164", "paper_error": 5.46, **_HE2016_TABLE,
      "seed_error": 5.66, "seed_recipe": "seed_code", "seed_note": SEED_164_NOTE,
      "seed_seconds_per_epoch": 183, "seed_batch_size": 48},
     # The seed quotes 5.55 for "WResNet-n2-k4" and trains a 2/4/4-block network (~5.7M
@@ -88,9 +88,7 @@ REFERENCE = (
     {"network": "wrn_16_4", "title": "WRN-16-4",
      "paper_error": 5.55, "paper_source": f"{ZAGORUYKO2016} (arXiv v1), as the seed quotes it",
      "paper_statistic": WRN_AS_QUOTED, "paper_preprocessing": WRN_V1_PREPROCESSING, "paper_recipe": "wrn2016",
-     "paper_normalization": "gcn_zca", "paper_params": "2.7M",
-     "seed_error": None, "seed_recipe": None, "seed_note": None,
-     "seed_seconds_per_epoch": None, "seed_batch_size": None, "seed_network": "seed_wrn_n2_k4"},
+     "paper_normalization": "gcn_zca", "paper_params": "2.7M", **_NOT_IN_THE_SEED, "seed_network": "seed_wrn_n2_k4"},
     # The network behind the seed's 5.41: its "WRN n=2 k=4" stacks 2/4/4 units per stage
     # (about 22 layers, 5,702,746 parameters in its Lasagne code); no paper reports it.
     {"network": "seed_wrn_n2_k4", "title": "its \"WRN n=2, k=4\" with 2/4/4 units per stage (about 22 layers)",
@@ -99,18 +97,11 @@ REFERENCE = (
      "seed_error": 5.41, "seed_recipe": "seed_code", "seed_note": SEED_WRN_NOTE,
      "seed_seconds_per_epoch": 113, "seed_batch_size": 64},
     # Context: the original (post-activation) units, from the same table of He et al. 2016.
-    {"network": "resnet110", "title": "ResNet-110 (original)",
-     "paper_error": 6.61, "paper_source": f"{HE2016} (from {HE2015})", "paper_statistic": HE2015_MEAN,
-     "paper_preprocessing": HE_PREPROCESSING, "paper_recipe": "he2016", "paper_normalization": "per_pixel_mean",
-     "paper_params": "1.7M",
-     "seed_error": None, "seed_recipe": None, "seed_note": None, "seed_seconds_per_epoch": None,
-     "seed_batch_size": None},
-    {"network": "resnet164", "title": "ResNet-164 (original)",
-     "paper_error": 5.93, "paper_source": HE2016, "paper_statistic": HE2016_MEDIAN,
-     "paper_preprocessing": HE_PREPROCESSING, "paper_recipe": "he2016", "paper_normalization": "per_pixel_mean",
-     "paper_params": "1.7M",
-     "seed_error": None, "seed_recipe": None, "seed_note": None, "seed_seconds_per_epoch": None,
-     "seed_batch_size": None},
+    {"network": "resnet110", "title": "ResNet-110 (original)", "paper_error": 6.61,
+     **_HE2016_TABLE, "paper_source": f"{HE2016} (from {HE2015})", "paper_statistic": HE2015_MEAN,
+     **_NOT_IN_THE_SEED},
+    {"network": "resnet164", "title": "ResNet-164 (original)", "paper_error": 5.93, **_HE2016_TABLE,
+     **_NOT_IN_THE_SEED},
 )
 
 # The three networks the seed reproduced, which this project reproduces (the default plan of

@@ -1,4 +1,4 @@
-"""The engines that run a training step, and the background writer of run files (CPU).
+"""The engines that run a training step (CPU).
 
 The graph engine's CUDA capture cannot run here; everything around it does: with a stand-in
 that "replays" by calling the captured function, the engine's warm-up, static input buffers,
@@ -7,12 +7,11 @@ that both use on CUDA.
 """
 
 import copy
-import threading
 
 import pytest
 import torch
 
-from reproresnet import records, rundir
+from reproresnet import records
 from reproresnet.config import ConfigError, TrainConfig
 from reproresnet.engine import (WARMUP_STEPS, EagerEngine, EngineError, GraphEngine, Speedups, make_optimizer,
                                 resolve_engine, train_step)
@@ -149,34 +148,3 @@ def test_train_with_the_graph_engine_on_a_cpu_stops_with_one_line(tmp_path, caps
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "engine='graph' needs a CUDA device" in err
     assert not (tmp_path / "run" / records.RUN_FILE).exists()
-
-
-# ---------------------------------------------------------------- the background writer
-
-
-def test_the_background_writer_keeps_the_order_and_raises_a_failed_write(tmp_path):
-    written, gate = [], threading.Event()
-
-    def write(name):
-        gate.wait(10)
-        written.append(name)
-
-    with rundir.Writer(background=True) as writer:
-        for name in ("checkpoint", "metrics", "record"):
-            writer.submit(write, name)
-        assert written == []  # nothing yet: the caller went on
-        gate.set()
-        writer.flush()
-        assert written == ["checkpoint", "metrics", "record"]
-
-    def fail():
-        raise OSError(28, "No space left on device")
-
-    writer = rundir.Writer(background=True)
-    writer.submit(fail)
-    writer.submit(write, "after the failure")
-    with pytest.raises(OSError, match="No space left"):
-        writer.flush()
-    with pytest.raises(OSError):  # it stays failed: nothing more is written out of order
-        writer.submit(write, "later")
-    assert "after the failure" not in written and "later" not in written

@@ -87,7 +87,7 @@ def wait_until(condition, children, what: str):
 
 
 def expected_config(args: list[str]) -> dict:
-    """The config the CLI builds from `args` (as `cli._train` does)."""
+    """The config the CLI builds from `args`, as `train` does."""
     return cli.train_config(cli.build_parser().parse_args(args)).as_dict()
 
 

@@ -5,6 +5,7 @@ import errno
 import json
 import multiprocessing
 import os
+import threading
 
 import pytest
 
@@ -88,3 +89,31 @@ def test_unwritable_run_directory_is_a_clear_error(tmp_path):
     with pytest.raises(RunDirError, match="cannot write to run directory"):
         with rundir.run_dir_lock(blocker / "run"):
             pass
+
+
+def test_the_background_writer_keeps_the_order_and_raises_a_failed_write(tmp_path):
+    written, gate = [], threading.Event()
+
+    def write(name):
+        gate.wait(10)
+        written.append(name)
+
+    with rundir.Writer(background=True) as writer:
+        for name in ("checkpoint", "metrics", "record"):
+            writer.submit(write, name)
+        assert written == []  # nothing yet: the caller went on
+        gate.set()
+        writer.flush()
+        assert written == ["checkpoint", "metrics", "record"]
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    writer = rundir.Writer(background=True)
+    writer.submit(fail)
+    writer.submit(write, "after the failure")
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    with pytest.raises(OSError):  # it stays failed: nothing more is written out of order
+        writer.submit(write, "later")
+    assert "after the failure" not in written and "later" not in written

@@ -217,8 +217,8 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
 
     Each number column names its statistic: the paper's varies by row (its own column says
     which), the seed's is a single run, ours is the mean ± std over seeds of complete full
-    CIFAR-10 runs of one setting (runs that differ in more than seed and runtime get a row
-    each), with `n` and each seed's value, each linked to its record. A network without such
+    CIFAR-10 runs of one experiment (`config.recorded_key`: runs that differ in more than seed
+    and runtime get a row each), with `n` and each seed's value, each linked to its record. A network without such
     a run shows "not run", or "failed" if its CIFAR-10 runs diverged, or where its unfinished
     runs stand. Footnotes (`table.attrs["notes"]`, numbered in the notes column) give the
     paper's statistic in full and, from the records, how each row's recipe or data differs

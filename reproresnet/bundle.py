@@ -29,7 +29,7 @@ from . import records, rundir
 from .rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
-MANIFEST = "bundle.json"
+MANIFEST = records.BUNDLE_MANIFEST
 MiB = 2**20
 MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES = 8, 16 * MiB, 64 * MiB
 CHECKPOINTS = (records.CHECKPOINT_FILE, records.BEST_FILE)

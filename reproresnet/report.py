@@ -264,12 +264,12 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
 
 
 def run_status(run: RunRecord) -> str:
-    """Where one run stands, in words: "complete", "stopped at 5/200 (deadline), resumable",
-    "running, 7/200", "diverged in epoch 9"."""
+    """Where one run stands, in words: "complete", "stopped at 5/200 (deadline), resumable"
+    (or "..., checkpoint not kept"), "running, 7/200", "diverged in epoch 9"."""
     done, planned = run.record["epochs_done"], run.record["epochs_planned"]
     if run.status == "stopped":
         why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
-        return f"stopped at {done}/{planned} ({why}), resumable"
+        return f"stopped at {done}/{planned} ({why}), {'resumable' if run.resumable else 'checkpoint not kept'}"
     if run.status == "running":
         return f"running, {done}/{planned}"
     if run.status == "diverged":

@@ -183,6 +183,13 @@ MUTATIONS = [
     Mutation("summary-speed-with-warm-up", "reproresnet/records.py",
              'timed = [row for row in metrics if row["epoch"] not in warmup_epochs] or metrics', "timed = metrics",
              "the reported speed includes the compiling first epoch", T),
+    Mutation("resumable-without-a-kept-checkpoint", "reproresnet/records.py",
+             "return (self.run_dir / CHECKPOINT_FILE).exists() or self.run_dir.name in bundled_checkpoints(bundle)",
+             "return True", "a stopped run whose checkpoint is gone is called resumable", "tests/test_records.py"),
+    Mutation("resumable-ignores-the-committed-bundle", "reproresnet/records.py",
+             "return frozenset(path.parent.name for path in paths if path.name == CHECKPOINT_FILE)",
+             "return frozenset()", "a run whose checkpoint is in the committed bundle is called not kept",
+             "tests/test_records.py"),
     # ---- issue 8's options: weight-decay scope, ghost batch norm, the seed's wide network
     Mutation("weight-decay-scope-ignored", "reproresnet/engine.py",
              'if recipe.weight_decay_on == "weights":', "if False:",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reproresnet import book_pages
+from reproresnet import book_pages, records
 from test_report import bench_record, make_run, with_speed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,7 @@ def test_every_record_gets_a_page_with_its_files_to_download(tmp_path):
                         dataset="folder:/m"), {"seconds_per_epoch": 37.0, "images_per_second": 1350, "pack": 3,
                                                "threads": 4})
     (results / "preact_resnet110-jpeg-seed0" / "train.ipynb").write_text("{}")
+    (results / "preact_resnet110-jpeg-seed0" / records.CHECKPOINT_FILE).write_bytes(b"weights")
     make_run(results, "wrn_16_4-seed0", arch="wrn_16_4", test_error=5.4, epochs=3)
     (results / "bench-cpu").mkdir()
     (results / "bench-cpu" / "bench.json").write_text(json.dumps({**bench_record(

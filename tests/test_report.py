@@ -139,7 +139,10 @@ def test_unfinished_cifar10_run_says_where_it_stopped_and_shows_its_last_epoch(t
              metric_rows=[{"epoch": 1, "train_loss": 2.0, "test_error": 50.0},
                           {"epoch": 2, "train_loss": 1.5, "test_error": 40.25}])
     runs, _ = report.load_runs(tmp_path)
-    # "running" with no process holding its lock: a killed run, stopped and resumable
+    # "running" with no process holding its lock: a killed run, stopped; resumable only with its checkpoint
+    assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == \
+        "1 run stopped at 2/200 (interrupted), checkpoint not kept"
+    (tmp_path / "wrn_16_4-seed0" / records.CHECKPOINT_FILE).write_bytes(b"weights")
     assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == \
         "1 run stopped at 2/200 (interrupted), resumable"
     other = report.other_runs_table(runs)
@@ -529,6 +532,7 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
         record = json.loads((run_dir / records.RUN_FILE).read_text())
         record["message"] = "stopped cleanly after epoch 2 of 200 (deadline); resume to continue"
         (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+        (run_dir / records.CHECKPOINT_FILE).write_bytes(b"weights")
     runs = report.load_runs(tmp_path)[0]
     assert report.status_line(runs) == (
         "2 of 9 planned CIFAR-10 runs are complete (3 networks × 3 seeds). On the JPEG mirror of CIFAR-10, "

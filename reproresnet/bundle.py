@@ -153,7 +153,8 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
     Everything is checked before anything is created: the manifest, every part and file
     against its sha256, and every checkpoint (it must load as tensors and plain values).
     Each run directory is then restored under its lock, unless the run there is further along
-    (more epochs done, or complete at as many): a run is never rolled back. Its files are
+    (more epochs done, or complete at as many): a run is never rolled back, nor, when one was
+    kept, the campaign's own files beside the runs (its call history, the self-check). Its files are
     replaced one by one, atomically, in the order training writes them (checkpoints first,
     run.json last), and the checkpoints the bundle's run no longer has are removed last, so
     a killed unbundle leaves each run either as it was or resuming as the bundle has it;
@@ -171,6 +172,11 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
         restored, skipped = [], {}
         for run, files in _by_run(expected):
             where = run or PurePosixPath(".")
+            if run is None and skipped:  # runs here are further along: so is the campaign's own state
+                kept = [rel for rel in files if (dest / rel).exists()]
+                files = [rel for rel in files if rel not in kept]
+                if kept:
+                    skipped[", ".join(map(str, kept))] = "kept: runs here are further along than the bundle's"
             why = _restore_run(staging / where, dest / where, files, locked=run is not None)
             if why:
                 skipped[str(run)] = why

@@ -133,6 +133,22 @@ def test_an_older_bundle_changes_no_run_that_is_further_along_and_says_so(tmp_pa
     assert "skipped b-seed0" not in out  # as far along as the bundle's: restored (identical)
 
 
+def test_an_older_bundle_keeps_the_campaigns_newer_files_and_adds_only_what_is_missing(tmp_path):
+    src = _campaign_dir(tmp_path / "campaign", big=1000)
+    bundling.bundle(src, tmp_path / "old")
+    (src / campaign.STATE_DIR / "slot-1.log").write_text("the first call\n")
+    bundling.bundle(src, tmp_path / "old")
+    home = tmp_path / "home"
+    shutil.copytree(src, home, ignore=shutil.ignore_patterns("slot-1.log"))
+    write_run(home / "a-seed0", 2)  # trained on by a later call, whose campaign state changed too
+    (home / campaign.STATE_DIR / "selfcheck.json").write_text('{"chosen": "later"}\n')
+    done = bundling.unbundle(tmp_path / "old", home)
+    assert (home / campaign.STATE_DIR / "selfcheck.json").read_text() == '{"chosen": "later"}\n'
+    assert (home / campaign.STATE_DIR / "slot-1.log").read_text() == "the first call\n"
+    assert done["skipped"][f"{campaign.STATE_DIR}/selfcheck.json"].startswith("kept")
+    assert rundir.how_far(home / "a-seed0") == (2, False)
+
+
 def test_a_newer_bundle_replaces_an_older_run_and_drops_its_stale_checkpoint(tmp_path):
     src = tmp_path / "campaign"
     write_run(src / "a-seed0", 2, status="complete", checkpoint=False)

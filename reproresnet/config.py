@@ -288,13 +288,15 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def cpu_threads(requested: Optional[int] = None, jobs: int = 1) -> tuple[int, str]:
+def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optional[int] = None) -> tuple[int, str]:
     """(threads, why) for this process's CPU work, never more than the cores it may use.
 
-    Given: that many. Else OMP_NUM_THREADS if set. Else the cores divided among the `jobs`
-    sharing them (a sweep's parallel runs, a pack) and capped by the cores the load average
-    leaves free: on a busy machine, more threads than free cores spin against each other
-    (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
+    Given: that many. Else OMP_NUM_THREADS if set. Else, on a resume, the threads the run last
+    trained with (`resumed`): on a CPU the thread count sets the order of a convolution's sums,
+    so keeping it keeps the resumed run bit for bit the run it continues. Else the cores divided
+    among the `jobs` sharing them (a sweep's parallel runs, a pack) and capped by the cores the
+    load average leaves free: on a busy machine, more threads than free cores spin against each
+    other (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if requested is not None:
         _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
@@ -302,6 +304,8 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1) -> tuple[int, st
         return requested, "requested"
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         return min(int(os.environ["OMP_NUM_THREADS"]), cores), "OMP_NUM_THREADS"
+    if resumed is not None:
+        return min(resumed, cores), "as the run last trained"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
     return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"

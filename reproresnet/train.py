@@ -9,8 +9,9 @@ stack. How a step runs: engine.py; what a run record holds: records.py; how the 
 the disk and a run directory is resumed: rundir.py.
 
 The random state of an epoch is derived from (seed, epoch), so a resumed run repeats exactly
-what an uninterrupted one would have done: bit for bit on a CPU; on CUDA only the data order
-repeats (cuDNN autotuning and non-deterministic backward kernels change the last bits).
+what an uninterrupted one would have done: bit for bit on a CPU (at the same thread count,
+which a resume keeps); on CUDA only the data order repeats (cuDNN autotuning and
+non-deterministic backward kernels change the last bits).
 A `Deadline` stops runs cleanly at an epoch boundary, checkpoints written, with the status
 "stopped" (resumable) and why in the record's `message`; `hard_stop` abandons an epoch still
 running then (the files keep the last complete epoch): how a campaign ends within its budget.
@@ -240,7 +241,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
                           "and rerun it with --resume")
     device = select_device(config.device)
-    threads, why = cpu_threads(config.threads, jobs=pack)
+    threads, why = cpu_threads(config.threads, jobs=pack, resumed=_last_threads(config.out) if resume else None)
     torch.set_num_threads(threads)
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
@@ -256,6 +257,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     if record["status"] == "diverged":
         raise TrainingDiverged(record["message"])
     return record
+
+
+def _last_threads(run_dir: str) -> int | None:
+    """The CPU threads the run in `run_dir` last trained with; None before its first epoch."""
+    try:
+        threads = records.read_run(Path(run_dir))["speed"]["segments"][-1]["threads"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
 
 
 def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,

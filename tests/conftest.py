@@ -22,9 +22,10 @@ settings.load_profile("ci")
 
 # ---------------------------------------------------------------- training through the command line
 
-# The tiny run every process-level test trains: preact_resnet20 on 64 synthetic images, on the CPU.
+# The tiny run every process-level test trains: preact_resnet20 on 64 synthetic images, on the CPU,
+# in one thread (on a CPU the thread count sets the last bits: runs compared bit for bit share it).
 BASE = {"--arch": "preact_resnet20", "--dataset": "synthetic", "--limit-train": "64", "--limit-test": "32",
-        "--batch-size": "16", "--epochs": "3", "--device": "cpu", "--quiet": True}
+        "--batch-size": "16", "--epochs": "3", "--device": "cpu", "--threads": "1", "--quiet": True}
 # metrics.csv columns that measure time or memory: the only ones a resumed run may change.
 TIMING_COLUMNS = {"seconds", "images_per_second", "peak_memory_mb"}
 
@@ -62,9 +63,9 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- training in this process
 
 # The tiny run the in-process training tests train (test_train, test_campaign): preact_resnet20
-# on 96 synthetic images, on the CPU.
+# on 96 synthetic images, on the CPU, in one thread.
 TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=96, limit_test=48, batch_size=32,
-            device="cpu", epochs=3)
+            device="cpu", epochs=3, threads=1)
 
 
 def tiny(tmp_path, name="run", **changes):

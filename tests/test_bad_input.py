@@ -67,15 +67,6 @@ def non_finite(state: dict) -> list[str]:
             if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The training here is tiny; on 2 shared cores, one thread is the fastest and steadiest."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """BASE trained to the end without interruption."""

@@ -307,12 +307,13 @@ def _lock_is_free(run_dir: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_a_campaign_killed_at_any_file_operation_and_called_again_equals_the_uninterrupted_one(tmp_path):
+def test_a_campaign_killed_at_any_file_operation_and_called_again_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     """The campaign "dies" at its n-th file operation (tests/faults.py: half-way through a write,
     before a rename, before an unlink), for every n of an uninterrupted campaign, and is called
     again: every run then equals the uninterrupted campaign's, metrics and weights bit for bit,
     and no lock is left held (runs one by one, so that the same code runs either way)."""
     from faults import Faults, Killed
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread in every call, whatever the load: the same last bits
     plan = campaign.Plan(archs=("preact_resnet20",), seeds=(0, 1), dataset="synthetic",
                          train_args=("--epochs", "2", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32"))
     options = campaign.Options(budget=900, device="cpu", stack=1, min_start=0, log_epochs=False)

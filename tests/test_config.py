@@ -184,8 +184,11 @@ def test_cpu_threads_divide_the_free_cores_among_the_jobs_sharing_them(four_core
     four_cores[0] = 9.0
     assert cpu_threads()[0] == 1
     assert cpu_threads(3) == (3, "requested")  # a choice given is kept, whatever the load
+    assert cpu_threads(resumed=3) == (3, "as the run last trained")  # a resume keeps its threads
+    assert cpu_threads(resumed=8)[0] == 4 and cpu_threads(2, resumed=3)[0] == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     assert cpu_threads() == (4, "OMP_NUM_THREADS")  # capped at the cores
+    assert cpu_threads(resumed=3) == (4, "OMP_NUM_THREADS")
     with pytest.raises(ConfigError, match=r"threads=5 is not valid: expected an integer from 1 to 4"):
         cpu_threads(5)
     with pytest.raises(ConfigError, match="threads=0"):

@@ -296,6 +296,21 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
     assert "first" in resumed["speed"]["note"]
 
 
+def test_a_resume_keeps_the_threads_the_run_trained_with_unless_told_otherwise(tmp_path, monkeypatch):
+    """On a CPU the thread count sets the last bits, so a resume keeps the count the run started
+    with rather than the one today's load would choose (here: four idle cores)."""
+    config = tiny(tmp_path, epochs=3)
+    training.train(config, progress=False, deadline=AfterEpochs(1))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    unset = dataclasses.replace(config, threads=None)
+    record = training.train(unset, resume=True, progress=False, deadline=AfterEpochs(2))
+    assert [s["threads"] for s in record["speed"]["segments"]] == [1, 1]
+    record = training.train(dataclasses.replace(config, threads=2), resume=True, progress=False)
+    assert [s["threads"] for s in record["speed"]["segments"]] == [1, 1, 2]  # a choice given is kept
+
+
 def test_a_deadline_already_passed_trains_nothing_and_says_so(tmp_path):
     record = training.train(tiny(tmp_path), progress=False, deadline=time.time() - 1)
     assert record["epochs_done"] == 0 and record["status"] == "stopped"

@@ -96,7 +96,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                        f"(default: {_default('seed')})")
     runtime.add_argument("--device", help=f"one of {DEVICES} or cuda:N (default: {_default('device')})")
     runtime.add_argument("--threads", type=_integer, help="CPU threads of this process (default: the cores "
-                         "divided by --pack and capped by the free ones, or OMP_NUM_THREADS; a resume keeps the run's; recorded)")
+                         "divided by --pack and capped by the free ones, or OMP_NUM_THREADS; a resume keeps "
+                         "the run's; recorded)")
     for name, what in (("bf16", "bf16 autocast"), ("channels-last", "channels_last memory format")):
         runtime.add_argument(f"--{name}", action=argparse.BooleanOptionalAction,
                              help=f"{what} (default: on for CUDA, off for CPU)")

@@ -39,8 +39,9 @@ def _two_columns(table: pd.DataFrame, names: tuple[str, str], run: str) -> pd.Da
     return rows
 
 
-def run_page(run: records.RunRecord, page_dir: Path) -> str:
-    """One run's page: where it stands, its files to download, its summary, curves, speed and settings."""
+def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
+    """One run's page: where it stands, its files to download, its summary, curves (if `curves`:
+    its figure is `<name>.svg` beside the page), speed and settings."""
     files = [(name, run.run_dir / name) for name in (records.RUN_FILE, records.METRICS_FILE, "train.ipynb")]
     downloads = ", ".join(_download(name, path, page_dir) for name, path in files if path.is_file())
     data = ("" if run.label == CIFAR10 else
@@ -52,7 +53,7 @@ def run_page(run: records.RunRecord, page_dir: Path) -> str:
              f"{run.arch}, {report.run_status(run)}.{data} The record: {downloads}.", "",
              report.html_table(_two_columns(report.run_summary(run), ("", "this run"), run.name), "run-summary",
                                pages=""), ""]
-    if run.metrics() is not None:
+    if curves:
         parts += [f"![Error and training loss of {run.name} against epoch]({run.name}.svg)", ""]
     parts += ["## Speed", "", "Each process that trained the run, as its record says:", "",
               report.html_table(report.speed_segments_table(run), "run-speed", pages=""), "",
@@ -74,21 +75,23 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
                       ""])
 
 
-def write_pages(results_dir: Path, page_dir: Path = PAGES) -> list[Path]:
-    """Replace the pages in `page_dir` with one per record under `results_dir`; returns them."""
+def write_pages(results_dir: Path, page_dir: Path = PAGES, runs: list[records.RunRecord] | None = None) -> list[Path]:
+    """Replace the pages in `page_dir` with one per record under `results_dir` (`runs`: its runs,
+    if already loaded); returns them."""
     page_dir.mkdir(parents=True, exist_ok=True)
     for old in page_dir.iterdir():
         if old.suffix in (".md", ".svg"):
             old.unlink()
-    runs, _ = records.load_runs(results_dir)
+    if runs is None:
+        runs, _ = records.load_runs(results_dir)
     benches, _ = bench_record.load_benches(results_dir)
     written = []
     for run in runs:
-        if run.metrics() is not None:
+        curves = run.metrics() is not None
+        if curves:
             with rc_context({"svg.hashsalt": run.name}):  # the same record, the same file
-                report.run_figure(run.run_dir).savefig(page_dir / f"{run.name}.svg", format="svg",
-                                                       metadata={"Date": None})
-        written.append(_write(page_dir / f"{run.name}.md", run_page(run, page_dir)))
+                report.run_figure(run).savefig(page_dir / f"{run.name}.svg", format="svg", metadata={"Date": None})
+        written.append(_write(page_dir / f"{run.name}.md", run_page(run, page_dir, curves)))
     for bench in benches:
         path = Path(results_dir) / bench["name"] / "bench.json"
         written.append(_write(page_dir / f"{bench['name']}.md", bench_page(bench, path, page_dir)))
@@ -110,21 +113,24 @@ def markdown_table(table: pd.DataFrame, link) -> str:
     return "\n".join(lines)
 
 
-def readme_status(results_dir: Path) -> str:
-    """What the README shows between its markers: the status line and table, from the records."""
-    runs, _ = records.load_runs(results_dir)
+def readme_status(results_dir: Path, runs: list[records.RunRecord] | None = None) -> str:
+    """What the README shows between its markers: the status line and table, from the records
+    (`runs`: those under `results_dir`, if already loaded)."""
+    if runs is None:
+        runs, _ = records.load_runs(results_dir)
     table = markdown_table(report.status_table(runs), lambda name: f"{Path(results_dir).name}/{name}/")
     return f"{report.status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from."
 
 
-def update_readme(readme: Path, results_dir: Path) -> bool:
-    """Rewrite the README's status section from the records; True if it changed."""
+def update_readme(readme: Path, results_dir: Path, runs: list[records.RunRecord] | None = None) -> bool:
+    """Rewrite the README's status section from the records (`runs`: those under `results_dir`,
+    if already loaded); True if it changed."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no status section (the lines {README_START!r} and {README_END!r})")
     head, _, rest = text.partition(README_START)
     tail = rest.partition(README_END)[2]
-    new = f"{head}{README_START}\n{readme_status(results_dir)}\n{README_END}{tail}"
+    new = f"{head}{README_START}\n{readme_status(results_dir, runs)}\n{README_END}{tail}"
     if new != text:
         _write(readme, new)
     return new != text
@@ -138,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PAGES, help=f"where the pages go (default: {PAGES})")
     parser.add_argument("--readme", type=Path, metavar="README.md", help="also rewrite this README's status table")
     args = parser.parse_args(argv)
-    pages = write_pages(args.results, args.out)
+    runs, _ = records.load_runs(args.results)
+    pages = write_pages(args.results, args.out, runs)
     print(f"{len(pages)} record page(s) in {args.out}", file=sys.stderr)
     if args.readme:
         try:
-            changed = update_readme(args.readme, args.results)
+            changed = update_readme(args.readme, args.results, runs)
         except (OSError, ValueError) as error:
             print(f"reproresnet pages: error: {error}", file=sys.stderr)
             return 2

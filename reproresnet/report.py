@@ -24,7 +24,6 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from . import architectures, records
-from .architectures import NETWORK_OPTIONS
 from .config import CIFAR10, JPEG_MIRROR, recorded_key  # noqa: F401 (the notebooks' API)
 from .bench_record import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
 from .records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
@@ -252,8 +251,7 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
             rows.append({**base, ours: linked(result, group + failed), "n": linked(str(len(group)), group),
                          EACH_SEED: _each_seed(group), NOTES: quoted_notes + notes})
         if not groups:
-            unfinished = [run for run in cifar if run.arch == network and run.full_training_set
-                          and run.config.get("limit_test") is None and run.status != "complete"]
+            unfinished = [run for run in _plan_runs(runs, network, label) if run.status != "complete"]
             result = linked(_unfinished_text(unfinished), unfinished) if unfinished else NOT_RUN
             rows.append({**base, ours: result, "n": MISSING, EACH_SEED: MISSING, NOTES: quoted_notes})
     notes = _number_notes(rows)
@@ -280,7 +278,7 @@ def run_status(run: RunRecord) -> str:
 def _unfinished_text(group: list[RunRecord]) -> str:
     """Unfinished runs in a few words: "3 runs stopped at 5/200 (deadline), resumable"."""
     counts = Counter(run_status(run) for run in group)
-    return "; ".join(f"{n} run{'s' if n > 1 else ''} {status}" for status, n in counts.items())
+    return "; ".join(f"{_count(n, 'run')} {status}" for status, n in counts.items())
 
 
 def _hours(seconds: float) -> str:
@@ -299,17 +297,28 @@ def _wall_seconds(run: RunRecord) -> float | None:
         return None
 
 
+def _segments(run: RunRecord) -> list[dict]:
+    """The run's speed segments: one per process that trained it, as its record says."""
+    return (run.record.get("speed") or {}).get("segments") or []
+
+
 def _segment_of(run: RunRecord, epoch: int) -> dict:
     """The speed segment (one process's share of the run) that trained `epoch`, or the run's device."""
-    for segment in (run.record.get("speed") or {}).get("segments") or []:
+    for segment in _segments(run):
         if segment.get("first_epoch", 0) <= epoch <= (segment.get("last_epoch") or segment.get("first_epoch", 0)):
             return segment
     return {"device": (run.record.get("device") or {}).get("type")}
 
 
+def _sharing(segment: dict) -> tuple[int, int]:
+    """(packed processes, seeds stacked in one network) of a segment: 1 each when it ran alone."""
+    return segment.get("pack") or 1, segment.get("stacked") or 1
+
+
 def _share(segment: dict) -> int:
     """Runs that shared the GPU with this one: packed processes, or seeds stacked in one network."""
-    return (segment.get("pack") or 1) * (segment.get("stacked") or 1)
+    pack, stacked = _sharing(segment)
+    return pack * stacked
 
 
 def gpu_seconds(run: RunRecord) -> float:
@@ -325,7 +334,7 @@ def gpu_seconds(run: RunRecord) -> float:
 
 def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
     """Every timed GPU segment of `runs` (a process's steady-state seconds per epoch)."""
-    return [(run, segment) for run in runs for segment in (run.record.get("speed") or {}).get("segments") or []
+    return [(run, segment) for run in runs for segment in _segments(run)
             if segment.get("device") == "cuda" and segment.get("seconds_per_epoch")]
 
 
@@ -359,7 +368,8 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
             per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
                          if (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
-            cell = (lambda text: linked(text, group)) if group else (lambda text: text)
+            def cell(text: str) -> Linked:  # every cell with a number: one without runs says so instead
+                return linked(text, group)
             rows.append({**seed, "our device": cell(_join(run.device for run in group)) if group else NOT_RUN,
                          "our s/epoch (median)": cell(f"{statistics.median(per_epoch):.1f}") if per_epoch else MISSING,
                          "epochs": cell(_join(run.record["epochs_done"] for run in group)) if group else MISSING,
@@ -472,14 +482,12 @@ def _training_speeds(timed: list[tuple[RunRecord, dict]]) -> list[tuple[tuple[st
     median images/s, where, by what) and the runs behind them."""
     groups: dict[tuple, list] = {}
     for run, segment in timed:
-        key = (segment.get("gpu") or run.device, run.batch_size, segment.get("precision"), segment.get("pack") or 1,
-               segment.get("stacked") or 1)
+        key = (segment.get("gpu") or run.device, run.batch_size, segment.get("precision"), *_sharing(segment))
         groups.setdefault(key, []).append((run, segment))
     speeds = []
     for (gpu, batch, precision, pack, stacked), members in groups.items():
         group = list({run.name: run for run, _ in members}.values())
-        shared = ", ".join(text for n, text in ((pack, f"{pack} runs packed"), (stacked, f"{stacked} seeds stacked"))
-                           if n > 1)
+        shared = ", ".join(f"{n} {what}" for n, what in ((pack, "runs packed"), (stacked, "seeds stacked")) if n > 1)
         unfinished = [run for run in group if run.status != "complete"]
         epochs = _join(f"{run.record['epochs_done']}/{run.record['epochs_planned']}" for run in unfinished)
         by = f"training, {_count(len(group), 'run')}" + (f", partial ({epochs} epochs)" if unfinished else "")
@@ -489,12 +497,13 @@ def _training_speeds(timed: list[tuple[RunRecord, dict]]) -> list[tuple[tuple[st
     return speeds
 
 
-def _relative_noise(row: dict) -> float | None:
-    """A benchmark row's spread as a fraction: half the range of its timed rounds' step times."""
-    low_high = row.get("seconds_per_step_range")
-    if not low_high or not row.get("seconds_per_step"):
+def _relative_noise(row: dict, field: str = "seconds_per_step") -> float | None:
+    """A benchmark row's spread of `field` as a fraction: half the range of its timed rounds'
+    values (`<field>_range`) over the value."""
+    low_high = row.get(f"{field}_range")
+    if not low_high or not row.get(field):
         return None
-    return (low_high[1] - low_high[0]) / 2 / row["seconds_per_step"]
+    return (low_high[1] - low_high[0]) / 2 / row[field]
 
 
 def to_noise(value, relative: float | None) -> str:
@@ -517,10 +526,7 @@ def bench_table(benches) -> pd.DataFrame:
                "data_images_per_second": "data images/s", "peak_memory_mb": "peak memory (MB)", "tflops": "TFLOPS"}
     rows = []
     for row in _bench_rows(benches):
-        noise = _relative_noise(row)
-        data = row.get("data_images_per_second_range")
-        data_noise = (data[1] - data[0]) / 2 / row["data_images_per_second"] if data and \
-            row.get("data_images_per_second") else None
+        noise, data_noise = _relative_noise(row), _relative_noise(row, "data_images_per_second")
         texts = {"arch": row["arch"], "path": row["path"], "device": row["device"],
                  "batch_size": row["batch_size"],
                  "seconds_per_epoch": to_noise(row.get("seconds_per_epoch"), noise),
@@ -555,8 +561,8 @@ def recipe_table() -> pd.DataFrame:
     columns = {}
     for recipe in RECIPES.values():
         archs = "every network" if recipe.warmup_archs is None else ", ".join(recipe.warmup_archs)
-        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in NETWORK_OPTIONS
-                            if name != "bn_batch" and getattr(recipe, name) is not None)
+        network = ", ".join(f"{name} {getattr(recipe, name)}" for name in architectures.OPTIONS
+                            if getattr(recipe, name) is not None)
         columns[recipe.name] = {
             "length": f"{recipe.length:,} {recipe.unit}s",
             "batch": ", ".join([str(recipe.batch_size)] + [f"{size} for {arch}" for arch, size in recipe.batch_size_for]),
@@ -680,7 +686,8 @@ def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
     """GPU-hours the network's runs on CIFAR-10 and its mirror took, and an estimate of those
     its planned runs still need: their missing epochs at the median GPU-seconds per epoch
     measured so far (packed or stacked runs share a GPU: `gpu_seconds`)."""
-    mine = _plan_runs(runs, network, CIFAR10) + _plan_runs(runs, network, JPEG_MIRROR)
+    plans = [_plan_runs(runs, network, label) for label in (CIFAR10, JPEG_MIRROR)]
+    mine = [run for plan in plans for run in plan]
     spent = sum(map(gpu_seconds, mine))
     spent_cell = linked(_hours(spent), mine) if spent else MISSING
     if network not in REPRODUCED:
@@ -690,7 +697,7 @@ def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
         return spent_cell, NOT_MEASURED
     planned = max(run.record["epochs_planned"] for run in mine)
     done = max(sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:PLANNED_SEEDS])
-               for group in (_plan_runs(runs, network, label) for label in (CIFAR10, JPEG_MIRROR)) if group)
+               for group in plans if group)
     per_epoch = statistics.median(segment["seconds_per_epoch"] / _share(segment) for _, segment in timed)
     gpus = _join(segment.get("gpu") or run.device for run, segment in timed)
     needed = (PLANNED_SEEDS * planned - done) * per_epoch
@@ -790,10 +797,11 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
     return curves
 
 
-def _budget_title(record: dict) -> str:
+def _budget_title(record: dict, note: str = "") -> str:
+    """The network, data set and budget of a run, in two lines; `note` ends the first."""
     data = record["data"]
     return (f"{record['arch']} on {data.get('label', '?')}: {record['epochs_done']}/{record['epochs_planned']} "
-            f"epochs\n{data.get('n_train', 0):,} training images, batch "
+            f"epochs{note}\n{data.get('n_train', 0):,} training images, batch "
             f"{(record.get('recipe') or {}).get('batch_size', '?')}, {(record.get('device') or {}).get('name', '?')}")
 
 
@@ -907,13 +915,14 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
     # The longest run and its repeats with the same setting: one data set and budget per figure.
     anchor = max(mine, key=lambda run: run.record["epochs_done"])
     same = [run for run in mine if run.label == anchor.label and _experiment(run) == _experiment(anchor)]
-    return plot_curves(same, title=_budget_title(anchor.record).replace("\n", " (not a CIFAR-10 result)\n", 1),
+    return plot_curves(same, title=_budget_title(anchor.record, " (not a CIFAR-10 result)"),
                        **_references(anchor))
 
 
-def run_figure(run_dir) -> Figure:
-    """One run's curves, with the paper's and the seed's errors as `_references` draws them."""
-    run = RunRecord(Path(run_dir), records.read_run(run_dir))
+def run_figure(run) -> Figure:
+    """One run's curves (a run directory or its RunRecord), with the paper's and the seed's
+    errors as `_references` draws them."""
+    run = run if isinstance(run, RunRecord) else RunRecord(Path(run), records.read_run(run))
     return plot_curves(run, **_references(run))
 
 
@@ -924,21 +933,23 @@ def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
     figure = Figure(figsize=(10, 3.8), layout="constrained", facecolor="white")
     by_params, by_depth = figure.subplots(1, 2, sharey=True)
     ours = [run for run in runs if run.label in (CIFAR10, JPEG_MIRROR) and run.is_result_on(run.label)]
+    tables = {name: row for name in {row["network"] for row in REFERENCE} | {run.arch for run in ours}
+              if (row := architectures.row(name))}  # each network's row of the table, if registered
     marks = (("paper_error", "paper", dict(marker="s", color="black", linestyle="none")),
              ("seed_error", "seed (single run)", dict(marker="^", color="C3", linestyle="none")))
     for axes, size in ((by_params, "params"), (by_depth, "depth")):
         named = {}
         for field, label, style in marks:
-            points = [(architectures.row(row["network"])[size], row[field], row["network"]) for row in REFERENCE
-                      if row.get(field) is not None and architectures.row(row["network"])]
+            points = [(tables[row["network"]][size], row[field], row["network"]) for row in REFERENCE
+                      if row.get(field) is not None and row["network"] in tables]
             axes.plot([x for x, _, _ in points], [y for _, y, _ in points], label=label, gid=field, **style)
             named.update({name: (x, y) for x, y, name in points if name not in named})
         for name, (x, y) in named.items():  # each network named once, beside its first marker
             axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, -3), fontsize="x-small")
         for data, style in ((CIFAR10, dict(color="C0")), (JPEG_MIRROR, dict(markerfacecolor="none", color="0.5"))):
-            mine = [run for run in ours if run.label == data and architectures.row(run.arch)]
+            mine = [run for run in ours if run.label == data and run.arch in tables]
             if mine:
-                axes.plot([architectures.row(run.arch)[size] for run in mine], [run.test_error for run in mine],
+                axes.plot([tables[run.arch][size] for run in mine], [run.test_error for run in mine],
                           marker="o", linestyle="none", label=f"ours, {data}" + ("" if data == CIFAR10 else
                                                                                  ": not CIFAR-10"),
                           gid=f"ours {data}", **style)
@@ -965,6 +976,7 @@ def run_summary(record) -> pd.DataFrame:
     record = run.record
     final = record.get("final") or {}
     data = record["data"]
+    gpu = gpu_seconds(run)
     rows = {"network": record["arch"], "data set": data.get("label"),
             "train / val / test images": f"{data.get('n_train', 0):,} / {data.get('n_val', 0):,} / "
                                          f"{data.get('n_test', 0):,}",
@@ -975,7 +987,7 @@ def run_summary(record) -> pd.DataFrame:
             "test error (%)": _last_test_error(run), "selected by": final.get("selected_by", MISSING),
             "seconds per epoch": MISSING if final.get("seconds_per_epoch") is None
             else f"{final['seconds_per_epoch']:.1f}",
-            "GPU-hours": _hours(gpu_seconds(run)) if gpu_seconds(run) else MISSING}
+            "GPU-hours": _hours(gpu) if gpu else MISSING}
     table = pd.DataFrame({"": list(rows.values())}, index=list(rows))
     table.attrs["run"] = run.name
     return table
@@ -988,13 +1000,12 @@ def speed_segments_table(run: RunRecord) -> pd.DataFrame:
                "images/s", "first epoch (s)"]
     rows = [[f"{s.get('first_epoch')}-{s.get('last_epoch') or s.get('first_epoch')}",
              s.get("gpu") or s.get("device") or MISSING,
-             ", ".join(text for n, text in ((s.get("pack") or 1, "packed"), (s.get("stacked") or 1, "stacked"))
-                       if n > 1 for text in [f"{n} {text}"]) or "alone",
+             ", ".join(f"{n} {what}" for n, what in zip(_sharing(s), ("packed", "stacked")) if n > 1) or "alone",
              str(s.get("threads") or MISSING), f"{s.get('precision')}, {s.get('compile_mode') or 'eager'}",
              MISSING if s.get("seconds_per_epoch") is None else f"{s['seconds_per_epoch']:.1f}",
              MISSING if s.get("images_per_second") is None else f"{s['images_per_second']:,.0f}",
              MISSING if s.get("first_epoch_seconds") is None else f"{s['first_epoch_seconds']:.1f}"]
-            for s in (run.record.get("speed") or {}).get("segments") or []]
+            for s in _segments(run)]
     table = pd.DataFrame(rows, columns=columns)
     table.attrs["run"] = run.name
     return table

@@ -27,7 +27,7 @@ from pathlib import Path
 import submitit
 
 from . import records
-from .config import cpu_threads
+from .config import TrainConfig, cpu_threads, differences
 
 # The repository's notebook, wherever the sweep is started from.
 DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb")
@@ -44,14 +44,12 @@ SLURM_TIMEOUT_MIN = 60 * 24
 def _conflicts(run: records.RunRecord, requested) -> list[str]:
     """Settings in which the complete `run` is another experiment or seed than `requested` (a
     TrainConfig): it would not be retrained."""
-    from .config import differences
     return [f"{key}: {recorded!r} recorded, {value!r} requested"
             for key, (recorded, value) in differences(run.config, requested).items()]
 
 
 def notebook_config(parameters: dict):
     """The TrainConfig the training notebook builds from its `parameters` (None: TrainConfig's default)."""
-    from .config import TrainConfig
     return TrainConfig(**{key: value for key, value in parameters.items()
                           if key in TrainConfig.__dataclass_fields__ and value is not None})
 
@@ -356,7 +354,6 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import TrainConfig
     default = {f: TrainConfig.__dataclass_fields__[f].default for f in ("recipe", "dataset", "device")}
     parser = argparse.ArgumentParser(prog="python -m reproresnet sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -414,7 +411,6 @@ def launch_from(args: argparse.Namespace) -> Launch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import TrainConfig
     args = build_parser().parse_args(argv)
     parameters = {"recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size,
                   "dataset": args.dataset, "data_dir": args.data_dir, "device": args.device,

@@ -45,11 +45,11 @@ import torch
 
 from . import records, rundir
 from .config import ConfigError, TrainConfig, select_device
-from .data import PAD, augment, load_device_splits, source_key, train_batches
+from .data import PAD, augment, load_device_splits, source_key
 from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
 from .stacked import stacked_batch
-from .train import Stack, build_stack, epoch_seed
+from .train import Stack, build_stack, epoch_seed, run_batches
 
 FORMAT = "reproresnet-selfcheck/2"
 LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
@@ -112,20 +112,17 @@ def _build(variant: Variant, configs: list[TrainConfig], device, sources: dict) 
 def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """`full` batches of each run's own data (its data order, augmentation and normaliser, from
     epoch 0 on), then a smaller one, then two full ones: [step][run] -> (images, labels)."""
-    runs = [run for stack in stacks for run in stack.runs]
-    recipe, device = stacks[0].recipe, stacks[0].device
+    recipe = stacks[0].recipe
 
-    def batches(run):
+    def batches(stack, run):
         for epoch in itertools.count():
-            generator = torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch))
-            yield from ((images, labels) for images, labels in train_batches(
-                run.splits.train, recipe.batch_size, normalizer=run.normalizer, augmentation=recipe.augmentation,
-                device=device, generator=generator) if len(labels) == recipe.batch_size)
+            epoch_batches = run_batches(stack, run, epoch_seed(run.config.seed, epoch))
+            yield from ((images, labels) for images, labels in epoch_batches if len(labels) == recipe.batch_size)
 
-    if len(runs[0].splits.train) < recipe.batch_size:
+    if len(stacks[0].runs[0].splits.train) < recipe.batch_size:
         raise ConfigError(f"the self-check needs a full batch of {recipe.batch_size} images; the training split "
-                          f"has {len(runs[0].splits.train)}")
-    steps = list(itertools.islice(zip(*map(batches, runs)), full + 3))
+                          f"has {len(stacks[0].runs[0].splits.train)}")
+    steps = list(itertools.islice(zip(*(batches(stack, run) for stack in stacks for run in stack.runs)), full + 3))
     smaller = recipe.batch_size - max(1, recipe.batch_size // 4)
     steps[full] = tuple((images[:smaller], labels[:smaller]) for images, labels in steps[full])
     return steps

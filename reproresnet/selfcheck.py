@@ -45,7 +45,7 @@ import torch
 
 from . import records, rundir
 from .config import ConfigError, TrainConfig, select_device
-from .data import PAD, augment, load_device_splits, source_key
+from .data import PAD, augment, device_splits
 from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
 from .stacked import stacked_batch
@@ -78,6 +78,10 @@ class Variant:
         engine, precision, layout, stack = name.split("-")
         return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
 
+    def groups(self, configs: list) -> list[list]:
+        """`configs` in the stacks this variant trains them in: `stack` at a time, in order."""
+        return [configs[start:start + self.stack] for start in range(0, len(configs), self.stack)]
+
     def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
         """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
         return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
@@ -103,10 +107,8 @@ def candidates(device: torch.device, k: int, precision: str | None = None) -> li
 
 def _build(variant: Variant, configs: list[TrainConfig], device, sources: dict) -> list[Stack]:
     """The variant's stacks: one of K networks, or K stacks of one."""
-    configs = variant.configs(configs)
-    groups = [configs[start:start + variant.stack] for start in range(0, len(configs), variant.stack)]
-    return [build_stack(group, [load_device_splits(c, device, sources.get(source_key(c))) for c in group], device)
-            for group in groups]
+    return [build_stack(group, device_splits(group, device, sources), device)
+            for group in variant.groups(variant.configs(configs))]
 
 
 def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -328,7 +330,6 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
         record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch][:k], device, sources,
                                            Variant.from_name(chosen), full) or {"ok": None, "note": "unchecked"}
     record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
-    save(record)
     record["ok"] = all(r.get("ok") for r in record["variants"]) and not record["unchecked"] and \
         all(n.get("ok") for n in record["networks"].values()) and (record["augmentation"] or {}).get("ok", False)
     log(f"selfcheck: chosen {chosen}: {why}")

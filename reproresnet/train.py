@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from . import distributed, records, rundir
 from .config import ConfigError, TrainConfig, check_stackable, cpu_threads, select_device
-from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_device_splits, source_key, train_batches
+from .data import (DataSplits, ImageSet, Normalizer, device_splits, eval_batches, load_device_splits,
+                   train_batches)
 from .engine import (Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine,
                      scale_momentum_, synchronize)
 from .models import build_model, network_size
@@ -284,7 +285,7 @@ def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict 
     already read, by `data.source_key` (each run's splits are taken from them); `note`: why
     they train this way (the campaign's choice), kept in each run's speed segment."""
     sources = sources or {}
-    splits = [load_device_splits(config, device, sources.get(source_key(config))) for config in configs]
+    splits = device_splits(configs, device, sources)
     return _train_in(configs, splits, device, distributed.World(), resume=True, progress=progress,
                      deadline=deadline, hard_stop=hard_stop, writer=writer, note=note)
 

@@ -498,10 +498,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _status_configs(plan: Plan, out: Path) -> dict:
     """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
+    from .config import Variant
     try:
         chosen = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())["chosen"]["variant"]
-        precision = chosen.split("-")[1]
-    except (OSError, ValueError, KeyError, IndexError):
+        precision = Variant.from_name(chosen).precision
+    except (OSError, ValueError, KeyError):
         precision = "fp32"
     return plan.configs(out, "cpu", precision)
 

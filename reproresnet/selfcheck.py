@@ -38,13 +38,12 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import records, rundir
-from .config import ConfigError, TrainConfig, select_device
+from .config import ConfigError, TrainConfig, Variant, reference_variant, select_device
 from .data import PAD, augment, device_splits
 from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
@@ -56,40 +55,6 @@ LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 
 UPDATE_RTOL = 0.10     # relative L2 distance between a variant's and the reference's weight change
 PRECISION_COST = 1.5   # fp32 is kept unless its step takes more than this times bf16's
 SIGMAS = 5.0           # augmentation frequencies: within 5 standard deviations of their expectation
-
-
-@dataclass(frozen=True)
-class Variant:
-    engine: str          # eager | graph
-    bf16: bool
-    channels_last: bool
-    stack: int           # networks trained as one (1: apart)
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.bf16 else "fp32"
-
-    @property
-    def name(self) -> str:
-        return f"{self.engine}-{self.precision}-{'nhwc' if self.channels_last else 'nchw'}-k{self.stack}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Variant":
-        engine, precision, layout, stack = name.split("-")
-        return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
-
-    def groups(self, configs: list) -> list[list]:
-        """`configs` in the stacks this variant trains them in: `stack` at a time, in order."""
-        return [configs[start:start + self.stack] for start in range(0, len(configs), self.stack)]
-
-    def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
-        """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
-        return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
-                                    compile=False) for config in configs]
-
-
-def reference_variant() -> Variant:
-    return Variant("eager", False, False, 1)
 
 
 def candidates(device: torch.device, k: int, precision: str | None = None) -> list[Variant]:

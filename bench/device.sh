@@ -148,7 +148,7 @@ echo "== summary ($((SECONDS - start)) s)"
 "$py" - "$dest" <<'EOF' || failed=1
 import json, sys
 from pathlib import Path
-from reproresnet.report import format_bench
+from reproresnet.bench_record import format_bench
 for path in sorted(Path(sys.argv[1]).glob("bench*.json")):
     record = json.loads(path.read_text())
     print(f"-- {path.name}{'' if record['complete'] else ' (INCOMPLETE: a step ran out of time or failed)'}")

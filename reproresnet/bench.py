@@ -24,11 +24,11 @@ from . import bench_record, records, rundir
 from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
 from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
-from .data import DataSplits, ImageSet, train_batches
+from .data import DataSplits, ImageSet
 from .engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
 from .models import UnknownArchitectureError, flops_per_image
 from .reference import REPRODUCED
-from .train import build_stack, train_one_epoch
+from .train import build_stack, run_batches, train_one_epoch
 
 
 
@@ -171,10 +171,8 @@ class LibraryPath:
         return sum((self.train_epoch(steps)["seconds"] for steps in epochs), 0.0)
 
     def new_epoch(self) -> Iterator:
-        run, recipe, device = self.stack.runs[0], self.stack.recipe, self.stack.device
-        return train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
-                             augmentation=recipe.augmentation, device=device, padding=recipe.padding,
-                             generator=torch.Generator(device).manual_seed(run.config.seed))
+        run = self.stack.runs[0]
+        return run_batches(self.stack, run, run.config.seed)
 
     def close(self) -> None:
         pass

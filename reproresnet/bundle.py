@@ -167,7 +167,7 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
     expected = {entry["path"]: entry for entry in manifest["files"]}
     with tempfile.TemporaryDirectory(prefix="reproresnet-unbundle-") as staging:
         staging = Path(staging)
-        _unpack(bundle_dir, manifest, expected, staging)
+        bundled = _unpack(bundle_dir, manifest, expected, staging)
         dest.mkdir(parents=True, exist_ok=True)
         restored, skipped = [], {}
         for run, files in _by_run(expected):
@@ -177,7 +177,8 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
                 files = [rel for rel in files if rel not in kept]
                 if kept:
                     skipped[", ".join(map(str, kept))] = "kept: runs here are further along than the bundle's"
-            why = _restore_run(staging / where, dest / where, files, locked=run is not None)
+            why = _restore_run(staging / where, dest / where, files, locked=run is not None,
+                               bundled=bundled.get(where))
             if why:
                 skipped[str(run)] = why
             else:
@@ -203,8 +204,9 @@ def _by_run(paths) -> list[tuple[PurePosixPath | None, list[PurePosixPath]]]:
     return sorted(groups.items(), key=lambda group: (group[0] is None, str(group[0])))
 
 
-def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> None:
-    """The bundle's files into `staging`, each checked against the manifest; BundleError if not."""
+def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> dict:
+    """The bundle's files into `staging`, each checked against the manifest; BundleError if not.
+    Returns how far each bundled run with a checkpoint got (`rundir.how_far`), by run directory."""
     with tempfile.TemporaryFile() as packed:
         for part in manifest["parts"]:
             data = (bundle_dir / part["name"]).read_bytes()
@@ -225,19 +227,26 @@ def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> 
                 tar.extractall(staging, **extra)
         except (tarfile.TarError, EOFError, OSError) as error:
             raise BundleError(f"the bundle in {bundle_dir} cannot be unpacked ({error})") from None
+    bundled = {}
     for rel, entry in expected.items():
         if sha256(staging / rel) != entry["sha256"]:
             raise BundleError(f"{rel} does not match its sha256 after unpacking")
         if Path(rel).name in CHECKPOINTS:
             try:
-                rundir.read_checkpoint(staging / rel)
+                checkpoint = rundir.read_checkpoint(staging / rel)
             except ValueError as error:
                 raise BundleError(f"the bundle's {rel} is refused: {error}") from None
+            if Path(rel).name == records.CHECKPOINT_FILE:
+                run = PurePosixPath(rel).parent
+                bundled[run] = rundir.how_far(staging / run, checkpoint)
+    return bundled
 
 
-def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked: bool) -> str | None:
+def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked: bool,
+                 bundled: tuple[int, bool] | None = None) -> str | None:
     """`files` of `staged` into `target`, a run directory under its lock (`locked`) or the
-    files outside any run; returns why not, if they were not."""
+    files outside any run; returns why not, if they were not. `bundled`: how far the staged
+    run got, if known."""
     with ExitStack() as lock:
         if locked:
             try:
@@ -245,7 +254,7 @@ def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked:
             except RunDirError as error:  # in use: a run is training there
                 return str(error)
             rundir.remove_orphans(target)
-            here, bundled = rundir.how_far(target), rundir.how_far(staged)
+            here, bundled = rundir.how_far(target), bundled or rundir.how_far(staged)
             if here > bundled:
                 return (f"the run here is further along ({_describe(here)}) than the bundle's "
                         f"({_describe(bundled)}): kept")

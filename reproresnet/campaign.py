@@ -151,8 +151,7 @@ def admit(stack: list, plan_configs: dict[str, list], cap_mb: float, training: l
     """The runs of `stack` that may train now: started ones always; a new one only while the
     checkpoints of the unfinished runs (those of `training` included) stay under `cap_mb`."""
     unfinished = {config.out: config for configs in plan_configs.values() for config in configs
-                  if 0 < run_state(Path(config.out))["epochs_done"] and
-                  run_state(Path(config.out))["status"] != "complete"}
+                  if 0 < (state := run_state(Path(config.out)))["epochs_done"] and state["status"] != "complete"}
     unfinished.update({config.out: config for config in training})
     used = sum(checkpoint_mb(config, Path(config.out)) for config in unfinished.values())
     chosen = []
@@ -258,8 +257,8 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     began = time.time()
     try:
-        result = selfcheck.check_network(configs[:chosen.stack] if chosen.stack > 1 else configs[:1], device,
-                                         sources, chosen, selfcheck.compared_steps(device))
+        result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen,
+                                         selfcheck.compared_steps(device))
     except Exception as error:  # noqa: BLE001 (a crash is a failed check, recorded)
         result = {"ok": False, "variant": chosen.name, "error": f"{type(error).__name__}: {error}"[:500]}
     result["seconds"] = round(time.time() - began, 1)
@@ -290,8 +289,7 @@ def _train_plan(out: Path, plan_configs: dict, record: dict, device, sources: di
             continue
         _check_network(out, record, plan_configs[admitted[0].arch], device, sources, log)
         variant, note = selfcheck.variant_for(record, admitted[0].arch)
-        groups = [admitted[start:start + variant.stack] for start in range(0, len(admitted), variant.stack)]
-        for group in groups:
+        for group in variant.groups(admitted):
             training += group
             _train_group(group, variant, note, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
         log(f"campaign: {', '.join(names)} done for this call")
@@ -500,10 +498,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _status_configs(plan: Plan, out: Path) -> dict:
     """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
+    from .config import Variant
     try:
         chosen = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())["chosen"]["variant"]
-        precision = chosen.split("-")[1]
-    except (OSError, ValueError, KeyError, IndexError):
+        precision = Variant.from_name(chosen).precision
+    except (OSError, ValueError, KeyError):
         precision = "fp32"
     return plan.configs(out, "cpu", precision)
 

@@ -309,3 +309,39 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
     return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"
+
+
+# ---------------------------------------------------------------- ways to train (the self-check's variants)
+
+@dataclass(frozen=True)
+class Variant:
+    engine: str          # eager | graph
+    bf16: bool
+    channels_last: bool
+    stack: int           # networks trained as one (1: apart)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine}-{self.precision}-{'nhwc' if self.channels_last else 'nchw'}-k{self.stack}"
+
+    @classmethod
+    def from_name(cls, name: str) -> "Variant":
+        engine, precision, layout, stack = name.split("-")
+        return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
+
+    def groups(self, configs: list) -> list[list]:
+        """`configs` in the stacks this variant trains them in: `stack` at a time, in order."""
+        return [configs[start:start + self.stack] for start in range(0, len(configs), self.stack)]
+
+    def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
+        """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
+        return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
+                                    compile=False) for config in configs]
+
+
+def reference_variant() -> Variant:
+    return Variant("eager", False, False, 1)

@@ -169,6 +169,12 @@ def source_key(config: TrainConfig) -> tuple:
     return config.dataset, config.data_dir, config.seed if config.dataset == "synthetic" else None
 
 
+def device_splits(configs: list[TrainConfig], device, sources: dict) -> list[DataSplits]:
+    """Each run's data on `device` (`load_device_splits`), taken from `sources`, the data sets
+    already read by `source_key`, where they hold its set."""
+    return [load_device_splits(config, device, sources.get(source_key(config))) for config in configs]
+
+
 def _rng(seed: int, stream: str) -> torch.Generator:
     # One independent stream per use, so that e.g. changing limit_test leaves the train subset alone.
     return torch.Generator().manual_seed(3 * seed + ("train", "test", "val").index(stream))

@@ -290,23 +290,24 @@ def snapshot(value, background: bool):
 
 # ---------------------------------------------------------------- resuming
 
-def how_far(run_dir: Path) -> tuple[int, bool]:
+def how_far(run_dir: Path, checkpoint: dict | None = None) -> tuple[int, bool]:
     """How far the run in `run_dir` got: (epochs done, complete), from its run.json or its
-    checkpoint, whichever is further along (the checkpoint is written first); (0, False) if
-    neither can be read."""
+    checkpoint (`checkpoint` if it was read already), whichever is further along (the
+    checkpoint is written first); (0, False) if neither can be read."""
     found = [(0, False)]
     try:
         record = records.read_run(run_dir)
         found.append((record["epochs_done"], record["status"] == "complete"))
     except ValueError:
         pass
-    if (Path(run_dir) / CHECKPOINT_FILE).exists():
+    if checkpoint is None and (Path(run_dir) / CHECKPOINT_FILE).exists():
         try:
             checkpoint = read_checkpoint(Path(run_dir) / CHECKPOINT_FILE)
-            status = (checkpoint.get("record") or {}).get("status")
-            found.append((len(checkpoint.get("metrics", [])), status == "complete"))
         except ValueError:
             pass
+    if checkpoint is not None:
+        status = (checkpoint.get("record") or {}).get("status")
+        found.append((len(checkpoint.get("metrics", [])), status == "complete"))
     return max(found)
 
 

@@ -38,54 +38,23 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import records, rundir
-from .config import ConfigError, TrainConfig, select_device
-from .data import PAD, augment, load_device_splits, source_key, train_batches
+from .config import ConfigError, TrainConfig, Variant, reference_variant, select_device
+from .data import PAD, augment, device_splits
 from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
 from .stacked import stacked_batch
-from .train import Stack, build_stack, epoch_seed
+from .train import Stack, build_stack, epoch_seed, run_batches
 
 FORMAT = "reproresnet-selfcheck/2"
 LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
 UPDATE_RTOL = 0.10     # relative L2 distance between a variant's and the reference's weight change
 PRECISION_COST = 1.5   # fp32 is kept unless its step takes more than this times bf16's
 SIGMAS = 5.0           # augmentation frequencies: within 5 standard deviations of their expectation
-
-
-@dataclass(frozen=True)
-class Variant:
-    engine: str          # eager | graph
-    bf16: bool
-    channels_last: bool
-    stack: int           # networks trained as one (1: apart)
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.bf16 else "fp32"
-
-    @property
-    def name(self) -> str:
-        return f"{self.engine}-{self.precision}-{'nhwc' if self.channels_last else 'nchw'}-k{self.stack}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Variant":
-        engine, precision, layout, stack = name.split("-")
-        return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
-
-    def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
-        """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
-        return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
-                                    compile=False) for config in configs]
-
-
-def reference_variant() -> Variant:
-    return Variant("eager", False, False, 1)
 
 
 def candidates(device: torch.device, k: int, precision: str | None = None) -> list[Variant]:
@@ -103,29 +72,24 @@ def candidates(device: torch.device, k: int, precision: str | None = None) -> li
 
 def _build(variant: Variant, configs: list[TrainConfig], device, sources: dict) -> list[Stack]:
     """The variant's stacks: one of K networks, or K stacks of one."""
-    configs = variant.configs(configs)
-    groups = [configs[start:start + variant.stack] for start in range(0, len(configs), variant.stack)]
-    return [build_stack(group, [load_device_splits(c, device, sources.get(source_key(c))) for c in group], device)
-            for group in groups]
+    return [build_stack(group, device_splits(group, device, sources), device)
+            for group in variant.groups(variant.configs(configs))]
 
 
 def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """`full` batches of each run's own data (its data order, augmentation and normaliser, from
     epoch 0 on), then a smaller one, then two full ones: [step][run] -> (images, labels)."""
-    runs = [run for stack in stacks for run in stack.runs]
-    recipe, device = stacks[0].recipe, stacks[0].device
+    recipe = stacks[0].recipe
 
-    def batches(run):
+    def batches(stack, run):
         for epoch in itertools.count():
-            generator = torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch))
-            yield from ((images, labels) for images, labels in train_batches(
-                run.splits.train, recipe.batch_size, normalizer=run.normalizer, augmentation=recipe.augmentation,
-                device=device, generator=generator) if len(labels) == recipe.batch_size)
+            epoch_batches = run_batches(stack, run, epoch_seed(run.config.seed, epoch))
+            yield from ((images, labels) for images, labels in epoch_batches if len(labels) == recipe.batch_size)
 
-    if len(runs[0].splits.train) < recipe.batch_size:
+    if len(stacks[0].runs[0].splits.train) < recipe.batch_size:
         raise ConfigError(f"the self-check needs a full batch of {recipe.batch_size} images; the training split "
-                          f"has {len(runs[0].splits.train)}")
-    steps = list(itertools.islice(zip(*map(batches, runs)), full + 3))
+                          f"has {len(stacks[0].runs[0].splits.train)}")
+    steps = list(itertools.islice(zip(*(batches(stack, run) for stack in stacks for run in stack.runs)), full + 3))
     smaller = recipe.batch_size - max(1, recipe.batch_size // 4)
     steps[full] = tuple((images[:smaller], labels[:smaller]) for images, labels in steps[full])
     return steps
@@ -331,7 +295,6 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
         record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch][:k], device, sources,
                                            Variant.from_name(chosen), full) or {"ok": None, "note": "unchecked"}
     record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
-    save(record)
     record["ok"] = all(r.get("ok") for r in record["variants"]) and not record["unchecked"] and \
         all(n.get("ok") for n in record["networks"].values()) and (record["augmentation"] or {}).get("ok", False)
     log(f"selfcheck: chosen {chosen}: {why}")

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from tqdm import tqdm
 
 from . import distributed, records, rundir
 from .config import ConfigError, TrainConfig, check_stackable, cpu_threads, select_device
-from .data import DataSplits, ImageSet, Normalizer, eval_batches, load_device_splits, source_key, train_batches
+from .data import (DataSplits, ImageSet, Normalizer, device_splits, eval_batches, load_device_splits,
+                   train_batches)
 from .engine import (Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine,
                      scale_momentum_, synchronize)
 from .models import build_model, network_size
@@ -147,6 +149,17 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
 
 # ---------------------------------------------------------------- one epoch, and evaluation
 
+def run_batches(stack: Stack, run: Run, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of `run`'s training batches as training draws them (its data and normaliser; the
+    recipe's batch size, augmentation and padding; this process's part of each batch), in the
+    order and with the augmentation that `seed` draws."""
+    recipe, device = stack.recipe, stack.device
+    return train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
+                         augmentation=recipe.augmentation, padding=recipe.padding, device=device,
+                         part=(stack.world.rank, stack.world.size),
+                         generator=torch.Generator(device).manual_seed(seed))
+
+
 def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: int | None = None,
                     hard_stop: float | None = None) -> list[dict]:
     """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns each run's
@@ -156,12 +169,7 @@ def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: 
     torch.manual_seed(distributed.process_seed(world, epoch_seed(runs[0].config.seed, epoch)))
     first = epoch * schedule.iterations_per_epoch
     steps = min(schedule.iterations_per_epoch, schedule.total_iterations - first, max_steps or math.inf)
-    recipe = stack.recipe
-    epochs = [train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
-                            augmentation=recipe.augmentation, padding=recipe.padding, device=device,
-                            part=(world.rank, world.size),
-                            generator=torch.Generator(device).manual_seed(epoch_seed(run.config.seed, epoch)))
-              for run in runs]
+    epochs = [run_batches(stack, run, epoch_seed(run.config.seed, epoch)) for run in runs]
     loss_sum = torch.zeros(stack.k, device=device)
     errors = torch.zeros(stack.k, device=device, dtype=torch.long)
     seen = 0
@@ -174,7 +182,7 @@ def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: 
         for index, batches in zip(range(steps), zip(*epochs)):
             lr = schedule.lr_at(first + index)
             stack.engine.set_lr(lr)
-            momentum_scale = schedule.momentum_scale_at(first + index, recipe.momentum_form)
+            momentum_scale = schedule.momentum_scale_at(first + index, stack.recipe.momentum_form)
             if momentum_scale != 1.0:  # in place: the buffers a captured graph reads
                 scale_momentum_(stack.optimizer, momentum_scale)
             images, labels = stacked_batch(batches, stack.speedups.channels_last)
@@ -277,7 +285,7 @@ def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict 
     already read, by `data.source_key` (each run's splits are taken from them); `note`: why
     they train this way (the campaign's choice), kept in each run's speed segment."""
     sources = sources or {}
-    splits = [load_device_splits(config, device, sources.get(source_key(config))) for config in configs]
+    splits = device_splits(configs, device, sources)
     return _train_in(configs, splits, device, distributed.World(), resume=True, progress=progress,
                      deadline=deadline, hard_stop=hard_stop, writer=writer, note=note)
 

@@ -122,3 +122,14 @@ def test_each_network_is_timed_with_the_recipe_of_its_paper():
     assert [bench.paper_recipe(arch) for arch in ("preact_resnet110", "resnet164", "wrn_16_4", "wrn_28_10",
                                                   "seed_wrn_n2_k4")] == ["he2016", "he2016", "wrn2016", "wrn2016",
                                                                          "he2016"]
+
+
+def test_device_script_summary_imports_resolve():
+    """bench/device.sh's summary step imports only names the package still has there."""
+    import re
+    from pathlib import Path
+    script = (Path(__file__).resolve().parents[1] / "bench" / "device.sh").read_text()
+    imports = re.findall(r"^from (reproresnet[\w.]*) import (.+)$", script, re.MULTILINE)
+    assert imports
+    for module, names in imports:
+        exec(f"from {module} import {names}", {})

@@ -291,3 +291,22 @@ def test_the_committed_campaign_bundle_restores_and_its_checkpoints_load_as_plai
         checkpoint = rundir.load_checkpoint(run_dir / records.CHECKPOINT_FILE, record)
         assert checkpoint["record"]["epochs_done"] == len(checkpoint["metrics"]) >= record["epochs_done"]
         assert checkpoint["record"]["config"] == record["config"] == checkpoint["config"]
+
+
+def test_unbundle_loads_each_bundled_checkpoint_once(tmp_path, monkeypatch):
+    """The check of the bundle's checkpoints also tells how far each bundled run got: none is
+    loaded a second time to compare it with the run here."""
+    src = tmp_path / "campaign"
+    write_run(src / "a-seed0", 2)
+    write_run(src / "b-seed0", 1)
+    bundling.bundle(src, tmp_path / "bundle")
+    home = tmp_path / "home"
+    write_run(home / "a-seed0", 3)  # further along: kept
+    write_run(home / "b-seed0", 1)
+    loads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *args, **kwargs: loads.append(str(path)) or load(path, *args,
+                                                                                                      **kwargs))
+    done = bundling.unbundle(tmp_path / "bundle", home)
+    assert "a-seed0" in done["skipped"] and rundir.how_far(home / "b-seed0") == (1, False)
+    staged = [path for path in loads if "reproresnet-unbundle-" in path]
+    assert sorted(staged) == sorted(set(staged)) and len(staged) == 2

@@ -134,3 +134,32 @@ def test_selfcheck_augmentation_statistics_on_cpu():
     augmentation = selfcheck.check_augmentation(torch.device("cpu"), n=9000)
     assert augmentation["ok"] and abs(augmentation["flip_rate"] - 0.5) < 0.03
     assert sum(augmentation["row_offset_freq"]) == pytest.approx(1.0)
+
+
+def test_the_checks_batches_are_the_training_batches_reflect_padding_included():
+    """The self-check steps on the batches training draws: each run's order, augmentation and
+    padding (a reflect-padding recipe's crops are reflect-padded there too)."""
+    from reproresnet.data import train_batches
+    from reproresnet.train import epoch_seed
+    configs = [TrainConfig(arch="preact_resnet20", out=f"x/s{seed}", seed=seed, dataset="synthetic", limit_train=64,
+                           batch_size=8, device="cpu", padding="reflect") for seed in (0, 1)]
+    variant = selfcheck.Variant("eager", False, False, 1)
+    stacks = selfcheck._build(variant, configs, torch.device("cpu"), {})
+    steps = selfcheck._batches(stacks, full=2)
+
+    def drawn(run, padding):
+        recipe = stacks[0].recipe
+        return list(train_batches(run.splits.train, recipe.batch_size, normalizer=run.normalizer,
+                                  augmentation=recipe.augmentation, padding=padding, device="cpu",
+                                  generator=torch.Generator("cpu").manual_seed(epoch_seed(run.config.seed, 0))))
+
+    runs = [run for stack in stacks for run in stack.runs]
+    assert stacks[0].recipe.padding == "reflect" and len(runs) == 2
+    for index, run in enumerate(runs):
+        reflect, zero = drawn(run, "reflect"), drawn(run, "zero")
+        for step in (0, 1, 3):  # step 2 is the smaller batch: the first images of the third
+            images, labels = steps[step][index]
+            assert torch.equal(images, reflect[step][0]) and torch.equal(labels, reflect[step][1])
+        assert not all(torch.equal(steps[step][index][0], zero[step][0]) for step in (0, 1, 3))
+        smaller_images, _ = steps[2][index]
+        assert torch.equal(smaller_images, reflect[2][0][:len(smaller_images)])

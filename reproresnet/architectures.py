@@ -164,8 +164,8 @@ BOTTLENECK_NETWORKS = tuple(name for name, spec in ARCHITECTURES.items() if spec
 # ---------------------------------------------------------------- the committed table of their sizes
 
 TABLE = Path(__file__).with_name("architectures.csv")
-# Each network's default options (bn_batch, the last network option, is None for every one).
-OPTIONS = ("shortcut", "bottleneck_stride", "dropout", "preact_stage1", "layer_defaults")
+# Each network's default options: every network option but bn_batch, which is None for every one.
+OPTIONS = tuple(name for name in NETWORK_OPTIONS if name != "bn_batch")
 COLUMNS = ("name", "family", "block", "depth", "width", "params", "gflops", *OPTIONS)
 _TYPES = {"depth": int, "width": int, "params": int, "gflops": float, "dropout": float}
 REGENERATE = "python -m reproresnet list --csv > reproresnet/architectures.csv"

@@ -85,9 +85,9 @@ class TrainConfig:
         if isinstance(self.milestones, list):
             object.__setattr__(self, "milestones", tuple(self.milestones))
         self._check_types()
-        _choice("recipe", self.recipe, RECIPES)
+        choice("recipe", self.recipe, RECIPES)
         if self.engine is not None:
-            _choice("engine", self.engine, ENGINES)
+            choice("engine", self.engine, ENGINES)
         if not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r} is not valid: expected one of {DEVICES} or 'cuda:N'")
         if not self.dataset or not (self.dataset in DATASETS or self.dataset.startswith("folder:")) \
@@ -96,14 +96,7 @@ class TrainConfig:
         if not self.out:
             raise ConfigError("out='' is not valid: expected a run directory path")
         check_recipe(self.resolved_recipe())  # schedule, batch, data and optimiser values together
-        self._check_network()
-
-    def _check_network(self):
-        options = self.model_options()  # names an unknown network
-        try:
-            ARCHITECTURES[self.arch].options(options)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        self.network_options()
 
     def _check_types(self):
         hints = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
@@ -143,6 +136,15 @@ class TrainConfig:
         given = {name: getattr(self, name) for name in NETWORK_OPTIONS if getattr(self, name) is not None}
         return {**{k: v for k, v in recipe.items() if k in accepted}, **given}
 
+    def network_options(self) -> dict:
+        """Every option the network is built with: its source's defaults, then `model_options`,
+        each checked (`ArchSpec.options`)."""
+        options = self.model_options()  # names an unknown network
+        try:
+            return ARCHITECTURES[self.arch].options(options)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
     def describe(self, train_size: Optional[int] = None) -> dict:
         """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
         recipe = self.resolved_recipe()
@@ -150,9 +152,7 @@ class TrainConfig:
             train_size = (self.limit_train or CIFAR_TRAIN_IMAGES) - recipe.val_size
         _require(_is_int(train_size) and train_size > 0, "train_size", train_size, "a positive integer")
         schedule = make_schedule(recipe, self.arch, train_size)
-        spec = ARCHITECTURES[self.arch]
-        network = {**default_options(spec.family, spec.block), **self.model_options()}
-        network.pop("num_classes")
+        network = self.network_options()
         skip = ("warmup_archs", "batch_size_for", *NETWORK_OPTIONS)
         fields = {k: v for k, v in recipe.as_dict().items() if k not in skip}
         return {"arch": self.arch, **fields, "train_size": train_size,
@@ -165,7 +165,7 @@ class TrainConfig:
         was asked for (a default or the same value given explicitly): the recipe's length in
         epochs (None for a length in iterations), the network's options (None where it has none)."""
         recipe = self.resolved_recipe()
-        network = ARCHITECTURES[self.arch].options(self.model_options())
+        network = self.network_options()
         values = self.as_dict()
         values.update({name: value for name, value in recipe.as_dict().items()
                        if name in RECIPE_OWNED and name not in NETWORK_OPTIONS})
@@ -199,9 +199,10 @@ def check_stackable(configs: list[TrainConfig]) -> None:
     """Runs trained as one stack: one config, seeds apart, each run in its own directory."""
     def shared(config):
         return {key: value for key, value in config.effective().items() if key not in ("seed", "out")}
-    for config in configs[1:]:
-        if shared(config) != shared(configs[0]):
-            changed = sorted(key for key, value in shared(config).items() if shared(configs[0]).get(key) != value)
+    values = [shared(config) for config in configs]
+    for config, this in zip(configs[1:], values[1:]):
+        if this != values[0]:
+            changed = sorted(key for key, value in this.items() if values[0].get(key) != value)
             raise ConfigError(f"{config.out} differs from {configs[0].out} in {changed}: only runs that differ "
                               f"in their seed can be trained as one stack")
     if len({os.path.realpath(config.out) for config in configs}) != len(configs):
@@ -250,11 +251,11 @@ def check_recipe(recipe: Recipe) -> Recipe:
              f"fractions strictly between 0 and {recipe.length}; the run is {recipe.length} {recipe.unit}s long)")
     _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
              recipe.warmup_length, f"a number in [0, {recipe.length})")
-    _choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
-    _choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
-    _choice("normalization", recipe.normalization, NORMALIZATIONS)
-    _choice("augmentation", recipe.augmentation, AUGMENTATIONS)
-    _choice("padding", recipe.padding, PADDINGS)
+    choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
+    choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
+    choice("normalization", recipe.normalization, NORMALIZATIONS)
+    choice("augmentation", recipe.augmentation, AUGMENTATIONS)
+    choice("padding", recipe.padding, PADDINGS)
     _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
              "0 or a positive integer")
     return recipe
@@ -273,7 +274,7 @@ def _require(ok: bool, name: str, value, accepted: str) -> None:
         raise ConfigError(f"{name}={value!r} is not valid: expected {accepted}")
 
 
-def _choice(name: str, value, choices) -> None:
+def choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} is not valid: expected one of {list(choices)}")
 

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, choice
 from .recipes import Recipe
 from .stacked import stacked_loss
 
@@ -90,8 +90,7 @@ def resolve_engine(config: TrainConfig, device: torch.device, distributed: bool)
 
 
 def check_compile_mode(mode: str) -> None:
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile_mode={mode!r} is not valid: expected one of {list(COMPILE_MODES)}")
+    choice("compile_mode", mode, COMPILE_MODES)
 
 
 def compile_model(model: torch.nn.Module, mode: str = "default", backend="inductor"):

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architectures import ARCHITECTURES, ArchSpec, default_options
+from .architectures import ARCHITECTURES, OPTIONS, ArchSpec, default_options
 
 
 
@@ -347,18 +347,15 @@ def describe_architectures(num_classes: int = 10) -> list[dict]:
 
 
 def architecture_rows() -> list[dict]:
-    """`describe_architectures` with each network's forward GFLOPs per image (counted on the
-    meta device, nothing computed) and its default options: the rows of the committed table
-    that the book and the command line read without torch (`reproresnet.architectures`)."""
-    from .architectures import OPTIONS
-    meta = torch.device("meta")
+    """Each network's spec, exact parameters, forward GFLOPs per image (both counted on the meta
+    device, nothing computed: `network_size`) and default options: the rows of the committed
+    table that the book and the command line read without torch (`reproresnet.architectures`)."""
     rows = []
-    for row in describe_architectures():
-        with meta:
-            model = build_model(row["name"])
-        spec = ARCHITECTURES[row["name"]]
+    for spec in ARCHITECTURES.values():
+        params, flops = network_size(spec.name)
         options = default_options(spec.family, spec.block)
-        rows.append({**row, "gflops": round(flops_per_image(model, meta) / 1e9, 3),
+        rows.append({"name": spec.name, "family": spec.family, "block": spec.block, "depth": spec.depth,
+                     "width": spec.width, "params": params, "gflops": round(flops / 1e9, 3),
                      **{name: options.get(name) for name in OPTIONS}})
     return rows
 

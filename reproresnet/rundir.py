@@ -87,6 +87,10 @@ def remove_orphans(run_dir: Path) -> None:
         orphan.unlink(missing_ok=True)
 
 
+def write_bytes(path: Path, content: bytes) -> None:
+    write_atomic(path, lambda file: file.write(content))
+
+
 def write_json(path: Path, data: dict) -> None:
     write_atomic(path, lambda file: file.write(records.json_bytes(data)))
 
@@ -263,14 +267,14 @@ def _lock_owner(handle) -> str:
 def save(writer: Writer, run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:
     """The run's files, in the writer's order: the checkpoint first, holding the record as plain
     JSON values (the source of truth a resumption rebuilds metrics.csv and run.json from), then
-    metrics.csv, then run.json. What is handed to the writer is a copy: training goes on while
-    a background writer works."""
+    metrics.csv, then run.json. What is handed to the writer is a copy (the files' bytes): training
+    goes on while a background writer works."""
     record["updated"] = records.now()
-    record, metrics = json.loads(records.json_bytes(record)), copy.deepcopy(metrics)
+    content = records.json_bytes(record)
     if checkpoint is not None:
-        writer.submit(write_checkpoint, run_dir / CHECKPOINT_FILE, {**checkpoint, "record": record})
-    writer.submit(write_metrics, run_dir / METRICS_FILE, metrics)
-    writer.submit(write_json, run_dir / RUN_FILE, record)
+        writer.submit(write_checkpoint, run_dir / CHECKPOINT_FILE, {**checkpoint, "record": json.loads(content)})
+    writer.submit(write_bytes, run_dir / METRICS_FILE, records.metrics_bytes(metrics))
+    writer.submit(write_bytes, run_dir / RUN_FILE, content)
 
 
 def snapshot(value, background: bool):

@@ -216,10 +216,14 @@ def stack_inputs(batches: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def stacked_batch(batches, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The K runs' (images, labels) as the stack's input `[B, 3K, H, W]` and labels `[K, B]`."""
-    images = batches[0][0] if len(batches) == 1 else stack_inputs([images for images, _ in batches])
+    if len(batches) == 1:  # one run: its own tensors, not copies
+        images, labels = batches[0][0], batches[0][1].unsqueeze(0)
+    else:
+        images = stack_inputs([images for images, _ in batches])
+        labels = torch.stack([labels for _, labels in batches])
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    return images, torch.stack([labels for _, labels in batches])
+    return images, labels
 
 
 def stacked_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -422,9 +422,8 @@ def _epoch(stack: Stack, epoch: int, writer: rundir.Writer, progress: bool, hard
     _stop_diverged(stack, rows, epoch, writer)
     if not any(run.active for run in stack.runs):
         return
-    # Each run's state as it is now (on CUDA a copy, for the background writer).
-    models, optimizers = rundir.snapshot(member_states(stack.model, stack.optimizer, stack.k),
-                                         stack.device.type == "cuda")
+    # Each run's state as it is now (for a background writer, as on CUDA, a copy).
+    models, optimizers = rundir.snapshot(member_states(stack.model, stack.optimizer, stack.k), writer.background)
     _validate(stack, rows, models, writer)
     _test(stack, rows)
     for run, row, model, optimizer in zip(stack.runs, rows, models, optimizers):

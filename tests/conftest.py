@@ -75,8 +75,8 @@ def tiny(tmp_path, name="run", **changes):
 
 def weights(run_dir) -> dict:
     """The network in the run's checkpoint."""
-    from reproresnet import records
-    return torch.load(Path(run_dir) / records.CHECKPOINT_FILE, weights_only=True)["model"]
+    from reproresnet import records, rundir
+    return rundir.read_checkpoint(Path(run_dir) / records.CHECKPOINT_FILE)["model"]
 
 
 def metrics_without_timing(run_dir) -> list[dict]:

@@ -706,8 +706,9 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
     notes = "".join(f'<li id="{table_id}-note-{n}">{escape(note)}</li>'
                     for n, note in enumerate(table.attrs.get("notes", []), 1))
     run = f' data-run="{escape(table.attrs["run"])}"' if "run" in table.attrs else ""
-    words = (f'<p class="table-notes status-words">What the status words mean: <a href="{pages}{STATUS_WORDS}">'
-             f'status words</a>.</p>' if table.attrs.get("status_words") else "")
+    words = (f'<p class="table-notes status-words">What each status word (complete, stopped, deadline, resumable, '
+             f'checkpoint not kept, ...) means: <a href="{pages}{STATUS_WORDS}">status words</a>.</p>'
+             if table.attrs.get("status_words") else "")
     return (f'<div class="table-scroll"><table id="{table_id}" class="report-table" '
             f'data-source="{table.attrs.get("source", "records")}"{run}>'
             f'<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>' +
@@ -1119,7 +1120,7 @@ def run_summary(record) -> pd.DataFrame:
     final = record.get("final") or {}
     data = record["data"]
     gpu = gpu_seconds(run)
-    rows = {"network": record["arch"], "data set": data.get("label"),
+    rows = {"network": Network(record["arch"]), "data set": data.get("label"),
             "train / val / test images": f"{data.get('n_train', 0):,} / {data.get('n_val', 0):,} / "
                                          f"{data.get('n_test', 0):,}",
             "recipe": f"{record['config'].get('recipe')}, batch {(record.get('recipe') or {}).get('batch_size')}",

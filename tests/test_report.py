@@ -227,6 +227,9 @@ def test_plot_curves_zoom_to_the_epochs_done_and_label_coinciding_references_onc
     # the x axis spans the 3 epochs done and says so; the drops at 80 and 120 are not reached
     assert error_axes.get_xlim() == (0, 3) and loss_axes.get_xlim() == (0, 3)
     assert error_axes.get_xlabel() == "epoch (3 of 200 done)" and not gid_lines(error_axes, "lr_drop")
+    record["schedule"]["milestones"] = [1_564, 93_840]  # a drop after epoch 2: reached, and marked there
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    assert [line.get_xdata()[0] for line in gid_lines(report.plot_curves(run_dir).axes[0], "lr_drop")] == [2]
     legend = [text.get_text() for text in figure.legends[0].get_texts()]
     assert legend == ["test error", "training error", "He et al. 2016 6.37 / ReScience repr. 6.38 %"]
     assert all(text.get_fontsize() >= report.LABEL_SIZE for text in figure.legends[0].get_texts())

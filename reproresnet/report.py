@@ -438,7 +438,7 @@ def run_index_table(runs: list[RunRecord]) -> pd.DataFrame:
     its network, data, epochs done of planned, status and last test error."""
     columns = ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
     rows = [{"run": linked(run.name, [run]), "network": Network(run.arch),
-             "data": f"{run.label}, {run.record['data'].get('n_train', 0):,} training images",
+             "data": linked(f"{run.label}, {run.record['data'].get('n_train', 0):,} training images", [run]),
              "epochs done / planned": linked(f"{run.record['epochs_done']}/{run.record['epochs_planned']}", [run]),
              "status": linked(run_status(run), [run]), "test error (%)": linked(_last_test_error(run), [run])}
             for run in sorted(runs, key=lambda run: run.name)]

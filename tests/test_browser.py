@@ -187,7 +187,8 @@ return Array.from(document.querySelectorAll('article table')).filter(t => t.offs
 INTERNAL_LINKS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
 # Every cell of a table computed from the records (html_table's data-source="records") that
 # holds a number is a link to a record page, or is quoted (the papers', the seed's, the
-# library's), or holds note numbers, or belongs to a record page's own table (data-run).
+# library's), or holds note numbers or a network's title (`WRN-16-4`), or belongs to a record
+# page's own table (data-run).
 UNLINKED_NUMBERS = r"""
 const number = /(^|[^\w.\/-])\d[\d,.]*/;
 return Array.from(document.querySelectorAll('table.report-table')).flatMap(table => {
@@ -195,7 +196,7 @@ return Array.from(document.querySelectorAll('table.report-table')).flatMap(table
   if (table.dataset.source !== 'records') return [];
   const own = table.dataset.run;
   return Array.from(table.querySelectorAll('td')).filter(td => number.test(td.textContent))
-    .filter(td => !td.classList.contains('quoted') && !td.querySelector('a.note-ref'))
+    .filter(td => !td.classList.contains('quoted') && !td.querySelector('a.note-ref, span.network'))
     .filter(td => own ? false : !Array.from(td.querySelectorAll('a.record-link'))
                                      .some(a => /\/book\/runs\/[^/]+\.html$/.test(new URL(a.href).pathname)))
     .map(td => `${table.id}: "${td.textContent.trim()}" links to no record page`);

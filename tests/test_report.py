@@ -587,10 +587,11 @@ def test_claims_table_quotes_each_claim_and_tests_none_before_its_runs_are_compl
     wrn = by_claim["WRN-16-4 reaches 5.55 % test error on CIFAR-10 (not stated)"]
     assert wrn["ours on CIFAR-10 (%)"] == "wrn_16_4 6.10 ± 0.14 (2 of 3 seeds, 200 epochs)"
     assert wrn["verdict"] == "not tested yet (2 of 3 complete runs)"
+    assert wrn["verdict"].records == wrn["ours on CIFAR-10 (%)"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
     assert wrn["tested by"] == "wrn_16_4: 3 complete CIFAR-10 runs"
     assert wrn["tested by"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
     compared = by_claim["Pre-act ResNet-110 (6.37 %) has lower error than ResNet-110 (original) (6.61 %)"]
-    assert compared["verdict"] == "not tested yet (0 of 6 complete runs)"
+    assert compared["verdict"] == "not tested yet: no complete run"
     assert compared["tested by"] == "preact_resnet110 and resnet110: 3 complete CIFAR-10 runs each"
     assert compared["ours on CIFAR-10 (%)"] == "preact_resnet110 not run yet; resnet110 not run yet"
     assert "WRN-16-4 (5.55 %) matches Pre-act ResNet-164 (5.46 %)" in by_claim
@@ -646,6 +647,7 @@ def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_record
     assert measured["GPU-seconds per epoch, one run"] == f"{37 / 3:.1f}"
     assert measured["GPU-hours, its runs"] == f"{3 * 200 * 37 / 3 / 3600:.1f}"
     assert measured["how the time is known"] == "measured (NVIDIA H100, bf16 autocast)"
+    assert measured["how the time is known"].records == measured["GPU-hours, its runs"].records
     ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
     wrn = table.loc["wrn_16_4"]
     assert wrn["GPU-seconds per epoch, one run"] == f"{37 / 3 * ratio:.1f}"
@@ -653,7 +655,8 @@ def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_record
     assert wrn["GPU-hours, its runs"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
     hours = [3 * 200 * 37 / 3 * (architectures.row(n)["gflops"] / architectures.row("preact_resnet110")["gflops"])
              / 3600 for n in reference.PLANNED]
-    assert table.loc["5 networks", "GPU-hours, its runs"] == f"{sum(hours):.1f}"
+    assert table.loc["the whole plan", "GPU-hours, its runs"] == f"{sum(hours):.1f}"
+    assert table.loc["the whole plan", "runs"] == "15"
     assert report.plan_line().startswith("5 networks × 3 seeds (0, 1, 2) = 15 runs of 200 epochs on CIFAR-10, "
                                          "in 2 tiers (tier 1: preact_resnet110, preact_resnet164, wrn_16_4; tier 2: "
                                          "resnet110, resnet164)")

@@ -771,8 +771,7 @@ class EpochCost:
         where = f"{self.gpus}, {self.precision}"
         if self.measured_on is None:
             return f"measured ({where})"
-        return (f"estimated: {self.measured_on}'s measured {self.seconds / self.ratio:.1f} s × {self.ratio:.2f}, "
-                f"their ratio of forward GFLOPs per image ({where})")
+        return f"estimated: {self.measured_on}'s {self.seconds / self.ratio:.1f} s × {self.ratio:.2f} (GFLOPs ratio; {where})"
 
 
 def _measured_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
@@ -852,8 +851,8 @@ def plan_line() -> str:
 BAND_SDS = 2
 CLAIM_RULE = (f"A claim is tested once every network it names has all {len(PLANNED_SEEDS)} planned seeds complete "
               f"on the full CIFAR-10 data (until then: not tested yet). A quoted error is reproduced when it lies "
-              f"within our mean ± {BAND_SDS} sample standard deviations over those seeds: that band holds about "
-              f"95 % of single runs if the seeds' errors are roughly normal, and a single run (the seed's) or a "
+              f"within our mean ± {BAND_SDS} sample standard deviations over those seeds: were the seeds' errors "
+              f"normal with that spread, the band would hold about 95 % of single runs, so a single run (the seed's) or a "
               f"median of 5 (the papers') that falls outside it differs from ours by more than the seed-to-seed "
               f"spread we measure. A comparison of two networks is reproduced when our two means differ in the "
               f"stated direction by more than {BAND_SDS} standard errors of their difference (√(s₁²/n₁ + s₂²/n₂)), "

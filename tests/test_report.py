@@ -651,7 +651,8 @@ def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_record
     ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
     wrn = table.loc["wrn_16_4"]
     assert wrn["GPU-seconds per epoch, one run"] == f"{37 / 3 * ratio:.1f}"
-    assert wrn["how the time is known"].startswith(f"estimated: preact_resnet110's measured 12.3 s × {ratio:.2f}")
+    assert wrn["how the time is known"] == \
+        f"estimated: preact_resnet110's 12.3 s × {ratio:.2f} (GFLOPs ratio; NVIDIA H100, bf16 autocast)"
     assert wrn["GPU-hours, its runs"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
     hours = [3 * 200 * 37 / 3 * (architectures.row(n)["gflops"] / architectures.row("preact_resnet110")["gflops"])
              / 3600 for n in reference.PLANNED]

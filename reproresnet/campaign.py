@@ -9,8 +9,8 @@ The plan is networks x seeds x one recipe x one data set (default: the plan of
 three networks, then the original units He et al. compare them with; a tier starts once every
 run of the tiers before it has finished (complete, or diverged: it cannot go on), so a budget
 spent early goes to the claims the seed tested. One process trains it all: the data set is read
-once and held once on the device; the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
-precision, layout, stack size) on the real data, or its record from an earlier call is reused,
+once and held once on the device; the self-check (`selfcheck.py`, seconds) chooses how to train
+(engine, precision, layout, stack size) on the real data, or its record from an earlier call is reused,
 so that every call trains the same way; then each network's seeds train as one stacked network
 (at most `--stack` runs; default all its seeds), stacks one after another, those furthest
 along first. Every run writes what a `train` run writes (on CUDA a background thread writes

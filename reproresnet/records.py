@@ -15,7 +15,6 @@ import csv
 import functools
 import io
 import json
-import math
 import os
 import platform
 import re
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError
+from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError, _is_number
 
 RUN_FORMAT = "reproresnet-run/1"
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
@@ -194,10 +193,6 @@ def _shown(value) -> str:
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _text_or_none(value) -> bool:

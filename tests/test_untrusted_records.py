@@ -36,7 +36,7 @@ def _first_line(err: str) -> str:
 
 @pytest.mark.parametrize("field, value", [
     ("name", "../../README"), ("name", "/etc/passwd"), ("name", "a/b"), ("name", "a\\b"), ("name", ".hidden"),
-    ("name", ""), ("name", "nul\0"), ("name", "..") , ("name", "a b"), ("name", 7),
+    ("name", ""), ("name", "nul\0"), ("name", ".."), ("name", "a b"), ("name", 7),
     ("arch", "<img src=x onerror=alert(1)>"), ("arch", ["wrn_16_4"]),
     ("status", "owned"), ("epochs_done", "5"), ("epochs_planned", -1), ("message", {"html": "<b>"}),
     ("data.label", 3.5), ("device.name", ["GPU"]), ("final.test_error", "6%"),
@@ -235,6 +235,13 @@ def test_the_plan_refuses_a_tag_that_is_not_a_name():
         campaign.Plan(archs=("preact_resnet20",), seeds=(0,), tag="../x").configs("/tmp/nowhere", "cpu", "fp32")
 
 
+def test_a_sweep_tag_that_is_not_a_name_is_refused_before_anything_is_created(tmp_path):
+    from reproresnet import sweep
+    with pytest.raises(ValueError, match="tag='../../x' is not valid"):
+        sweep.run_sweep(["preact_resnet20"], [0], tmp_path / "results", {"dataset": "synthetic"}, tag="../../x")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", ["../x", "/tmp/x", ".."])
 def test_bundle_and_unbundle_refuse_a_name_that_is_a_path(tmp_path, capsys, name):
     src = tmp_path / "campaign"
@@ -269,10 +276,10 @@ def test_a_manifest_listing_a_path_with_a_hidden_or_odd_part_is_refused(tmp_path
 # ---------------------------------------------------------------- unbundle: never another experiment's place
 
 def _run_of(run_dir: Path, epochs: int, **config) -> None:
+    """A run of ours whose record and checkpoint hold `config`."""
     write_run(run_dir, epochs)
-    for path in (run_dir / records.RUN_FILE,):
-        record = json.loads(path.read_text())
-        path.write_text(json.dumps({**record, "config": config}))
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    (run_dir / records.RUN_FILE).write_text(json.dumps({**record, "config": config}))
     state = rundir.read_checkpoint(run_dir / records.CHECKPOINT_FILE)
     rundir.write_checkpoint(run_dir / records.CHECKPOINT_FILE, {**state, "config": config,
                                                                  "record": {**state["record"], "config": config}})

@@ -650,7 +650,7 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
 
 # Characters left as they are in Markdown text: inline (line breaks become spaces), and with "[",
 # "]" and "<" escaped, none of them starts a link, role, directive, math, substitution, emphasis or tag.
-_MARKDOWN_PLAIN = frozenset(string.ascii_letters + string.digits + " ,./-()%")
+_MARKDOWN_PLAIN = frozenset(string.ascii_letters + string.digits + " ,;./-()%")
 
 
 def markdown_text(value) -> str:

@@ -109,6 +109,11 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
                 raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
             if not isinstance(bench.get("rows"), list):
                 raise ValueError("field 'rows' missing")
+            if "thread_rules" in bench and not (isinstance(bench["thread_rules"], list) and
+                                                isinstance(bench.get("load_at_start"), (int, float))):
+                raise ValueError("fields 'thread_rules' (a list) and 'load_at_start' (a number) do not go together")
+            if not records.is_safe_name(path.parent.name):  # it names the benchmark's page
+                raise ValueError(f"its folder's name {path.parent.name!r} is not valid: expected {records.NAME_RULE}")
         except (OSError, UnicodeDecodeError, ValueError) as error:
             problems.append({"path": str(path), "problem": str(error)})
             continue

@@ -174,7 +174,7 @@ def markdown_table(table: pd.DataFrame, link) -> str:
     def cell(value) -> str:
         text = report.markdown_text(value)  # "|" included
         if isinstance(value, report.Network) and value.title != value:
-            return f'[{report.markdown_text(value.title)}]({ARCHITECTURES_PAGE} "{value}")'
+            return f'[{value.title.replace("|", "/")}]({ARCHITECTURES_PAGE} "{value}")'  # the library's own words'
         return f"[{text}]({link(value.records[0])})" if isinstance(value, report.Linked) and value.records else text
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]

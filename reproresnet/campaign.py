@@ -5,8 +5,10 @@ one process.
 
 The plan is networks x seeds x one recipe x one data set (default: the seed's three networks,
 seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig` (`--train-args` are `train`
-flags shared by every run). One process trains it all: the data set is read once and held once
-on the device; the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
+flags shared by every run). One process trains it all: the device is probed first (`probe.py`:
+capture and replay, grouped against separate convolutions, autotuning; `_campaign/probe.json`,
+once per directory and device), the data set is read once and held once on the device; the
+self-check (`selfcheck.py`, seconds) chooses how to train (engine,
 precision, layout, stack size) on the real data, or its record from an earlier call is reused,
 so that every call trains the same way; then each network's seeds train as one stacked network
 (at most `--stack` runs; default all its seeds), stacks one after another, those furthest
@@ -48,6 +50,7 @@ from .reference import REPRODUCED
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
 SELFCHECK_FILE = "selfcheck.json"
+PROBE_FILE = "probe.json"
 FORMAT = "reproresnet-campaign/2"
 # s a new stack needs at least: it builds its networks, warms up and captures before its first
 # epoch ends (seconds on the graph engine)
@@ -208,6 +211,7 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
         f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
+    _probe(out, check_configs, device, options, log)
     sources = {}
     began = time.time()
     for configs in check_configs.values():
@@ -222,6 +226,28 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
     plan_configs = plan.configs(out, device.type, chosen.precision)
     _train_plan(out, plan_configs, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
     return plan_configs
+
+
+def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
+    """What only the device can tell (probe.py), into `_campaign/probe.json` before anything
+    else: once per campaign directory, device and torch (a later call reuses it)."""
+    import torch
+
+    from . import probe
+    path = out / STATE_DIR / PROBE_FILE
+    try:
+        earlier = json.loads(path.read_text())
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        if (earlier.get("format"), earlier.get("device"), earlier.get("gpu"), earlier.get("torch")) == \
+                (probe.FORMAT, str(device), gpu, torch.__version__):
+            log(f"campaign: the device probe of {earlier.get('created')} holds ({path})")
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    batches = {arch: configs[0].resolved_recipe().batch_size for arch, configs in plan.items()}
+    record = probe.probe(device, batches, budget=min(probe.BUDGET, 0.05 * options.budget))
+    rundir.write_json(path, {**record, "created": records.now()})
+    log(probe.format_probe(record))
 
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,

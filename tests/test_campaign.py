@@ -136,6 +136,8 @@ def test_a_fresh_run_after_one_stopped_for_the_deadline_is_not_started_and_gets_
     assert "a run stopped for the deadline" in rows[1]["detail"]
     assert len(calls) == 1 and (calls[0].step_seconds, calls[0].setup_seconds) == (0.25, 4)
     assert any("250.0 ms a step predicted" in line for line in logged)
+    probed = json.loads((tmp_path / campaign.STATE_DIR / campaign.PROBE_FILE).read_text())  # first, bundled
+    assert probed["skipped"].startswith("needs CUDA") and logged[1].startswith("probe: cpu: skipped")
 
 
 def test_a_step_is_predicted_from_the_self_check_and_scaled_to_networks_it_did_not_time(tmp_path):

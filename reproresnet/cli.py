@@ -16,7 +16,7 @@ import sys
 
 from . import __version__, architectures
 from .config import DEVICES, ENGINES, ConfigError, TrainConfig
-from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES
+from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, WEIGHT_DECAY_SCOPES
 
 
 def _integer(text: str) -> int:
@@ -67,8 +67,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned.add_argument("--batch-size", type=_integer, help="images per SGD step")
     owned.add_argument("--lr", type=number, help="peak learning rate at this batch size")
     owned.add_argument("--weight-decay", type=number, help="L2 weight decay (PyTorch's, not an L2 loss term)")
-    owned.add_argument("--weight-decay-on", metavar="all|weights",
-                       help="every parameter, or conv and linear weights only (Lasagne's L2)")
+    owned.add_argument("--weight-decay-on", metavar="|".join(WEIGHT_DECAY_SCOPES),
+                       help="every parameter; conv and linear weights only; or Lasagne's regularizable "
+                            "parameters, conv and linear weights and batch norm's gamma (the seed's code)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
     owned.add_argument("--momentum-form", metavar="|".join(MOMENTUM_FORMS),
                        help="at a change of lr the momentum is kept (PyTorch, Torch), kept in lr units "

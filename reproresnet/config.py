@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
 from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES,
-                      Recipe, as_record, make_schedule)
+                      Recipe, as_record, make_schedule, weight_decay_reach)
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ class TrainConfig:
     batch_size: Optional[int] = None      # images per SGD step
     lr: Optional[float] = None            # peak learning rate at `batch_size`
     weight_decay: Optional[float] = None
-    weight_decay_on: Optional[str] = None  # all | weights (conv and linear weights only)
+    weight_decay_on: Optional[str] = None  # all | weights | lasagne (recipes.DECAYED_ROLES)
     milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
     momentum_form: Optional[str] = None   # pytorch | lasagne | reset: the momentum at a change of lr
     seed: int = 0
@@ -154,7 +154,12 @@ class TrainConfig:
         schedule = make_schedule(recipe, self.arch, train_size)
         network = self.network_options()
         skip = ("warmup_archs", "batch_size_for", *NETWORK_OPTIONS)
-        fields = {k: v for k, v in recipe.as_dict().items() if k not in skip}
+        fields = {}
+        for key, value in recipe.as_dict().items():
+            if key not in skip:
+                fields[key] = value
+            if key == "weight_decay_on":  # the scope's meaning beside its name
+                fields["weight_decay_reaches"] = weight_decay_reach(value)
         return {"arch": self.arch, **fields, "train_size": train_size,
                 "iterations": schedule.total_iterations, "iterations_per_epoch": schedule.iterations_per_epoch,
                 "milestones_iterations": list(schedule.milestones), "warmup_iterations": schedule.warmup_iterations,

@@ -55,7 +55,7 @@ FORMAT = "reproresnet-campaign/2"
 # s a new stack needs at least: it builds its networks, warms up and captures before its first
 # epoch ends (seconds on the graph engine)
 DEFAULT_MIN_START = {"cuda": 20.0, "cpu": 5.0}
-DEFAULT_SELFCHECK_BUDGET = {"cuda": 20.0, "cpu": 30.0}
+DEFAULT_SELFCHECK_BUDGET = {"cuda": 60.0, "cpu": 30.0}  # a complete check is reused by later calls
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -202,8 +202,7 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
 
     from . import selfcheck
     from .config import cpu_threads, select_device
-    from .data import load_source
-    from .data import source_key
+    from .data import load_sources
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
@@ -212,14 +211,8 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     _probe(out, check_configs, device, options, log)
-    sources = {}
     began = time.time()
-    for configs in check_configs.values():
-        for config in configs:
-            key = source_key(config)
-            if key not in sources:
-                sources[key] = load_source(config.dataset, config.data_dir, download=config.download,
-                                           seed=config.seed).to(device)
+    sources = load_sources([config for configs in check_configs.values() for config in configs], device)
     log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
@@ -252,20 +245,22 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
                       stop_at: float, log) -> dict:
-    """The self-check's record: an earlier call's if it finished (every call trains the same
-    way and at the same precision), else a new one within its budget."""
+    """The self-check's record: an earlier call's if it is complete and its choice passed
+    (`config.selfcheck_state`; every call then trains the same way and at the same precision),
+    else a new one within its budget."""
     from . import selfcheck
+    from .config import selfcheck_state
     path = out / STATE_DIR / SELFCHECK_FILE
-    try:
-        record = json.loads(path.read_text())
-        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
-        if record.get("format") == selfcheck.FORMAT and "ok" in record and precision in (None, chosen.precision) \
-                and options.stack in (None, chosen.stack):
-            log(f"campaign: the self-check of {record['created']} chose {record['chosen']['variant']} "
-                f"({record['chosen']['why']})")
+    record = _read_selfcheck(out)
+    if record is not None:
+        state, why = selfcheck_state(record)
+        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
+        if chosen and precision in (None, chosen.precision) and options.stack in (None, chosen.stack):
+            log(f"campaign: the self-check of {record['created']} {why}")
             return record
-    except (OSError, ValueError, KeyError):
-        pass
+        log("campaign: the earlier self-check is not reused: " + (
+            f"{state}, {why}" if chosen is None else f"it chose {chosen.name}, this call asks for "
+                                                     f"precision {precision or 'auto'}, stack {options.stack or 'auto'}"))
     budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
     # The first network's variants now; the others just before they first train (_check_network).
     record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
@@ -285,13 +280,13 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     began = time.time()
     try:
-        result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen,
-                                         selfcheck.compared_steps(device))
+        result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen)
     except Exception as error:  # noqa: BLE001 (a crash is a failed check, recorded)
         result = {"ok": False, "variant": chosen.name, "error": f"{type(error).__name__}: {error}"[:500]}
     result["seconds"] = round(time.time() - began, 1)
     record["networks"][arch] = result
     log(f"selfcheck {arch} {chosen.name}: {'ok' if result['ok'] else 'FAILED'} ({result['seconds']} s)"
+        + (f" worst {result['worst']['ratio']:.2g} x tolerance" if "worst" in result else "")
         + (f" {result['error']}" if "error" in result else ""))
     rundir.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
 
@@ -425,6 +420,26 @@ def status_rows(plan_configs: dict, outcomes: dict | None = None) -> list[dict]:
     return rows
 
 
+def _read_selfcheck(out: Path) -> dict | None:
+    """The self-check record in `out`, or None where there is none or it cannot be read."""
+    try:
+        record = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def selfcheck_line(out: Path) -> str:
+    """What the status table says of the self-check in `out`: complete (reused), cut short or
+    failed (checked again on the next call), or none yet; torch-free."""
+    from .config import selfcheck_state
+    record = _read_selfcheck(Path(out))
+    if record is None:
+        return "self-check: none yet (the next call checks first)"
+    state, why = selfcheck_state(record)
+    return f"self-check of {record.get('created', '?')}: {state}, {why}"
+
+
 def format_status(rows: list[dict]) -> str:
     lines = [f"{'run':<36} {'status':<12} {'epochs':>9} {'test err':>9} {'s/epoch':>8} {'engine':>8}  this call"]
     for row in rows:
@@ -544,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.status:
         print(format_status(status_rows(_status_configs(plan, Path(args.out)))))
+        print(selfcheck_line(Path(args.out)))
         return 0
     device = _device_type(args.device)
     options = Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
@@ -559,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproresnet campaign: error: {error}", file=sys.stderr)
         return 2
     print(format_status(rows), flush=True)
+    print(selfcheck_line(Path(args.out)), flush=True)
     sys.stderr.flush()
     # Everything is written (atomically, fsynced). Skip the interpreter's teardown: with torch
     # imported it took 5 s and more on a loaded machine, and the budget includes the exit.

@@ -351,3 +351,28 @@ class Variant:
 
 def reference_variant() -> Variant:
     return Variant("eager", False, False, 1)
+
+
+# The self-check's record (selfcheck.py), read here without torch: `campaign --status` says what it is worth.
+SELFCHECK_FORMAT = "reproresnet-selfcheck/3"
+
+
+def selfcheck_state(record) -> tuple[str, str]:
+    """(state, why) of a self-check record for a later campaign call: "complete" only if it is of
+    this format, every one of its checks ran, and the variant it chose passed (a later call reuses
+    it); else "old format", "cut short" (its budget ended it, or it was stopped before it wrote
+    "complete"), "failed" (its choice did not pass) or "unreadable": the next call checks again."""
+    try:
+        chosen = record["chosen"]["variant"]
+    except (TypeError, KeyError):
+        return "unreadable", "no chosen variant in it: checked again on the next call"
+    if record.get("format") != SELFCHECK_FORMAT:
+        return "old format", f"{record.get('format')!r}, not {SELFCHECK_FORMAT!r}: checked again on the next call"
+    if record.get("complete") is not True:
+        unchecked = record.get("unchecked") or []
+        return "cut short", ((f"by its budget, {len(unchecked)} check(s) not run ({', '.join(unchecked)})"
+                              if unchecked else "stopped before it ended") + ": checked again on the next call")
+    passed = next((r.get("ok") for r in record.get("variants", []) if r.get("variant") == chosen), None)
+    if passed is not True:
+        return "failed", f"its choice {chosen} did not pass: checked again on the next call"
+    return "complete", f"chose {chosen} ({record['chosen'].get('why', '')}); reused by later calls"

@@ -473,11 +473,14 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
     measured = {}
 
     def reference():
+        if not variants:  # nothing to judge against it: the reference alone, timed
+            return reference_alone(first, device, sources, timed)
         measured["base"] = baseline(first, device, sources, precisions, timed)
         record.update(floors=measured["base"].floors, floor_distances=measured["base"].floor_distances)
         return measured["base"].reference
 
-    result = attempt(f"{archs[0]} {reference_variant().name} (reference, exact step and floors)", reference)
+    result = attempt(f"{archs[0]} {reference_variant().name} (reference" +
+                     (", exact step and floors)" if variants else ", timed)"), reference)
     if result is not None:
         record["variants"].append({**variant_fields(reference_variant()), **result})
     for variant in variants if "base" in measured else ():
@@ -524,11 +527,29 @@ def variant_fields(variant: Variant) -> dict:
             "channels_last": variant.channels_last, "stack": variant.stack}
 
 
+def reference_alone(configs: list[TrainConfig], device, sources: dict, timed: int) -> dict:
+    """The reference's record where no variant is judged against it: timed, not compared (it
+    defines the fp32 floor, so it would pass by construction)."""
+    began = time.perf_counter()
+    configs = check_configs(configs)
+    stacks = _build(reference_variant(), configs, device, device_splits(configs, device,
+                                                                        load_sources(configs, device, sources)))
+    with exact_fp32():
+        seconds = _time(stacks[0], _batches(stacks, JUDGED[0].batch + 1), timed)
+    images = configs[0].resolved_recipe().batch_size
+    return {**variant_fields(reference_variant()), "ok": True, "note": "nothing judged against it: timed only",
+            "seconds_per_step": seconds, "images_per_second": images / seconds if seconds else None,
+            "setup_and_steps_seconds": round(time.perf_counter() - began, 2)}
+
+
 def check_network(configs: list[TrainConfig], device, sources: dict, variant: Variant,
                   stacked: Variant | None = None) -> dict:
     """`variant` judged on one more network (floors of its precision; not timed); and `stacked`,
     of the same precision, under "stacked" where given (the plan's stack, when `variant` trains
-    the networks apart: whether this network could train stacked)."""
+    the networks apart: whether this network could train stacked). The reference alone is
+    not measured: it defines the floor."""
+    if variant == reference_variant() and stacked is None:
+        return {"ok": True, "variant": variant.name, "note": "the reference: nothing judged against it"}
     began = time.perf_counter()
     base = baseline(configs, device, sources, (variant.precision,))
 

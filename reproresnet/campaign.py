@@ -79,6 +79,7 @@ class Plan:
         from .cli import train_settings
         from .config import TrainConfig
         settings = train_settings(list(self.train_args))
+        records.check_tag(self.tag)  # as given, before the precision joins it
         tag = "-".join(filter(None, [self.tag, precision]))
         return {arch: [TrainConfig(**{**settings, "arch": arch, "seed": seed, "recipe": self.recipe,
                                       "dataset": self.dataset, "device": device, "bf16": precision == "bf16",

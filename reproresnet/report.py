@@ -15,6 +15,8 @@ import math
 import re
 import dataclasses
 import statistics
+import string
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from html import escape
@@ -646,6 +648,34 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
             (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
 
 
+# Characters left as they are in Markdown text: inline (line breaks become spaces), and with "[",
+# "]" and "<" escaped, none of them starts a link, role, directive, math, substitution, emphasis or tag.
+_MARKDOWN_PLAIN = frozenset(string.ascii_letters + string.digits + " ,;./-()%")
+
+
+def markdown_text(value) -> str:
+    """`value` as literal text in a MyST Markdown line: '<', '>' and '&' as HTML entities (no tag
+    or entity of a record's reaches a page), every other ASCII punctuation backslash-escaped
+    (CommonMark allows it for each: no `{role}`, `[x](url)`, `$math$`, `{{ substitution }}`,
+    fence or emphasis), line breaks and other control characters as spaces (a value never
+    starts a block of its own)."""
+    text = str(value)
+
+    def char(index: int, c: str) -> str:
+        if c in _MARKDOWN_PLAIN or c == "_" and _inside_word(text, index):  # a_b is never emphasis
+            return c
+        if c in "<>&":
+            return escape(c)
+        if c in string.punctuation:
+            return "\\" + c
+        return " " if unicodedata.category(c).startswith(("C", "Z")) else c
+    return "".join(char(index, c) for index, c in enumerate(text))
+
+
+def _inside_word(text: str, index: int) -> bool:
+    return 0 < index < len(text) - 1 and text[index - 1].isalnum() and text[index + 1].isalnum()
+
+
 def _count(n: int, what: str) -> str:
     return f"{'no' if n == 0 else n} {what}{'' if n == 1 else 's'}"
 
@@ -942,17 +972,18 @@ def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
 
 
 def budget_summary(runs: list[RunRecord]) -> str:
-    """One sentence on what the CIFAR-10 column is computed from."""
+    """One sentence on what the CIFAR-10 column is computed from, as Markdown (the results
+    notebook shows it so): the records' strings in it escaped (`markdown_text`)."""
     counted = [run for run in runs if run.is_cifar10_result]
     if not counted:
         return ("No complete run on the full CIFAR-10 data is recorded yet, so every network shows "
                 f"\"{NOT_RUN}\" in the CIFAR-10 column.")
-    per_network = ", ".join(f"{arch} × {n}" for arch, n in
+    per_network = ", ".join(f"{markdown_text(arch)} × {n}" for arch, n in
                             pd.Series([run.arch for run in counted]).value_counts(sort=False).items())
     epochs = _join(run.record["epochs_done"] for run in counted)
     return (f"The CIFAR-10 column averages {len(counted)} complete run(s) ({per_network}) of "
-            f"{epochs} epochs (recipe {_join(_recipe_text(run) for run in counted)}) on "
-            f"{_join(run.device for run in counted)}.")
+            f"{epochs} epochs (recipe {markdown_text(_join(_recipe_text(run) for run in counted))}) on "
+            f"{markdown_text(_join(run.device for run in counted))}.")
 
 
 # ---------------------------------------------------------------- figures
@@ -1055,7 +1086,7 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
     _log_ticks(loss_axes, [value for _, metrics, _ in curves for value in metrics["train_loss"] if value > 0])
     error_axes.legend(fontsize="small", loc="upper right")
     figure.suptitle(title if title is not None else _budget_title(records_[0]) if records_ else "",
-                    fontsize="medium")
+                    fontsize="medium", parse_math=False)  # a record's "$" is a dollar, not mathtext
     return figure
 
 

@@ -49,6 +49,7 @@ M, D, R, T, S = ("tests/test_science_models.py", "tests/test_science_data.py", "
                  "tests/test_science_training.py", "tests/test_science_records.py")
 E, TT, C, SC = "tests/test_engine.py", "tests/test_train.py", "tests/test_campaign.py", "tests/test_selfcheck.py"
 STACKED = "tests/test_stacked.py"
+U = "tests/test_untrusted_records.py"
 
 MUTATIONS = [
     # ---- networks
@@ -239,7 +240,7 @@ MUTATIONS = [
              "resumed=_last_threads(config.out) if resume else None", "resumed=None",
              "a resume on a CPU picks its threads by today's load, so its last bits differ", "tests/test_train.py"),
     Mutation("unbundle-without-epochs-comparison", "reproresnet/bundle.py",
-             "if here > bundled:", "if False:",
+             "if here > progress:", "if False:",
              "unbundle replaces a run that is further along with the bundle's older one", "tests/test_bundle.py"),
     Mutation("unbundle-rolls-the-campaign-state-back", "reproresnet/bundle.py",
              "if run is None and skipped:", "if False:",
@@ -251,7 +252,7 @@ MUTATIONS = [
              "(target / name).unlink(missing_ok=True)", "pass",
              "a run restored complete keeps the older checkpoint the bundle left out", "tests/test_bundle.py"),
     Mutation("manifest-allows-parent-paths", "reproresnet/bundle.py",
-             'rel.is_absolute() or ".." in rel.parts or ', "rel.is_absolute() or ",
+             " or not all(map(records.is_safe_name, rel.parts))", "",
              "a manifest may list ../ paths", "tests/test_bundle.py"),
     Mutation("bundle-includes-its-destination", "reproresnet/bundle.py",
              "excluded in path.resolve().parents", "False",
@@ -462,6 +463,25 @@ MUTATIONS = [
     Mutation("sweep-jobs-not-sharing-cores", "reproresnet/sweep.py",
              "threads, _ = cpu_threads(jobs=len(free))", "threads, _ = cpu_threads(jobs=1)",
              "a sweep's parallel local jobs each take every core", "tests/test_sweep.py"),
+    # ---- records are untrusted input; ours or nothing (issue 25)
+    Mutation("record-strings-not-escaped", "reproresnet/report.py",
+             "    return \"\".join(char(index, c) for index, c in enumerate(text))", "    return text",
+             "a record's strings reach the book's pages as Markdown and HTML: <script>, links, roles", U),
+    Mutation("page-path-not-checked", "reproresnet/book_pages.py",
+             'if name in ("", ".", "..") or any(char in name for char in "/\\\\\\0"):', "if False:",
+             "a record's name chooses where its page is written: ../../README overwrites the README", U),
+    Mutation("unbundle-ignores-the-experiment", "reproresnet/bundle.py",
+             "changed = config.recorded_differences(local, bundled.config) if local and bundled.config else {}",
+             "changed = {}", "unbundle replaces a local run of another experiment (seed, lr) with the bundle's", U),
+    Mutation("ours-not-checked", "reproresnet/rundir.py",
+             "if found and not holds_run(run_dir):", "if False:",
+             "train --resume overwrites a user's own metrics.csv and run.json in a folder it did not write", U),
+    Mutation("tag-not-checked", "reproresnet/records.py",
+             "if tag is not None and not is_safe_name(tag):", "if False:",
+             "campaign --tag ../../x writes runs outside --out", U),
+    Mutation("record-name-not-checked", "reproresnet/records.py",
+             '(("name",), lambda value: value is None or is_safe_name(value), NAME_RULE),', "",
+             "a record named ../../README is read as any other: its page would go outside the pages' folder", U),
     Mutation("architecture-table-misread", "reproresnet/architectures.py",
              '_TYPES = {"depth": int, "width": int, "params": int,', '_TYPES = {"depth": int, "width": int, "params": str,',
              "the book's parameter counts are read as text", "tests/test_architectures.py"),

@@ -554,9 +554,8 @@ def _status_configs(plan: Plan, out: Path) -> dict:
     """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
     from .config import Variant
     try:
-        chosen = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())["chosen"]["variant"]
-        precision = Variant.from_name(chosen).precision
-    except (OSError, ValueError, KeyError):
+        precision = Variant.from_name(_read_selfcheck(out)["chosen"]["variant"]).precision
+    except (TypeError, ValueError, KeyError):
         precision = "fp32"
     return plan.configs(out, "cpu", precision)
 

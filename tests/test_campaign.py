@@ -343,7 +343,8 @@ def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path):
     assert [process.wait(timeout=900) for process in references] == [0, 0, 0]
     out = tmp_path / "campaign"
     process = subprocess.Popen([sys.executable, "-m", "reproresnet", "campaign", "--out", str(out), "--budget", "900",
-                                *PLAN_ARGS, "--seeds", "0", "1", "2", "--stack", "3", "--train-args", args],
+                                *PLAN_ARGS, "--seeds", "0", "1", "2", "--stack", "3", "--selfcheck-budget", "600",
+                                "--train-args", args],
                                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.communicate(timeout=960)[0]
     assert process.returncode == 0, output

@@ -50,16 +50,16 @@ QUOTED_PRECISION = ("Precision of the papers' and the seed's numbers: fp32 (He e
                     "the GPUs of 2016 had neither bf16 nor TF32.")
 
 # The code state and network behind each of the seed's numbers, read from its repository's history.
-SEED_110_NOTE = ("The seed's 6.38 came from its code at 7c4c997 (2016-04-24, \"initialize repo with ResNet110 "
-                 "results\"): batch 32, lr 0.01 then 0.001 at epoch 80 and 0.0001 at 120, inputs divided by 255 "
-                 "with no mean subtracted, and no BN-ReLU of their own in the units of stage 1 after the "
+SEED_110_NOTE = ("The ReScience reproduction's 6.38 came from its code at 7c4c997 (2016-04-24, \"initialize "
+                 "repo with ResNet110 results\"): batch 32, lr 0.01 then 0.001 at epoch 80 and 0.0001 at 120, "
+                 "inputs divided by 255 with no mean subtracted, and no BN-ReLU of their own in the units of stage 1 after the "
                  "first; recipe seed_code_2016_04 here, not the recipe its text states. Its README at 3403cfb: "
                  "\"Weights for ResNet-110 are from an older slightly tweaked architecture, I need to re-run "
                  "it\"; the 6.38 never changed afterwards.")
-SEED_164_NOTE = ("The seed's 5.66 came from its code at 3403cfb (2016-06-06, \"Updated with most recent "
-                 "bottleneck\"): batch 48, recipe seed_code here.")
-SEED_WRN_NOTE = ("The seed's 5.41 came from its code at 0adef49 (2016-06-15, \"Updated README with wideresnet "
-                 "results\"): ResNet_FullPre_Wide(n=2, k=4) at batch 64, recipe seed_code here.")
+SEED_164_NOTE = ("The ReScience reproduction's 5.66 came from its code at 3403cfb (2016-06-06, \"Updated "
+                 "with most recent bottleneck\"): batch 48, recipe seed_code here.")
+SEED_WRN_NOTE = ("The ReScience reproduction's 5.41 came from its code at 0adef49 (2016-06-15, \"Updated "
+                 "README with wideresnet results\"): ResNet_FullPre_Wide(n=2, k=4) at batch 64, recipe seed_code here.")
 
 # What every number of He et al. 2016's CIFAR table shares, and the rows the seed has no number for.
 _HE2016_TABLE = {"paper_source": HE2016, "paper_statistic": HE2016_MEDIAN, "paper_preprocessing": HE_PREPROCESSING,

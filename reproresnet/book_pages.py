@@ -98,8 +98,9 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     device = (bench.get("device") or {}).get("name", "an unknown device")
     printed = bench_record.format_bench(bench)
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", printed)), default=0))  # longer than any inside
-    against = ",".join([" against a plain PyTorch baseline"] * any(row.get("path") == "baseline" for row in bench["rows"]) +
-                        [" under several CPU thread rules"] * bool(bench.get("thread_rules")))
+    baseline = any(row.get("path") == "baseline" for row in bench["rows"])
+    against = ",".join([" against a plain PyTorch baseline"] * baseline +
+                       [" under several CPU thread rules"] * bool(bench.get("thread_rules")))
     return "\n".join([f"# {report.markdown_text(bench['name'])}", "",
                       f"A benchmark on {report.markdown_text(device)}: our training path{against}. The record: "
                       f"{_download('bench.json', path, page_dir)}.",

@@ -52,8 +52,8 @@ QUOTED_PRECISION = ("Precision of the papers' and the seed's numbers: fp32 (He e
 # The code state and network behind each of the seed's numbers, read from its repository's history.
 SEED_110_NOTE = ("The ReScience reproduction's 6.38 came from its code at 7c4c997 (2016-04-24, \"initialize "
                  "repo with ResNet110 results\"): batch 32, lr 0.01 then 0.001 at epoch 80 and 0.0001 at 120, "
-                 "inputs divided by 255 with no mean subtracted, and no BN-ReLU of their own in the units of stage 1 after the "
-                 "first; recipe seed_code_2016_04 here, not the recipe its text states. Its README at 3403cfb: "
+                 "inputs divided by 255 with no mean subtracted, and no BN-ReLU of their own in the units of "
+                 "stage 1 after the first; recipe seed_code_2016_04 here, not the recipe its text states. Its README at 3403cfb: "
                  "\"Weights for ResNet-110 are from an older slightly tweaked architecture, I need to re-run "
                  "it\"; the 6.38 never changed afterwards.")
 SEED_164_NOTE = ("The ReScience reproduction's 5.66 came from its code at 3403cfb (2016-06-06, \"Updated "

@@ -378,8 +378,9 @@ def _seed_seconds(quoted: dict) -> str:
 
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
     """What the runs behind the error table cost, one row per row of that table with runs and
-    per network of the plan (without runs: "not measured"), next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
-    epochs) on the networks that took them.
+    per network of the plan (without runs: "not measured"), next to the seed's times (its
+    seconds per epoch on a GTX 980, at its code's batch, × its 200 epochs) on the networks that
+    took them.
 
     Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
     record), the epochs, the median wall time of one run (first start to last write) and the
@@ -924,7 +925,8 @@ def plan_table(runs: list[RunRecord]) -> pd.DataFrame:
                 total += hours
                 behind.update({run.name: run for run in cost.runs})
                 known = tuple(linked(text, cost.runs) for text in (f"{cost.seconds:.1f}", _hours(hours), cost.basis))
-            rows.append(dict(zip(PLAN_COLUMNS, (str(tier), Network(network), str(len(PLANNED_SEEDS)), f"{epochs:g}", *known))))
+            rows.append(dict(zip(PLAN_COLUMNS, (str(tier), Network(network), str(len(PLANNED_SEEDS)), f"{epochs:g}",
+                                                *known))))
     if not math.isnan(total):
         rows.append(dict(zip(PLAN_COLUMNS, ("all", "the whole plan", str(len(PLANNED) * len(PLANNED_SEEDS)),
                                             MISSING, MISSING, linked(_hours(total), list(behind.values())),
@@ -1285,8 +1287,8 @@ def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
             if row.get("seed_error") is not None:
                 kinds.setdefault(f"{RESCIENCE} (single run)", [dict(marker="^", color="C3"), []])[1].append(
                     (x * shift, row["seed_error"]))
-                _label(axes, f"{row['seed_error']:.2f}" if both else f"{Network(network).title} {row['seed_error']:.2f}",
-                       (x * shift, row["seed_error"]), left=not both, color="C3")
+                text = f"{row['seed_error']:.2f}" if both else f"{Network(network).title} {row['seed_error']:.2f}"
+                _label(axes, text, (x * shift, row["seed_error"]), left=not both, color="C3")
         for kind, (style, points) in kinds.items():
             gid = "seed_error" if kind.startswith(RESCIENCE) else "paper_error"
             axes.plot([x for x, _ in points], [y for _, y in points], linestyle="none", markersize=6, label=kind,

@@ -145,13 +145,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, metavar="README.md", help="also rewrite this README's status table")
     args = parser.parse_args(argv)
     runs, _ = records.load_runs(args.results)
-    pages = write_pages(args.results, args.out, runs)
+    try:
+        pages = write_pages(args.results, args.out, runs)
+    except rundir.DiskFull as full:
+        return _error(full.with_advice("free some space and run pages again"))
+    except OSError as error:  # a read-only file system, a file where the folder should be
+        return _error(rundir.refused_by_os(error, "choose a writable --out, or run pages again once it is writable"))
     print(f"{len(pages)} record page(s) in {args.out}", file=sys.stderr)
     if args.readme:
         try:
             changed = update_readme(args.readme, args.results, runs)
-        except (OSError, ValueError) as error:
-            print(f"reproresnet pages: error: {error}", file=sys.stderr)
-            return 2
+        except (OSError, ValueError, rundir.DiskFull) as error:
+            return _error(error)
         print(f"{args.readme}: status table {'updated' if changed else 'already current'}", file=sys.stderr)
     return 0
+
+
+def _error(error) -> int:
+    print(f"reproresnet pages: error: {error}", file=sys.stderr)
+    return 2

@@ -52,6 +52,9 @@ FORMAT = "reproresnet-campaign/2"
 DEFAULT_MIN_START = {"cuda": 20.0, "cpu": 5.0}
 DEFAULT_SELFCHECK_BUDGET = {"cuda": 20.0, "cpu": 30.0}
 PRECISIONS = ("auto", "fp32", "bf16")
+# Run settings the plan sets for every run, so not --train-args: {setting: the campaign's flag}.
+OWNED = {"arch": "--archs", "seed": "--seeds", "recipe": "--recipe", "dataset": "--dataset", "device": "--device",
+         "bf16": "--precision", "out": "--out"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ class Plan:
     def configs(self, out, device: str, precision: str) -> dict[str, list]:
         """Each network's runs as `TrainConfig`s (its seeds), in `out`, at `precision`."""
         from .cli import train_settings
-        from .config import TrainConfig
-        settings = train_settings(list(self.train_args))
+        from .config import TrainConfig, distinct
+        distinct("--archs", self.archs)
+        distinct("--seeds", self.seeds)
+        settings = train_settings(list(self.train_args), OWNED)
         tag = "-".join(filter(None, [self.tag, precision]))
         return {arch: [TrainConfig(**{**settings, "arch": arch, "seed": seed, "recipe": self.recipe,
                                       "dataset": self.dataset, "device": device, "bf16": precision == "bf16",
@@ -169,19 +174,21 @@ def admit(stack: list, plan_configs: dict[str, list], cap_mb: float, training: l
 
 def run_campaign(plan: Plan, out, options: Options, log=print, start: float | None = None) -> list[dict]:
     """Run the plan in `out` until it is complete or the budget, counted from `start`
-    (default: now), is spent; returns the status rows. Raises RunDirError only if another
-    campaign holds `out`."""
+    (default: now), is spent; returns the status rows. Raises RunDirError if another campaign
+    holds `out` (or the disk is full), and ConfigError or DataError if the data cannot serve the
+    plan (`load_data`), leaving nothing behind."""
     start = time.time() if start is None else start
     out = Path(out)
     reserve = options.reserve if options.reserve is not None else min(15.0, max(1.0, 0.05 * options.budget))
     hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
     stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
     with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
+        device, sources = load_data(plan, out, options, log)  # refused: the lock goes, and a folder it made
         (out / STATE_DIR).mkdir(exist_ok=True)
         outcomes: dict[str, dict] = {}
         plan_configs = {}
         try:
-            plan_configs = _campaign(plan, out, options, hard_stop, stop_at, outcomes, writer, log)
+            plan_configs = _campaign(plan, out, options, device, sources, hard_stop, stop_at, outcomes, writer, log)
         except Exception as error:  # the campaign itself failed: say so, keep what the runs wrote
             log(f"campaign error: {error!r}")
             outcomes["_campaign"] = {"outcome": "error", "detail": repr(error)}
@@ -191,30 +198,36 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     return rows
 
 
-def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at: float, outcomes: dict,
-              writer: rundir.Writer, log) -> dict:
+def load_data(plan: Plan, out: Path, options: Options, log) -> tuple:
+    """(the device, the plan's data sets on it by `data.source_key`), each read once; every
+    run's subsets and batch checked against its data set (ConfigError, DataError)."""
     import torch
 
-    from . import selfcheck
     from .config import cpu_threads, select_device
-    from .data import load_source
-    from .data import source_key
+    from .data import check_batch, load_device_splits, load_source, source_key
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
-    precision = None if options.precision == "auto" else options.precision
-    check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     sources = {}
     began = time.time()
-    for configs in check_configs.values():
+    for configs in plan.configs(out, device.type, "fp32").values():
         for config in configs:
             key = source_key(config)
             if key not in sources:
                 sources[key] = load_source(config.dataset, config.data_dir, download=config.download,
                                            seed=config.seed).to(device)
+            check_batch(config, load_device_splits(config, device, sources[key]))  # its subsets and batch fit
     log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
+    return device, sources
+
+
+def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, hard_stop: float, stop_at: float,
+              outcomes: dict, writer: rundir.Writer, log) -> dict:
+    from . import selfcheck
+    precision = None if options.precision == "auto" else options.precision
+    check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
@@ -421,7 +434,7 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import number
+    from .cli import _integer, number, positive_integer
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
@@ -430,20 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan = parser.add_argument_group("plan")
     plan.add_argument("--archs", nargs="+", default=list(REPRODUCED), metavar="NAME",
                       help=f"networks of the plan (default: {' '.join(REPRODUCED)})")
-    plan.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
+    plan.add_argument("--seeds", nargs="+", type=_integer, default=[0, 1, 2], metavar="K",
                       help="seeds of each network (default: 0 1 2)")
     plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
     plan.add_argument("--tag", help="run directories <arch>-<tag>-<precision>-seed<k>")
-    plan.add_argument("--train-args", default="", metavar="'FLAGS'",
-                      help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000'")
+    plan.add_argument("--train-args", action="append", default=[], metavar="'FLAGS'",
+                      help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000' (repeatable: "
+                           "they add up; not the settings the campaign's own flags set)")
     plan.add_argument("--precision", default="auto", choices=PRECISIONS,
                       help="auto (default): the self-check's choice, fp32 unless its step costs more than "
                            "1.5x bf16's; a directory keeps the precision its first call chose")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    runtime.add_argument("--stack", type=int, help="runs trained as one stacked network (default: all of a "
-                                                   "network's seeds, or apart if the self-check finds that faster)")
+    runtime.add_argument("--stack", type=positive_integer,
+                         help="runs trained as one stacked network (default: all of a network's seeds, or apart if "
+                              "the self-check finds that faster)")
     runtime.add_argument("--min-start", type=number, help=f"seconds a new stack needs at least "
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
     runtime.add_argument("--selfcheck-budget", type=number,
@@ -457,25 +472,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    numbers = {"--budget": args.budget, "--stack": args.stack, "--min-start": args.min_start,
+    numbers = {"--budget": args.budget, "--min-start": args.min_start,
                "--selfcheck-budget": args.selfcheck_budget, "--max-unfinished-mb": args.max_unfinished_mb}
-    bad = [f"{flag} {value}" for flag, value in numbers.items()
-           if value is not None and value < (1 if flag == "--stack" else 0)]
+    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and value < 0]
     if bad or (not args.status and args.budget is None):
         print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "
-              f"numbers >= 0 (--stack >= 1), and --budget unless --status", file=sys.stderr)
+              f"numbers >= 0, and --budget unless --status", file=sys.stderr)
         return 2
+    if args.status:
+        rows = disk_status(Path(args.out))
+        print(format_status(rows) if rows else f"{args.out}: no runs (no run directory, no campaign record)")
+        return 0
     plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
-                tuple(shlex.split(args.train_args)))
+                tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
     from .config import ConfigError
+    from .data import DataError
     try:
         plan.configs(args.out, "cpu", "fp32")  # every setting checked before anything runs
     except ConfigError as error:
         print(f"reproresnet campaign: error: {error}", file=sys.stderr)
         return 2
-    if args.status:
-        print(format_status(status_rows(_status_configs(plan, Path(args.out)))))
-        return 0
     device = _device_type(args.device)
     options = Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
                       min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
@@ -486,9 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run_campaign(plan, args.out, options, log=lambda line: print(line, flush=True),
                             start=process_start_time())
-    except RunDirError as error:
-        print(f"reproresnet campaign: error: {error}", file=sys.stderr)
-        return 2
+    except rundir.DiskFull as full:
+        return _error(full.with_advice("free some space and call the campaign again: it continues where it stopped"))
+    except (ConfigError, DataError, RunDirError) as error:  # refused before anything was created, or in use
+        return _error(error)
     print(format_status(rows), flush=True)
     sys.stderr.flush()
     # Everything is written (atomically, fsynced). Skip the interpreter's teardown: with torch
@@ -496,15 +513,26 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
-def _status_configs(plan: Plan, out: Path) -> dict:
-    """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
-    from .config import Variant
+def _error(error) -> int:
+    print(f"reproresnet campaign: error: {error}", file=sys.stderr)
+    return 2
+
+
+def disk_status(out: Path) -> list[dict]:
+    """The status rows of what `out` holds: the runs its last call planned (campaign.json), then
+    any other run directory in it, each as its files say (torch-free)."""
     try:
-        chosen = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())["chosen"]["variant"]
-        precision = Variant.from_name(chosen).precision
-    except (OSError, ValueError, KeyError):
-        precision = "fp32"
-    return plan.configs(out, "cpu", precision)
+        planned = json.loads((out / STATE_DIR / STATE_FILE).read_text())["plan"]["runs"]
+        planned = [name for name in planned if isinstance(name, str) and name != STATE_DIR and Path(name).name == name]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = []
+    try:
+        found = sorted(path.name for path in out.iterdir() if path.is_dir() and not path.name.startswith(("_", "."))
+                       and any((path / name).exists() for name in (records.RUN_FILE, records.CHECKPOINT_FILE)))
+    except OSError:
+        found = []
+    return [{"run": name, **run_state(out / name), "outcome": None, "detail": None}
+            for name in dict.fromkeys([*planned, *found])]
 
 
 def _device_type(device: str) -> str:

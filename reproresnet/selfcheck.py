@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import records, rundir
-from .config import ConfigError, TrainConfig, Variant, reference_variant, select_device
+from .config import ConfigError, TrainConfig, Variant, distinct, reference_variant, select_device
 from .data import PAD, augment, device_splits
 from .engine import WARMUP_STEPS, exact_fp32, synchronize
 from .reference import REPRODUCED
@@ -370,6 +370,7 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
@@ -382,12 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
     parser.add_argument("--batch-size", type=int, help="images per step and network (default: the recipe's)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
-    parser.add_argument("--timed-steps", type=int, help="default: 30 on CUDA, 2 on a CPU")
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds; later checks are skipped (default 60)")
+    parser.add_argument("--timed-steps", type=positive_integer, help="default: 30 on CUDA, 2 on a CPU")
+    parser.add_argument("--budget", type=positive_number, default=60.0,
+                        help="seconds; later checks are skipped (default 60)")
     parser.add_argument("--out", default="selfcheck.json", help="the record (default: selfcheck.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        distinct("--seeds", args.seeds)
+        distinct("--archs", args.archs)
         device = select_device(args.device)
         plan = {arch: [TrainConfig(arch=arch, out=f"selfcheck/{arch}-seed{seed}", seed=seed, recipe=args.recipe,
                                    dataset=args.dataset, batch_size=args.batch_size, device=device.type)

@@ -50,7 +50,7 @@ FORMAT = "reproresnet-campaign/2"
 # s a new stack needs at least: it builds its networks, warms up and captures before its first
 # epoch ends (seconds on the graph engine)
 DEFAULT_MIN_START = {"cuda": 20.0, "cpu": 5.0}
-DEFAULT_SELFCHECK_BUDGET = {"cuda": 20.0, "cpu": 30.0}
+DEFAULT_SELFCHECK_BUDGET = {"cuda": 60.0, "cpu": 30.0}  # a complete check is reused by later calls
 PRECISIONS = ("auto", "fp32", "bf16")
 # Run settings the plan sets for every run, so not --train-args: {setting: the campaign's flag}.
 OWNED = {"arch": "--archs", "seed": "--seeds", "recipe": "--recipe", "dataset": "--dataset", "device": "--device",
@@ -204,21 +204,17 @@ def load_data(plan: Plan, out: Path, options: Options, log) -> tuple:
     import torch
 
     from .config import cpu_threads, select_device
-    from .data import check_batch, load_device_splits, load_source, source_key
+    from .data import check_batch, load_device_splits, load_sources, source_key
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
-    sources = {}
     began = time.time()
-    for configs in plan.configs(out, device.type, "fp32").values():
-        for config in configs:
-            key = source_key(config)
-            if key not in sources:
-                sources[key] = load_source(config.dataset, config.data_dir, download=config.download,
-                                           seed=config.seed).to(device)
-            check_batch(config, load_device_splits(config, device, sources[key]))  # its subsets and batch fit
+    configs = [config for configs in plan.configs(out, device.type, "fp32").values() for config in configs]
+    sources = load_sources(configs, device)
+    for config in configs:  # its subsets and batch fit its data set
+        check_batch(config, load_device_splits(config, device, sources[source_key(config)]))
     log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
     return device, sources
 
@@ -237,20 +233,22 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
                       stop_at: float, log) -> dict:
-    """The self-check's record: an earlier call's if it finished (every call trains the same
-    way and at the same precision), else a new one within its budget."""
+    """The self-check's record: an earlier call's if it is complete and its choice passed
+    (`config.selfcheck_state`; every call then trains the same way and at the same precision),
+    else a new one within its budget."""
     from . import selfcheck
+    from .config import selfcheck_state
     path = out / STATE_DIR / SELFCHECK_FILE
-    try:
-        record = json.loads(path.read_text())
-        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
-        if record.get("format") == selfcheck.FORMAT and "ok" in record and precision in (None, chosen.precision) \
-                and options.stack in (None, chosen.stack):
-            log(f"campaign: the self-check of {record['created']} chose {record['chosen']['variant']} "
-                f"({record['chosen']['why']})")
+    record = _read_selfcheck(out)
+    if record is not None:
+        state, why = selfcheck_state(record)
+        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
+        if chosen and precision in (None, chosen.precision) and options.stack in (None, chosen.stack):
+            log(f"campaign: the self-check of {record['created']} {why}")
             return record
-    except (OSError, ValueError, KeyError):
-        pass
+        log("campaign: the earlier self-check is not reused: " + (
+            f"{state}, {why}" if chosen is None else f"it chose {chosen.name}, this call asks for "
+                                                     f"precision {precision or 'auto'}, stack {options.stack or 'auto'}"))
     budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
     # The first network's variants now; the others just before they first train (_check_network).
     record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
@@ -270,13 +268,13 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     began = time.time()
     try:
-        result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen,
-                                         selfcheck.compared_steps(device))
+        result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen)
     except Exception as error:  # noqa: BLE001 (a crash is a failed check, recorded)
         result = {"ok": False, "variant": chosen.name, "error": f"{type(error).__name__}: {error}"[:500]}
     result["seconds"] = round(time.time() - began, 1)
     record["networks"][arch] = result
     log(f"selfcheck {arch} {chosen.name}: {'ok' if result['ok'] else 'FAILED'} ({result['seconds']} s)"
+        + (f" worst {result['worst']['ratio']:.2g} x tolerance" if "worst" in result else "")
         + (f" {result['error']}" if "error" in result else ""))
     rundir.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
 
@@ -367,6 +365,26 @@ def status_rows(plan_configs: dict, outcomes: dict | None = None) -> list[dict]:
         rows.append({"run": "_campaign", "status": "error", "epochs_done": 0, "epochs_planned": None,
                      "outcome": "error", "detail": outcomes["_campaign"]["detail"]})
     return rows
+
+
+def _read_selfcheck(out: Path) -> dict | None:
+    """The self-check record in `out`, or None where there is none or it cannot be read."""
+    try:
+        record = json.loads((out / STATE_DIR / SELFCHECK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def selfcheck_line(out: Path) -> str:
+    """What the status table says of the self-check in `out`: complete (reused), cut short or
+    failed (checked again on the next call), or none yet; torch-free."""
+    from .config import selfcheck_state
+    record = _read_selfcheck(Path(out))
+    if record is None:
+        return "self-check: none yet (the next call checks first)"
+    state, why = selfcheck_state(record)
+    return f"self-check of {record.get('created', '?')}: {state}, {why}"
 
 
 def format_status(rows: list[dict]) -> str:
@@ -482,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         rows = disk_status(Path(args.out))
         print(format_status(rows) if rows else f"{args.out}: no runs (no run directory, no campaign record)")
+        print(selfcheck_line(Path(args.out)))
         return 0
     plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
                 tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
@@ -507,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunDirError) as error:  # refused before anything was created, or in use
         return _error(error)
     print(format_status(rows), flush=True)
+    print(selfcheck_line(Path(args.out)), flush=True)
     sys.stderr.flush()
     # Everything is written (atomically, fsynced). Skip the interpreter's teardown: with torch
     # imported it took 5 s and more on a loaded machine, and the budget includes the exit.

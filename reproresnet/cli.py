@@ -1,17 +1,22 @@
 """Command line: `python -m reproresnet list | recipe | train | bench | sweep | campaign | selfcheck | bundle |
-unbundle | pages`."""
+unbundle | pages`.
+
+`list`, `recipe`, `bundle`, `unbundle` and `pages` answer in the book's environment, without
+torch (`list` reads the committed architectures.csv); the commands that train or time a network
+need the `train` extra and, where it is missing, say so in one line (TRAINING_COMMANDS)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import sys
 
 from . import __version__, architectures
 from .config import DEVICES, ENGINES, ConfigError, TrainConfig
-from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES
+from .recipes import AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, WEIGHT_DECAY_SCOPES
 
 
 def _integer(text: str) -> int:
@@ -81,8 +86,9 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     owned.add_argument("--batch-size", type=_integer, help="images per SGD step")
     owned.add_argument("--lr", type=number, help="peak learning rate at this batch size")
     owned.add_argument("--weight-decay", type=number, help="L2 weight decay (PyTorch's, not an L2 loss term)")
-    owned.add_argument("--weight-decay-on", metavar="all|weights",
-                       help="every parameter, or conv and linear weights only (Lasagne's L2)")
+    owned.add_argument("--weight-decay-on", metavar="|".join(WEIGHT_DECAY_SCOPES),
+                       help="every parameter; conv and linear weights only; or Lasagne's regularizable "
+                            "parameters, conv and linear weights and batch norm's gamma (the seed's code)")
     owned.add_argument("--milestones", type=_int_list, help="lr decay points in the recipe's units, e.g. 80,120")
     owned.add_argument("--momentum-form", metavar="|".join(MOMENTUM_FORMS),
                        help="at a change of lr the momentum is kept (PyTorch, Torch), kept in lr units "
@@ -186,11 +192,18 @@ def _flag(setting: str) -> str:
 def _train(args: argparse.Namespace) -> int:
     import time
 
-    from .train import train
+    # Imported here, not at the top: they need torch, which `list` and `recipe` do not.
+    from .data import DataError
+    from .engine import EngineError
+    from .train import TrainingDiverged, train
     deadline = args.stop_at if args.stop_after is None else time.time() + args.stop_after
     config = train_config(args)
-    record = train(config, resume=args.resume, progress=not args.quiet, deadline=deadline,
-                   pack=args.pack, compile_mode=args.compile_mode)
+    try:
+        record = train(config, resume=args.resume, progress=not args.quiet, deadline=deadline,
+                       pack=args.pack, compile_mode=args.compile_mode)
+    except (DataError, EngineError, TrainingDiverged) as error:
+        print(f"reproresnet: error: {error}", file=sys.stderr)
+        return 2
     final = record["final"]
     if final is None:  # stopped cleanly before the end
         print(f"{record['arch']}: {record['epochs_done']}/{record['epochs_planned']} epochs; "
@@ -218,11 +231,13 @@ def _recipe(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from .models import architecture_rows, describe_architectures
-    if args.csv:
+    if args.csv:  # the table recounted from the networks built (torch), to regenerate the committed one
+        from .models import architecture_rows
         print(architectures.to_csv(architecture_rows()), end="")
         return 0
-    rows = describe_architectures()
+    # The committed table, which the tests hold to the networks built: no torch needed.
+    rows = [{key: row[key] for key in ("name", "family", "block", "depth", "width", "params")}
+            for row in architectures.rows()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -275,6 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
 DELEGATED = {"bench": "reproresnet.bench", "sweep": "reproresnet.sweep", "campaign": "reproresnet.campaign",
              "selfcheck": "reproresnet.selfcheck", "bundle": "reproresnet.bundle:main_bundle",
              "unbundle": "reproresnet.bundle:main_unbundle", "pages": "reproresnet.book_pages"}
+# What the book's environment (`.[book]`) lacks and training needs: the `train` extra's modules,
+# the step that installs them, and the commands that cannot start without them.
+TRAINING_MODULES = ("torch", "torchvision", "tqdm", "submitit", "papermill")
+INSTALL_TRAINING = "pip install -e '.[train]'"
+TRAINING_COMMANDS = ("train", "bench", "sweep", "campaign", "selfcheck")
+
+
+def _missing_training(command: str, module: str) -> int:
+    print(f"reproresnet: error: {command} needs {module}, which is not installed in this environment "
+          f"({sys.prefix}); install the training dependencies with: {INSTALL_TRAINING}", file=sys.stderr)
+    return 2
+
+
+def _run(command: str, argv: list[str], run) -> int:
+    """`run()`, or one line naming the install step where a command needs the training
+    dependencies and they are missing: checked before it starts, so it creates nothing."""
+    asks_help = bool({"-h", "--help"} & set(argv))
+    if command in TRAINING_COMMANDS and not asks_help and importlib.util.find_spec("torch") is None:
+        return _missing_training(command, "torch")
+    try:
+        return run()
+    except ModuleNotFoundError as error:  # e.g. `list --csv` (builds networks), `unbundle --render` (papermill)
+        if (error.name or "").partition(".")[0] in TRAINING_MODULES:
+            return _missing_training(command, error.name.partition(".")[0])
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,16 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
         module, _, function = DELEGATED[argv[0]].partition(":")
-        return getattr(importlib.import_module(module), function or "main")(argv[1:])
+        return _run(argv[0], argv[1:], lambda: getattr(importlib.import_module(module), function or "main")(argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .data import DataError
-    from .engine import EngineError
     from .rundir import RunDirError
-    from .train import TrainingDiverged
     try:
-        return args.handler(args)
-    except (ConfigError, DataError, EngineError, RunDirError, TrainingDiverged) as error:
+        return _run(args.command, argv, lambda: args.handler(args))
+    except (ConfigError, RunDirError) as error:
         print(f"reproresnet: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
 from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES,
-                      Recipe, as_record, make_schedule)
+                      Recipe, as_record, make_schedule, weight_decay_reach)
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,7 @@ class TrainConfig:
     batch_size: Optional[int] = None      # images per SGD step
     lr: Optional[float] = None            # peak learning rate at `batch_size`
     weight_decay: Optional[float] = None
-    weight_decay_on: Optional[str] = None  # all | weights (conv and linear weights only)
+    weight_decay_on: Optional[str] = None  # all | weights | lasagne (recipes.DECAYED_ROLES)
     milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
     momentum_form: Optional[str] = None   # pytorch | lasagne | reset: the momentum at a change of lr
     seed: int = 0
@@ -167,7 +167,12 @@ class TrainConfig:
         schedule = make_schedule(recipe, self.arch, train_size)
         network = self.network_options()
         skip = ("warmup_archs", "batch_size_for", *NETWORK_OPTIONS)
-        fields = {k: v for k, v in recipe.as_dict().items() if k not in skip}
+        fields = {}
+        for key, value in recipe.as_dict().items():
+            if key not in skip:
+                fields[key] = value
+            if key == "weight_decay_on":  # the scope's meaning beside its name
+                fields["weight_decay_reaches"] = weight_decay_reach(value)
         return {"arch": self.arch, **fields, "train_size": train_size,
                 "iterations": schedule.total_iterations, "iterations_per_epoch": schedule.iterations_per_epoch,
                 "milestones_iterations": list(schedule.milestones), "warmup_iterations": schedule.warmup_iterations,
@@ -373,3 +378,28 @@ class Variant:
 
 def reference_variant() -> Variant:
     return Variant("eager", False, False, 1)
+
+
+# The self-check's record (selfcheck.py), read here without torch: `campaign --status` says what it is worth.
+SELFCHECK_FORMAT = "reproresnet-selfcheck/3"
+
+
+def selfcheck_state(record) -> tuple[str, str]:
+    """(state, why) of a self-check record for a later campaign call: "complete" only if it is of
+    this format, every one of its checks ran, and the variant it chose passed (a later call reuses
+    it); else "old format", "cut short" (its budget ended it, or it was stopped before it wrote
+    "complete"), "failed" (its choice did not pass) or "unreadable": the next call checks again."""
+    try:
+        chosen = record["chosen"]["variant"]
+    except (TypeError, KeyError):
+        return "unreadable", "no chosen variant in it: checked again on the next call"
+    if record.get("format") != SELFCHECK_FORMAT:
+        return "old format", f"{record.get('format')!r}, not {SELFCHECK_FORMAT!r}: checked again on the next call"
+    if record.get("complete") is not True:
+        unchecked = record.get("unchecked") or []
+        return "cut short", ((f"by its budget, {len(unchecked)} check(s) not run ({', '.join(unchecked)})"
+                              if unchecked else "stopped before it ended") + ": checked again on the next call")
+    passed = next((r.get("ok") for r in record.get("variants", []) if r.get("variant") == chosen), None)
+    if passed is not True:
+        return "failed", f"its choice {chosen} did not pass: checked again on the next call"
+    return "complete", f"chose {chosen} ({record['chosen'].get('why', '')}); reused by later calls"

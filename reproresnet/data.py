@@ -184,6 +184,18 @@ def device_splits(configs: list[TrainConfig], device, sources: dict) -> list[Dat
     return [load_device_splits(config, device, sources.get(source_key(config))) for config in configs]
 
 
+def load_sources(configs: list[TrainConfig], device, sources: dict | None = None) -> dict:
+    """`sources` (by `source_key`) with every data set the runs of `configs` read, each read
+    once (`load_source`) and put on `device`."""
+    sources = {} if sources is None else sources
+    for config in configs:
+        key = source_key(config)
+        if key not in sources:
+            sources[key] = load_source(config.dataset, config.data_dir, download=config.download,
+                                       seed=config.seed).to(device)
+    return sources
+
+
 def _rng(seed: int, stream: str) -> torch.Generator:
     # One independent stream per use, so that e.g. changing limit_test leaves the train subset alone.
     return torch.Generator().manual_seed(3 * seed + ("train", "test", "val").index(stream))

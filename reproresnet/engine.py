@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 
 from .config import ConfigError, TrainConfig, choice
-from .recipes import Recipe
+from .recipes import DECAYED_ROLES, Recipe
 from .stacked import stacked_loss
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
@@ -117,18 +117,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def parameter_roles(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, str]]:
+    """Each parameter of `model`, in `model.parameters()` order, with its role
+    (recipes.PARAMETER_ROLES): a batch norm's weight and bias are its gamma and beta, any other
+    module's a conv or linear weight and bias. Chosen by the parameter's name in its module, not
+    by its shape (gamma is 1-d like a bias) nor the module's type (a stack's classifier is a
+    StackedLinear), so that a stacked network (stacked.py keeps every name) gives each of its
+    networks' parameters the role it has in that network alone."""
+    roles = {}
+    for module in model.modules():
+        batch_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+        for name, parameter in module.named_parameters(recurse=False):
+            if name not in ("weight", "bias"):
+                raise TypeError(f"{type(module).__name__}.{name} has no weight-decay role: "
+                                f"expected parameters named weight or bias")
+            roles[parameter] = {"weight": "bn_gamma", "bias": "bn_beta"}[name] if batch_norm else name
+    return [(parameter, roles[parameter]) for parameter in model.parameters()]
+
+
 def make_optimizer(model: torch.nn.Module, recipe: Recipe, speedups: Speedups) -> torch.optim.SGD:
-    # weight_decay_on="all": every parameter, BN included, as the authors' Torch code and PyTorch's
-    # default; "weights": conv and linear weights only, as Lasagne's regularize_layer_params (the
-    # 'regularizable' tag: W, not b, not BN's beta and gamma). Chosen by what a parameter is (a
-    # weight has >= 2 dims, a bias or BN scale 1), not by the module holding it, so that a stacked
-    # network (stacked.py) groups its parameters exactly as each of its networks would.
-    groups = [{"params": list(model.parameters())}]
-    if recipe.weight_decay_on == "weights":
-        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2]},
-                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
-                           nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
+    """SGD whose weight decay reaches only the parameter roles that the recipe's scope names
+    (recipes.DECAYED_ROLES); the other parameters form a second group, without decay."""
+    decayed = DECAYED_ROLES[recipe.weight_decay_on]
+    roles = parameter_roles(model)
+    groups = [{"params": [p for p, role in roles if role in decayed]},
+              {"params": [p for p, role in roles if role not in decayed], "weight_decay": 0.0}]
+    return torch.optim.SGD([group for group in groups if group["params"]], lr=recipe.lr,
+                           momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
                            fused=speedups.fused_optimizer or None)
 
 

@@ -20,13 +20,34 @@ from typing import Optional
 from .architectures import BOTTLENECK_NETWORKS, NETWORK_OPTIONS
 
 UNITS = ("epoch", "iteration")
-WEIGHT_DECAY_SCOPES = ("all", "weights")  # every parameter | conv and linear weights only
+# The parameter roles (engine.parameter_roles) and which of them each weight_decay_on scope decays.
+PARAMETER_ROLES = {"weight": "conv and linear weights", "bias": "conv and linear biases",
+                   "bn_gamma": "batch norm's gamma", "bn_beta": "batch norm's beta"}
+DECAYED_ROLES = {
+    "all": tuple(PARAMETER_ROLES),     # every parameter: the authors' Torch code, PyTorch's default
+    "weights": ("weight",),            # conv and linear weights only
+    # Lasagne's regularize_layer_params: the parameters tagged regularizable=True, a layer's W and
+    # BatchNormLayer's gamma (lasagne/layers/normalization.py); b, beta, mean and inv_std are not.
+    "lasagne": ("weight", "bn_gamma"),
+}
+WEIGHT_DECAY_SCOPES = tuple(DECAYED_ROLES)
+
 # The preprocessing a recipe may choose (data.py implements them).
 NORMALIZATIONS = ("per_pixel_mean", "per_pixel_mean_0_255", "range_0_1", "per_channel", "gcn_zca")
 AUGMENTATIONS = ("per_image", "per_batch", "none")
 PADDINGS = ("zero", "reflect")
 # What a change of learning rate does to the momentum (Schedule.momentum_scale_at says how).
 MOMENTUM_FORMS = ("pytorch", "lasagne", "reset")
+
+
+def weight_decay_reach(scope: str, spared: bool = True) -> str:
+    """In words, which parameters a weight_decay_on scope decays (and, if `spared`, which not)."""
+    decayed = DECAYED_ROLES[scope]
+    left = [words for role, words in PARAMETER_ROLES.items() if role not in decayed]
+    if not left:
+        return "every parameter"
+    reach = ", ".join(PARAMETER_ROLES[role] for role in decayed)
+    return f"{reach}; not {', '.join(left)}" if spared else reach
 
 
 @dataclass(frozen=True)
@@ -43,7 +64,7 @@ class Recipe:
     nesterov: bool = True
     momentum_form: str = "pytorch"  # MOMENTUM_FORMS: kept, rescaled (Lasagne) or emptied at an lr change
     weight_decay: float = 1e-4     # PyTorch SGD weight decay ...
-    weight_decay_on: str = "all"   # ... on every parameter, or on conv/linear weights only
+    weight_decay_on: str = "all"   # ... on the parameters this scope names (DECAYED_ROLES)
     warmup_lr: float = 0.0         # lr used before `warmup_length` (in `unit`s) ...
     warmup_length: float = 0
     warmup_archs: Optional[tuple[str, ...]] = None  # ... for these networks only; None: every one
@@ -108,14 +129,15 @@ _SEED_CODE = Recipe(
            "\"LR_SCHEDULE = {0: 0.01, 10: 0.1, 80: 0.01, 120: 0.001}\", \"ITERS = 200\", "
            "\"nesterov_momentum(loss, params, learning_rate=l_r, momentum=0.9)\" (Lasagne's velocity is in "
            "learning-rate units), \"regularize_layer_params(all_layers, lasagne.regularization.l2) * 0.0001\" "
-           "(= weight decay 2e-4 on conv and dense weights), \"train_test_split(X_train, y_train, test_size=0.1)\" "
+           "(= weight decay 2e-4 on what Lasagne tags regularizable: conv and dense W and BatchNormLayer's gamma, "
+           "not b, not beta), \"train_test_split(X_train, y_train, test_size=0.1)\" "
            "with the best-validation parameters kept, \".astype('float32')\" and \"X_train -= pixel_mean\" "
            "(raw 0-255 values minus the mean image), one crop offset and one flip per mini-batch, \"batch sizes "
            "of 64 for ResNet-110 and 48 for ResNet-164\", projections \"ConvLayer(l, ...)\" on the raw input, "
            "stride on the 3x3, Lasagne's layer defaults (a bias on each unit's last convolution, HeNormal and "
            "GlorotUniform weights, BatchNormLayer epsilon 1e-4)",
     length=200, unit="epoch", lr=0.1, milestones=(80, 120), gamma=0.1, batch_size=64,
-    momentum_form="lasagne", weight_decay=2e-4, weight_decay_on="weights", warmup_lr=0.01, warmup_length=10,
+    momentum_form="lasagne", weight_decay=2e-4, weight_decay_on="lasagne", warmup_lr=0.01, warmup_length=10,
     batch_size_for=tuple((arch, 48) for arch in BOTTLENECK_NETWORKS),
     normalization="per_pixel_mean_0_255", augmentation="per_batch", val_size=5000,
     shortcut="input_projection", bottleneck_stride="3x3", layer_defaults="lasagne",
@@ -140,7 +162,8 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (
                "slightly tweaked architecture\"): README \"32 instead of 128\", \"0.01 instead of 0.1\"; "
                "train_nn.py \"BATCHSIZE = 32\", \"LR_SCHEDULE = {0: 0.01, 80: 0.001, 120: 0.0001}\", "
                "\"ITERS = 200\", \"nesterov_momentum(loss, params, learning_rate=l_r, momentum=0.9)\", L2 "
-               "\"* 0.0001\" on the regularizable weights, the best-validation parameters kept; utils.py "
+               "\"* 0.0001\" on the regularizable parameters (conv and dense W, BN's gamma), the best-validation "
+               "parameters kept; utils.py "
                "\"train_test_split(X_train, y_train, test_size=0.1)\", \".astype('float32') / 255.\" with no mean "
                "subtracted, one crop offset and one flip per mini-batch from a zero pad; models.py: every unit of "
                "stage 1 built with \"first=True\" (\"bn_pre_relu = l\": no BN-ReLU of its own), projections "

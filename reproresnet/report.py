@@ -556,7 +556,7 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import RECIPES
+    from .recipes import RECIPES, weight_decay_reach
     at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():
@@ -569,7 +569,7 @@ def recipe_table() -> pd.DataFrame:
             "lr": f"{recipe.lr:g}", "decay": f"×{recipe.gamma:g} at {', '.join(f'{m:,}' for m in recipe.milestones)}",
             "momentum": f"{recipe.momentum:g}{' (Nesterov)' if recipe.nesterov else ''}, "
                         f"{at_lr_change[recipe.momentum_form]} at an lr change",
-            "weight decay": f"{recipe.weight_decay:g} on {recipe.weight_decay_on}",
+            "weight decay": f"{recipe.weight_decay:g} on {weight_decay_reach(recipe.weight_decay_on, spared=False)}",
             "warm-up": f"lr {recipe.warmup_lr:g} for {recipe.warmup_length:,} {recipe.unit}s ({archs})"
                        if recipe.warmup_length else "none",
             "BN batch": str(recipe.bn_batch or "mini-batch"), "normalization": recipe.normalization,

@@ -1,32 +1,60 @@
-"""Which way to train, checked against eager fp32 and timed, in seconds, before a campaign
-spends GPU time on it.
+"""Which way to train, judged step by step against the exact step and timed, in seconds, before
+a campaign spends GPU time on it.
 
     python -m reproresnet selfcheck --device cuda --dataset folder:data/cifar10-jpeg --out selfcheck.json
 
 A variant is an engine (`eager`, or `graph`: the step replayed as a CUDA graph), a precision
 (fp32 with TF32 off, or bf16 autocast), a memory layout (NCHW or NHWC = channels_last) and a
 stack size K (the plan's K seeds of one network trained as one stacked network, `stacked.py`).
-On the plan's first network each variant takes the same steps, on the same batches of the
-real data (each run's own data pipeline), through the Engine API the training loop uses, as
-the reference: the K networks apart, eager fp32, NCHW. The steps include a tenfold drop of the
-learning rate and an epoch's smaller last batch between full ones, so that a graph that baked
-in its learning rate, or broke after an eager step, moves the weights elsewhere. Per network,
-the first step's loss (same weights: only the numerics differ) must agree within `LOSS_RTOL`
-and the weights' total change within `UPDATE_RTOL` of the reference's (relative L2). A
-variant's failure, crash included, is recorded with its numbers.
+
+**The rule.** A variant is judged by single steps, never by a trajectory: a 110-layer network
+amplifies any change of summation order (two fp32 computations of ResNet-110 that differ only
+in it were 0.9 % apart after one step and 140 % after nine). The reference (the K networks
+apart, eager fp32, NCHW) takes `PREPARE_STEPS` steps at the recipe's lr from each run's seed:
+that is the start state, with momentum and moved BN statistics. Every judged step of every
+variant starts from an exact copy of it (weights, BN statistics and momentum buffers copied in
+place into the variant's own tensors, which is what a captured CUDA graph reads) and takes one
+SGD step through the Engine API and `train.set_step_lr`, as the loop does, on the same batch of
+each run's own data; dropout is off (0) in the check's networks (a stack draws other masks
+than K networks apart). Per network of the stack, three quantities are compared with the
+exact step (the reference network in float64 from the same state on the same batch): the
+step's loss, its gradient (read from the momentum buffer after the step, weight decay
+included: `b' - momentum x b`) and the weights' update, each as a relative distance (|a - e|
+/ |e|, L2 over all weights). The tolerance of each quantity is `TOLERANCE_FACTOR` x the floor
+of the variant's precision measured in the same run: the largest distance from the exact step
+of that precision's eager, unstacked steps, in either layout, at any judged step, never less
+than the precision's unit roundoff. Both layouts and every step, because which of them lands
+far from float64 is chance: convolution algorithms differ in accuracy (ResNet-110's update,
+NCHW and NHWC: 0.9 % and 8.7 % from float64 on a CPU), and one ReLU within rounding of zero
+that switches moves a gradient by 1e-3 where the same step elsewhere stays at 1e-6. So a
+bf16 variant is judged against a bf16 floor, and it passes only if its fp32 twin (same
+engine, layout and K) passes too: the machinery is judged where the floor is tight.
+
+The judged steps (`JUDGED`) come after the events a graph engine can get wrong: the first
+after the capture, with the lr changed since it and a new batch in the static inputs; an
+epoch's smaller last batch (run eagerly); the full step after it; and a tenfold lr drop with
+the momentum buffers rescaled in place (Lasagne's form; the tensors a graph reads). A graph
+that baked in its lr, static inputs not refilled, a step after the smaller batch gone wrong,
+a stacked loss that is a mean (lr/K), a run fed another run's batches, a skipped momentum
+rescale: each moves a quantity of some judged step orders of magnitude past its tolerance
+(tests/test_selfcheck.py plants each).
 
 Each variant is then timed over further full steps (ms/step; images/s counts the K networks'
-images). The choice: fp32 (the precision of every source) unless its fastest passing variant
-takes more than `PRECISION_COST` times the step time of bf16's; then the fastest passing
-variant of that precision. The reference always passes, so the eager fp32 path is the last
-fallback. The other networks of the plan are then checked with the chosen variant (no timing);
+images; `seconds_per_step`, `images_per_second`, `stack` and `precision` are what the
+campaign's scheduling reads). The choice: fp32 (the precision of every source) unless its
+fastest passing variant takes more than `PRECISION_COST` times bf16's time per network-step;
+then the fastest passing variant of that precision. Graph variants with K = 1 are candidates
+too, so a slow grouped convolution leaves the graph engine to unstacked runs. The reference
+always passes, so the eager fp32 path is the last fallback. The other networks of the plan
+are then judged the same way with the chosen variant (floors of its precision; no timing);
 one where it fails is trained eagerly and unstacked at the chosen precision. The device
 generator's augmentation statistics are checked last.
 
 `--budget` is kept: a check still running when it is spent is interrupted (SIGALRM) and listed
-as unchecked; the record's top-level "ok" is written last, so a record without it was cut
-short from outside. On a CPU the graph engine and bf16 are not tried (CUDA only): the
-reference and the eager stacked variant run, with tiny steps.
+as unchecked; "complete" (true only if nothing was cut) and the top-level "ok" are written
+last. A campaign reuses only a complete record of this format whose chosen variant passed
+(`config.selfcheck_state`). On a CPU the graph engine and bf16 are not tried (CUDA only) and
+the check's batch is 8 images per network unless `--batch-size` is given.
 """
 
 from __future__ import annotations
@@ -38,47 +66,87 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import records, rundir
-from .config import ConfigError, TrainConfig, Variant, distinct, reference_variant, select_device
-from .data import PAD, augment, device_splits
-from .engine import WARMUP_STEPS, exact_fp32, synchronize
+from .config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
+                     select_device, selfcheck_state)
+from .data import PAD, augment, device_splits, load_sources
+from .engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
 from .reference import REPRODUCED
-from .stacked import stacked_batch
-from .train import Stack, build_stack, epoch_seed, run_batches
+from .stacked import merge_tensors, stacked_batch
+from .train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
 
-FORMAT = "reproresnet-selfcheck/2"
-LOSS_RTOL = 0.02       # bf16 autocast moves a first-step cross-entropy of ~2.3 by well under 1%
-UPDATE_RTOL = 0.10     # relative L2 distance between a variant's and the reference's weight change
-PRECISION_COST = 1.5   # fp32 is kept unless its step takes more than this times bf16's
-SIGMAS = 5.0           # augmentation frequencies: within 5 standard deviations of their expectation
+FORMAT = SELFCHECK_FORMAT
+TOLERANCE_FACTOR = 4.0  # a variant's distance from the exact step may be this many times its precision's floor
+UNIT_ROUNDOFF = {"fp32": 2.0 ** -24, "bf16": 2.0 ** -8}  # the least floor: one rounding of the format
+PRECISION_COST = 1.5    # fp32 is kept unless its step takes more than this times bf16's
+SIGMAS = 5.0            # augmentation frequencies: within 5 standard deviations of their expectation
+PREPARE_STEPS = 2       # reference steps from the seeds' weights to the start state
+CPU_BATCH = 8           # the check's images per network on a CPU, unless --batch-size
+QUANTITIES = ("loss", "gradient", "update")
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One judged step: from the start state, at `lr` x the recipe's lr, the momentum buffers
+    first multiplied by `momentum_scale`, on batch `batch` (cut to the smaller size if `smaller`)."""
+    name: str
+    batch: int
+    lr: float
+    momentum_scale: float = 1.0
+    smaller: bool = False
+
+
+# Batches 0 and 1 take the reference to the start state (and a variant through its warm-up
+# and capture, at the recipe's lr); each judged step has a batch of its own.
+JUDGED = (Judged("after capture", 2, 0.1),                      # lr changed since the capture; new inputs
+          Judged("smaller batch", 3, 0.1, smaller=True),        # eager, between replays
+          Judged("after smaller batch", 4, 0.1),                # the replay after it
+          Judged("momentum rescaled", 5, 0.01, momentum_scale=10.0))  # tenfold lr drop, Lasagne's rescale
+BATCHES = 2 + len(JUDGED)
 
 
 def candidates(device: torch.device, k: int, precision: str | None = None) -> list[Variant]:
-    """The variants worth timing on `device`, most likely chosen first (a budget cut keeps them)."""
+    """The variants worth judging and timing on `device`, most likely chosen first (a budget cut
+    keeps them); a bf16 variant comes with its fp32 twin, which judges its machinery."""
     if device.type != "cuda":
         found = [Variant("eager", False, False, k)]
     else:
-        found = [Variant("graph", False, True, k), Variant("graph", True, True, k), Variant("eager", False, True, k),
+        found = [Variant("graph", False, True, k), Variant("graph", True, True, k),
+                 Variant("graph", False, True, 1), Variant("graph", True, True, 1), Variant("eager", False, True, k),
                  Variant("graph", False, False, k), Variant("graph", True, False, k)]
-    return [v for v in dict.fromkeys(found) if precision in (None, v.precision) and v != reference_variant()]
+    wanted = [v for v in found if precision in (None, v.precision)
+              or (precision == "bf16" and dataclasses.replace(v, bf16=True) in found)]
+    return [v for v in dict.fromkeys(wanted) if v != reference_variant()]
 
 
-# ---------------------------------------------------------------- one variant's steps
+def floor_variants(precision: str) -> list[Variant]:
+    """The eager, unstacked steps of `precision` in both layouts: their distances from the exact
+    step are the floor (for fp32, the first is the reference)."""
+    return [Variant("eager", precision == "bf16", layout, 1) for layout in (False, True)]
 
 
-def _build(variant: Variant, configs: list[TrainConfig], device, sources: dict) -> list[Stack]:
-    """The variant's stacks: one of K networks, or K stacks of one."""
-    return [build_stack(group, device_splits(group, device, sources), device)
-            for group in variant.groups(variant.configs(configs))]
+# ---------------------------------------------------------------- the start state and the batches
 
 
-def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-    """`full` batches of each run's own data (its data order, augmentation and normaliser, from
-    epoch 0 on), then a smaller one, then two full ones: [step][run] -> (images, labels)."""
+def check_configs(configs: list[TrainConfig]) -> list[TrainConfig]:
+    """The runs as the check builds them: dropout off where the network has it."""
+    return [dataclasses.replace(c, dropout=0.0) if c.network_options().get("dropout") else c for c in configs]
+
+
+def _build(variant: Variant, configs: list[TrainConfig], device, splits: list) -> list[Stack]:
+    """The variant's stacks (one of K networks, or K stacks of one) on the runs' `splits`."""
+    return [build_stack(group, part, device)
+            for group, part in zip(variant.groups(variant.configs(configs)), variant.groups(splits))]
+
+
+def _batches(stacks: list[Stack], count: int) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The first `count` full batches of each run's own data (its data order, augmentation and
+    normaliser, from epoch 0 on): [step][run] -> (images, labels)."""
     recipe = stacks[0].recipe
 
     def batches(stack, run):
@@ -89,89 +157,213 @@ def _batches(stacks: list[Stack], full: int) -> list[list[tuple[torch.Tensor, to
     if len(stacks[0].runs[0].splits.train) < recipe.batch_size:
         raise ConfigError(f"the self-check needs a full batch of {recipe.batch_size} images; the training split "
                           f"has {len(stacks[0].runs[0].splits.train)}")
-    steps = list(itertools.islice(zip(*(batches(stack, run) for stack in stacks for run in stack.runs)), full + 3))
-    smaller = recipe.batch_size - max(1, recipe.batch_size // 4)
-    steps[full] = tuple((images[:smaller], labels[:smaller]) for images, labels in steps[full])
-    return steps
+    return list(itertools.islice(zip(*(batches(stack, run) for stack in stacks for run in stack.runs)), count))
 
 
-def _lrs(stack: Stack, count: int) -> list[float]:
-    """A hundredth of the recipe's lr, then a tenfold drop three steps before the smaller batch
-    (on CUDA, after the first graph replays). The check compares computations, not training:
-    at the recipe's lr, fp32 rounding alone moved two identical computations' weights 20-30%
-    apart within six steps (ReLUs near zero switch, and each switch changes every later step);
-    at a hundredth, 0.4-1% (a ResNet-20, batch 32)."""
-    drop = count - 4
-    return [stack.recipe.lr / 100 * (0.1 if index >= drop else 1.0) for index in range(count)]
+def _state(stack: Stack) -> dict:
+    """A network's (K = 1) weights, BN statistics and momentum buffers, by name, copied."""
+    momentum = {name: stack.optimizer.state[p]["momentum_buffer"].clone()
+                for name, p in stack.model.named_parameters()}
+    return {"model": {name: t.detach().clone() for name, t in stack.model.state_dict().items()}, "momentum": momentum}
 
 
-def _flat_weights(stack: Stack) -> torch.Tensor:
-    """[K, N]: each network's parameters, flattened in the order of a single network's."""
-    return torch.cat([p.detach().float().reshape(stack.k, -1) for p in stack.model.parameters()], 1)
+def _merged(states: list[dict]) -> dict:
+    """K networks' states as their stack's (`stacked.merge_tensors`; K = 1: the network's)."""
+    return {part: {name: merge_tensors(name, [state[part][name] for state in states]) for name in states[0][part]}
+            for part in ("model", "momentum")}
 
 
-def _steps(stack: Stack, batches, first_run: int, timed: int) -> dict:
-    """The compared steps on this stack's runs' batches, then `timed` full steps timed; as the
-    loop runs them, fp32 with TF32 off."""
-    with exact_fp32():
-        return _steps_exact(stack, batches, first_run, timed)
+@torch.no_grad()
+def _load(stack: Stack, state: dict) -> None:
+    """`state` copied into the stack's own tensors, in place: what a captured graph reads."""
+    for name, tensor in stack.model.state_dict().items():
+        tensor.copy_(state["model"][name])
+    for name, p in stack.model.named_parameters():
+        stack.optimizer.state[p]["momentum_buffer"].copy_(state["momentum"][name])
 
 
-def _steps_exact(stack: Stack, batches, first_run: int, timed: int) -> dict:
+def _flat(tensors, k: int) -> torch.Tensor:
+    """[K, N] float64: each network's tensors flattened, in a single network's order."""
+    return torch.cat([t.detach().reshape(k, -1).double() for t in tensors], 1)
+
+
+# ---------------------------------------------------------------- judged steps
+
+
+def _judged_steps(stack: Stack, batches, first_run: int, start: list[dict], setup: int) -> list[dict]:
+    """`setup` full steps (a graph engine's warm-up and capture), then each judged step from the
+    start state: per step, the K networks' loss [K], gradient and update [K, N] (float64)."""
     runs = range(first_run, first_run + stack.k)
-    stacked = [stacked_batch([step[index] for index in runs], stack.speedups.channels_last) for step in batches]
-    before = _flat_weights(stack).clone()
-    losses = []
-    for (images, labels), lr in zip(stacked, _lrs(stack, len(stacked))):
-        stack.engine.set_lr(lr)
+    recipe, k = stack.recipe, stack.k
+    dtype = next(stack.model.parameters()).dtype  # float64 for the exact step
+    smaller = recipe.batch_size - max(1, recipe.batch_size // 4)
+
+    def batch(index, cut=False):
+        images, labels = stacked_batch([(images[:smaller], labels[:smaller]) if cut else (images, labels)
+                                        for images, labels in (batches[index][run] for run in runs)],
+                                       stack.speedups.channels_last)
+        return images.to(dtype), labels
+
+    for index in range(setup):
+        set_step_lr(stack, recipe.lr)
+        stack.engine.step(*batch(index % 2))
+    state = _merged(start[first_run:first_run + k])
+    names = [name for name, _ in stack.model.named_parameters()]
+    weights0, momentum0 = (_flat([state[part][name] for name in names], k) for part in ("model", "momentum"))
+    results = []
+    for judged in JUDGED:
+        _load(stack, state)
+        set_step_lr(stack, recipe.lr * judged.lr, judged.momentum_scale)
+        images, labels = batch(judged.batch, judged.smaller)
         loss, _ = stack.engine.step(images, labels)
-        losses.append(loss / labels.shape[1])
-    change = _flat_weights(stack) - before
-    losses = torch.stack(losses).tolist()  # one synchronisation
-    seconds = None
-    if timed:
-        images, labels = stacked[0]
-        synchronize(stack.device)
-        began = time.perf_counter()
-        for _ in range(timed):
-            stack.engine.step(images, labels)
-        synchronize(stack.device)
-        seconds = (time.perf_counter() - began) / timed
-    return {"first_losses": losses[0], "change": change, "seconds_per_step": seconds,
-            "finite": all(x == x and abs(x) != float("inf") for step in losses for x in step)
-            and bool(torch.isfinite(change).all())}
+        parameters = list(stack.model.parameters())
+        results.append({"loss": loss.double() / labels.shape[1], "update": _flat(parameters, k) - weights0,
+                        "gradient": _flat([stack.optimizer.state[p]["momentum_buffer"] for p in parameters], k)
+                        - recipe.momentum * judged.momentum_scale * momentum0})
+    return results
 
 
-def trial(variant: Variant, stacks: list[Stack], batches, timed: int, began: float) -> dict:
-    """A variant's steps on `batches`, timed, and its set-up and step times."""
-    results, offset = [], 0
-    for stack in stacks:
-        results.append(_steps(stack, batches, offset, timed if offset == 0 else 0))
-        offset += stack.k
-    step = results[0]["seconds_per_step"]
-    images = stacks[0].k * stacks[0].recipe.batch_size
-    return {**variant_fields(variant), "first_losses": [x for r in results for x in r["first_losses"]],
-            "change": torch.cat([r["change"] for r in results]), "finite": all(r["finite"] for r in results),
-            "seconds_per_step": step, "images_per_second": images / step if step else None,
+def _time(stack: Stack, batches, timed: int) -> float | None:
+    """Seconds per full step of `stack` over `timed` steps (its first runs' first judged batch)."""
+    if not timed:
+        return None
+    images, labels = stacked_batch([batches[JUDGED[0].batch][run] for run in range(stack.k)],
+                                   stack.speedups.channels_last)
+    synchronize(stack.device)
+    began = time.perf_counter()
+    for _ in range(timed):
+        stack.engine.step(images, labels)
+    synchronize(stack.device)
+    return (time.perf_counter() - began) / timed
+
+
+def _distances(results: list[dict], exact: list[dict], rows: slice) -> list[dict]:
+    """Per judged step and quantity, each network's relative distance from the exact step [K]."""
+    out = []
+    for result, truth in zip(results, exact):
+        loss, exact_loss = result["loss"], truth["loss"][rows]
+        out.append({"loss": ((loss - exact_loss).abs() / exact_loss.abs()).cpu(),
+                    **{q: ((result[q] - truth[q][rows]).norm(dim=1) / truth[q][rows].norm(dim=1)).cpu()
+                       for q in ("gradient", "update")}})
+    return out
+
+
+def _steps_of(variant: Variant, stacks: list[Stack], batches, start: list[dict], exact: list[dict] | None,
+              timed: int) -> tuple[list[dict], float | None]:
+    """The variant's judged steps on every stack: (distances per step [all K], seconds per step);
+    without `exact`, the raw results (the exact step itself)."""
+    setup = WARMUP_STEPS + 1 if variant.engine == "graph" else 1
+    parts, seconds, offset = [], None, 0
+    with exact_fp32():
+        for stack in stacks:
+            results = _judged_steps(stack, batches, offset, start, setup)
+            parts.append(results if exact is None else _distances(results, exact, slice(offset, offset + stack.k)))
+            if offset == 0:
+                seconds = _time(stack, batches, timed)
+            offset += stack.k
+    joined = [{q: torch.cat([part[step][q] for part in parts]) for q in parts[0][step]} for step in range(len(JUDGED))]
+    return joined, seconds
+
+
+# ---------------------------------------------------------------- the baseline and a variant's verdict
+
+
+@dataclass
+class Baseline:
+    """What every variant of one network is judged against, measured once: the runs' configs
+    (dropout off), their batches, the start state of each network, the exact step's results,
+    the floors of each precision measured, and the distances behind them."""
+    configs: list[TrainConfig]
+    splits: list            # each run's data on the device
+    batches: list
+    start: list[dict]
+    exact: list[dict]
+    floors: dict            # precision -> quantity -> floor
+    floor_distances: dict   # variant name -> judged step -> quantity -> largest distance over the networks
+    reference: dict         # the reference's own verdict, timed
+
+
+def baseline(configs: list[TrainConfig], device, sources: dict, precisions=("fp32",), timed: int = 0) -> Baseline:
+    """The start state (reference steps), the exact step (float64) from it, and each precision's
+    floor from its eager unstacked steps in both layouts."""
+    configs = check_configs(configs)
+    began = time.perf_counter()
+    reference = reference_variant()
+    splits = device_splits(configs, device, load_sources(configs, device, sources))
+    stacks = _build(reference, configs, device, splits)
+    batches = _batches(stacks, BATCHES)
+    with exact_fp32():
+        for index, stack in enumerate(stacks):
+            for step in range(PREPARE_STEPS):
+                set_step_lr(stack, stack.recipe.lr)
+                stack.engine.step(*stacked_batch([batches[step][index]], False))
+    start = [_state(stack) for stack in stacks]
+    exact, _ = _steps_of(reference, [_in_float64(stack) for stack in _build(reference, configs, device, splits)],
+                         batches, start, None, 0)
+    distances, seconds = {}, None
+    for precision in precisions:
+        for variant in floor_variants(precision):
+            timed_here = timed if variant == reference else 0
+            built = stacks if variant == reference else _build(variant, configs, device, splits)
+            distances[variant.name], step_seconds = _steps_of(variant, built, batches, start, exact, timed_here)
+            seconds = step_seconds if variant == reference else seconds
+    floors = {precision: {q: max(UNIT_ROUNDOFF[precision], *(float(step[q].max()) for v in floor_variants(precision)
+                                                             for step in distances[v.name])) for q in QUANTITIES}
+              for precision in precisions}
+    result = Baseline(configs, splits, batches, start, exact, floors, {}, {})
+    result.floor_distances = {name: _largest(steps) for name, steps in distances.items()}
+    result.reference = verdict(reference, distances[reference.name], result, seconds, began)
+    return result
+
+
+def _in_float64(stack: Stack) -> Stack:
+    """The reference stack in float64, with an unfused SGD (the exact step)."""
+    model = stack.model.double()
+    speedups = dataclasses.replace(stack.speedups, fused_optimizer=False)
+    optimizer = make_optimizer(model, stack.recipe, speedups)
+    engine = EagerEngine(model, optimizer, speedups, stack.recipe.batch_size)
+    return dataclasses.replace(stack, model=model, optimizer=optimizer, engine=engine, speedups=speedups)
+
+
+def _largest(steps: list[dict]) -> dict:
+    """Per judged step and quantity, the largest distance over the networks."""
+    return {judged.name: {q: float(step[q].max()) for q in QUANTITIES} for judged, step in zip(JUDGED, steps)}
+
+
+def verdict(variant: Variant, distances: list[dict], base: Baseline, seconds: float | None, began: float) -> dict:
+    """A variant's record: per judged step and quantity its largest distance, and the worst ratio
+    of a distance to its tolerance; ok if every quantity is finite and within tolerance."""
+    floors = base.floors[variant.precision]
+    finite = all(bool(torch.isfinite(step[q]).all()) for step in distances for q in QUANTITIES)
+    ratios = [(float(step[q].max()) / (TOLERANCE_FACTOR * floors[q]), judged.name, q)
+              for judged, step in zip(JUDGED, distances) for q in QUANTITIES]
+    worst = max(ratios, key=lambda item: item[0] if item[0] == item[0] else float("inf"))
+    images = variant.stack * base.configs[0].resolved_recipe().batch_size
+    return {**variant_fields(variant), "ok": finite and worst[0] <= 1.0, "finite": finite,
+            "worst": {"ratio": worst[0], "step": worst[1], "quantity": worst[2]},
+            "ratios": {q: max(r for r, _, quantity in ratios if quantity == q) for q in QUANTITIES},
+            "distances": _largest(distances), "seconds_per_step": seconds,
+            "images_per_second": images / seconds if seconds else None,
             "setup_and_steps_seconds": round(time.perf_counter() - began, 2)}
 
 
-def measure(variant: Variant, configs: list[TrainConfig], device, sources: dict, full: int, timed: int,
-            batches=None) -> tuple[dict, list]:
-    """(the variant's trial, the batches): on `batches`, or on the first steps of its runs' data."""
+def judge(variant: Variant, base: Baseline, device, timed: int = 0) -> dict:
+    """The variant's judged steps against the exact step, timed over `timed` further steps."""
     began = time.perf_counter()
-    stacks = _build(variant, configs, device, sources)
-    batches = batches or _batches(stacks, full)
-    return trial(variant, stacks, batches, timed, began), batches
+    stacks = _build(variant, base.configs, device, base.splits)
+    distances, seconds = _steps_of(variant, stacks, base.batches, base.start, base.exact, timed)
+    return verdict(variant, distances, base, seconds, began)
 
 
-def compare(reference: dict, result: dict) -> dict:
-    """Per network: first-step loss and total weight change against the reference's."""
-    losses = [abs(a - b) / abs(b) for a, b in zip(result["first_losses"], reference["first_losses"])]
-    updates = ((result["change"] - reference["change"]).norm(dim=1) / reference["change"].norm(dim=1)).tolist()
-    ok = result["finite"] and max(losses) <= LOSS_RTOL and max(updates) <= UPDATE_RTOL
-    return {**{k: v for k, v in result.items() if k != "change"}, "ok": ok,
-            "first_loss_rel_diff": max(losses), "update_rel_diff": max(updates)}
+def twin_rule(results: list[dict]) -> None:
+    """A bf16 variant passes only if its fp32 twin (same engine, layout, K) passed: the
+    machinery is judged where the floor is tight."""
+    tried = {r["variant"]: r for r in results}
+    for result in results:
+        if result.get("precision") == "bf16" and result.get("ok"):
+            twin = dataclasses.replace(Variant.from_name(result["variant"]), bf16=False).name
+            if not (tried.get(twin) or {}).get("ok"):
+                result.update(ok=False, why=f"its fp32 twin {twin} did not pass")
 
 
 def choose(results: list[dict], precision: str | None = None, stack: int | None = None) -> tuple[str, str]:
@@ -233,23 +425,29 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
               precision: str | None = None, stack: int | None = None, timed_steps: int | None = None, log=print,
               save=lambda record: None) -> dict:
     """Every check in turn within `budget` seconds, `save(record)` after each. `plan`: the
-    configs of each network's runs (seeds apart; the first network's are compared and timed).
-    `precision` ("fp32" or "bf16") and `stack` (networks per stack; default: all the seeds,
-    or apart if that is faster) restrict the choice; `sources`: data sets already read."""
+    configs of each network's runs (seeds apart; the first network's variants are judged and
+    timed). `precision` ("fp32" or "bf16") and `stack` (networks per stack; default: all the
+    seeds, or apart if that is faster) restrict the choice; `sources`: data sets already read."""
     device, sources = torch.device(device), sources or {}
     cuda = device.type == "cuda"
-    timed = timed_steps if timed_steps is not None else (30 if cuda else 2)
-    full = compared_steps(device)
+    timed = timed_steps if timed_steps is not None else (20 if cuda else 2)
     archs = list(plan)
     k = stack or len(plan[archs[0]])
+    variants = candidates(device, k, precision)
+    precisions = [p for p in ("fp32", "bf16") if p == "fp32" or any(v.precision == p for v in variants)]
     deadline = time.time() + budget
+    first = plan[archs[0]]
     record = {"format": FORMAT, "created": records.now(), "device": str(device),
               "gpu": torch.cuda.get_device_name(device) if cuda else None, "torch": torch.__version__,
-              "arch": archs[0], "stack": k, "batch_size": plan[archs[0]][0].resolved_recipe().batch_size,
-              "compared_steps": full + 3, "timed_steps": timed,
-              "tolerances": {"first_loss_rel": LOSS_RTOL, "update_rel": UPDATE_RTOL, "precision_cost": PRECISION_COST},
-              "variants": [], "not_tried": [] if cuda else ["graph engine and bf16: CUDA only"],
-              "networks": {}, "unchecked": []}
+              "arch": archs[0], "stack": k, "batch_size": first[0].resolved_recipe().batch_size,
+              "rule": f"one step from a common start state ({PREPARE_STEPS} reference steps), per judged step: "
+                      f"loss, gradient and update within {TOLERANCE_FACTOR:g} x the floor of the variant's "
+                      f"precision (the largest distance from float64 of its eager unstacked steps, both layouts, "
+                      f"every judged step; at least its unit roundoff); bf16 only beside a passing fp32 twin",
+              "judged_steps": [dataclasses.asdict(judged) for judged in JUDGED], "timed_steps": timed,
+              "tolerance_factor": TOLERANCE_FACTOR, "unit_roundoff": UNIT_ROUNDOFF, "precision_cost": PRECISION_COST,
+              "dropout": _dropout_note(plan), "floors": {}, "floor_distances": {}, "variants": [],
+              "not_tried": [] if cuda else ["graph engine and bf16: CUDA only"], "networks": {}, "unchecked": []}
 
     def attempt(name, function, *args):
         began = time.time()
@@ -266,45 +464,59 @@ def selfcheck(plan: dict[str, list[TrainConfig]], device, sources: dict | None =
         result["seconds"] = round(time.time() - began, 1)
         log(f"selfcheck {name}: {'ok' if result.get('ok', True) else 'FAILED'} ({result['seconds']} s)"
             + (f" {1e3 * result['seconds_per_step']:.2f} ms/step" if result.get("seconds_per_step") else "")
+            + (f" worst {result['worst']['ratio']:.2g} x tolerance ({result['worst']['quantity']}, "
+               f"{result['worst']['step']})" if "worst" in result else "")
             + (f" {result['error']}" if "error" in result else ""))
         save(record)
         return result
 
-    first, measured = plan[archs[0]], {}
+    measured = {}
 
     def reference():
-        measured["reference"], measured["batches"] = measure(reference_variant(), first, device, sources, full, timed)
-        return compare(measured["reference"], measured["reference"])
+        measured["base"] = baseline(first, device, sources, precisions, timed)
+        record.update(floors=measured["base"].floors, floor_distances=measured["base"].floor_distances)
+        return measured["base"].reference
 
-    def variant_trial(variant):
-        return compare(measured["reference"], measure(variant, first, device, sources, full, timed,
-                                                      measured["batches"])[0])
-
-    result = attempt(f"{archs[0]} {reference_variant().name} (reference)", reference)
+    result = attempt(f"{archs[0]} {reference_variant().name} (reference, exact step and floors)", reference)
     if result is not None:
         record["variants"].append({**variant_fields(reference_variant()), **result})
-    for variant in candidates(device, k, precision) if "reference" in measured else ():
-        result = attempt(f"{archs[0]} {variant.name}", variant_trial, variant)
+    for variant in variants if "base" in measured else ():
+        result = attempt(f"{archs[0]} {variant.name}", judge, variant, measured["base"], device, timed)
         if result is not None:
             record["variants"].append({**variant_fields(variant), **result})
+    twin_rule(record["variants"])
     chosen, why = choose(record["variants"], precision, stack)
     record["chosen"] = {"variant": chosen, "why": why}
     tried = {r["variant"]: r for r in record["variants"]}
     record["networks"][archs[0]] = {"ok": tried[chosen]["ok"] if chosen in tried else None, "variant": chosen}
+    stacked = _stacked_alternative(record["variants"], Variant.from_name(chosen), k)
     for arch in archs[1:]:
-        record["networks"][arch] = attempt(f"{arch} {chosen}", check_network, plan[arch][:k], device, sources,
-                                           Variant.from_name(chosen), full) or {"ok": None, "note": "unchecked"}
+        record["networks"][arch] = attempt(f"{arch} {chosen}" + (f" and {stacked.name}" if stacked else ""),
+                                           check_network, plan[arch][:k], device, sources, Variant.from_name(chosen),
+                                           stacked) or {"ok": None, "note": "unchecked"}
     record["augmentation"] = attempt("augmentation statistics", check_augmentation, device)
-    record["ok"] = all(r.get("ok") for r in record["variants"]) and not record["unchecked"] and \
+    record["complete"] = not record["unchecked"]
+    record["ok"] = all(r.get("ok") for r in record["variants"]) and record["complete"] and \
         all(n.get("ok") for n in record["networks"].values()) and (record["augmentation"] or {}).get("ok", False)
     log(f"selfcheck: chosen {chosen}: {why}")
     save(record)
     return record
 
 
-def compared_steps(device: torch.device) -> int:
-    """Full steps before the smaller batch: on CUDA the warm-up steps, the capture, then replays."""
-    return WARMUP_STEPS + 3 if device.type == "cuda" else 2
+def _stacked_alternative(results: list[dict], chosen: Variant, k: int) -> Variant | None:
+    """Where `chosen` trains the networks apart, the fastest variant of K = `k` and its precision
+    that passed: the other networks are judged with it too."""
+    if chosen.stack >= k:
+        return None
+    name, _ = choose(results, chosen.precision, k)
+    return Variant.from_name(name) if any(r["variant"] == name and r.get("ok") for r in results) else None
+
+
+def _dropout_note(plan: dict[str, list[TrainConfig]]) -> str:
+    trained = {arch: configs[0].network_options().get("dropout") for arch, configs in plan.items()}
+    with_dropout = [f"{arch} {p:g}" for arch, p in trained.items() if p]
+    return "off (0) in the check's networks" + (f"; trained with dropout: {', '.join(with_dropout)} (a stack "
+                                                f"draws other masks than K networks apart)" if with_dropout else "")
 
 
 def variant_fields(variant: Variant) -> dict:
@@ -312,12 +524,20 @@ def variant_fields(variant: Variant) -> dict:
             "channels_last": variant.channels_last, "stack": variant.stack}
 
 
-def check_network(configs: list[TrainConfig], device, sources: dict, variant: Variant, full: int) -> dict:
-    """`variant` against the reference on one more network (compared, not timed)."""
-    reference, batches = measure(reference_variant(), configs, device, sources, full, 0)
-    result = compare(reference, measure(variant, configs, device, sources, full, 0, batches)[0])
-    return {"ok": result["ok"], "variant": variant.name, "first_loss_rel_diff": result["first_loss_rel_diff"],
-            "update_rel_diff": result["update_rel_diff"]}
+def check_network(configs: list[TrainConfig], device, sources: dict, variant: Variant,
+                  stacked: Variant | None = None) -> dict:
+    """`variant` judged on one more network (floors of its precision; not timed); and `stacked`,
+    of the same precision, under "stacked" where given (the plan's stack, when `variant` trains
+    the networks apart: whether this network could train stacked)."""
+    began = time.perf_counter()
+    base = baseline(configs, device, sources, (variant.precision,))
+
+    def judged(v):
+        result = judge(v, base, device) if v != reference_variant() else base.reference
+        return {key: result[key] for key in ("ok", "variant", "finite", "worst", "ratios", "distances")}
+
+    return {**judged(variant), **({"stacked": judged(stacked)} if stacked else {}), "floors": base.floors,
+            "seconds_measured": round(time.perf_counter() - began, 1)}
 
 
 def variant_for(record: dict, arch: str) -> tuple[Variant, str]:
@@ -327,8 +547,10 @@ def variant_for(record: dict, arch: str) -> tuple[Variant, str]:
     network = record["networks"].get(arch) or {}
     if network.get("ok") is False:  # None: not checked on this network (the budget), used as chosen
         fallback = dataclasses.replace(reference_variant(), bf16=chosen.bf16)
+        worst = network.get("worst") or {}
         return fallback, (f"{fallback.name}: fallback, {chosen.name} failed the self-check on {arch} "
-                          f"(update diff {network.get('update_rel_diff')}, {network.get('error', '')})")
+                          f"({worst.get('ratio', '?')} x tolerance: {worst.get('quantity', '?')}, "
+                          f"{worst.get('step', '?')}{'; ' + network['error'] if 'error' in network else ''})")
     return chosen, f"{chosen.name}: {record['chosen']['why']}"
 
 
@@ -381,11 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic "
                                                                "(default: synthetic)")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
-    parser.add_argument("--batch-size", type=int, help="images per step and network (default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help=f"images per step and network (default: the recipe's on "
+                                                       f"CUDA, {CPU_BATCH} on a CPU)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
-    parser.add_argument("--timed-steps", type=positive_integer, help="default: 30 on CUDA, 2 on a CPU")
-    parser.add_argument("--budget", type=positive_number, default=60.0,
-                        help="seconds; later checks are skipped (default 60)")
+    parser.add_argument("--timed-steps", type=positive_integer, help="default: 20 on CUDA, 2 on a CPU")
+    parser.add_argument("--budget", type=positive_number, help="seconds; later checks are skipped (default: 60 on "
+                                                               "CUDA, 600 on a CPU)")
     parser.add_argument("--out", default="selfcheck.json", help="the record (default: selfcheck.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -393,29 +616,47 @@ def main(argv: list[str] | None = None) -> int:
         distinct("--seeds", args.seeds)
         distinct("--archs", args.archs)
         device = select_device(args.device)
+        batch_size = args.batch_size if args.batch_size is not None else None if device.type == "cuda" else CPU_BATCH
         plan = {arch: [TrainConfig(arch=arch, out=f"selfcheck/{arch}-seed{seed}", seed=seed, recipe=args.recipe,
-                                   dataset=args.dataset, batch_size=args.batch_size, device=device.type)
+                                   dataset=args.dataset, batch_size=batch_size, device=device.type)
                        for seed in args.seeds] for arch in args.archs}
     except ConfigError as error:
         print(f"reproresnet selfcheck: error: {error}", file=sys.stderr)
         return 2
+    torch.set_num_threads(cpu_threads()[0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = selfcheck(plan, device, budget=args.budget, precision=args.precision, timed_steps=args.timed_steps,
+    budget = args.budget if args.budget is not None else (60.0 if device.type == "cuda" else 600.0)
+    record = selfcheck(plan, device, budget=budget, precision=args.precision, timed_steps=args.timed_steps,
                        log=lambda line: print(line, flush=True),
                        save=lambda record: rundir.write_json(out, jsonable(record)))
     print(format_variants(record))
-    print(f"selfcheck: {'all passed' if record['ok'] else 'not all passed (see above)'}; record in {out}")
+    state, why = selfcheck_state(record)
+    print(f"selfcheck: {'all passed' if record['ok'] else 'not all passed (see above)'}; {state}: {why}; "
+          f"record in {out}")
     return 0
 
 
 def format_variants(record: dict) -> str:
-    """The variant table: ms/step, images/s (K networks' images), the checks' numbers."""
-    lines = [f"{'variant':<24} {'ok':>5} {'ms/step':>8} {'img/s':>8} {'loss diff':>10} {'update diff':>11}"]
-    for r in record["variants"]:
-        step = r.get("seconds_per_step")
+    """The floors and tolerances, then the variant table: ms/step, images/s (K networks'
+    images), each quantity's worst distance as a multiple of its tolerance, per network checked."""
+    factor = record.get("tolerance_factor", TOLERANCE_FACTOR)
+    lines = [f"floors: the largest distance from float64 of eager unstacked steps (both layouts, every judged "
+             f"step); tolerance = {factor:g} x floor", f"{'precision':<10}"
+             + "".join(f" {q + ' floor':>14} {'tolerance':>10}" for q in QUANTITIES)]
+    for precision, floors in record.get("floors", {}).items():
+        lines.append(f"{precision:<10}" + "".join(f" {floors[q]:>14.2e} {factor * floors[q]:>10.2e}" for q in QUANTITIES))
+    lines.append(f"{'variant':<24} {'ok':>5} {'ms/step':>8} {'img/s':>8}"
+                 + "".join(f" {q + '/tol':>13}" for q in QUANTITIES))
+    rows = [(r, "") for r in record["variants"]] + [
+        ({**n, "variant": n.get("variant", "?")}, f"  ({arch})") for arch, network in list(record["networks"].items())[1:]
+        for n in (network, network.get("stacked")) if n]
+    for r, where in rows:
+        step, ratios = r.get("seconds_per_step"), r.get("ratios") or {}
         lines.append(f"{r['variant']:<24} {str(r.get('ok')):>5} {1e3 * step if step else float('nan'):>8.2f} "
-                     f"{r.get('images_per_second') or float('nan'):>8.0f} {r.get('first_loss_rel_diff', float('nan')):>10.2e} "
-                     f"{r.get('update_rel_diff', float('nan')):>11.2e}" + (f"  {r['error']}" if "error" in r else ""))
+                     f"{r.get('images_per_second') or float('nan'):>8.0f}"
+                     + "".join(f" {ratios.get(q, float('nan')):>13.3g}" for q in QUANTITIES) + where
+                     + (f"  {r['error']}" if "error" in r else "") + (f"  {r['why']}" if "why" in r else "")
+                     + (f"  {r['note']}" if "note" in r else ""))
     lines.append(f"chosen: {record['chosen']['variant']} ({record['chosen']['why']})")
     return "\n".join(lines)
 

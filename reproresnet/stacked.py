@@ -243,8 +243,8 @@ def stacked_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 def split_optimizer_state(state_dict: dict, k: int) -> list[dict]:
     """A stack's `torch.optim.SGD` state as K separate runs' optimizer states (per-parameter
     tensors such as `momentum_buffer` chunked on dim 0; `param_groups` copied). Exact when the
-    stack's optimizer groups its parameters as a single network's would (`train.make_optimizer`
-    chooses by the parameter, not by the module holding it)."""
+    stack's optimizer groups its parameters as a single network's would (`engine.make_optimizer`
+    chooses by each parameter's name in its module, which the stack keeps)."""
     parts = [{"state": {}, "param_groups": copy.deepcopy(state_dict["param_groups"])} for _ in range(k)]
     for index, values in state_dict["state"].items():
         for name, value in values.items():

@@ -160,6 +160,15 @@ def run_batches(stack: Stack, run: Run, seed: int) -> Iterator[tuple[torch.Tenso
                          generator=torch.Generator(device).manual_seed(seed))
 
 
+def set_step_lr(stack: Stack, lr: float, momentum_scale: float = 1.0) -> None:
+    """The next step's learning rate, and the momentum buffers times `momentum_scale` where the
+    recipe's momentum form rescales them at an lr change: in place, the tensors a captured graph
+    reads (the loop and the self-check both step through this)."""
+    stack.engine.set_lr(lr)
+    if momentum_scale != 1.0:
+        scale_momentum_(stack.optimizer, momentum_scale)
+
+
 def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: int | None = None,
                     hard_stop: float | None = None) -> list[dict]:
     """One epoch of SGD steps (the first `max_steps` only, for the benchmark); returns each run's
@@ -181,10 +190,7 @@ def train_one_epoch(stack: Stack, epoch: int, progress: bool = True, max_steps: 
     with exact_fp32():
         for index, batches in zip(range(steps), zip(*epochs)):
             lr = schedule.lr_at(first + index)
-            stack.engine.set_lr(lr)
-            momentum_scale = schedule.momentum_scale_at(first + index, stack.recipe.momentum_form)
-            if momentum_scale != 1.0:  # in place: the buffers a captured graph reads
-                scale_momentum_(stack.optimizer, momentum_scale)
+            set_step_lr(stack, lr, schedule.momentum_scale_at(first + index, stack.recipe.momentum_form))
             images, labels = stacked_batch(batches, stack.speedups.channels_last)
             batch_loss, batch_errors = stack.engine.step(images, labels)
             loss_sum += batch_loss

@@ -20,6 +20,24 @@ from torchvision import datasets
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
 
+# ---------------------------------------------------------------- the graph engine on a CPU
+
+
+class ReplayByCalling:
+    """Stands in for CUDA graphs on a CPU: warm-up runs the step, `capture` records the
+    function (without running it) and each replay calls it again."""
+
+    def __init__(self):
+        self.captured = []
+
+    def warm_up(self, step):
+        return step()
+
+    def capture(self, step):
+        self.captured.append(step)
+        return step
+
+
 # ---------------------------------------------------------------- training through the command line
 
 # The tiny run every process-level test trains: preact_resnet20 on 64 synthetic images, on the CPU,

@@ -75,8 +75,8 @@ def test_every_record_gets_a_page_with_its_files_to_download(tmp_path):
 
 
 def test_the_book_links_no_repository_address_that_git_does_not_record():
-    """The repository button and {{ repository }} name the public address git records as the
-    remote `origin`, and no other: an address nobody published is a dead link."""
+    """The repository button, {{ repository }} and CITATION.cff's repository-code name the public
+    address git records as the remote `origin`, and no other: an address nobody published is a dead link."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     text = config["parse"]["myst_substitutions"]["repository"]
     assert "{{ repository }}" in (ROOT / "book" / "reproduce.md").read_text()
@@ -88,3 +88,5 @@ def test_the_book_links_no_repository_address_that_git_does_not_record():
         assert url is not None and url == public
     for address in re.findall(r"https?://[^\s)\]]+", text):
         assert address == public, f"{address} is not the repository's recorded address ({remote or 'no remote'})"
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())  # cited software links the same address
+    assert citation.get("repository-code") in (None, public)

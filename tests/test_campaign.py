@@ -34,10 +34,17 @@ def _checked(out: Path, variant: str = "eager-fp32-nchw-k2") -> None:
     """A finished self-check record in `out`, as an earlier call leaves it (then reused), that
     passed the chosen variant on the networks these tests plan."""
     (out / campaign.STATE_DIR).mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / campaign.STATE_DIR / campaign.SELFCHECK_FILE, _check_record(variant))
+
+
+def _check_record(variant: str, created: str = "earlier", cut_short: bool = False) -> dict:
+    """A self-check record as `selfcheck.selfcheck` writes it, complete or cut short."""
     networks = {arch: {"ok": True, "variant": variant} for arch in ("preact_resnet20", "resnet20")}
-    rundir.write_json(out / campaign.STATE_DIR / campaign.SELFCHECK_FILE,
-                       {"format": selfcheck.FORMAT, "created": "earlier", "networks": networks,
-                        "chosen": {"variant": variant, "why": "chosen by a test"}, "ok": True})
+    return {"format": selfcheck.FORMAT, "created": created, "networks": networks,
+            "chosen": {"variant": variant, "why": "chosen by a test"},
+            "variants": [{**selfcheck.variant_fields(selfcheck.Variant.from_name(variant)), "ok": True}],
+            "unchecked": ["augmentation statistics"] if cut_short else [], "complete": not cut_short,
+            "ok": not cut_short}
 
 
 def test_the_plan_holds_train_configs_named_by_precision(tmp_path, capsys):
@@ -179,6 +186,41 @@ def test_a_network_not_checked_yet_is_checked_before_it_trains_and_falls_back_if
     assert [(c.engine, len(configs)) for configs, _ in calls for c in configs[:1]] == [("eager", 1), ("eager", 1)]
     assert all(note.startswith("eager-fp32-nchw-k1: fallback, graph-fp32-nhwc-k2 failed the self-check on resnet20")
                for _, note in calls)
+
+
+def test_a_check_cut_short_or_of_an_old_format_is_done_again_and_only_a_complete_one_is_reused(
+        tmp_path, monkeypatch, capsys):
+    """Defect: a check cut short by its budget was reused by every later call. Now only a
+    complete record of this format whose choice passed is reused, and --status says which."""
+    checks = []
+
+    def check(plan, device, sources, **options):
+        checks.append(list(plan))
+        record = _check_record("eager-fp32-nchw-k2", f"call {len(checks)}", cut_short=len(checks) == 1)
+        options["save"](record)
+        return record
+
+    monkeypatch.setattr(selfcheck, "selfcheck", check)
+    monkeypatch.setattr(training, "train_stack", _fake_training([], lambda configs: [("running", 1, None)] * len(configs)))
+    plan = dataclasses.replace(PLAN, archs=("preact_resnet20",))
+    args = ["--out", str(tmp_path), "--archs", "preact_resnet20", "--seeds", "0", "1", "--dataset", "synthetic"]
+
+    def call_and_status():
+        campaign.run_campaign(plan, tmp_path, campaign.Options(budget=60, device="cpu", min_start=0),
+                              log=lambda line: None)
+        capsys.readouterr()
+        assert campaign.main([*args, "--status"]) == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    assert "cut short, by its budget, 1 check(s) not run" in call_and_status() and len(checks) == 1
+    assert call_and_status().startswith("self-check of call 2: complete, chose eager-fp32-nchw-k2") and len(checks) == 2
+    assert call_and_status().startswith("self-check of call 2: complete") and len(checks) == 2  # reused
+    path = tmp_path / campaign.STATE_DIR / campaign.SELFCHECK_FILE
+    rundir.write_json(path, {**json.loads(path.read_text()), "format": "reproresnet-selfcheck/2"})
+    assert campaign.selfcheck_line(tmp_path).startswith("self-check of call 2: old format")
+    assert call_and_status().startswith("self-check of call 3: complete") and len(checks) == 3
+    path.unlink()
+    assert campaign.selfcheck_line(tmp_path) == "self-check: none yet (the next call checks first)"
 
 
 def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):

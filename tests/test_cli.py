@@ -1,6 +1,7 @@
 """The command line as a newcomer meets it: help on every flag, a version, help without torch."""
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -57,3 +58,43 @@ def test_help_imports_no_torch(command):
             "print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))" % argv)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "IMPORTED []"
+
+
+@pytest.fixture
+def torchless_cli(monkeypatch):
+    """The command line freshly imported where torch cannot be imported (`.[book]`'s environment):
+    the package's modules imported so far are set aside (restored afterwards), so nothing of
+    torch's reaches the commands through them; the fresh copies are dropped afterwards."""
+    hidden = ("reproresnet", "torch", "torchvision")
+    before = set(sys.modules)
+    for name in list(sys.modules):
+        if name.partition(".")[0] in hidden:
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    import reproresnet.cli
+    yield reproresnet.cli
+    for name in set(sys.modules) - before:  # monkeypatch then puts the set-aside modules back
+        if name.partition(".")[0] in hidden:
+            del sys.modules[name]
+
+
+def test_list_and_recipe_answer_without_torch_and_train_names_the_install_step(torchless_cli, capsys, tmp_path):
+    assert torchless_cli.main(["list"]) == 0
+    listing = capsys.readouterr().out
+    assert "preact_resnet110" in listing and "1,727,962" in listing  # the committed table's count
+    assert torchless_cli.main(["list", "--json"]) == 0
+    assert {"name": "wrn_16_4", "family": "wide", "block": "basic", "depth": 16, "width": 4,
+            "params": 2_748_890} in json.loads(capsys.readouterr().out)
+    assert torchless_cli.main(["recipe", "seed", "--arch", "preact_resnet110", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["arch"] == "preact_resnet110"
+    for argv in (["train", "--arch", "preact_resnet20", "--out", str(tmp_path / "run"), "--dataset", "synthetic"],
+                 ["campaign", "--out", str(tmp_path / "campaign"), "--budget", "60"], ["list", "--csv"]):
+        assert torchless_cli.main(argv) == 2
+        captured = capsys.readouterr()
+        lines = captured.err.splitlines()
+        assert captured.out == "" and len(lines) == 1, argv
+        assert lines[0].startswith(f"reproresnet: error: {argv[0]} needs torch") and \
+            lines[0].endswith("pip install -e '.[train]'"), lines
+    assert list(tmp_path.iterdir()) == []  # refused before anything was created
+    assert "torch" not in {name.partition(".")[0] for name, module in sys.modules.items() if module is not None}

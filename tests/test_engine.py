@@ -19,22 +19,9 @@ from reproresnet.models import build_model
 from reproresnet.recipes import get_recipe
 from reproresnet.stacked import StackedResNet, stack_inputs
 
+from conftest import ReplayByCalling
+
 FUSED = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=True)
-
-
-class ReplayByCalling:
-    """Stands in for CUDA graphs on a CPU: warm-up runs the step, `capture` records the
-    function (without running it) and each replay calls it again."""
-
-    def __init__(self):
-        self.captured = []
-
-    def warm_up(self, step):
-        return step()
-
-    def capture(self, step):
-        self.captured.append(step)
-        return step
 
 
 def _networks(k: int):

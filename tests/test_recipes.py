@@ -1,5 +1,6 @@
 """The presets as the papers state them, and the learning rate as a pure function of the step."""
 
+import copy
 import math
 
 import pytest
@@ -51,7 +52,7 @@ def test_seed_code_recipe_as_the_seeds_code_runs_it():
     for arch, batch in (("preact_resnet110", 64), ("preact_resnet164", 48), ("seed_wrn_n2_k4", 64)):
         config = TrainConfig(arch=arch, recipe="seed_code")
         recipe = config.resolved_recipe()
-        assert (recipe.batch_size, recipe.weight_decay, recipe.weight_decay_on) == (batch, 2e-4, "weights")
+        assert (recipe.batch_size, recipe.weight_decay, recipe.weight_decay_on) == (batch, 2e-4, "lasagne")
         assert (recipe.augmentation, recipe.normalization, recipe.val_size) == (
             "per_batch", "per_pixel_mean_0_255", 5000)
         assert (recipe.momentum_form, recipe.padding) == ("lasagne", "zero")
@@ -71,7 +72,7 @@ def test_seed_code_2016_04_recipe_as_the_code_of_the_seeds_resnet110_result_read
     config = TrainConfig(arch="preact_resnet110", recipe="seed_code_2016_04")
     recipe = config.resolved_recipe()
     assert (recipe.batch_size, recipe.length, recipe.warmup_length) == (32, 200, 0)
-    assert (recipe.weight_decay, recipe.weight_decay_on, recipe.momentum_form) == (2e-4, "weights", "lasagne")
+    assert (recipe.weight_decay, recipe.weight_decay_on, recipe.momentum_form) == (2e-4, "lasagne", "lasagne")
     assert (recipe.normalization, recipe.augmentation, recipe.padding, recipe.val_size) == (
         "range_0_1", "per_batch", "zero", 5000)
     schedule = make_schedule(recipe, "preact_resnet110", CIFAR_TRAIN - 5000)
@@ -234,11 +235,26 @@ def test_two_epoch_run_keeps_both_decays():
     assert schedule.milestones == (round(0.8 * 79), round(1.2 * 79))
 
 
-@pytest.mark.parametrize("scope", ["all", "weights"])
+def _role(model, name: str) -> str:
+    """A parameter's role, written from Lasagne's tags: a conv or dense layer's W and b, batch
+    norm's gamma and beta (BatchNorm2d's weight and bias)."""
+    module, _, attr = name.rpartition(".")
+    batch_norm = isinstance(model.get_submodule(module), torch.nn.BatchNorm2d)
+    return {("weight", False): "W", ("bias", False): "b", ("weight", True): "gamma", ("bias", True): "beta"}[
+        attr, batch_norm]
+
+
+# What each scope decays: "lasagne" as lasagne.regularization.regularize_layer_params collects it, the
+# parameters tagged regularizable=True: W (conv.py, dense.py add b with regularizable=False) and
+# BatchNormLayer's gamma (normalization.py: beta, mean, inv_std regularizable=False).
+SCOPE_DECAYS = {"all": {"W", "b", "gamma", "beta"}, "weights": {"W"}, "lasagne": {"W", "gamma"}}
+
+
+@pytest.mark.parametrize("scope", SCOPE_DECAYS)
 def test_weight_decay_applies_only_where_the_scope_says(scope):
     torch.manual_seed(0)
-    model = build_model("preact_resnet20")
-    for p in model.parameters():  # non-zero BN shift and classifier bias, so decay would show
+    model = build_model("preact_resnet20", layer_defaults="lasagne")  # a bias on each unit's last conv too
+    for p in model.parameters():  # non-zero BN shift and biases, so decay would show
         torch.nn.init.normal_(p)
     recipe = get_recipe("seed").replace(weight_decay=0.1, weight_decay_on=scope, momentum=0.0, nesterov=False)
     optimizer = make_optimizer(model, recipe, Speedups(False, False, False, False))
@@ -246,11 +262,60 @@ def test_weight_decay_applies_only_where_the_scope_says(scope):
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
+    assert {_role(model, name) for name in before} == SCOPE_DECAYS["all"]
     for name, p in model.named_parameters():
-        is_weight = name.endswith("weight") and p.dim() > 1  # conv and linear weights
-        decayed = scope == "all" or is_weight
+        decayed = _role(model, name) in SCOPE_DECAYS[scope]
         expected = before[name] * (1 - recipe.lr * 0.1) if decayed else before[name]
         torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+def test_a_parameter_without_a_role_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    model.register_parameter("scale", torch.nn.Parameter(torch.ones(1)))
+    with pytest.raises(TypeError, match="Sequential.scale has no weight-decay role"):
+        make_optimizer(model, get_recipe("seed"), Speedups(False, False, False, False))
+
+
+def test_each_recipe_keeps_its_weight_decay_scope():
+    """Only the seed's code decays Lasagne's scope. A scope's name is part of the experiment key
+    (records store it), so seed_code runs made while it decayed "weights" stay another experiment."""
+    assert {name: recipe.weight_decay_on for name, recipe in RECIPES.items()} == {
+        "seed": "all", "seed_code": "lasagne", "seed_code_2016_04": "lasagne", "he2016": "all", "wrn2016": "all"}
+    config = TrainConfig(arch="preact_resnet110", recipe="seed_code")
+    assert config.experiment_key()["weight_decay_on"] == "lasagne"
+    assert config.experiment_key() != TrainConfig(arch="preact_resnet110", recipe="seed_code",
+                                                  weight_decay_on="weights").experiment_key()
+
+
+@pytest.mark.parametrize("recipe_name", ["seed_code", "seed_code_2016_04"])
+def test_seed_code_step_decays_every_bn_gamma_and_no_beta_nor_bias(recipe_name):
+    """One step of the network as `train` builds it, at a large weight decay against the same step
+    at none, from the same state and batch: every W and every BN gamma moves by exactly the decay's
+    share of Nesterov's first step, lr (1 + momentum) wd p; no bias and no BN beta moves at all."""
+    config = TrainConfig(arch="preact_resnet20", recipe=recipe_name)
+    recipe = config.resolved_recipe()
+    torch.manual_seed(0)
+    start = build_model(config.arch, **config.model_options())
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    after = {}
+    for decay in (0.0, 0.5):
+        model = copy.deepcopy(start)
+        optimizer = make_optimizer(model, recipe.replace(weight_decay=decay), Speedups(False, False, False, False))
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        after[decay] = dict(model.named_parameters())
+    roles = {name: _role(start, name) for name, _ in start.named_parameters()}
+    counts = {role: list(roles.values()).count(role) for role in SCOPE_DECAYS["all"]}
+    assert counts["gamma"] == counts["beta"] == sum(isinstance(m, torch.nn.BatchNorm2d) for m in start.modules())
+    assert counts["b"] > 1  # the classifier's bias and each unit's last convolution's (Lasagne's layers)
+    for name, p in start.named_parameters():
+        moved, alone = after[0.5][name].detach(), after[0.0][name].detach()
+        if roles[name] in ("W", "gamma"):
+            assert not torch.equal(moved, alone), name
+            torch.testing.assert_close(alone - moved, recipe.lr * (1 + recipe.momentum) * 0.5 * p.detach(),
+                                       rtol=1e-4, atol=1e-6, msg=name)
+        else:
+            assert torch.equal(moved, alone), name
 
 
 def test_recipe_command_prints_every_resolved_value(capsys):
@@ -261,6 +326,11 @@ def test_recipe_command_prints_every_resolved_value(capsys):
     assert (resolved["shortcut"], resolved["bottleneck_stride"], resolved["dropout"]) == ("projection", "1x1", None)
     assert (resolved["weight_decay_on"], resolved["normalization"], resolved["val_size"]) == (
         "all", "per_pixel_mean", 0)
+    assert resolved["weight_decay_reaches"] == "every parameter"
+    assert main(["recipe", "seed_code", "--arch", "preact_resnet110", "--json"]) == 0
+    resolved = __import__("json").loads(capsys.readouterr().out)
+    assert (resolved["weight_decay_on"], resolved["weight_decay_reaches"]) == (
+        "lasagne", "conv and linear weights, batch norm's gamma; not conv and linear biases, batch norm's beta")
     assert main(["recipe", "seed_code", "--arch", "seed_wrn_n2_k4", "--train-size", "45000"]) == 0
     text = capsys.readouterr().out
     assert "input_projection" in text and "per_batch" in text and "0.3" in text

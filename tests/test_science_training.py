@@ -123,12 +123,15 @@ def test_make_optimizer_takes_every_value_from_the_recipe(momentum, nesterov, we
 
 def hand_decay(recipe, model, parameter) -> float:
     """Weight decay by the recipe's scope: "all" decays every parameter (the authors' Torch code,
-    PyTorch's default); "weights" only conv and linear weights (Lasagne's regularize_layer_params:
-    the regularizable W of a layer, not its bias, not batch norm's beta and gamma)."""
+    PyTorch's default); "weights" only conv and linear weights; "lasagne" what Lasagne's
+    regularize_layer_params collects, the parameters tagged regularizable=True: a layer's W (its b
+    is added with regularizable=False) and BatchNormLayer's gamma (beta is not regularizable)."""
     if recipe.weight_decay_on == "all":
         return recipe.weight_decay
-    weights = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    return recipe.weight_decay if id(parameter) in weights else 0.0
+    decayed = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if recipe.weight_decay_on == "lasagne":
+        decayed += [m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    return recipe.weight_decay if any(parameter is p for p in decayed) else 0.0
 
 
 def hand_sgd(params, grads_per_step, lr, momentum, nesterov, weight_decay):

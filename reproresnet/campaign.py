@@ -5,8 +5,9 @@ one process.
 
 The plan is networks x seeds x one recipe x one data set (default: the seed's three networks,
 seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig` (`--train-args` are `train`
-flags shared by every run). One process trains it all: the data set is read once and held once
-on the device; the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
+flags shared by every run; not the settings the plan sets). One process trains it all: the data
+set is read once and held once on the device (a data set that cannot serve every run is refused
+before anything is created); the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
 precision, layout, stack size) on the real data, or its record from an earlier call is reused,
 so that every call trains the same way; then each network's seeds train as one stacked network
 (at most `--stack` runs; default all its seeds), stacks one after another, those furthest
@@ -452,11 +453,11 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _integer, number, positive_integer
+    from .cli import _integer, number, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
-    parser.add_argument("--budget", type=number, metavar="SECONDS",
+    parser.add_argument("--budget", type=positive_number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
     plan.add_argument("--archs", nargs="+", default=list(REPRODUCED), metavar="NAME",
@@ -484,14 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--max-unfinished-mb", type=number, default=Options.max_unfinished_mb,
                          help="MiB of checkpoints of unfinished runs; new runs wait above it (default: 40, "
                               "which gzips to a bundle under the 40 MB a commit may hold)")
-    runtime.add_argument("--status", action="store_true", help="print the status table and exit")
+    runtime.add_argument("--status", action="store_true",
+                         help="print what DIR holds and exit: the runs its last call planned, then any other run "
+                              "directory in it (the plan flags are not read)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    numbers = {"--budget": args.budget, "--min-start": args.min_start,
-               "--selfcheck-budget": args.selfcheck_budget, "--max-unfinished-mb": args.max_unfinished_mb}
+    numbers = {"--min-start": args.min_start, "--selfcheck-budget": args.selfcheck_budget,
+               "--max-unfinished-mb": args.max_unfinished_mb}
     bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and value < 0]
     if bad or (not args.status and args.budget is None):
         print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "

@@ -232,6 +232,7 @@ def no_campaign(monkeypatch):
     pytest.param(["--archs", "wrn_16_4", "wrn_16_4"], ["--archs", "wrn_16_4 given more than once"],
                  id="archs-repeated"),
     pytest.param(["--stack", "0"], ["--stack", "positive integer"], id="stack-zero"),
+    pytest.param(["--budget", "0"], ["--budget", "number > 0"], id="budget-zero"),
     pytest.param(["--train-args", "--epochs 1 --limit-train 64 --batch-size 1000000"],
                  ["batch_size=1000000", "--batch-size 64 or less"], id="batch-larger-than-the-training-split"),
 ])

@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RESULTS := results
-ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4
+# The plan (reproresnet/reference.py: PLAN_TIERS, tier by tier, and PLANNED_SEEDS; a test holds these to it)
+ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4 resnet110 resnet164
 SEEDS ?= 0 1 2
 DATA_DIR ?= data
 # where `make reproduce` runs the sweep: local (this machine's GPUs) or slurm (with SWEEP_ARGS="--slurm-partition NAME ...")
@@ -81,7 +82,7 @@ smoke: $(BIN)/reproresnet-installed
 		--path-output runs/smoke-book
 	@echo "smoke book: runs/smoke-book/_build/html/notebooks/results.html"
 
-# The real thing, on a GPU with internet: CIFAR-10, the three networks x SEEDS, then the book.
+# The real thing, on a GPU with internet: CIFAR-10, the plan's networks in tier order x SEEDS, then the book.
 reproduce: $(BIN)/reproresnet-installed
 	$(BIN)/python -c "from reproresnet.data import load_splits; load_splits('cifar10', '$(DATA_DIR)', download=True)"
 	$(BIN)/python -m reproresnet sweep --archs $(ARCHS) --seeds $(SEEDS) --results $(RESULTS) \

@@ -90,6 +90,8 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
                 raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
             if not isinstance(bench.get("rows"), list):
                 raise ValueError("field 'rows' missing")
+            if not records.is_safe_name(path.parent.name):  # it names the benchmark's page
+                raise ValueError(f"its folder's name {path.parent.name!r} is not valid: expected {records.NAME_RULE}")
         except (OSError, UnicodeDecodeError, ValueError) as error:
             problems.append({"path": str(path), "problem": str(error)})
             continue

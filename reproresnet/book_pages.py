@@ -13,7 +13,9 @@ Needs pandas and matplotlib, not torch.
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -45,16 +47,18 @@ def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
     files = [(name, run.run_dir / name) for name in (records.RUN_FILE, records.METRICS_FILE, "train.ipynb")]
     downloads = ", ".join(_download(name, path, page_dir) for name, path in files if path.is_file())
     data = ("" if run.label == CIFAR10 else
-            f" It trained on {run.label}, not on CIFAR-10: its numbers are never CIFAR-10 results.")
+            f" It trained on {report.markdown_text(run.label)}, not on CIFAR-10: its numbers are never CIFAR-10 "
+            f"results.")
     given = {key: value for key, value in run.config.items() if value is not None}
     settings = _two_columns(pd.DataFrame({"": [str(value) for value in given.values()]}, index=list(given)),
                             ("setting", "value"), run.name)
-    parts = [f"# {run.name}", "",
-             f"{run.arch}, {report.run_status(run)}.{data} The record: {downloads}.", "",
+    text = report.markdown_text  # a record's strings are text, never Markdown or HTML
+    parts = [f"# {text(run.name)}", "",
+             f"{text(run.arch)}, {report.run_status(run)}.{data} The record: {downloads}.", "",
              report.html_table(_two_columns(report.run_summary(run), ("", "this run"), run.name), "run-summary",
                                pages=""), ""]
     if curves:
-        parts += [f"![Error and training loss of {run.name} against epoch]({run.name}.svg)", ""]
+        parts += [f"![Error and training loss of {text(run.name)} against epoch]({run.name}.svg)", ""]
     parts += ["## Speed", "", "Each process that trained the run, as its record says:", "",
               report.html_table(report.speed_segments_table(run), "run-speed", pages=""), "",
               "## Settings", "", "The settings of its `TrainConfig` that the run was given; the others are its "
@@ -67,35 +71,67 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     """One benchmark record's page: its table, rounded to its noise, and the text `bench` printed."""
     table = report.bench_table([bench])
     table.attrs["run"] = bench["name"]
-    return "\n".join([f"# {bench['name']}", "",
-                      f"A benchmark on {(bench.get('device') or {}).get('name', 'an unknown device')}: our training "
-                      f"path against a plain PyTorch baseline. The record: {_download('bench.json', path, page_dir)}.",
+    device = (bench.get("device") or {}).get("name", "an unknown device")
+    printed = bench_record.format_bench(bench)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", printed)), default=0))  # longer than any inside
+    return "\n".join([f"# {report.markdown_text(bench['name'])}", "",
+                      f"A benchmark on {report.markdown_text(device)}: our training path against a plain PyTorch "
+                      f"baseline. The record: {_download('bench.json', path, page_dir)}.",
                       "", report.html_table(table, "bench-record", pages=""), "",
-                      "As `python -m reproresnet bench` prints it:", "", "```text", bench_record.format_bench(bench), "```",
-                      ""])
+                      "As `python -m reproresnet bench` prints it:", "", f"{fence}text", printed, fence, ""])
 
 
 def write_pages(results_dir: Path, page_dir: Path = PAGES, runs: list[records.RunRecord] | None = None) -> list[Path]:
     """Replace the pages in `page_dir` with one per record under `results_dir` (`runs`: its runs,
-    if already loaded); returns them."""
-    page_dir.mkdir(parents=True, exist_ok=True)
-    for old in page_dir.iterdir():
-        if old.suffix in (".md", ".svg"):
-            old.unlink()
+    if already loaded); returns them. Every page is made before any is written, and the old
+    ones are removed only once the new ones are there: a record that cannot be shown (ValueError,
+    naming its file) leaves the pages as they were."""
     if runs is None:
         runs, _ = records.load_runs(results_dir)
     benches, _ = bench_record.load_benches(results_dir)
-    written = []
+    pages: dict[Path, bytes] = {}
+    named: dict[str, Path] = {}
+
+    def unique(name: str, folder: Path) -> str:  # one page each: none replaces another's
+        if named.setdefault(name, folder) != folder:
+            raise ValueError(f"{named[name]} and {folder} hold records of one name {name!r}: rename one "
+                             f"(its folder and the record's 'name')")
+        return name
     for run in runs:
-        curves = run.metrics() is not None
-        if curves:
-            with rc_context({"svg.hashsalt": run.name}):  # the same record, the same file
-                report.run_figure(run).savefig(page_dir / f"{run.name}.svg", format="svg", metadata={"Date": None})
-        written.append(_write(page_dir / f"{run.name}.md", run_page(run, page_dir, curves)))
+        figure = _figure(run)
+        if figure is not None:
+            pages[page_path(page_dir, unique(run.name, run.run_dir), ".svg")] = figure
+        pages[page_path(page_dir, unique(run.name, run.run_dir), ".md")] = \
+            run_page(run, page_dir, figure is not None).encode()
     for bench in benches:
         path = Path(results_dir) / bench["name"] / "bench.json"
-        written.append(_write(page_dir / f"{bench['name']}.md", bench_page(bench, path, page_dir)))
-    return written
+        pages[page_path(page_dir, unique(bench["name"], path.parent), ".md")] = bench_page(bench, path, page_dir).encode()
+    page_dir.mkdir(parents=True, exist_ok=True)
+    for path, content in pages.items():
+        rundir.write_bytes(path, content)
+    for old in page_dir.iterdir():
+        if old.suffix in (".md", ".svg") and old not in pages:
+            old.unlink()
+    return [path for path in pages if path.suffix == ".md"]
+
+
+def page_path(page_dir: Path, name: str, suffix: str) -> Path:
+    """`page_dir/<name><suffix>`; ValueError unless that is a file directly in `page_dir`: a name
+    read from a record never chooses where a page is written."""
+    if name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+        raise ValueError(f"a record named {name!r} would put its page outside {page_dir}: refused")
+    return Path(page_dir) / f"{name}{suffix}"
+
+
+def _figure(run: records.RunRecord) -> bytes | None:
+    """The run's curves as SVG, or None if it has no metrics; ValueError naming a metrics.csv
+    that cannot be plotted."""
+    if run.metrics() is None:
+        return None
+    buffer = io.BytesIO()
+    with rc_context({"svg.hashsalt": run.name}):  # the same record, the same file
+        report.run_figure(run).savefig(buffer, format="svg", metadata={"Date": None})
+    return buffer.getvalue()
 
 
 def _write(path: Path, text: str) -> Path:
@@ -106,7 +142,7 @@ def _write(path: Path, text: str) -> Path:
 def markdown_table(table: pd.DataFrame, link) -> str:
     """A pipe table for GitHub's Markdown; each `Linked` cell links to `link(record name)`."""
     def cell(value) -> str:
-        text = str(value).replace("|", "\\|")
+        text = report.markdown_text(value)  # "|" included
         return f"[{text}]({link(value.records[0])})" if isinstance(value, report.Linked) and value.records else text
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
@@ -122,12 +158,18 @@ def readme_status(results_dir: Path, runs: list[records.RunRecord] | None = None
     return f"{report.status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from."
 
 
-def update_readme(readme: Path, results_dir: Path, runs: list[records.RunRecord] | None = None) -> bool:
-    """Rewrite the README's status section from the records (`runs`: those under `results_dir`,
-    if already loaded); True if it changed."""
+def readme_text(readme: Path) -> str:
+    """The README's text; ValueError unless it has a status section to rewrite."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no status section (the lines {README_START!r} and {README_END!r})")
+    return text
+
+
+def update_readme(readme: Path, results_dir: Path, runs: list[records.RunRecord] | None = None) -> bool:
+    """Rewrite the README's status section from the records (`runs`: those under `results_dir`,
+    if already loaded); True if it changed."""
+    text = readme_text(readme)
     head, _, rest = text.partition(README_START)
     tail = rest.partition(README_END)[2]
     new = f"{head}{README_START}\n{readme_status(results_dir, runs)}\n{README_END}{tail}"
@@ -144,20 +186,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=PAGES, help=f"where the pages go (default: {PAGES})")
     parser.add_argument("--readme", type=Path, metavar="README.md", help="also rewrite this README's status table")
     args = parser.parse_args(argv)
-    runs, _ = records.load_runs(args.results)
     try:
+        if args.readme:
+            readme_text(args.readme)  # refused before any page is written
+        runs, problems = records.load_runs(args.results)
+        for problem in problems:  # the results page lists them too
+            print(f"reproresnet pages: no page for {problem['path']}: {problem['problem']}", file=sys.stderr)
         pages = write_pages(args.results, args.out, runs)
+        print(f"{len(pages)} record page(s) in {args.out}", file=sys.stderr)
+        if args.readme:
+            changed = update_readme(args.readme, args.results, runs)
+            print(f"{args.readme}: status table {'updated' if changed else 'already current'}", file=sys.stderr)
     except rundir.DiskFull as full:
         return _error(full.with_advice("free some space and run pages again"))
-    except OSError as error:  # a read-only file system, a file where the folder should be
-        return _error(rundir.refused_by_os(error, "choose a writable --out, or run pages again once it is writable"))
-    print(f"{len(pages)} record page(s) in {args.out}", file=sys.stderr)
-    if args.readme:
-        try:
-            changed = update_readme(args.readme, args.results, runs)
-        except (OSError, ValueError, rundir.DiskFull) as error:
-            return _error(error)
-        print(f"{args.readme}: status table {'updated' if changed else 'already current'}", file=sys.stderr)
+    except OSError as error:  # a read-only file system, a file where a folder should be, no README
+        return _error(rundir.refused_by_os(error, "check that --results can be read and --out (and --readme) "
+                                                  "written, then run pages again"))
+    except ValueError as error:
+        return _error(error)
     return 0
 
 

@@ -22,10 +22,11 @@ import sys
 import tarfile
 import tempfile
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import records, rundir
+from . import config, records, rundir
 from .rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
@@ -76,9 +77,14 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
     """Bundle directory `src` into `out`; returns the manifest. Replaces an earlier bundle
     in `out` (its manifest goes first, so no manifest ever names a missing part)."""
     src, out = Path(src), Path(out)
+    check_name(name)
     if not src.is_dir():
         raise BundleError(f"{src} is not a directory: expected the campaign directory to bundle")
     files = bundled_files(src, exclude=out)
+    unnamed = [str(rel) for rel in files if not all(map(records.is_safe_name, rel.parts))]
+    if unnamed:  # unbundle would refuse the bundle: say so now, before a part is written
+        raise BundleError(f"{src / unnamed[0]} cannot be bundled: each part of a bundled path must be "
+                          f"{records.NAME_RULE}; rename or remove it")
     listing = [{"path": str(rel), "bytes": (src / rel).stat().st_size, "sha256": sha256(src / rel)} for rel in files]
     # An anonymous temporary file: a process killed here leaves nothing behind in `out`.
     with tempfile.TemporaryFile() as packed:
@@ -108,6 +114,12 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
     return manifest
 
 
+def check_name(name: str) -> None:
+    """The bundle's name is the stem of its file names in its folder: a safe name, never a path."""
+    if not records.is_safe_name(name):
+        raise BundleError(f"--name {name!r} is not valid: expected {records.NAME_RULE}")
+
+
 def _manifest_name(name: str) -> str:
     return MANIFEST if name == "campaign" else f"{name}.{MANIFEST}"
 
@@ -121,6 +133,7 @@ def _remove_bundle(out: Path, name: str) -> None:
 def read_manifest(bundle_dir, name: str = "campaign") -> dict:
     """The bundle's manifest, refused (BundleError) unless every part is a file name in
     `bundle_dir` and every file a relative path that stays inside the destination."""
+    check_name(name)
     path = Path(bundle_dir) / _manifest_name(name)
     try:
         manifest = json.loads(path.read_text())
@@ -141,8 +154,9 @@ def read_manifest(bundle_dir, name: str = "campaign") -> dict:
             raise BundleError(f"{path}: part {part['name']!r} is not a file name in {bundle_dir}")
     for entry in manifest["files"]:
         rel = PurePosixPath(entry["path"])
-        if rel.is_absolute() or ".." in rel.parts or str(rel) != entry["path"] or entry["path"] in ("", "."):
-            raise BundleError(f"{path}: file {entry['path']!r} is not a relative path inside the destination")
+        if rel.is_absolute() or str(rel) != entry["path"] or not all(map(records.is_safe_name, rel.parts)):
+            raise BundleError(f"{path}: file {entry['path']!r} is not a relative path inside the destination "
+                              f"whose every part is {records.NAME_RULE}")
     return manifest
 
 
@@ -183,7 +197,8 @@ def unbundle(bundle_dir, dest, *, name: str = "campaign") -> dict:
                 skipped[str(run)] = why
             else:
                 restored += [str(where / rel) for rel in files]
-    return {"restored": sorted(restored), "skipped": skipped}
+    refused = sorted(run for run, why in skipped.items() if getattr(why, "refused", False))
+    return {"restored": sorted(restored), "skipped": skipped, "refused": refused}
 
 
 # The files that make a directory a run directory, and the order training writes a run's files in:
@@ -238,26 +253,77 @@ def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> 
                 raise BundleError(f"the bundle's {rel} is refused: {error}") from None
             if Path(rel).name == records.CHECKPOINT_FILE:
                 run = PurePosixPath(rel).parent
-                bundled[run] = rundir.how_far(staging / run, checkpoint)
+                bundled[run] = Bundled(rundir.how_far(staging / run, checkpoint), checkpoint.get("config"))
+    for rel in expected:
+        if PurePosixPath(rel).name == records.RUN_FILE:
+            run = PurePosixPath(rel).parent
+            record = _bundled_record(staging, PurePosixPath(rel))
+            saved = bundled.get(run, Bundled()).config
+            changed = config.recorded_differences(record["config"], saved) if isinstance(saved, dict) else {}
+            if changed:
+                raise BundleError(f"the bundle's {rel} and its checkpoint are other experiments ({_changes(changed)})")
+            bundled[run] = Bundled(bundled.get(run, Bundled()).progress, record["config"])
     return bundled
 
 
+@dataclass(frozen=True)
+class Bundled:
+    """What the bundle says of one run: how far it got (from its checkpoint), and its config."""
+
+    progress: tuple[int, bool] | None = None
+    config: dict | None = None
+
+
+def _bundled_record(staging: Path, rel: PurePosixPath) -> dict:
+    """The bundle's run.json at `rel`, read as every reader reads a record (records.read_run)."""
+    try:
+        return records.read_run(staging / rel.parent)
+    except ValueError as error:
+        raise BundleError(f"the bundle's {rel} is refused: {str(error).removeprefix(f'{staging / rel}: ')}") from None
+
+
+def _changes(changed: dict) -> str:
+    return ", ".join(f"{key}: {here!r} here, {there!r} in the bundle" for key, (here, there) in changed.items())
+
+
+def _local_config(run_dir: Path) -> dict | None:
+    """The config of the run of ours in `run_dir`, from its record or else its checkpoint; None
+    if neither can be read."""
+    try:
+        return records.read_run(run_dir)["config"]
+    except ValueError:
+        pass
+    try:
+        saved = rundir.read_checkpoint(run_dir / records.CHECKPOINT_FILE).get("config")
+    except ValueError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked: bool,
-                 bundled: tuple[int, bool] | None = None) -> str | None:
+                 bundled: Bundled | None = None) -> Skipped | None:
     """`files` of `staged` into `target`, a run directory under its lock (`locked`) or the
-    files outside any run; returns why not, if they were not. `bundled`: how far the staged
-    run got, if known."""
+    files outside any run; returns why not, if they were not. `bundled`: what the bundle says
+    of the staged run, if known. A run is restored only into a folder of ours (rundir.check_ours),
+    over a run of the same experiment and seed (as `train --resume` requires) that is not further along."""
+    bundled = bundled or Bundled()
     with ExitStack() as lock:
         if locked:
             try:
+                rundir.check_ours(target, instead="unbundle into another --to")
                 lock.enter_context(rundir.run_dir_lock(target))
-            except RunDirError as error:  # in use: a run is training there
-                return str(error)
+            except RunDirError as error:  # not ours, or in use: a run is training there
+                return Skipped(str(error), refused=True)
             rundir.remove_orphans(target)
-            here, bundled = rundir.how_far(target), bundled or rundir.how_far(staged)
-            if here > bundled:
-                return (f"the run here is further along ({_describe(here)}) than the bundle's "
-                        f"({_describe(bundled)}): kept")
+            here, progress = rundir.how_far(target), bundled.progress or rundir.how_far(staged)
+            local = _local_config(target) if here > (0, False) else None
+            changed = config.recorded_differences(local, bundled.config) if local and bundled.config else {}
+            if changed:
+                return Skipped(f"the run here is another experiment than the bundle's ({_changes(changed)}): kept; "
+                               f"unbundle into another --to to have both", refused=True)
+            if here > progress:
+                return Skipped(f"the run here is further along ({_describe(here)}) than the bundle's "
+                               f"({_describe(progress)}): kept")
         for rel in files:
             (target / rel).parent.mkdir(parents=True, exist_ok=True)
             rundir.write_unless_same(target / rel, (staged / rel).read_bytes())
@@ -265,6 +331,18 @@ def _restore_run(staged: Path, target: Path, files: list[PurePosixPath], locked:
             if not (staged / name).exists():
                 (target / name).unlink(missing_ok=True)  # behind the bundle's complete record
     return None
+
+
+class Skipped(str):
+    """Why a run was not restored; `refused`: it could not be (another experiment, a folder
+    not ours, in use), rather than kept because the run here is further along."""
+
+    refused: bool
+
+    def __new__(cls, why: str, refused: bool = False):
+        skipped = super().__new__(cls, why)
+        skipped.refused = refused
+        return skipped
 
 
 def _describe(progress: tuple[int, bool]) -> str:
@@ -318,6 +396,10 @@ def main_unbundle(argv: list[str] | None = None) -> int:
         print(f"restored {len(done['restored'])} files into {args.to}")
         for run, why in done["skipped"].items():
             print(f"skipped {run}: {why}")
+        if done["refused"]:
+            print(f"{parser.prog}: error: {len(done['refused'])} run(s) of the bundle not restored: "
+                  f"{', '.join(done['refused'])} (see above)", file=sys.stderr)
+            return 1
         if not args.render:
             return 0
         from .campaign import render_runs

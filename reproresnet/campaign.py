@@ -3,13 +3,16 @@ one process.
 
     python -m reproresnet campaign --out runs/campaign --budget 300 --dataset folder:data/mirror
 
-The plan is networks x seeds x one recipe x one data set (default: the seed's three networks,
-seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig` (`--train-args` are `train`
-flags shared by every run; not the settings the plan sets). One process trains it all: the data
-set is read once and held once on the device (a data set that cannot serve every run is refused
-before anything is created); the self-check (`selfcheck.py`, seconds) chooses how to train (engine,
-precision, layout, stack size) on the real data, or its record from an earlier call is reused,
-so that every call trains the same way; then each network's seeds train as one stacked network
+The plan is networks x seeds x one recipe x one data set (default: the plan of
+`reference.PLAN_TIERS`, seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig`
+(`--train-args` are `train` flags shared by every run; not the settings the plan sets). Its
+networks come in tiers: the seed's three networks, then the original units He et al. compare
+them with; a tier starts once every run of the tiers before it has finished (complete, or
+diverged: it cannot go on), so a budget spent early goes to the claims the seed tested. One
+process trains it all: the data set is read once and held once on the device (a data set that
+cannot serve every run is refused before anything is created); the self-check (`selfcheck.py`,
+seconds) chooses how to train (engine, precision, layout, stack size) on the real data, or its
+record from an earlier call is reused, so that every call trains the same way; then each network's seeds train as one stacked network
 (at most `--stack` runs; default all its seeds), stacks one after another, those furthest
 along first. Every run writes what a `train` run writes (on CUDA a background thread writes
 checkpoints while the GPU trains on), so `train --resume` can continue any of them, alone.
@@ -42,7 +45,7 @@ from pathlib import Path
 
 from . import records, rundir
 from .rundir import RunDirError
-from .reference import REPRODUCED
+from .reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
@@ -60,12 +63,20 @@ OWNED = {"arch": "--archs", "seed": "--seeds", "recipe": "--recipe", "dataset": 
 
 @dataclass(frozen=True)
 class Plan:
-    archs: tuple = REPRODUCED
-    seeds: tuple = (0, 1, 2)
+    archs: tuple = PLANNED
+    seeds: tuple = PLANNED_SEEDS
     recipe: str = "seed"
     dataset: str = "cifar10"
     tag: str | None = None
     train_args: tuple = ()  # further `train` flags shared by every run (--epochs, --limit-train, ...)
+
+    def tiers(self) -> list[tuple]:
+        """The plan's networks in the tiers of `reference.PLAN_TIERS`, in its order; networks of no
+        tier (an ad hoc plan) join the first."""
+        def tier(arch: str) -> int:
+            return next((number for number, archs in enumerate(PLAN_TIERS) if arch in archs), 0)
+        numbers = sorted({tier(arch) for arch in self.archs})
+        return [tuple(arch for arch in self.archs if tier(arch) == number) for number in numbers]
 
     def configs(self, out, device: str, precision: str) -> dict[str, list]:
         """Each network's runs as `TrainConfig`s (its seeds), in `out`, at `precision`."""
@@ -74,6 +85,7 @@ class Plan:
         distinct("--archs", self.archs)
         distinct("--seeds", self.seeds)
         settings = train_settings(list(self.train_args), OWNED)
+        records.check_tag(self.tag)  # as given, before the precision joins it
         tag = "-".join(filter(None, [self.tag, precision]))
         return {arch: [TrainConfig(**{**settings, "arch": arch, "seed": seed, "recipe": self.recipe,
                                       "dataset": self.dataset, "device": device, "bf16": precision == "bf16",
@@ -153,6 +165,28 @@ def stacks(plan_configs: dict[str, list]) -> list[list]:
     return [group for *_, group in sorted(groups, key=lambda item: item[:2])]
 
 
+# A run that can train no further: a later tier waits for no other.
+FINISHED = ("complete", "diverged")
+
+
+def tiered_stacks(plan_configs: dict[str, list], tiers: list[tuple], outcomes: dict):
+    """`stacks` tier by tier, each tier's computed once every run of the tiers before it has
+    finished (so a tier completed in this call lets the next one start); the runs of a tier
+    that must wait are recorded as waiting in `outcomes`."""
+    before: list = []
+    for number, archs in enumerate(tiers, 1):
+        tier = {arch: plan_configs[arch] for arch in archs}
+        unfinished = [config for config in before if run_state(Path(config.out))["status"] not in FINISHED]
+        before += [config for configs in tier.values() for config in configs]
+        if unfinished:
+            for config in (config for configs in tier.values() for config in configs):
+                outcomes[Path(config.out).name] = {"outcome": "waiting", "detail": (
+                    f"not started: tier {number} starts once the {len(unfinished)} unfinished run(s) of the "
+                    f"tiers before it have finished")}
+            continue
+        yield from stacks(tier)
+
+
 def admit(stack: list, plan_configs: dict[str, list], cap_mb: float, training: list) -> list:
     """The runs of `stack` that may train now: started ones always; a new one only while the
     checkpoints of the unfinished runs (those of `training` included) stay under `cap_mb`."""
@@ -228,7 +262,8 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
-    _train_plan(out, plan_configs, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
+    _train_plan(out, plan_configs, plan.tiers(), record, device, sources, options, hard_stop, stop_at, outcomes,
+                writer, log)
     return plan_configs
 
 
@@ -280,11 +315,11 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     rundir.write_json(out / STATE_DIR / SELFCHECK_FILE, selfcheck.jsonable(record))
 
 
-def _train_plan(out: Path, plan_configs: dict, record: dict, device, sources: dict, options: Options,
+def _train_plan(out: Path, plan_configs: dict, tiers: list, record: dict, device, sources: dict, options: Options,
                 hard_stop: float, stop_at: float, outcomes: dict, writer: rundir.Writer, log) -> None:
     from . import selfcheck
     training: list = []
-    for stack in stacks(plan_configs):
+    for stack in tiered_stacks(plan_configs, tiers, outcomes):
         names = [Path(config.out).name for config in stack]
         if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
             why = "not started: a run stopped for the deadline, and a new stack fits even less"
@@ -412,7 +447,8 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
                   "seconds": round(time.time() - start, 1), "budget": options.budget, "stack": options.stack,
                   "device": options.device, "precision": options.precision,
                   "outcomes": {r["run"]: r["outcome"] for r in rows}})
-    rundir.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "runs": [r["run"] for r in rows]},
+    rundir.write_json(path, {"format": FORMAT, "plan": {**plan.__dict__, "tiers": plan.tiers(),
+                                                        "runs": [r["run"] for r in rows]},
                               "status": rows, "calls": calls})
 
 
@@ -460,10 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=positive_number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
-    plan.add_argument("--archs", nargs="+", default=list(REPRODUCED), metavar="NAME",
-                      help=f"networks of the plan (default: {' '.join(REPRODUCED)})")
-    plan.add_argument("--seeds", nargs="+", type=_integer, default=[0, 1, 2], metavar="K",
-                      help="seeds of each network (default: 0 1 2)")
+    plan.add_argument("--archs", nargs="+", default=list(PLANNED), metavar="NAME",
+                      help=f"networks of the plan, trained tier by tier (default: {' '.join(PLANNED)}; the "
+                           f"tiers: {' | '.join(' '.join(tier) for tier in PLAN_TIERS)})")
+    plan.add_argument("--seeds", nargs="+", type=_integer, default=list(PLANNED_SEEDS), metavar="K",
+                      help=f"seeds of each network (default: {' '.join(map(str, PLANNED_SEEDS))})")
     plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
     plan.add_argument("--tag", help="run directories <arch>-<tag>-<precision>-seed<k>")

@@ -256,6 +256,14 @@ def differences(recorded: dict, requested: TrainConfig) -> dict[str, tuple]:
     return {name: (saved.get(name), value) for name, value in wanted.items() if saved.get(name) != value}
 
 
+def recorded_differences(here: dict, there: dict) -> dict[str, tuple]:
+    """{setting: (here, there)} for each setting in which two recorded configs are other
+    experiments, or other seeds (as `differences`, both sides read from records)."""
+    keys = [{**recorded_key(config), "seed": config.get("seed")} for config in (here, there)]
+    names = dict.fromkeys([*keys[0], *keys[1]])
+    return {name: (keys[0].get(name), keys[1].get(name)) for name in names if keys[0].get(name) != keys[1].get(name)}
+
+
 def check_recipe(recipe: Recipe) -> Recipe:
     """Every value of a (resolved) recipe, checked together; raises ConfigError naming the first bad one."""
     _require(recipe.unit in UNITS, "unit", recipe.unit, f"one of {UNITS}")

@@ -17,13 +17,14 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import CIFAR10, CIFAR_TRAIN_IMAGES
+from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError, _is_number
 
 RUN_FORMAT = "reproresnet-run/1"
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
@@ -156,11 +157,78 @@ def update_speed(segment: dict, metrics: list[dict]) -> None:
 
 
 _REQUIRED = ("arch", "status", "config", "data", "epochs_planned", "epochs_done")
+STATUSES = ("running", "stopped", "complete", "diverged")
+
+# A name (a run's, a network's, a tag, a bundle's, a file's in a bundle) becomes a file or folder
+# name and part of a page's address: one path component that no shell, URL or Markdown reads as
+# anything but itself.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
+NAME_RULE = ("a name of ASCII letters, digits and '_', '.', '+', '-', starting with a letter, digit or '_', "
+             "at most 200 characters")
+
+
+def is_safe_name(value) -> bool:
+    """A single path component: no '/', '\\', '..', NUL, space or leading '.'; see NAME_RULE."""
+    return isinstance(value, str) and _SAFE_NAME.fullmatch(value) is not None
 
 
 def run_name(arch: str, seed: int, tag: str | None = None) -> str:
-    """A run directory's name: `<arch>-seed<k>`, or `<arch>-<tag>-seed<k>` for a variant."""
+    """A run directory's name: `<arch>-seed<k>`, or `<arch>-<tag>-seed<k>` for a variant; a tag
+    that is not a safe name (NAME_RULE) is a ConfigError."""
+    check_tag(tag)
     return f"{arch}-{tag}-seed{seed}" if tag else f"{arch}-seed{seed}"
+
+
+def check_tag(tag: str | None) -> None:
+    """A tag is part of run directories' names: ConfigError unless it is a safe name (NAME_RULE)."""
+    if tag is not None and not is_safe_name(tag):
+        raise ConfigError(f"tag={_shown(tag)} is not valid: expected {NAME_RULE}")
+
+
+def _shown(value) -> str:
+    """A bad value as an error message shows it: on one line, at most about 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text_or_none(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# Each checked field of a run record: (where in the record, accepted, what is accepted). Names
+# become paths and addresses; the other strings are shown in pages, as text (escaped there);
+# the counts are compared and the result printed.
+_FIELD_CHECKS = (
+    (("name",), lambda value: value is None or is_safe_name(value), NAME_RULE),
+    (("arch",), is_safe_name, NAME_RULE),
+    (("status",), lambda value: value in STATUSES, f"one of {list(STATUSES)}"),
+    (("epochs_planned",), _is_count, "an integer >= 0"),
+    (("epochs_done",), _is_count, "an integer >= 0"),
+    (("message",), _text_or_none, "text or null"),
+    (("data", "label"), _text_or_none, "text or null"),
+    (("data", "dataset"), _text_or_none, "text or null"),
+    (("device",), lambda value: value is None or isinstance(value, dict), "an object or null"),
+    (("device", "name"), _text_or_none, "text or null"),
+    (("final",), lambda value: value is None or isinstance(value, dict), "an object or null"),
+    (("final", "test_error"), lambda value: value is None or _is_number(value), "a finite number or null"),
+)
+
+
+def check_record(record: dict) -> None:
+    """Every field a reader relies on, of the type it expects: ValueError naming the first
+    that is not (its place in the record, its value, what is accepted). A record is data from
+    elsewhere (a bundle, another machine): its names become paths, its strings are shown."""
+    for where, accepted, rule in _FIELD_CHECKS:
+        parent = record
+        for key in where[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and where[-1] in parent and not accepted(parent[where[-1]]):
+            raise ValueError(f"field {'.'.join(where)!r} = {_shown(parent[where[-1]])} is not valid: "
+                             f"expected {rule}")
 
 
 def read_run(run_dir: Path) -> dict:
@@ -179,6 +247,10 @@ def read_run(run_dir: Path) -> dict:
         raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
     if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
         raise ValueError(f"{path}: 'data' and 'config' must be objects")
+    try:
+        check_record(record)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     if record["status"] == "running" and str(record.get("message") or "").startswith("stopped cleanly"):
         record["status"] = "stopped"  # a deadline stop written before the status "stopped" existed
     return record
@@ -266,12 +338,25 @@ class RunRecord:
             return None
 
     def metrics(self):
-        """metrics.csv as a pandas DataFrame, or None if it cannot be read."""
+        """metrics.csv as a pandas DataFrame; None if there is none or it has no rows; ValueError,
+        naming the file, if it is not a table of numbers by epoch (damaged, or not ours)."""
         import pandas as pd
-        try:
-            return pd.read_csv(self.run_dir / METRICS_FILE)
-        except (OSError, ValueError, pd.errors.EmptyDataError):
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
             return None
+        try:
+            table = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: not a readable metrics table ({_first_line(error)})") from None
+        wrong = [column for column in table.columns
+                 if column in METRIC_COLUMNS and not pd.api.types.is_numeric_dtype(table[column])]
+        if "epoch" not in table.columns or wrong:
+            found = f"column(s) {', '.join(map(_shown, wrong))} not numbers" if wrong else "no 'epoch' column"
+            raise ValueError(f"{path}: not a metrics table of a run ({found}; expected numbers in the columns "
+                             f"{', '.join(METRIC_COLUMNS)})")
+        return table if len(table) else None
 
 
 def complete_run(run_dir: Path) -> RunRecord | None:
@@ -293,7 +378,10 @@ def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
     runs, problems = [], []
     for path in sorted(Path(results_dir).glob(f"*/{RUN_FILE}")):
         try:
-            runs.append(RunRecord.read(path.parent))
+            run = RunRecord.read(path.parent)
+            if not is_safe_name(run.name):  # a record without a name is named by its folder
+                raise ValueError(f"{path}: its folder's name {_shown(run.name)} is not valid: expected {NAME_RULE}")
+            runs.append(run)
         except ValueError as error:
             problems.append({"path": str(path), "problem": str(error).removeprefix(f"{path}: ")})
     for notebook in sorted(Path(results_dir).glob("*/train.ipynb")):
@@ -333,6 +421,10 @@ def lock_held(run_dir: Path) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def now() -> str:

@@ -104,9 +104,23 @@ REFERENCE = (
      **_NOT_IN_THE_SEED},
 )
 
-# The three networks the seed reproduced, which this project reproduces (the default plan of
-# the sweep, the campaign, the self-check and the benchmark); the others are context.
+# The three networks the seed reproduced, which this project reproduces (the plan's first tier,
+# and the default of the self-check and the benchmark).
 REPRODUCED = ("preact_resnet110", "preact_resnet164", "wrn_16_4")
+# He et al. 2016 (table 3) compare each pre-activation network with the original (post-activation)
+# units at the same depth: (pre-activation, original). The originals are the plan's second tier.
+UNIT_COMPARISONS = (("preact_resnet110", "resnet110"), ("preact_resnet164", "resnet164"))
+ORIGINAL_UNITS = tuple(original for _, original in UNIT_COMPARISONS)
+# Wide and shallow against deep and thin, in the form the plan can test: the seed's table sets
+# WRN-16-4 (5.55, from Zagoruyko & Komodakis v1) beside pre-act ResNet-164 (5.46). The wide
+# paper's own comparison, a 16-layer wide network against the 1001-layer one, needs a
+# ResNet-1001, which the plan does not train.
+WIDE_VS_DEEP = ("wrn_16_4", "preact_resnet164")
+# The plan: each tier's networks trained with every planned seed, a tier started once the tiers
+# before it are complete (the campaign; `make reproduce` trains them in this order).
+PLAN_TIERS = (REPRODUCED, ORIGINAL_UNITS)
+PLANNED_SEEDS = (0, 1, 2)
+PLANNED = tuple(network for tier in PLAN_TIERS for network in tier)
 
 
 def reference_table() -> pd.DataFrame:

@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 import math
 import re
+import dataclasses
 import statistics
+import string
+import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -24,15 +28,13 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from . import architectures, records
-from .config import CIFAR10, JPEG_MIRROR, recorded_key  # noqa: F401 (the notebooks' API)
+from .config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key  # noqa: F401 (the notebooks' API)
 from .bench_record import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
 from .records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import (QUOTED_PRECISION, REFERENCE, REPRODUCED, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC,
-                        reference)
+from .reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECISION, REFERENCE, SEED_DEVICE,
+                        SEED_EPOCHS, SEED_STATISTIC, UNIT_COMPARISONS, WIDE_VS_DEEP, reference)
 
 NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
-# The plan: `make reproduce` and the GPU campaign train seeds 0, 1 and 2 of each network.
-PLANNED_SEEDS = 3
 # Where the record pages are (book/runs/<name>.html), from a page one folder deep (book/, notebooks/).
 RECORD_PAGES = "../book/runs/"
 
@@ -230,7 +232,7 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
     cifar, quoting = [run for run in runs if run.label == label], label == CIFAR10
     ours = OURS if quoting else f"this project on the {label} (%): mean ± std"
     networks = _table_networks(runs, label) if quoting else \
-        list(REPRODUCED) + sorted({run.arch for run in cifar if run.full_training_set} - set(REPRODUCED))
+        list(PLANNED) + sorted({run.arch for run in cifar if run.full_training_set} - set(PLANNED))
     rows = []
     for network in networks:
         quoted = reference(network) or {}
@@ -455,8 +457,8 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
     measured = [row for row in _bench_rows(bench) if row.get("path", "reproresnet") == "reproresnet"
                 and row["device_type"] == "cuda" and row.get("seconds_per_epoch") is not None]
     timed = _gpu_segments([run for run in runs if run.full_training_set])
-    networks = [*REPRODUCED, *(row["network"] for row in REFERENCE  # the seed's timed networks too
-                                if row["seed_seconds_per_epoch"] is not None and row["network"] not in REPRODUCED)]
+    networks = [*PLANNED, *(row["network"] for row in REFERENCE  # the seed's timed networks too
+                             if row["seed_seconds_per_epoch"] is not None and row["network"] not in PLANNED)]
     networks += sorted(({row["arch"] for row in measured} | {run.arch for run, _ in timed}) - set(networks))
     rows = []
     for network in networks:
@@ -646,14 +648,42 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
             (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
 
 
+# Characters left as they are in Markdown text: inline (line breaks become spaces), and with "[",
+# "]" and "<" escaped, none of them starts a link, role, directive, math, substitution, emphasis or tag.
+_MARKDOWN_PLAIN = frozenset(string.ascii_letters + string.digits + " ,;./-()%")
+
+
+def markdown_text(value) -> str:
+    """`value` as literal text in a MyST Markdown line: '<', '>' and '&' as HTML entities (no tag
+    or entity of a record's reaches a page), every other ASCII punctuation backslash-escaped
+    (CommonMark allows it for each: no `{role}`, `[x](url)`, `$math$`, `{{ substitution }}`,
+    fence or emphasis), line breaks and other control characters as spaces (a value never
+    starts a block of its own)."""
+    text = str(value)
+
+    def char(index: int, c: str) -> str:
+        if c in _MARKDOWN_PLAIN or c == "_" and _inside_word(text, index):  # a_b is never emphasis
+            return c
+        if c in "<>&":
+            return escape(c)
+        if c in string.punctuation:
+            return "\\" + c
+        return " " if unicodedata.category(c).startswith(("C", "Z")) else c
+    return "".join(char(index, c) for index, c in enumerate(text))
+
+
+def _inside_word(text: str, index: int) -> bool:
+    return 0 < index < len(text) - 1 and text[index - 1].isalnum() and text[index + 1].isalnum()
+
+
 def _count(n: int, what: str) -> str:
     return f"{'no' if n == 0 else n} {what}{'' if n == 1 else 's'}"
 
 
 def status_networks() -> list[str]:
     """The networks of the plan, then the networks the seed trained in their place."""
-    return list(REPRODUCED) + [row["network"] for row in REFERENCE
-                               if row.get("seed_error") is not None and row["network"] not in REPRODUCED]
+    return list(PLANNED) + [row["network"] for row in REFERENCE
+                            if row.get("seed_error") is not None and row["network"] not in PLANNED]
 
 
 def _plan_runs(runs: list[RunRecord], network: str, label: str) -> list[RunRecord]:
@@ -676,7 +706,7 @@ def _standing(runs: list[RunRecord], network: str, label: str) -> str:
         return NOT_RUN
     group = _best_group(mine)
     complete = [run for run in group if run.is_result_on(label)]
-    parts = [f"{mean_std([run.test_error for run in complete])} ({len(complete)} of {PLANNED_SEEDS} seeds, "
+    parts = [f"{mean_std([run.test_error for run in complete])} ({len(complete)} of {len(PLANNED_SEEDS)} seeds, "
              f"{_join(run.record['epochs_done'] for run in complete)} epochs)"] if complete else []
     rest = [run for run in group if run not in complete]
     return linked("; ".join(parts + ([_unfinished_text(rest)] if rest else [])), group)
@@ -684,24 +714,23 @@ def _standing(runs: list[RunRecord], network: str, label: str) -> str:
 
 def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
     """GPU-hours the network's runs on CIFAR-10 and its mirror took, and an estimate of those
-    its planned runs still need: their missing epochs at the median GPU-seconds per epoch
-    measured so far (packed or stacked runs share a GPU: `gpu_seconds`)."""
+    its planned runs still need: their missing epochs at its GPU-seconds per epoch
+    (`epoch_cost`: measured, or estimated from another network's measured speed)."""
     plans = [_plan_runs(runs, network, label) for label in (CIFAR10, JPEG_MIRROR)]
     mine = [run for plan in plans for run in plan]
     spent = sum(map(gpu_seconds, mine))
     spent_cell = linked(_hours(spent), mine) if spent else MISSING
-    if network not in REPRODUCED:
+    if network not in PLANNED:
         return spent_cell, "not planned"
-    timed = _gpu_segments(mine)
-    if not timed:
+    cost = epoch_cost(runs, network)
+    if cost is None:
         return spent_cell, NOT_MEASURED
-    planned = max(run.record["epochs_planned"] for run in mine)
-    done = max(sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:PLANNED_SEEDS])
-               for group in plans if group)
-    per_epoch = statistics.median(segment["seconds_per_epoch"] / _share(segment) for _, segment in timed)
-    gpus = _join(segment.get("gpu") or run.device for run, segment in timed)
-    needed = (PLANNED_SEEDS * planned - done) * per_epoch
-    return spent_cell, linked(f"≈{_hours(needed)} ({gpus})", [run for run, _ in timed])
+    planned = max((run.record["epochs_planned"] for run in mine), default=planned_epochs(network))
+    done = max((sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:len(PLANNED_SEEDS)])
+                for group in plans if group), default=0)
+    needed = (len(PLANNED_SEEDS) * planned - done) * cost.seconds
+    how = cost.gpus if cost.measured_on is None else f"estimated from {cost.measured_on}; {cost.gpus}"
+    return spent_cell, linked(f"≈{_hours(needed)} ({how})", cost.runs)
 
 
 STATUS_PAPER, STATUS_SEED = "paper (%), statistic", f"seed (%), {SEED_STATISTIC}"
@@ -734,50 +763,227 @@ def status_line(runs: list[RunRecord]) -> str:
     """One sentence above the status table: how many planned runs are complete, on CIFAR-10
     and on the JPEG mirror, and how far the unfinished ones are."""
     def complete(label: str) -> int:
-        return sum(min(PLANNED_SEEDS, sum(run.is_result_on(label) for run in _plan_runs(runs, network, label)))
-                   for network in REPRODUCED)
-    plan = len(REPRODUCED) * PLANNED_SEEDS
-    unfinished = [run for network in REPRODUCED for run in _plan_runs(runs, network, JPEG_MIRROR)
+        return sum(min(len(PLANNED_SEEDS), sum(run.is_result_on(label) for run in _plan_runs(runs, network, label)))
+                   for network in PLANNED)
+    plan = len(PLANNED) * len(PLANNED_SEEDS)
+    unfinished = [run for network in PLANNED for run in _plan_runs(runs, network, JPEG_MIRROR)
                   if run.status != "complete"]
-    return (f"{complete(CIFAR10)} of {plan} planned CIFAR-10 runs are complete ({len(REPRODUCED)} networks × "
-            f"{PLANNED_SEEDS} seeds). On the JPEG mirror of CIFAR-10, whose numbers are not CIFAR-10 results: "
+    return (f"{complete(CIFAR10)} of {plan} planned CIFAR-10 runs are complete ({len(PLANNED)} networks × "
+            f"{len(PLANNED_SEEDS)} seeds, in {len(PLAN_TIERS)} tiers). On the JPEG mirror of CIFAR-10, whose numbers "
+            "are not CIFAR-10 results: "
             f"{complete(JPEG_MIRROR)} of {plan} complete" +
             (f"; {_unfinished_text(unfinished)}" if unfinished else "") + ".")
 
 
+# ---------------------------------------------------------------- the plan and what it costs
+
+
+def planned_epochs(network: str) -> float:
+    """Epochs of one planned run of `network`: its default recipe's length (what `make reproduce`
+    and the campaign train), in epochs."""
+    described = TrainConfig(arch=network).describe()
+    return described["iterations"] / described["iterations_per_epoch"]
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    """GPU-seconds one run of a network takes per epoch, the records it rests on, the GPUs and
+    precision they ran at, and, for an estimate, the network measured and the GFLOPs ratio."""
+    seconds: float
+    runs: tuple
+    gpus: str
+    precision: str
+    measured_on: str | None = None  # None: measured on the network itself
+    ratio: float = 1.0
+
+    @property
+    def basis(self) -> str:
+        where = f"{self.gpus}, {self.precision}"
+        if self.measured_on is None:
+            return f"measured ({where})"
+        return f"estimated: {self.measured_on}'s {self.seconds / self.ratio:.1f} s × {self.ratio:.2f} (GFLOPs ratio; {where})"
+
+
+def _measured_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
+    """The median GPU-seconds per epoch of the network's full runs (CIFAR-10 or its mirror: the
+    same images and network, the same time), each segment's divided by the runs sharing its GPU."""
+    timed = _gpu_segments([run for label in (CIFAR10, JPEG_MIRROR) for run in _plan_runs(runs, network, label)])
+    if not timed:
+        return None
+    return EpochCost(statistics.median(segment["seconds_per_epoch"] / _share(segment) for _, segment in timed),
+                     tuple({run.name: run for run, _ in timed}.values()),
+                     _join(segment.get("gpu") or run.device for run, segment in timed),
+                     _join(segment.get("precision") for _, segment in timed))
+
+
+def epoch_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
+    """One run's GPU-seconds per epoch of `network`: measured on its own runs, else estimated
+    from the measured network nearest to it in forward GFLOPs per image, scaled by their ratio
+    (the bottleneck networks' many thin layers may run slower than their FLOPs say); None while
+    no network of the records is measured on a GPU."""
+    own = _measured_cost(runs, network)
+    if own is not None:
+        return own
+    gflops = {row["name"]: row["gflops"] for row in architectures.rows()}
+    measured = {name: cost for name in sorted({run.arch for run in runs} & set(gflops))
+                if (cost := _measured_cost(runs, name)) is not None}
+    if not measured or network not in gflops:
+        return None
+    nearest = min(measured, key=lambda name: (abs(math.log(gflops[name] / gflops[network])), name))
+    ratio = gflops[network] / gflops[nearest]
+    return dataclasses.replace(measured[nearest], seconds=measured[nearest].seconds * ratio, measured_on=nearest,
+                               ratio=ratio)
+
+
+PLAN_COLUMNS = ("tier", "network", "runs", "epochs per run", "GPU-seconds per epoch, one run", "GPU-hours, its runs",
+                "how the time is known")
+
+
+def plan_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """The plan, one row per network in tier order, and what it costs on a GPU: its runs (the
+    planned seeds), epochs per run (its recipe), one run's GPU-seconds per epoch (`epoch_cost`)
+    and the GPU-hours of all its runs; a last row sums them where every network is known."""
+    rows, total, behind = [], 0.0, {}
+    for tier, networks in enumerate(PLAN_TIERS, 1):
+        for network in networks:
+            epochs, cost = planned_epochs(network), epoch_cost(runs, network)
+            if cost is None:
+                known = (NOT_MEASURED, MISSING, "no GPU run of any network is recorded yet")
+                total = math.nan
+            else:
+                hours = len(PLANNED_SEEDS) * epochs * cost.seconds
+                total += hours
+                behind.update({run.name: run for run in cost.runs})
+                known = tuple(linked(text, cost.runs) for text in (f"{cost.seconds:.1f}", _hours(hours), cost.basis))
+            rows.append(dict(zip(PLAN_COLUMNS, (str(tier), network, str(len(PLANNED_SEEDS)), f"{epochs:g}", *known))))
+    if not math.isnan(total):
+        rows.append(dict(zip(PLAN_COLUMNS, ("all", "the whole plan", str(len(PLANNED) * len(PLANNED_SEEDS)),
+                                            MISSING, MISSING, linked(_hours(total), list(behind.values())),
+                                            "the sum of the rows above"))))
+    table = pd.DataFrame(rows, columns=PLAN_COLUMNS)
+    table.attrs["quoted"] = ["tier", "runs", "epochs per run"]  # the plan's, from the library
+    return table
+
+
+def plan_line() -> str:
+    """The plan in one sentence, from `reference.PLAN_TIERS` and the recipes."""
+    tiers = "; ".join(f"tier {number}: {', '.join(networks)}" for number, networks in enumerate(PLAN_TIERS, 1))
+    epochs = _join(f"{planned_epochs(network):g}" for network in PLANNED)
+    return (f"{len(PLANNED)} networks × {len(PLANNED_SEEDS)} seeds ({', '.join(map(str, PLANNED_SEEDS))}) = "
+            f"{len(PLANNED) * len(PLANNED_SEEDS)} runs of {epochs} epochs on CIFAR-10, in {len(PLAN_TIERS)} tiers "
+            f"({tiers}); each tier starts once every run of the tiers before it has finished.")
+
+
+# ---------------------------------------------------------------- the claims and how they are decided
+
+# How far from our mean a quoted number may lie and still be reproduced: 2 sample standard
+# deviations of the planned seeds. The rule, in the words the summary shows:
+BAND_SDS = 2
+CLAIM_RULE = (f"A claim is tested once every network it names has all {len(PLANNED_SEEDS)} planned seeds complete "
+              f"on the full CIFAR-10 data (until then: not tested yet). A quoted error is reproduced when it lies "
+              f"within our mean ± {BAND_SDS} sample standard deviations over those seeds: were the seeds' errors "
+              f"normal with that spread, the band would hold about 95 % of single runs, so a single run (the seed's) or a "
+              f"median of 5 (the papers') that falls outside it differs from ours by more than the seed-to-seed "
+              f"spread we measure. A comparison of two networks is reproduced when our two means differ in the "
+              f"stated direction by more than {BAND_SDS} standard errors of their difference (√(s₁²/n₁ + s₂²/n₂)), "
+              f"refuted when they differ the other way by that much, and undecided in between; a claim that two "
+              f"networks match is reproduced when our means differ by less than that (with "
+              f"{len(PLANNED_SEEDS)} seeds, only a difference larger than the seeds' spread can show).")
+
+
+def _tested(runs: list[RunRecord], network: str) -> list[RunRecord]:
+    """The network's complete full CIFAR-10 runs of one setting, the most numerous."""
+    return max(_counted_groups(runs, network), key=len, default=[])
+
+
+def _absolute_verdict(quoted: float, group: list[RunRecord]) -> Linked:
+    errors = [run.test_error for run in group]
+    mean, sd = statistics.mean(errors), statistics.stdev(errors)
+    low, high = mean - BAND_SDS * sd, mean + BAND_SDS * sd
+    inside = low <= quoted <= high
+    return linked(f"{'reproduced' if inside else 'not reproduced'}: {quoted:.2f} lies {'in' if inside else 'outside'} "
+                  f"{low:.2f}–{high:.2f}", group)
+
+
+def _comparison_verdict(better: list[RunRecord], worse: list[RunRecord], match: bool) -> Linked:
+    """`better` is claimed lower than `worse` (`match`: claimed equal to it)."""
+    a, b = [run.test_error for run in better], [run.test_error for run in worse]
+    difference = statistics.mean(b) - statistics.mean(a)
+    margin = BAND_SDS * math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    if match:
+        verdict = "reproduced" if abs(difference) < margin else "not reproduced"
+    else:
+        verdict = "reproduced" if difference > margin else "refuted" if difference < -margin else "undecided"
+    return linked(f"{verdict}: {difference:+.2f} points, {BAND_SDS} standard errors {margin:.2f}", better + worse)
+
+
+def _claim_row(claim: str, source: str, networks: tuple, runs: list[RunRecord], verdict) -> dict:
+    """A claims-table row: its records (all planned seeds of each of its networks), our mean ±
+    sd of each, and the verdict `verdict(groups)` once every group is complete."""
+    groups = [_tested(runs, network) for network in networks]
+    behind = [run for group in groups for run in group]
+    tested = (f"{' and '.join(networks)}: {len(PLANNED_SEEDS)} complete CIFAR-10 runs" +
+              (" each" if len(networks) > 1 else ""))
+    ours = "; ".join(f"{network} {_standing(runs, network, CIFAR10)}" for network in networks)
+    started = [run for network in networks for run in _plan_runs(runs, network, CIFAR10)]
+    complete = all(len(group) >= len(PLANNED_SEEDS) for group in groups)
+    unplanned = [network for network in networks if network not in PLANNED]
+    done = sum(min(len(group), len(PLANNED_SEEDS)) for group in groups)
+    waiting = (f"not tested: {', '.join(unplanned)} is not in the plan" if unplanned else
+               "not tested yet: no complete run" if not done else
+               linked(f"not tested yet ({done} of {len(networks) * len(PLANNED_SEEDS)} complete runs)", behind))
+    return {"claim": claim, "source": source, "tested by": linked(tested, behind) if behind else tested,
+            "ours on CIFAR-10 (%)": linked(ours, started) if started else ours.replace(NOT_RUN, "not run yet"),
+            "verdict": verdict(groups) if complete else waiting}
+
+
+def _comparisons() -> list[tuple[str, str, str, bool]]:
+    """(network claimed lower or equal, the other, source, whether the claim is a match)."""
+    return [(pre, original, HE2016, False) for pre, original in UNIT_COMPARISONS] + \
+        [(*WIDE_VS_DEEP, "the seed's table, quoting both papers", True)]
+
+
 def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
     """The claims this reproduction tests, one a row, in the form of the ML Reproducibility
-    Challenge's summary: each paper's and the seed's test error for the networks of the plan
-    and of the seed, quoted with its statistic, and the records that test it so far."""
+    Challenge's summary, each decided by `CLAIM_RULE`: each paper's and the seed's test error for
+    the networks of the plan and of the seed, quoted with its statistic, then the comparisons
+    (pre-activation against original units, from both tiers of the plan; wide-shallow against
+    deep-thin), each with the records that test it and our numbers so far."""
     rows = []
     for network in status_networks():
         quoted = reference(network) or {}
-        evidence = {"our evidence: CIFAR-10": _standing(runs, network, CIFAR10),
-                    "our evidence: JPEG mirror (not CIFAR-10)": _standing(runs, network, JPEG_MIRROR)}
-        if quoted.get("paper_error") is not None:
-            rows.append({"claim": f"{quoted['title']} reaches {quoted['paper_error']:.2f} % test error on CIFAR-10 "
-                                  f"({quoted['paper_statistic'][0]})", "source": quoted["paper_source"], **evidence})
-        if quoted.get("seed_error") is not None:
-            rows.append({"claim": f"The seed reports {quoted['seed_error']:.2f} % for {quoted['title']} "
-                                  f"({SEED_STATISTIC})", "source": "the seed", **evidence})
+        for field, claim, source in (
+                ("paper_error", f"{quoted.get('title')} reaches {quoted.get('paper_error') or 0:.2f} % test error on "
+                                f"CIFAR-10 ({(quoted.get('paper_statistic') or ('',))[0]})", quoted.get("paper_source")),
+                ("seed_error", f"The seed reports {quoted.get('seed_error') or 0:.2f} % for {quoted.get('title')} "
+                               f"({SEED_STATISTIC})", "the seed")):
+            if quoted.get(field) is not None:
+                rows.append(_claim_row(claim, source, (network,), runs,
+                                       lambda groups, value=quoted[field]: _absolute_verdict(value, groups[0])))
+    for lower, other, source, match in _comparisons():
+        first, second = reference(lower), reference(other)
+        claim = (f"{first['title']} ({first['paper_error']:.2f} %) " + ("matches" if match else "has lower error than")
+                 + f" {second['title']} ({second['paper_error']:.2f} %)")
+        rows.append(_claim_row(claim, source, (lower, other), runs,
+                               lambda groups, match=match: _comparison_verdict(groups[0], groups[1], match)))
     table = pd.DataFrame(rows)
-    table = table.replace(NOT_RUN, "not run yet")
-    table.attrs["quoted"] = ["claim", "source"]
+    table.attrs["quoted"] = ["claim", "source", "tested by"]  # what the plan says would test it
     return table
 
 
 def budget_summary(runs: list[RunRecord]) -> str:
-    """One sentence on what the CIFAR-10 column is computed from."""
+    """One sentence on what the CIFAR-10 column is computed from, as Markdown (the results
+    notebook shows it so): the records' strings in it escaped (`markdown_text`)."""
     counted = [run for run in runs if run.is_cifar10_result]
     if not counted:
         return ("No complete run on the full CIFAR-10 data is recorded yet, so every network shows "
                 f"\"{NOT_RUN}\" in the CIFAR-10 column.")
-    per_network = ", ".join(f"{arch} × {n}" for arch, n in
+    per_network = ", ".join(f"{markdown_text(arch)} × {n}" for arch, n in
                             pd.Series([run.arch for run in counted]).value_counts(sort=False).items())
     epochs = _join(run.record["epochs_done"] for run in counted)
     return (f"The CIFAR-10 column averages {len(counted)} complete run(s) ({per_network}) of "
-            f"{epochs} epochs (recipe {_join(_recipe_text(run) for run in counted)}) on "
-            f"{_join(run.device for run in counted)}.")
+            f"{epochs} epochs (recipe {markdown_text(_join(_recipe_text(run) for run in counted))}) on "
+            f"{markdown_text(_join(run.device for run in counted))}.")
 
 
 # ---------------------------------------------------------------- figures
@@ -880,7 +1086,7 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
     _log_ticks(loss_axes, [value for _, metrics, _ in curves for value in metrics["train_loss"] if value > 0])
     error_axes.legend(fontsize="small", loc="upper right")
     figure.suptitle(title if title is not None else _budget_title(records_[0]) if records_ else "",
-                    fontsize="medium")
+                    fontsize="medium", parse_math=False)  # a record's "$" is a dollar, not mathtext
     return figure
 
 

@@ -357,6 +357,71 @@ def how_far(run_dir: Path, checkpoint: dict | None = None) -> tuple[int, bool]:
     return max(found)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Before anything is written: the folder's name can name a run (its record and its page:
+    ConfigError if not), and the folder is ours to write into (`check_ours`)."""
+    run_dir = Path(run_dir)
+    if not records.is_safe_name(run_dir.name):
+        raise ConfigError(f"out={str(run_dir)!r} is not valid: its last folder names the run (its record and "
+                          f"its page), so it must be {records.NAME_RULE}")
+    check_ours(run_dir)
+
+
+def check_ours(run_dir: Path, instead: str = "choose a new or empty --out") -> None:
+    """RunDirError unless `run_dir` is absent, empty (but for our lock and temporary files, and the
+    notebook papermill is writing), or holds a run of ours (`holds_run`): a folder holding files
+    we did not write is never written into, whatever their names. `instead`: the next step to name."""
+    run_dir = Path(run_dir)
+    try:
+        found = sorted(path.name for path in run_dir.iterdir()
+                       if path.name != LOCK_FILE and not is_temporary(path.name) and not _papermill_output(path))
+    except OSError:
+        return  # absent, or not a folder, or unreadable: taking its lock says which
+    if found == [records.BEST_FILE] and _our_lock(run_dir):
+        return  # a first epoch killed after best.pt, before the checkpoint (the order `save` writes in)
+    if found and not holds_run(run_dir):
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise RunDirError(f"{run_dir} holds files reproresnet did not write ({shown}; no run record or checkpoint "
+                          f"of a run of ours): it is never written into; {instead}")
+
+
+def holds_run(run_dir: Path) -> bool:
+    """The folder holds a run of ours, by our formats' own markers: a run.json whose format is
+    ours, or a checkpoint holding what a run's checkpoint holds (file names alone are not enough)."""
+    try:
+        record = json.loads((Path(run_dir) / RUN_FILE).read_bytes())
+        if isinstance(record, dict) and record.get("format") == records.RUN_FORMAT:
+            return True
+    except (OSError, ValueError):
+        pass
+    if not (Path(run_dir) / CHECKPOINT_FILE).is_file():
+        return False
+    try:
+        load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, None)
+    except RunDirError:
+        return False
+    return True
+
+
+def _our_lock(run_dir: Path) -> bool:
+    """The folder holds the lock a process of ours wrote ("pid N on HOST", run_dir_lock)."""
+    try:
+        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
+    except OSError:
+        return False
+    return len(owner) == 4 and owner[0] == "pid" and owner[1].isdigit() and owner[2] == "on"
+
+
+def _papermill_output(path: Path) -> bool:
+    """The training notebook papermill writes into a run directory as it executes (the sweep)."""
+    if path.name != "train.ipynb":
+        return False
+    try:
+        return "papermill" in json.loads(path.read_bytes()).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def prepare(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = True) -> tuple[dict | None, dict | None]:
     """(the checkpoint to continue from, the record of a complete run); (None, None) for a
     fresh run. Refuses to mix two runs in one directory. The checkpoint is the source of truth:

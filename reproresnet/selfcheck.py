@@ -76,7 +76,7 @@ from .config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_th
                      select_device, selfcheck_state)
 from .data import PAD, augment, device_splits, load_sources
 from .engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
-from .reference import REPRODUCED
+from .reference import PLANNED_SEEDS, REPRODUCED
 from .stacked import merge_tensors, stacked_batch
 from .train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
 
@@ -597,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
                         metavar="NAME", help="networks to check; the first is timed (default: the three of the report)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="K",
-                        help="seeds of each network; their number is the stack size (default: 0 1 2)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(PLANNED_SEEDS), metavar="K",
+                        help=f"seeds of each network; their number is the stack size (default: the plan's, "
+                             f"{' '.join(map(str, PLANNED_SEEDS))})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic "
                                                                "(default: synthetic)")

@@ -324,6 +324,8 @@ def _train_in(configs: list[TrainConfig], splits: list[DataSplits], device: torc
     """The runs in their directories: one writer each, resumed from their checkpoints, stopped
     cleanly at `deadline`; returns their records, in `configs`' order."""
     deadline = Deadline(deadline) if isinstance(deadline, (int, float)) else deadline
+    for config in configs:  # refused before anything is written: no lock in a folder that is not ours
+        rundir.check_run_dir(Path(config.out))
     with ExitStack() as held:
         if world.main:
             for config in configs:

@@ -28,7 +28,7 @@ def test_update_readme_rewrites_only_its_section_and_links_each_number(tmp_path)
     readme.write_text(f"# title\n\n{book_pages.README_START}\nold\n{book_pages.README_END}\n\nafter\n")
     assert book_pages.update_readme(readme, results) is True
     text = readme.read_text()
-    assert text.startswith(f"# title\n\n{book_pages.README_START}\n1 of 9") and text.endswith("\n\nafter\n")
+    assert text.startswith(f"# title\n\n{book_pages.README_START}\n1 of 15") and text.endswith("\n\nafter\n")
     assert "| wrn_16_4 |" in text and "[6.00 (1 of 3 seeds, 200 epochs)](results/wrn_16_4-seed0/)" in text
     assert book_pages.update_readme(readme, results) is False  # already current
     (tmp_path / "bare.md").write_text("# no section\n")

@@ -20,10 +20,13 @@ from reproresnet import campaign, records, rundir
 
 def write_checkpoint(path: Path, epochs: int, status: str = "running", size: int = 1000, seed: int = 0) -> None:
     """A checkpoint as training writes it, as far as a bundle cares: weights (`size` random,
-    incompressible bytes), one metrics row per epoch and its record."""
+    incompressible bytes), one metrics row per epoch, its record, and the other fields that make
+    it a checkpoint of a run (rundir.CHECKPOINT_FIELDS)."""
     weights = torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    rundir.write_checkpoint(path, {"model": {"w": weights}, "metrics": [{"epoch": e} for e in range(1, epochs + 1)],
-                                    "record": fake_record(status=status, epochs_done=epochs)})
+    record = fake_record(status=status, epochs_done=epochs)
+    rundir.write_checkpoint(path, {"model": {"w": weights}, "optimizer": {}, "config": record["config"],
+                                    "started": "2026-01-01T00:00:00+00:00",
+                                    "metrics": [{"epoch": e} for e in range(1, epochs + 1)], "record": record})
 
 
 def write_run(run: Path, epochs: int, status: str = "running", checkpoint: bool = True, **kwargs) -> None:

@@ -19,6 +19,7 @@ from reproresnet import bundle as bundling
 from reproresnet import campaign, records, rundir, selfcheck
 from reproresnet import train as training
 from reproresnet.config import TrainConfig
+from reproresnet.reference import ORIGINAL_UNITS, REPRODUCED
 from reproresnet.engine import EngineError
 from reproresnet.rundir import RunDirError
 
@@ -82,6 +83,31 @@ def test_unfinished_runs_go_first_in_stacks_and_new_ones_wait_for_checkpoint_roo
     assert campaign.admit(groups[0], plan, 60, []) == [wrn[1], wrn[2]]  # started: always continued
     assert campaign.admit(groups[1], plan, 60, []) == [r110[1]]         # 42 + 13.2 fits, + 13.2 more does not
     assert campaign.admit(groups[2], plan, 60, [r110[1]]) == []         # 42 + 13.2 + 21 > 60
+
+
+def test_the_second_tier_starts_once_every_run_of_the_first_has_finished(tmp_path):
+    """The original units (tier 2) wait while a pre-activation run (tier 1) can still train; a
+    tier finished in this call lets the next one start (the stacks are computed tier by tier)."""
+    plan = campaign.Plan(archs=("resnet110", "preact_resnet110"), seeds=(0, 1))
+    assert campaign.Plan().tiers() == [REPRODUCED, ORIGINAL_UNITS]
+    assert plan.tiers() == [("preact_resnet110",), ("resnet110",)]  # the plan's order, not the flags'
+    assert campaign.Plan(archs=("preact_resnet20", "resnet20")).tiers() == [("preact_resnet20", "resnet20")]
+    configs = plan.configs(tmp_path, "cpu", "fp32")
+    preact, original = configs["preact_resnet110"], configs["resnet110"]
+    Path(preact[0].out).mkdir()
+    rundir.write_json(Path(preact[0].out) / records.RUN_FILE, _fake_record(preact[0], "complete", 200))
+    outcomes: dict = {}
+    order = campaign.tiered_stacks(configs, plan.tiers(), outcomes)
+    assert next(order) == [preact[1]]
+    assert list(order) == []  # preact seed 1 did not finish
+    assert outcomes[Path(original[0].out).name]["outcome"] == "waiting"
+    assert "tier 2 starts once the 1 unfinished run(s)" in outcomes[Path(original[1].out).name]["detail"]
+    outcomes.clear()
+    order = campaign.tiered_stacks(configs, plan.tiers(), outcomes)
+    assert next(order) == [preact[1]]
+    Path(preact[1].out).mkdir()  # trained to the end while tier 1 was being worked through
+    rundir.write_json(Path(preact[1].out) / records.RUN_FILE, _fake_record(preact[1], "diverged", 40))
+    assert list(order) == [original] and outcomes == {}
 
 
 def _fake_training(calls: list, behaviour):

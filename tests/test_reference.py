@@ -53,7 +53,24 @@ def test_the_seeds_numbers_and_times_sit_on_the_networks_that_produced_them():
         {"preact_resnet110": 5.0, "preact_resnet164": 183 * 200 / 3600, "seed_wrn_n2_k4": 113 * 200 / 3600})
 
 
-def test_the_makefile_reproduces_the_networks_the_library_names():
-    """`make reproduce` and `make smoke` train REPRODUCED, as the sweep, campaign and benchmark default to."""
-    archs = re.search(r"^ARCHS \?= (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
-    assert tuple(archs) == reference.REPRODUCED
+def test_the_makefile_reproduces_the_plan_the_library_names():
+    """`make reproduce` and `make smoke` train the plan's networks in tier order and its seeds, as the
+    campaign does by default."""
+    makefile = (REPO / "Makefile").read_text()
+    archs = re.search(r"^ARCHS \?= (.+)$", makefile, re.M).group(1).split()
+    assert tuple(archs) == reference.PLANNED == (*reference.REPRODUCED, *reference.ORIGINAL_UNITS)
+    seeds = re.search(r"^SEEDS \?= (.+)$", makefile, re.M).group(1).split()
+    assert tuple(map(int, seeds)) == reference.PLANNED_SEEDS
+
+
+def test_the_second_tier_is_he2016s_original_units_with_their_quoted_numbers():
+    """The original ResNet-110 and -164 are registered with the original (post-activation) units
+    at the depths of their pre-activation counterparts, and quoted with their statistic."""
+    from reproresnet.architectures import ARCHITECTURES
+    assert reference.ORIGINAL_UNITS == ("resnet110", "resnet164")
+    for preact, original in reference.UNIT_COMPARISONS:
+        spec, counterpart = ARCHITECTURES[original], ARCHITECTURES[preact]
+        assert spec.family == "original" and not spec.preact
+        assert (spec.block, spec.depth, spec.width) == (counterpart.block, counterpart.depth, counterpart.width)
+    assert [(reference.reference(n)["paper_error"], reference.reference(n)["paper_statistic"][0])
+            for n in reference.ORIGINAL_UNITS] == [(6.61, "mean of 5"), (5.93, "median of 5")]

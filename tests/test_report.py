@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reproresnet import recipes, records, reference, report
+from reproresnet import architectures, recipes, records, reference, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -333,7 +333,7 @@ def test_speed_table_gpu_seconds_per_epoch_from_runs_partial_ones_marked_and_gpu
              {**bench_record([{"arch": "preact_resnet164", "path": "reproresnet", "seconds_per_epoch": 1449.0}]),
               "device": {"type": "cpu", "name": "Xeon"}, "name": "bench-cpu"}]
     table = report.speed_table(report.load_runs(tmp_path)[0], bench)
-    assert list(dict.fromkeys(table["network"])) == [*reference.REPRODUCED, "seed_wrn_n2_k4"]
+    assert list(dict.fromkeys(table["network"])) == [*reference.PLANNED, "seed_wrn_n2_k4"]
     seed = report.SEED_SECONDS
     by = {(line["network"], line["measured by"]): line for _, line in table.iterrows()}
     done = by["preact_resnet110", "training, 2 runs"]
@@ -513,15 +513,16 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
 
 def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     runs = []
-    assert report.status_line(runs).startswith("0 of 9 planned CIFAR-10 runs are complete (3 networks × 3 seeds)")
+    assert report.status_line(runs).startswith(
+        "0 of 15 planned CIFAR-10 runs are complete (5 networks × 3 seeds, in 2 tiers)")
     table = report.status_table(runs)
-    assert list(table["network"]) == [*reference.REPRODUCED, "seed_wrn_n2_k4"]  # the plan, then the seed's own
+    assert list(table["network"]) == [*reference.PLANNED, "seed_wrn_n2_k4"]  # the plan, then the seed's own
     quoted = reference.reference("preact_resnet164")  # quoted with its statistic, read from reference.py
     line = row(table, "preact_resnet164")
     assert line[report.STATUS_PAPER] == f"{quoted['paper_error']:.2f}, {quoted['paper_statistic'][0]}"
     assert line[report.STATUS_SEED] == f"{quoted['seed_error']:.2f}"
     assert set(table["ours, CIFAR-10 (%)"]) == set(table[report.STATUS_MIRROR]) == {report.NOT_RUN}
-    assert list(table["GPU-hours to finish (est.)"]) == ["not measured"] * 3 + ["not planned"]
+    assert list(table["GPU-hours to finish (est.)"]) == ["not measured"] * 5 + ["not planned"]
 
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
     make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, test_error=6.5)
@@ -535,8 +536,9 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
         (run_dir / records.CHECKPOINT_FILE).write_bytes(b"weights")
     runs = report.load_runs(tmp_path)[0]
     assert report.status_line(runs) == (
-        "2 of 9 planned CIFAR-10 runs are complete (3 networks × 3 seeds). On the JPEG mirror of CIFAR-10, "
-        "whose numbers are not CIFAR-10 results: 0 of 9 complete; 3 runs stopped at 2/200 (deadline), resumable.")
+        "2 of 15 planned CIFAR-10 runs are complete (5 networks × 3 seeds, in 2 tiers). On the JPEG mirror of "
+        "CIFAR-10, whose numbers are not CIFAR-10 results: 0 of 15 complete; 3 runs stopped at 2/200 (deadline), "
+        "resumable.")
     table = report.status_table(runs)
     wrn = row(table, "wrn_16_4")
     assert wrn["ours, CIFAR-10 (%)"] == "6.25 ± 0.35 (2 of 3 seeds, 200 epochs)"
@@ -549,6 +551,11 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     assert resnet["GPU-hours spent"] == f"{3 * 2 * 20 / 3 / 3600:.2g}"
     assert resnet["GPU-hours to finish (est.)"] == f"≈{(3 * 200 - 6) * 37 / 3 / 3600:.1f} (NVIDIA H100)"
     assert resnet["GPU-hours spent"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
+    # WRN-16-4 has no GPU time of its own: its last 200 epochs at ResNet-110's, scaled by their GFLOPs
+    ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
+    assert wrn["GPU-hours to finish (est.)"] == \
+        f"≈{(3 * 200 - 2 * 200) * 37 / 3 * ratio / 3600:.1f} (estimated from preact_resnet110; NVIDIA H100)"
+    assert wrn["GPU-hours to finish (est.)"].records == resnet["GPU-hours spent"].records
 
 
 def test_gpu_seconds_share_a_packed_gpu_and_count_no_cpu_epochs(tmp_path):
@@ -560,19 +567,100 @@ def test_gpu_seconds_share_a_packed_gpu_and_count_no_cpu_epochs(tmp_path):
     assert report.gpu_seconds(records.RunRecord.read(run_dir)) == pytest.approx(2 * 30 / 3 + 30 / 2)
 
 
-def test_claims_table_quotes_each_claim_with_its_statistic_and_its_evidence(tmp_path):
+def _verdicts(tmp_path) -> dict:
+    return {line["claim"]: line for _, line in report.claims_table(report.load_runs(tmp_path)[0]).iterrows()}
+
+
+def test_claims_table_quotes_each_claim_and_tests_none_before_its_runs_are_complete(tmp_path):
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
+    make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, test_error=6.2)
     table = report.claims_table(report.load_runs(tmp_path)[0])
     quoted = [row for row in reference.REFERENCE if row["network"] in report.status_networks()]
     expected = [f"{row['title']} reaches {row['paper_error']:.2f} % test error on CIFAR-10 ({row['paper_statistic'][0]})"
                 for row in quoted if row["paper_error"] is not None]
     assert [claim for claim in table["claim"] if "reaches" in claim] == expected
+    assert {"ResNet-110 (original) reaches 6.61 % test error on CIFAR-10 (mean of 5)",
+            "ResNet-164 (original) reaches 5.93 % test error on CIFAR-10 (median of 5)"} <= set(expected)
     assert sum("The seed reports" in claim for claim in table["claim"]) == \
         sum(row["seed_error"] is not None for row in quoted)
-    wrn = table[table["claim"].str.startswith("WRN-16-4 reaches")].iloc[0]
-    assert wrn["our evidence: CIFAR-10"] == "6.00 (1 of 3 seeds, 200 epochs)"
-    assert set(table[~table["claim"].str.contains("WRN-16-4|wrn_16_4")]["our evidence: CIFAR-10"]) == \
-        {"not run yet"}
+    by_claim = {line["claim"]: line for _, line in table.iterrows()}
+    wrn = by_claim["WRN-16-4 reaches 5.55 % test error on CIFAR-10 (not stated)"]
+    assert wrn["ours on CIFAR-10 (%)"] == "wrn_16_4 6.10 ± 0.14 (2 of 3 seeds, 200 epochs)"
+    assert wrn["verdict"] == "not tested yet (2 of 3 complete runs)"
+    assert wrn["verdict"].records == wrn["ours on CIFAR-10 (%)"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    assert wrn["tested by"] == "wrn_16_4: 3 complete CIFAR-10 runs"
+    assert wrn["tested by"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    compared = by_claim["Pre-act ResNet-110 (6.37 %) has lower error than ResNet-110 (original) (6.61 %)"]
+    assert compared["verdict"] == "not tested yet: no complete run"
+    assert compared["tested by"] == "preact_resnet110 and resnet110: 3 complete CIFAR-10 runs each"
+    assert compared["ours on CIFAR-10 (%)"] == "preact_resnet110 not run yet; resnet110 not run yet"
+    assert "WRN-16-4 (5.55 %) matches Pre-act ResNet-164 (5.46 %)" in by_claim
+    seed_wrn = by_claim[next(claim for claim in by_claim if "5.41" in claim)]
+    assert seed_wrn["verdict"] == "not tested: seed_wrn_n2_k4 is not in the plan"
+    assert "within our mean ± 2 sample standard deviations" in report.CLAIM_RULE
+
+
+def _complete(tmp_path, arch, errors, label="CIFAR-10"):
+    for seed, error in enumerate(errors):
+        make_run(tmp_path, f"{arch}-{'jpeg' if 'JPEG' in label else 'c10'}-seed{seed}", arch=arch, seed=seed, test_error=error, label=label)
+
+
+def test_claims_are_decided_by_the_stated_rule_from_both_tiers(tmp_path):
+    _complete(tmp_path, "preact_resnet110", [6.2, 6.4, 6.5])   # mean 6.37, sd 0.15: 6.06-6.67
+    _complete(tmp_path, "resnet110", [6.9, 7.0, 7.1])          # mean 7.00, sd 0.10: 6.80-7.20
+    _complete(tmp_path, "preact_resnet164", [5.9, 6.0, 6.1])
+    _complete(tmp_path, "resnet164", [5.0, 5.1, 5.2])          # the original unit lower: refuted
+    _complete(tmp_path, "wrn_16_4", [5.5, 5.6, 5.7])
+    _complete(tmp_path, "wrn_16_4", [1.0, 1.0, 1.1], label="CIFAR-10 (JPEG mirror)")  # tests nothing
+    verdicts = _verdicts(tmp_path)
+    assert verdicts["Pre-act ResNet-110 reaches 6.37 % test error on CIFAR-10 (median of 5)"]["verdict"] == \
+        "reproduced: 6.37 lies in 6.06–6.67"
+    assert verdicts["The seed reports 6.38 % for Pre-act ResNet-110 (single run)"]["verdict"].startswith("reproduced")
+    original = verdicts["ResNet-110 (original) reaches 6.61 % test error on CIFAR-10 (mean of 5)"]
+    assert original["verdict"] == "not reproduced: 6.61 lies outside 6.80–7.20"
+    assert original["verdict"].records == tuple(f"resnet110-c10-seed{seed}" for seed in range(3))
+    # 7.00 - 6.37 = +0.63 points against 2 * sqrt(0.0233/3 + 0.01/3) = 0.21
+    comparison = verdicts["Pre-act ResNet-110 (6.37 %) has lower error than ResNet-110 (original) (6.61 %)"]
+    assert comparison["verdict"] == "reproduced: +0.63 points, 2 standard errors 0.21"
+    assert set(comparison["verdict"].records) == {f"{arch}-c10-seed{seed}" for arch in ("preact_resnet110",
+                                                                                          "resnet110") for seed in range(3)}
+    assert verdicts["Pre-act ResNet-164 (5.46 %) has lower error than ResNet-164 (original) (5.93 %)"]["verdict"] == \
+        "refuted: -0.90 points, 2 standard errors 0.16"
+    assert verdicts["WRN-16-4 (5.55 %) matches Pre-act ResNet-164 (5.46 %)"]["verdict"] == \
+        "not reproduced: +0.40 points, 2 standard errors 0.16"
+    assert verdicts["WRN-16-4 reaches 5.55 % test error on CIFAR-10 (not stated)"]["verdict"] == \
+        "reproduced: 5.55 lies in 5.40–5.80"
+
+
+def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_records(tmp_path):
+    table = report.plan_table([])
+    assert [(line["tier"], line["network"]) for _, line in table.iterrows()] == \
+        [(str(tier), network) for tier, networks in enumerate(reference.PLAN_TIERS, 1) for network in networks]
+    assert set(table["GPU-seconds per epoch, one run"]) == {report.NOT_MEASURED}  # and no total
+    for seed in (0, 1, 2):  # three runs packed on one GPU: each epoch a third of the GPU's time
+        with_speed(make_run(tmp_path, f"preact_resnet110-jpeg-seed{seed}", seed=seed, status="stopped",
+                            label=report.JPEG_MIRROR, dataset="folder:/m"),
+                   {"seconds_per_epoch": 36.0 + seed, "images_per_second": 1350, "pack": 3})
+    runs = report.load_runs(tmp_path)[0]
+    table = report.plan_table(runs).set_index("network")
+    measured = table.loc["preact_resnet110"]
+    assert measured["GPU-seconds per epoch, one run"] == f"{37 / 3:.1f}"
+    assert measured["GPU-hours, its runs"] == f"{3 * 200 * 37 / 3 / 3600:.1f}"
+    assert measured["how the time is known"] == "measured (NVIDIA H100, bf16 autocast)"
+    assert measured["how the time is known"].records == measured["GPU-hours, its runs"].records
+    ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
+    wrn = table.loc["wrn_16_4"]
+    assert wrn["GPU-seconds per epoch, one run"] == f"{37 / 3 * ratio:.1f}"
+    assert wrn["how the time is known"] == \
+        f"estimated: preact_resnet110's 12.3 s × {ratio:.2f} (GFLOPs ratio; NVIDIA H100, bf16 autocast)"
+    assert wrn["GPU-hours, its runs"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
+    hours = [3 * 200 * 37 / 3 * (architectures.row(n)["gflops"] / architectures.row("preact_resnet110")["gflops"])
+             / 3600 for n in reference.PLANNED]
+    assert table.loc["the whole plan", "GPU-hours, its runs"] == f"{sum(hours):.1f}"
+    assert table.loc["the whole plan", "runs"] == "15"
+    assert report.plan_line().startswith("5 networks × 3 seeds (0, 1, 2) = 15 runs of 200 epochs on CIFAR-10, "
+                                         "in 2 tiers (tier 1: preact_resnet110, preact_resnet164, wrn_16_4; tier 2: "
+                                         "resnet110, resnet164)")
 
 
 def test_html_table_right_aligns_number_columns_and_lists_the_notes():

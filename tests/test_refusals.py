@@ -98,9 +98,11 @@ def test_a_refusal_after_the_lock_leaves_no_lock_nor_folder(tmp_path, capsys, mo
     code, err = run_cli(capsys, argv(out))
     assert_one_line(code, err, "refused after its lock was taken")
     assert not (tmp_path / "new").exists()
-    code, err = run_cli(capsys, argv(users))
+    empty = tmp_path / "empty"  # a user's folder, empty: ours to write into
+    empty.mkdir()
+    code, err = run_cli(capsys, argv(empty))
     assert_one_line(code, err, "refused after its lock was taken")
-    assert listing(users) == ["notes.txt", records.RUN_FILE]
+    assert listing(empty) == []
 
 
 def test_a_lock_file_removed_by_a_refused_holder_is_not_shared(tmp_path, monkeypatch):

@@ -3,15 +3,20 @@
 #
 #   OUT=/where/the/bundle/goes bash bench/campaign.sh [CAMPAIGN_SECONDS]
 #
-#  1. the machine (nproc, the GPU by nvidia-smi; the campaign prints torch's versions itself);
-#  2. the CIFAR-10 JPEG mirror unpacked from $CAMPAIGN_MIRROR into data/cifar10-jpeg (once);
+#  1. the data, where bench/README.md's device calls put it: the mirror already unpacked in
+#     $CAMPAIGN_DATA (data/cifar10-jpeg, git-ignored: an earlier call on this machine), else the
+#     carried archive $CAMPAIGN_MIRROR (data/cifar10-jpeg.tar.gz), checked against its sha256
+#     and unpacked; else the script stops in its first second, saying where it looked;
+#  2. the machine (nproc, the GPU by nvidia-smi; the campaign prints torch's versions itself);
 #  3. a bundle restored ($CAMPAIGN_BUNDLE_IN, default campaign-bundle/: the committed bundle of
-#     the last slot, if there is one) only if the campaign directory holds no campaign yet: a second call on the same (still warm) machine continues from the run
-#     directories the first one left, with no round trip through a bundle;
+#     the last slot, if there is one) only if the campaign directory holds no campaign yet: a
+#     second call on the same (still warm) machine continues from the run directories the
+#     first one left, with no round trip through a bundle;
 #  4. the campaign, one process, for CAMPAIGN_SECONDS (default: all that the limit leaves): it
-#     reads the mirror once, runs (or reuses) the in-process self-check that chooses the engine,
-#     precision, layout and stack size in seconds, then trains the plan's networks, each one's
-#     seeds as one stacked network, and prints the variant table and the status table;
+#     probes the device (reproresnet/probe.py, seconds), reads the mirror once, runs (or reuses)
+#     the in-process self-check that chooses the engine, precision, layout and stack size, then
+#     trains the plan's networks, each one's seeds as one stacked network, and prints the
+#     variant table and the status table;
 #  5. the campaign directory bundled into $OUT (at most 8 files, 16 MiB each, 64 MiB in all).
 #
 # Every step runs under `timeout`; a failing step is reported and the later steps still run
@@ -19,27 +24,49 @@
 # CI runs the training path on a CPU.
 #
 # Environment: OUT (bundle destination; default runs/bundle), CAMPAIGN_LIMIT_S (the whole
-# script, default 520, for a 540 s command limit), CAMPAIGN_MIRROR (the mirror archive; default
-# the first of ../shared/data/, shared/data/ and data/cifar10-jpeg.tar.gz), CAMPAIGN_BUNDLE_IN
-# (a previous call's bundle for a fresh machine; default campaign-bundle, '' for none), CAMPAIGN_DIR (default runs/campaign),
-# CAMPAIGN_DATA (where the mirror is or goes; default data/cifar10-jpeg, git-ignored),
-# CAMPAIGN_DEVICE (cuda; cpu only to try the script), CAMPAIGN_ARGS (more `campaign` flags, e.g.
-# a tiny plan for a CPU try), CAMPAIGN_TRAIN_ARGS (its --train-args), PYTHON (python3).
+# script; default 550 on a first call, for the device tool's timeout_s 570, and 130 when an
+# earlier call's campaign is there to continue: what a 15-minute slot surely has left, see
+# bench/README.md), CAMPAIGN_MIRROR (the archive; default data/cifar10-jpeg.tar.gz),
+# CAMPAIGN_MIRROR_SHA256 (its sha256; default the JPEG mirror's), CAMPAIGN_BUNDLE_IN (a previous
+# call's bundle for a fresh machine; default campaign-bundle, '' for none), CAMPAIGN_DIR
+# (default runs/campaign), CAMPAIGN_DATA (the unpacked mirror; default data/cifar10-jpeg,
+# git-ignored), CAMPAIGN_DEVICE (cuda; cpu only to try the script), CAMPAIGN_ARGS (more
+# `campaign` flags, e.g. a tiny plan for a CPU try), CAMPAIGN_TRAIN_ARGS (its --train-args),
+# PYTHON (python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 start=$SECONDS
-limit=${CAMPAIGN_LIMIT_S:-520}
 campaign_s=${1:-100000}
 py=${PYTHON:-python3}
 device=${CAMPAIGN_DEVICE:-cuda}
 dir=${CAMPAIGN_DIR:-runs/campaign}
 out=${OUT:-runs/bundle}
 data=${CAMPAIGN_DATA:-data/cifar10-jpeg}
+mirror=${CAMPAIGN_MIRROR:-data/cifar10-jpeg.tar.gz}
+# The archive's sha256, as book/methods.md gives it (tests/test_bench.py holds the two equal).
+mirror_sha256=${CAMPAIGN_MIRROR_SHA256:-1eeb753345949d7d9fecc3c6a53562608d45ba5b6f282cd58053eabc3928ea0b}
+if [[ -f $dir/_campaign/campaign.json ]]; then limit=${CAMPAIGN_LIMIT_S:-130}; else limit=${CAMPAIGN_LIMIT_S:-550}; fi
 read -r -a extra <<<"${CAMPAIGN_ARGS:-}"
 extra+=(--train-args "${CAMPAIGN_TRAIN_ARGS:-}")
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# The data first: a slot without it stops here, before anything is written.
+at() { [[ $1 == /* ]] && echo "$1" || echo "$PWD/$1"; }
+if [[ -d $data/train && -d $data/test ]]; then
+    unpack=""
+elif [[ ! -f $mirror ]]; then
+    echo "== no data: neither the unpacked mirror $(at "$data")/{train,test} nor the archive $(at "$mirror")" \
+         "(copy cifar10-jpeg.tar.gz there and carry it: bench/README.md); stopped" >&2
+    exit 2
+elif ! sha=$(sha256sum "$mirror" | cut -d' ' -f1) || [[ $sha != "$mirror_sha256" ]]; then
+    echo "== no data: $(at "$mirror") has sha256 ${sha:-(unreadable)}, not the mirror's $mirror_sha256; stopped" >&2
+    exit 2
+else
+    unpack=$mirror
+fi
+
 mkdir -p "$out" "$dir/_campaign"
 log=$dir/_campaign/slot-$(date -u +%Y%m%dT%H%M%SZ).log
 exec > >(tee -a "$log") 2>&1  # the slot's whole output travels back in the bundle
@@ -54,20 +81,20 @@ step() {  # step NAME SECONDS COMMAND...: report, never abort
     ((rc == 0)) || echo "== $name: FAILED (exit $rc$( ((rc == 124 || rc == 137)) && echo ', timed out'))"
     return $rc
 }
-
 echo "== machine: $(nproc) cores; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
     2>/dev/null || echo 'no nvidia-smi')"
 
-if [[ ! -d $data/train ]]; then
-    mirror=${CAMPAIGN_MIRROR:-}
-    for candidate in {../shared/data,shared/data,data}/cifar10-jpeg.tar.gz; do
-        [[ -z $mirror && -f $candidate ]] && mirror=$candidate
-    done
-    if [[ -n $mirror && -f $mirror ]]; then
-        mkdir -p "$data" && step "unpack the mirror $mirror" 120 tar xzf "$mirror" -C "$data"
+if [[ -n $unpack ]]; then  # into a folder beside $data, renamed when whole: a cut unpacking is never the data
+    rm -rf "$data.partial" && mkdir -p "$data.partial"
+    if step "unpack the mirror $unpack (sha256 checked) into $data" 120 tar xzf "$unpack" -C "$data.partial" &&
+        [[ -d $data.partial/train && -d $data.partial/test ]]; then
+        rm -rf "$data" && mv "$data.partial" "$data"
     else
-        echo "== no mirror archive (set CAMPAIGN_MIRROR); the plan's data set must already be there"
+        echo "== no data: $unpack did not unpack into train/ and test/ folders; stopped"
+        exit 2
     fi
+else
+    echo "== data: the mirror already unpacked in $data"
 fi
 
 bundle_in=${CAMPAIGN_BUNDLE_IN-campaign-bundle}

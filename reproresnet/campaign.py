@@ -10,17 +10,22 @@ networks come in tiers: the seed's three networks, then the original units He et
 them with; a tier starts once every run of the tiers before it has finished (complete, or
 diverged: it cannot go on), so a budget spent early goes to the claims the seed tested. One
 process trains it all: the data set is read once and held once on the device (a data set that
-cannot serve every run is refused before anything is created); the self-check (`selfcheck.py`,
+cannot serve every run is refused before anything is created), the device is probed
+(`probe.py`: capture and replay, grouped against separate convolutions, autotuning;
+`_campaign/probe.json`, once per directory and device); the self-check (`selfcheck.py`,
 seconds) chooses how to train (engine, precision, layout, stack size) on the real data, or its
-record from an earlier call is reused, so that every call trains the same way; then each network's seeds train as one stacked network
-(at most `--stack` runs; default all its seeds), stacks one after another, those furthest
-along first. Every run writes what a `train` run writes (on CUDA a background thread writes
+record from an earlier call is reused, so that every call trains the same way; then each
+network's seeds train as one stacked network (at most `--stack` runs; default all its seeds),
+stacks one after another, those furthest along first. Every run writes what a `train` run
+writes (on CUDA a background thread writes
 checkpoints while the GPU trains on), so `train --resume` can continue any of them, alone.
 Precision is part of the experiment: run directories are named `<arch>-<tag>-<precision>-seed<k>`.
 
 Every run stops cleanly at an epoch boundary, checkpoint written, before the budget ends (its
-next epoch predicted from its last); no stack starts once one has stopped for the deadline; an
-epoch still running at the hard stop is abandoned (the run keeps its last complete epoch). The
+next epoch predicted from its last; a fresh run's first from the self-check's measured step,
+`step_seconds`, plus `--min-start` for its set-up); no stack, nor a group of one, starts once a
+run has stopped for the deadline; an epoch still running at the hard stop is abandoned (the run
+keeps its last complete epoch). The
 campaign exits 0 within its budget, imports and exit included, whatever its runs do: a stack
 that fails is retried run by run, and a run that fails, diverges or makes no progress is
 recorded as such (with why) in `_campaign/campaign.json` and the status table, and the plan goes
@@ -50,6 +55,7 @@ from .reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
 SELFCHECK_FILE = "selfcheck.json"
+PROBE_FILE = "probe.json"
 FORMAT = "reproresnet-campaign/2"
 # s a new stack needs at least: it builds its networks, warms up and captures before its first
 # epoch ends (seconds on the graph engine)
@@ -259,12 +265,35 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     from . import selfcheck
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
+    _probe(out, check_configs, device, options, log)
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
     _train_plan(out, plan_configs, plan.tiers(), record, device, sources, options, hard_stop, stop_at, outcomes,
                 writer, log)
     return plan_configs
+
+
+def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
+    """What only the device can tell (probe.py), into `_campaign/probe.json` before anything
+    else: once per campaign directory, device and torch (a later call reuses it)."""
+    import torch
+
+    from . import probe
+    path = out / STATE_DIR / PROBE_FILE
+    try:
+        earlier = json.loads(path.read_text())
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        if (earlier.get("format"), earlier.get("device"), earlier.get("gpu"), earlier.get("torch")) == \
+                (probe.FORMAT, str(device), gpu, torch.__version__):
+            log(f"campaign: the device probe of {earlier.get('created')} holds ({path})")
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    batches = {arch: configs[0].resolved_recipe().batch_size for arch, configs in plan.items()}
+    record = probe.probe(device, batches, budget=min(probe.BUDGET, 0.05 * options.budget))
+    rundir.write_json(path, {**record, "created": records.now()})
+    log(probe.format_probe(record))
 
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
@@ -321,52 +350,93 @@ def _train_plan(out: Path, plan_configs: dict, tiers: list, record: dict, device
     training: list = []
     for stack in tiered_stacks(plan_configs, tiers, outcomes):
         names = [Path(config.out).name for config in stack]
-        if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
-            why = "not started: a run stopped for the deadline, and a new stack fits even less"
-        elif time.time() + options.min_start >= stop_at:
-            why = "not started: no time left"
-        else:
-            why = None
+        why = _why_not_start(outcomes, options, stop_at)
         admitted = [] if why else admit(stack, plan_configs, options.max_unfinished_mb, training)
-        for config in stack:
-            if config not in admitted:
-                outcomes[Path(config.out).name] = {"outcome": "waiting", "detail": why or (
-                    f"not started: the unfinished runs' checkpoints would pass {options.max_unfinished_mb:g} MB")}
+        _wait(stack, admitted, outcomes, why or f"not started: the unfinished runs' checkpoints would pass "
+                                                 f"{options.max_unfinished_mb:g} MB")
         if not admitted:
             continue
         _check_network(out, record, plan_configs[admitted[0].arch], device, sources, log)
         variant, note = selfcheck.variant_for(record, admitted[0].arch)
         for group in variant.groups(admitted):
+            if why := _why_not_start(outcomes, options, stop_at):  # a run of this stack may have stopped
+                _wait(group, [], outcomes, why)
+                continue
             training += group
-            _train_group(group, variant, note, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
+            _train_group(group, variant, note, record, device, sources, options, hard_stop, stop_at, outcomes,
+                         writer, log)
         log(f"campaign: {', '.join(names)} done for this call")
 
 
-def _train_group(group: list, variant, note: str, device, sources: dict, options: Options, hard_stop: float,
-                 stop_at: float, outcomes: dict, writer: rundir.Writer, log) -> None:
+def _why_not_start(outcomes: dict, options: Options, stop_at: float) -> str | None:
+    """Why no new stack (or group of a stack) starts now, if it does not."""
+    if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
+        return "not started: a run stopped for the deadline, and a new stack fits even less"
+    if time.time() + options.min_start >= stop_at:
+        return "not started: no time left"
+    return None
+
+
+def _wait(configs: list, started: list, outcomes: dict, why: str) -> None:
+    for config in configs:
+        if config not in started:
+            outcomes[Path(config.out).name] = {"outcome": "waiting", "detail": why}
+
+
+def step_seconds(record: dict, config, variant) -> float | None:
+    """A training step of `config`'s network trained as `variant`, from the self-check's
+    `record`: as timed on that network, where the check timed this variant there; else as
+    timed on the network the check timed it on, scaled by the larger of two ratios, the
+    networks' arithmetic per step (forward FLOPs x batch) and their depths (a step's time
+    grows with its arithmetic where the GPU is busy, with its layers where it waits on kernel
+    launches); None where the check timed no such variant."""
+    from .architectures import row
+    network = (record.get("networks") or {}).get(config.arch) or {}
+    if network.get("variant") == variant.name and network.get("seconds_per_step"):
+        return network["seconds_per_step"]
+    timed = next((r["seconds_per_step"] for r in record.get("variants") or []
+                  if r.get("variant") == variant.name and r.get("seconds_per_step")), None)
+    if timed is None or record.get("arch") == config.arch:
+        return timed
+    ours, theirs = row(config.arch), row(record.get("arch") or "")
+    if ours is None or theirs is None or not record.get("batch_size"):
+        return None
+    arithmetic = ours["gflops"] * config.resolved_recipe().batch_size / (theirs["gflops"] * record["batch_size"])
+    return timed * max(arithmetic, ours["depth"] / theirs["depth"])
+
+
+def _train_group(group: list, variant, note: str, record: dict, device, sources: dict, options: Options,
+                 hard_stop: float, stop_at: float, outcomes: dict, writer: rundir.Writer, log) -> None:
     """One stack trained until done or the deadline; a failing stack is retried run by run,
-    a failing engine replaced by the eager one at the same precision."""
+    a failing engine replaced by the eager one at the same precision. A fresh run's first
+    epoch is predicted from the self-check's step time, its setup from `--min-start`."""
     from . import selfcheck
     from .engine import EngineError
-    from .train import train_stack
+    from .train import Deadline, train_stack
     before = {config.out: run_state(Path(config.out))["epochs_done"] for config in group}
     names = [Path(config.out).name for config in group]
-    log(f"campaign: training {', '.join(names)} as {'one stack' if len(group) > 1 else 'one run'}; {note}")
+    step = step_seconds(record, group[0], variant)
+    log(f"campaign: training {', '.join(names)} as {'one stack' if len(group) > 1 else 'one run'}"
+        f"{f', {1e3 * step:.1f} ms a step predicted' if step else ''}; {note}")
+    again = lambda configs, variant, note: _train_group(  # noqa: E731
+        configs, variant, note, record, device, sources, options, hard_stop, stop_at, outcomes, writer, log)
     try:
         results = train_stack(variant.configs(group), device, sources, progress=options.log_epochs,
-                              deadline=stop_at, hard_stop=hard_stop, writer=writer, note=note)
+                              deadline=Deadline(stop_at, step, options.min_start), hard_stop=hard_stop,
+                              writer=writer, note=note)
     except EngineError as error:
         eager = selfcheck.Variant("eager", variant.bf16, variant.channels_last, len(group))
         log(f"campaign: {variant.name} cannot run ({error}); falling back to {eager.name}")
-        return _train_group(group, eager, f"{eager.name}: fallback, {variant.name} failed: {error}", device,
-                            sources, options, hard_stop, stop_at, outcomes, writer, log)
+        return again(group, eager, f"{eager.name}: fallback, {variant.name} failed: {error}")
     except Exception as error:  # noqa: BLE001 (recorded; the plan goes on)
         if len(group) > 1:
             log(f"campaign: the stack {', '.join(names)} failed ({type(error).__name__}: {error}); "
                 f"training its runs one by one")
             for config in group:
-                _train_group([config], variant, note, device, sources, options, hard_stop, stop_at, outcomes,
-                             writer, log)
+                if why := _why_not_start(outcomes, options, stop_at):
+                    _wait([config], [], outcomes, why)
+                else:
+                    again([config], variant, note)
             return
         outcomes[names[0]] = {"outcome": "failed", "detail": f"{type(error).__name__}: {error}"[:300]}
         log(f"{names[0]}: failed ({outcomes[names[0]]['detail']})")

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("sweep", help="papermill over networks x seeds (see `sweep --help`)", add_help=False)
     commands.add_parser("campaign", help="train a plan of runs within a time budget, resumably "
                                          "(see `campaign --help`)", add_help=False)
-    commands.add_parser("selfcheck", help="the fast path against fp32 eager, part by part "
+    commands.add_parser("selfcheck", help="each way to train judged by single steps against float64, and timed "
                                           "(see `selfcheck --help`)", add_help=False)
     commands.add_parser("bundle", help="pack a campaign directory into bounded files", add_help=False)
     commands.add_parser("unbundle", help="restore a bundle byte for byte (and render its runs' pages)",

@@ -21,6 +21,8 @@ kernels of an eager step. No inductor runs on the graph path: it starts in secon
 
 from __future__ import annotations
 
+import signal
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -222,6 +224,29 @@ class EagerEngine(Engine):
         return train_step(self.step_model if full else self.model, self.optimizer, images, labels, self.speedups)
 
 
+@contextmanager
+def alarm_held():
+    """SIGALRM (the self-check's budget alarm, any budget alarm) held back for the block and
+    handled right after it: a handler that raised inside `torch.cuda.graph`'s enter or exit
+    would leave the capture stream current, and every later kernel would fail. The signal is
+    blocked in this thread (no system call of the capture is interrupted), and an alarm that
+    another thread receives meanwhile (Python runs its handler in the main thread, between any
+    two instructions) is only noted; either way the handler runs once, after the block."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGALRM) is None:
+        yield  # handlers run in the main thread only; None: one installed outside Python, left alone
+        return
+    noted = []
+    handler = signal.signal(signal.SIGALRM, lambda signum, frame: noted.append(signum))
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one pending here is noted now
+        signal.signal(signal.SIGALRM, handler)  # (signal.signal first runs the pending handlers)
+        if noted:
+            signal.raise_signal(signal.SIGALRM)
+
+
 class CudaGraphs:
     """How the graph engine warms up and captures on CUDA (tests stand in a plain caller on a CPU)."""
 
@@ -271,11 +296,12 @@ class GraphEngine(Engine):
             return self.graphs.warm_up(lambda: self.eager_step(images, labels))
         if self.replay is None:
             self.images, self.labels = torch.empty_like(images), torch.empty_like(labels)
-            try:
-                self.replay = self.graphs.capture(lambda: self.eager_step(self.images, self.labels))
-            except Exception as error:
-                raise EngineError(f"capturing the training step as a CUDA graph failed: "
-                                  f"{type(error).__name__}: {error}") from error
+            with alarm_held():  # an alarm due during the capture is raised after it, as the engine's own
+                try:
+                    self.replay = self.graphs.capture(lambda: self.eager_step(self.images, self.labels))
+                except Exception as error:
+                    raise EngineError(f"capturing the training step as a CUDA graph failed: "
+                                      f"{type(error).__name__}: {error}") from error
         self.images.copy_(images)
         self.labels.copy_(labels)
         return self.replay()

@@ -879,16 +879,16 @@ def plan_line() -> str:
 # How far from our mean a quoted number may lie and still be reproduced: 2 sample standard
 # deviations of the planned seeds. The rule, in the words the summary shows:
 BAND_SDS = 2
-CLAIM_RULE = (f"A claim is tested once every network it names has all {len(PLANNED_SEEDS)} planned seeds complete "
-              f"on the full CIFAR-10 data (until then: not tested yet). A quoted error is reproduced when it lies "
-              f"within our mean ± {BAND_SDS} sample standard deviations over those seeds: were the seeds' errors "
-              f"normal with that spread, the band would hold about 95 % of single runs, so a single run (the seed's) or a "
-              f"median of 5 (the papers') that falls outside it differs from ours by more than the seed-to-seed "
-              f"spread we measure. A comparison of two networks is reproduced when our two means differ in the "
-              f"stated direction by more than {BAND_SDS} standard errors of their difference (√(s₁²/n₁ + s₂²/n₂)), "
-              f"refuted when they differ the other way by that much, and undecided in between; a claim that two "
-              f"networks match is reproduced when our means differ by less than that (with "
-              f"{len(PLANNED_SEEDS)} seeds, only a difference larger than the seeds' spread can show).")
+CLAIM_RULE = (f"A claim is tested once every network it names has all {len(PLANNED_SEEDS)} planned random seeds "
+              f"complete on the full CIFAR-10 data (until then: not tested yet). A quoted error is reproduced when "
+              f"it lies within our mean ± {BAND_SDS} sample standard deviations over those seeds: were the seeds' "
+              f"errors normal with that spread, the band would hold about 95 % of single runs, so a single run "
+              f"(the ReScience reproduction's) or a median of 5 (the papers') that falls outside it differs from "
+              f"ours by more than the seed-to-seed spread we measure. A comparison of two networks is reproduced "
+              f"when our two means differ in the stated direction by more than {BAND_SDS} standard errors of their "
+              f"difference (√(s₁²/n₁ + s₂²/n₂)), refuted when they differ the other way by that much, and undecided "
+              f"in between; a claim that two networks match is reproduced when our means differ by less than that "
+              f"(with {len(PLANNED_SEEDS)} seeds, only a difference larger than the seeds' spread can show).")
 
 
 def _tested(runs: list[RunRecord], network: str) -> list[RunRecord]:
@@ -940,7 +940,7 @@ def _claim_row(claim: str, source: str, networks: tuple, runs: list[RunRecord], 
 def _comparisons() -> list[tuple[str, str, str, bool]]:
     """(network claimed lower or equal, the other, source, whether the claim is a match)."""
     return [(pre, original, HE2016, False) for pre, original in UNIT_COMPARISONS] + \
-        [(*WIDE_VS_DEEP, "the seed's table, quoting both papers", True)]
+        [(*WIDE_VS_DEEP, "the ReScience reproduction's table, quoting both papers", True)]
 
 
 def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
@@ -955,8 +955,8 @@ def claims_table(runs: list[RunRecord]) -> pd.DataFrame:
         for field, claim, source in (
                 ("paper_error", f"{quoted.get('title')} reaches {quoted.get('paper_error') or 0:.2f} % test error on "
                                 f"CIFAR-10 ({(quoted.get('paper_statistic') or ('',))[0]})", quoted.get("paper_source")),
-                ("seed_error", f"The seed reports {quoted.get('seed_error') or 0:.2f} % for {quoted.get('title')} "
-                               f"({SEED_STATISTIC})", "the seed")):
+                ("seed_error", f"The ReScience reproduction reports {quoted.get('seed_error') or 0:.2f} % for {quoted.get('title')} "
+                               f"({SEED_STATISTIC})", "Muellerklein 2016, ReScience")):
             if quoted.get(field) is not None:
                 rows.append(_claim_row(claim, source, (network,), runs,
                                        lambda groups, value=quoted[field]: _absolute_verdict(value, groups[0])))

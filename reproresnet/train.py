@@ -58,15 +58,27 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 class Deadline:
     """When runs must stop cleanly: no epoch starts that is predicted to end after `at` (a
-    `time.time()` moment)."""
+    `time.time()` moment). An epoch is predicted from the runs' last one; one that nothing has
+    timed yet (a fresh run's first) from `step_seconds`, a measured training step of the stack
+    about to train (the campaign's self-check), plus `setup_seconds` (warm-up steps, the
+    capture, cuDNN's autotuning); without `step_seconds` it is predicted to take no time."""
 
-    def __init__(self, at: float):
-        self.at = at
+    def __init__(self, at: float, step_seconds: float | None = None, setup_seconds: float = 0.0):
+        self.at, self.step_seconds, self.setup_seconds = at, step_seconds, setup_seconds
 
     def allows(self, epochs_done: int, predicted_seconds: float) -> bool:
         """Whether the next epoch, predicted to take `predicted_seconds`, may start; asked
         before every epoch, with the epochs the runs have done."""
         return time.time() + predicted_seconds <= self.at
+
+    def untimed_epoch_seconds(self, steps: int, evaluated_batches: float) -> float:
+        """An epoch of `steps` training steps and `evaluated_batches` batches of evaluation
+        (validation and test), each counted as one training step: a forward pass is about a
+        third of a step's arithmetic, but evaluation runs eagerly in fp32 with TF32 off, so
+        this errs long, which costs at most one epoch not started."""
+        if self.step_seconds is None:
+            return 0.0
+        return self.setup_seconds + (steps + evaluated_batches) * self.step_seconds
 
 
 @dataclass
@@ -404,7 +416,8 @@ def _train_epochs(stack: Stack, writer: rundir.Writer, progress: bool, deadline:
         active = [run for run in stack.runs if run.active]
         if not active:
             return
-        if deadline is not None and not deadline.allows(epoch, _predicted_seconds(last_epoch_s, active[0])):
+        predicted = None if deadline is None else _predicted_seconds(last_epoch_s, stack, epoch, deadline)
+        if deadline is not None and not deadline.allows(epoch, predicted):
             _stop(active, writer, f"stopped cleanly after epoch {epoch} of {stack.schedule.epochs} (deadline); "
                                   f"resume to continue")
             return
@@ -423,15 +436,22 @@ def _train_epochs(stack: Stack, writer: rundir.Writer, progress: bool, deadline:
                     tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule.epochs))
 
 
-def _predicted_seconds(last_epoch_s: float | None, run: Run) -> float:
+def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, deadline: Deadline) -> float:
     """How long the next epoch will take: this process's last epoch (training, evaluation and
-    writes); for a process's first epoch, which also compiles, the first epoch of the run's last
-    process, else its earlier epochs' training time."""
+    writes); for a process's first epoch, which also warms up and captures, the first epoch of
+    the run's last process, else its earlier epochs' training time; for a fresh run's first
+    epoch, the deadline's prediction from a measured step."""
     if last_epoch_s is not None:
         return last_epoch_s
+    run = next(run for run in stack.runs if run.active)
     firsts = [s["first_epoch_seconds"] for s in run.speed if s.get("first_epoch_seconds") is not None]
-    steady = statistics.median(row["seconds"] for row in run.metrics) if run.metrics else 0.0
-    return max(firsts[-1] if firsts else 0.0, steady)
+    if firsts or run.metrics:
+        steady = statistics.median(row["seconds"] for row in run.metrics) if run.metrics else 0.0
+        return max(firsts[-1] if firsts else 0.0, steady)
+    schedule = stack.schedule
+    steps = min(schedule.iterations_per_epoch, schedule.total_iterations - epoch * schedule.iterations_per_epoch)
+    evaluated = len(run.splits.test) + (len(run.splits.val) if run.splits.val is not None else 0)
+    return deadline.untimed_epoch_seconds(steps, evaluated / stack.recipe.batch_size)
 
 
 def _stop(runs: list[Run], writer: rundir.Writer, message: str) -> None:

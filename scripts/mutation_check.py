@@ -490,6 +490,19 @@ MUTATIONS = [
     Mutation("architecture-table-misread", "reproresnet/architectures.py",
              '_TYPES = {"depth": int, "width": int, "params": int,', '_TYPES = {"depth": int, "width": int, "params": str,',
              "the book's parameter counts are read as text", "tests/test_architectures.py"),
+    # ---- issue 24: a GPU slot that starts no work it cannot finish, and its device probe
+    Mutation("fresh-epoch-predicted-instant", "reproresnet/train.py",
+             "return deadline.untimed_epoch_seconds(steps, evaluated / stack.recipe.batch_size)", "return 0.0",
+             "a fresh run's first epoch is predicted to take no time, and is begun when it cannot end", TT),
+    Mutation("group-after-deadline-stop", "reproresnet/campaign.py",
+             "if why := _why_not_start(outcomes, options, stop_at):  # a run", "if why := None:  # a run",
+             "a network's next run apart starts after one stopped for the deadline", C),
+    Mutation("alarm-inside-capture", "reproresnet/engine.py",
+             "with alarm_held():  # an alarm", "with nullcontext():  # an alarm",
+             "a budget alarm may raise inside the CUDA graph capture", E),
+    Mutation("probe-lr-unchecked", "reproresnet/probe.py",
+             "lr_ok = all(abs(read - lr) <= 1e-3 * lr", "lr_ok = any(abs(read - lr) <= 1e-3 * lr",
+             "the probe passes a graph whose replays never read the new lr", "tests/test_slot.py"),
 ]
 
 # Changes that alter no number the project reports, listed so nobody adds them as mutations.

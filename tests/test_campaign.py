@@ -144,6 +144,58 @@ def test_no_stack_starts_after_one_stopped_for_the_deadline(tmp_path, monkeypatc
     assert "a run stopped for the deadline" in rows[2]["detail"]
 
 
+def test_a_fresh_run_after_one_stopped_for_the_deadline_is_not_started_and_gets_a_predicted_first_epoch(
+        tmp_path, monkeypatch):
+    """Trained apart (a K=1 variant), a network's seeds are groups of one run: once the first
+    stops for the deadline, the next is not started (before, its first epoch was predicted to
+    take no time, began, and was lost at the hard stop). The one that trains gets a deadline
+    that predicts its first epoch from the self-check's measured step."""
+    calls = []
+
+    def train_stack(configs, device, sources=None, **options):
+        calls.append(options["deadline"])
+        return _fake_training([], lambda configs: [
+            ("running", 1, "stopped cleanly after epoch 1 of 3 (deadline); resume to continue")])(configs, device)
+
+    monkeypatch.setattr(training, "train_stack", train_stack)
+    record = _check_record("eager-fp32-nchw-k1")
+    record["variants"][0]["seconds_per_step"] = 0.25
+    (tmp_path / campaign.STATE_DIR).mkdir()
+    rundir.write_json(tmp_path / campaign.STATE_DIR / campaign.SELFCHECK_FILE,
+                      {**record, "arch": "preact_resnet20", "batch_size": 32})
+    logged = []
+    rows = campaign.run_campaign(dataclasses.replace(PLAN, archs=("preact_resnet20",)), tmp_path,
+                                 campaign.Options(budget=60, device="cpu", min_start=4), log=logged.append)
+    assert [row["outcome"] for row in rows] == ["stopped", "waiting"]
+    assert "a run stopped for the deadline" in rows[1]["detail"]
+    assert len(calls) == 1 and (calls[0].step_seconds, calls[0].setup_seconds) == (0.25, 4)
+    assert any("250.0 ms a step predicted" in line for line in logged)
+    probed = json.loads((tmp_path / campaign.STATE_DIR / campaign.PROBE_FILE).read_text())  # first, bundled
+    assert probed["skipped"].startswith("needs CUDA") and logged[1].startswith("probe: cpu: skipped")
+
+
+def test_a_step_is_predicted_from_the_self_check_and_scaled_to_networks_it_did_not_time(tmp_path):
+    from reproresnet.architectures import row
+    from reproresnet.config import Variant
+    record = {"arch": "preact_resnet110", "batch_size": 64,
+              "variants": [{"variant": "graph-bf16-nhwc-k3", "seconds_per_step": 0.006},
+                           {"variant": "eager-fp32-nchw-k1", "seconds_per_step": 0.02}],
+              "networks": {"wrn_16_4": {"ok": True, "variant": "graph-bf16-nhwc-k3", "seconds_per_step": 0.009}}}
+    configs = campaign.Plan(archs=("preact_resnet110", "preact_resnet164", "wrn_16_4", "resnet20")).configs(
+        tmp_path, "cuda", "bf16")
+    chosen = Variant.from_name("graph-bf16-nhwc-k3")
+    step = lambda arch, variant=chosen: campaign.step_seconds(record, configs[arch][0], variant)  # noqa: E731
+    assert step("preact_resnet110") == 0.006                      # timed there
+    assert step("wrn_16_4") == 0.009                              # timed on that network too
+    r110, r164, r20 = row("preact_resnet110"), row("preact_resnet164"), row("resnet20")
+    # ResNet-164: batch 48 of a network of about ResNet-110's FLOPs, but 164 layers: its depth decides
+    assert step("preact_resnet164") == pytest.approx(0.006 * 164 / 110)
+    assert r164["gflops"] * 48 / (r110["gflops"] * 64) < 164 / 110
+    assert step("resnet20") == pytest.approx(0.006 * max(r20["gflops"] / r110["gflops"], 20 / 110))
+    assert step("preact_resnet110", Variant.from_name("eager-fp32-nchw-k1")) == 0.02
+    assert step("preact_resnet110", Variant.from_name("graph-fp32-nhwc-k3")) is None  # not timed: no prediction
+
+
 def test_a_run_that_fails_or_makes_no_progress_does_not_stall_the_plan_and_says_why(tmp_path, monkeypatch):
     """The furthest-along runs go first; one that fails every call (here seed 0, its checkpoint
     unreadable) or trains nothing (seed 1) must not keep the rest of the plan waiting."""
@@ -343,7 +395,8 @@ def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path):
     assert [process.wait(timeout=900) for process in references] == [0, 0, 0]
     out = tmp_path / "campaign"
     process = subprocess.Popen([sys.executable, "-m", "reproresnet", "campaign", "--out", str(out), "--budget", "900",
-                                *PLAN_ARGS, "--seeds", "0", "1", "2", "--stack", "3", "--train-args", args],
+                                *PLAN_ARGS, "--seeds", "0", "1", "2", "--stack", "3", "--selfcheck-budget", "600",
+                                "--train-args", args],
                                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.communicate(timeout=960)[0]
     assert process.returncode == 0, output

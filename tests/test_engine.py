@@ -135,3 +135,58 @@ def test_train_with_the_graph_engine_on_a_cpu_stops_with_one_line(tmp_path, caps
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "engine='graph' needs a CUDA device" in err
     assert not (tmp_path / "run" / records.RUN_FILE).exists()
+
+
+class AlarmDuringCapture(ReplayByCalling):
+    """A capture during which SIGALRM arrives: sent to this thread (`raise_signal`, as an
+    interval timer's alarm lands on the main thread) and to the process while another thread
+    could take it (`os.kill`), with Python instructions after each, where a handler would run."""
+
+    def __init__(self):
+        super().__init__()
+        self.capturing = False
+
+    def capture(self, step):
+        import os
+        import signal
+        import time
+        self.capturing = True
+        signal.raise_signal(signal.SIGALRM)
+        os.kill(os.getpid(), signal.SIGALRM)
+        time.sleep(0.05)
+        sum(range(10_000))
+        self.capturing = False
+        return super().capture(step)
+
+
+class BudgetSpent(Exception):
+    pass
+
+
+def test_an_alarm_during_the_capture_is_raised_right_after_it_not_inside(monkeypatch):
+    """The self-check's budget alarm raises from its SIGALRM handler; raised inside
+    `torch.cuda.graph`'s enter or exit it would leave the capture stream current. It must
+    come once, after the capture, with the captured step in place, and not as a failed capture."""
+    import signal
+    import threading
+    model = _networks(1)
+    graphs = AlarmDuringCapture()
+    engine = GraphEngine(model, make_optimizer(model, get_recipe("seed"), FUSED), FUSED, 8, graphs=graphs)
+    rang = []
+
+    def ring(signum, frame):
+        rang.append(graphs.capturing)
+        raise BudgetSpent("budget spent")
+
+    other = threading.Thread(target=threading.Event().wait, args=(2,), daemon=True)
+    other.start()  # a thread that does not block SIGALRM: the kernel may hand it the os.kill
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        batches = _batches(1, [8] * (WARMUP_STEPS + 1))
+        with pytest.raises(BudgetSpent):  # not an EngineError: the capture itself succeeded
+            _run(engine, batches, [0.1] * len(batches))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert rang == [False]  # once, after the capture
+    assert engine.replay is not None and len(graphs.captured) == 1
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGALRM}  # unblocked again

@@ -581,7 +581,7 @@ def test_claims_table_quotes_each_claim_and_tests_none_before_its_runs_are_compl
     assert [claim for claim in table["claim"] if "reaches" in claim] == expected
     assert {"ResNet-110 (original) reaches 6.61 % test error on CIFAR-10 (mean of 5)",
             "ResNet-164 (original) reaches 5.93 % test error on CIFAR-10 (median of 5)"} <= set(expected)
-    assert sum("The seed reports" in claim for claim in table["claim"]) == \
+    assert sum("The ReScience reproduction reports" in claim for claim in table["claim"]) == \
         sum(row["seed_error"] is not None for row in quoted)
     by_claim = {line["claim"]: line for _, line in table.iterrows()}
     wrn = by_claim["WRN-16-4 reaches 5.55 % test error on CIFAR-10 (not stated)"]
@@ -615,7 +615,7 @@ def test_claims_are_decided_by_the_stated_rule_from_both_tiers(tmp_path):
     verdicts = _verdicts(tmp_path)
     assert verdicts["Pre-act ResNet-110 reaches 6.37 % test error on CIFAR-10 (median of 5)"]["verdict"] == \
         "reproduced: 6.37 lies in 6.06–6.67"
-    assert verdicts["The seed reports 6.38 % for Pre-act ResNet-110 (single run)"]["verdict"].startswith("reproduced")
+    assert verdicts["The ReScience reproduction reports 6.38 % for Pre-act ResNet-110 (single run)"]["verdict"].startswith("reproduced")
     original = verdicts["ResNet-110 (original) reaches 6.61 % test error on CIFAR-10 (mean of 5)"]
     assert original["verdict"] == "not reproduced: 6.61 lies outside 6.80–7.20"
     assert original["verdict"].records == tuple(f"resnet110-c10-seed{seed}" for seed in range(3))

@@ -292,7 +292,8 @@ def test_the_check_keeps_its_budget_and_a_check_cut_short_is_not_complete(monkey
             raise RuntimeError("cuDNN autotuning ...") from error
     monkeypatch.setattr(selfcheck, "baseline", slow)
     saved = []
-    plan = {"preact_resnet110": [TrainConfig(arch="preact_resnet110", out="x", device="cpu")]}
+    plan = {"preact_resnet110": [TrainConfig(arch="preact_resnet110", out="x", seed=seed, device="cpu")
+                                 for seed in (0, 1)]}
     began = time.perf_counter()
     record = selfcheck.selfcheck(plan, "cpu", budget=0.5, log=lambda line: None,
                                  save=lambda record: saved.append(json.loads(json.dumps(selfcheck.jsonable(record)))))
@@ -304,6 +305,17 @@ def test_the_check_keeps_its_budget_and_a_check_cut_short_is_not_complete(monkey
     assert all(key in saved[-1] for key in ("ok", "complete"))
     assert all("ok" not in partial and "complete" not in partial for partial in saved[:-1])
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_a_check_with_nothing_to_judge_times_the_reference_alone(monkeypatch):
+    """--stack 1 on a CPU leaves no variant but the reference, which defines the floor: it is
+    timed, not compared, and the check is complete in seconds."""
+    monkeypatch.setattr(selfcheck, "baseline", lambda *args, **kwargs: pytest.fail("nothing to judge"))
+    plan = {arch: [dataclasses.replace(c, arch=arch) for c in _configs()] for arch in ("preact_resnet20", "resnet20")}
+    record = selfcheck.selfcheck(plan, "cpu", budget=300, stack=1, timed_steps=1, log=lambda line: None)
+    [reference] = record["variants"]
+    assert reference["ok"] and reference["seconds_per_step"] > 0 and reference["note"].endswith("timed only")
+    assert record["networks"]["resnet20"]["ok"] and selfcheck_state(record)[0] == "complete"
 
 
 def test_a_record_is_reusable_only_if_complete_of_this_format_and_its_choice_passed():

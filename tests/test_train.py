@@ -319,6 +319,30 @@ def test_a_deadline_already_passed_trains_nothing_and_says_so(tmp_path):
     assert training.train(tiny(tmp_path), resume=True, progress=False)["status"] == "complete"
 
 
+def test_a_fresh_runs_first_epoch_is_predicted_from_a_measured_step(tmp_path):
+    """Nothing has timed a fresh run's first epoch: the deadline predicts it from a measured
+    step (the campaign's self-check): setup, then its training steps and its evaluated batches
+    (validation and test) at a step each. Without a measured step it is predicted to take no
+    time, as before; a clock-bound deadline that a predicted epoch would pass trains nothing."""
+    asked = []
+
+    class Asked(training.Deadline):
+        def allows(self, epochs_done, predicted_seconds):
+            asked.append(predicted_seconds)
+            return False
+
+    record = training.train(tiny(tmp_path), progress=False, deadline=Asked(math.inf, step_seconds=2.0,
+                                                                          setup_seconds=5.0))
+    data = record["data"]
+    assert asked == [pytest.approx(5.0 + (96 / 32 + (data["n_test"] + data["n_val"]) / 32) * 2.0)]
+    assert record["status"] == "stopped" and record["epochs_done"] == 0
+    training.train(tiny(tmp_path, "unmeasured"), progress=False, deadline=Asked(math.inf))
+    assert asked[1] == 0.0
+    late = training.train(tiny(tmp_path, "late"), progress=False,
+                          deadline=training.Deadline(time.time() + 60, step_seconds=30.0))
+    assert late["epochs_done"] == 0 and "stopped cleanly after epoch 0" in late["message"]
+
+
 def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
     config = tiny(tmp_path, epochs=2)
     training.train(config, progress=False, deadline=time.time() + 3600)

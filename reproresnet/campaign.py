@@ -9,10 +9,10 @@ The plan is networks x seeds x one recipe x one data set (default: the plan of
 networks come in tiers: the seed's three networks, then the original units He et al. compare
 them with; a tier starts once every run of the tiers before it has finished (complete, or
 diverged: it cannot go on), so a budget spent early goes to the claims the seed tested. One
-process trains it all: the data set is read once and held once on the device (a data set that
-cannot serve every run is refused before anything is created), the device is probed
-(`probe.py`: capture and replay, grouped against separate convolutions, autotuning;
-`_campaign/probe.json`, once per directory and device); the self-check (`selfcheck.py`,
+process trains it all: the device is probed first (`probe.py`: capture and replay, grouped
+against separate convolutions, autotuning; `_campaign/probe.json`, once per directory and
+device), the data set is read once and held once on the device (a data set that cannot serve
+every run is refused before anything is created); the self-check (`selfcheck.py`,
 seconds) chooses how to train (engine, precision, layout, stack size) on the real data, or its
 record from an earlier call is reused, so that every call trains the same way; then each
 network's seeds train as one stacked network (at most `--stack` runs; default all its seeds),
@@ -224,8 +224,12 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
     stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
     with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
-        device, sources = load_data(plan, out, options, log)  # refused: the lock goes, and a folder it made
+        device = _device(options, log)
+        probed = _probe(out, plan.configs(out, device.type, "fp32"), device, options, log)  # a slot's first seconds
+        sources = load_data(plan, out, device, log)  # refused: the lock goes, and a folder it made
         (out / STATE_DIR).mkdir(exist_ok=True)
+        if probed is not None:
+            rundir.write_json(out / STATE_DIR / PROBE_FILE, probed)
         outcomes: dict[str, dict] = {}
         plan_configs = {}
         try:
@@ -239,25 +243,30 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     return rows
 
 
-def load_data(plan: Plan, out: Path, options: Options, log) -> tuple:
-    """(the device, the plan's data sets on it by `data.source_key`), each read once; every
-    run's subsets and batch checked against its data set (ConfigError, DataError)."""
+def _device(options: Options, log):
+    """The campaign's device, and this process's CPU threads, said."""
     import torch
 
     from .config import cpu_threads, select_device
-    from .data import check_batch, load_device_splits, load_sources, source_key
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
+    return device
+
+
+def load_data(plan: Plan, out: Path, device, log) -> dict:
+    """The plan's data sets on `device` by `data.source_key`, each read once; every run's
+    subsets and batch checked against its data set (ConfigError, DataError)."""
+    from .data import check_batch, load_device_splits, load_sources, source_key
     began = time.time()
     configs = [config for configs in plan.configs(out, device.type, "fp32").values() for config in configs]
     sources = load_sources(configs, device)
     for config in configs:  # its subsets and batch fit its data set
         check_batch(config, load_device_splits(config, device, sources[source_key(config)]))
     log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
-    return device, sources
+    return sources
 
 
 def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, hard_stop: float, stop_at: float,
@@ -265,7 +274,6 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     from . import selfcheck
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
-    _probe(out, check_configs, device, options, log)
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
@@ -274,9 +282,10 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     return plan_configs
 
 
-def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
-    """What only the device can tell (probe.py), into `_campaign/probe.json` before anything
-    else: once per campaign directory, device and torch (a later call reuses it)."""
+def _probe(out: Path, plan: dict, device, options: Options, log) -> dict | None:
+    """What only the device can tell (probe.py), measured before anything else, once per
+    campaign directory, device and torch: the record for `_campaign/probe.json` (written once
+    the data is read: a refused call leaves nothing), None if an earlier call's holds."""
     import torch
 
     from . import probe
@@ -287,13 +296,13 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
         if (earlier.get("format"), earlier.get("device"), earlier.get("gpu"), earlier.get("torch")) == \
                 (probe.FORMAT, str(device), gpu, torch.__version__):
             log(f"campaign: the device probe of {earlier.get('created')} holds ({path})")
-            return
+            return None
     except (OSError, ValueError, AttributeError):
         pass
     batches = {arch: configs[0].resolved_recipe().batch_size for arch, configs in plan.items()}
     record = probe.probe(device, batches, budget=min(probe.BUDGET, 0.05 * options.budget))
-    rundir.write_json(path, {**record, "created": records.now()})
     log(probe.format_probe(record))
+    return {**record, "created": records.now()}
 
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,

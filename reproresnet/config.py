@@ -338,7 +338,7 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
     among the `jobs` sharing them (a sweep's parallel runs, a pack) and capped by the cores the
     load average leaves free: on a busy machine, more threads than free cores spin against each
     other (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if requested is not None:
         _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
                  f"an integer from 1 to {cores} (the cores this process may use)")
@@ -347,9 +347,25 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
         return min(int(os.environ["OMP_NUM_THREADS"]), cores), "OMP_NUM_THREADS"
     if resumed is not None:
         return min(resumed, cores), "as the run last trained"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = load_average()
+    return free_core_threads(cores, jobs, load), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The last minute's load average (runnable threads, this process's included); 0 where unknown."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def free_core_threads(cores: int, jobs: int, load: float) -> int:
+    """The free-core rule: the `cores` divided among the `jobs` sharing them, capped by the cores
+    the `load` leaves free (`bench --thread-rules` compares it with torch's default and all cores)."""
     share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
-    return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"
+    return min(share, free)
 
 
 # ---------------------------------------------------------------- ways to train (the self-check's variants)

@@ -433,7 +433,7 @@ def _train_epochs(stack: Stack, writer: rundir.Writer, progress: bool, deadline:
             for run in stack.runs:
                 if run.active:
                     name = f"{run.run_dir.name}: " if stack.k > 1 else ""
-                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule.epochs))
+                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule))
 
 
 def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, deadline: Deadline) -> float:
@@ -555,8 +555,12 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
             "world_size": stack.world.size})
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, schedule: Schedule) -> str:
+    """The epoch in one line; its lr is the lr its steps ran at: "lr 0.1", or "lr 0.1→0.01 (first→last
+    step)" where the schedule changes it within the epoch (metrics.csv keeps the last)."""
     val = f"  val err {row['val_error']:5.2f}%" if "val_error" in row else ""
-    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.3f} "
+    first, last = schedule.epoch_lrs(row["epoch"] - 1)
+    lr = f"{first:.4g}" if first == last else f"{first:.4g}→{last:.4g} (first→last step)"
+    return (f"epoch {row['epoch']:>3}/{schedule.epochs}  lr {lr}  train loss {row['train_loss']:.3f} "
             f"err {row['train_error']:5.2f}%{val}  test err {row['test_error']:5.2f}%  "
             f"{row['seconds']:.1f} s  {row['images_per_second']:.0f} img/s")

@@ -23,8 +23,8 @@ import torch
 from . import bench_record, records, rundir
 from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
-from .config import (CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, free_core_threads, load_average, select_device,
-                     usable_cores)
+from .config import (CIFAR_TRAIN_IMAGES, MAX_SEED, ConfigError, TrainConfig, cpu_threads, free_core_threads,
+                     load_average, select_device, usable_cores)
 from .data import DataSplits, ImageSet
 from .engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
 from .models import UnknownArchitectureError, flops_per_image
@@ -52,7 +52,7 @@ class BenchSettings:
     steps: int = _option("timed steps per path", per_device=(200, 5), least=1)
     warmup_steps: int = _option("steps first, compilation included, timed apart", per_device=(50, 1), least=0)
     rounds: int = _option("the timed steps' rounds, which alternate the paths", per_device=(5, 5), least=1)
-    data_batches: int = _option("batches for the input-pipeline-only timing", per_device=(200, 100))
+    data_batches: int = _option("batches for the input-pipeline-only timing", per_device=(200, 100), least=1)
     epochs: int = _option("real epochs of the reproresnet path", per_device=(2, 0), least=0)
     bf16: bool = _option("bf16 autocast on the reproresnet path (default: on for CUDA)")
     channels_last: bool = _option("channels_last on the reproresnet path (default: on for CUDA)")
@@ -68,7 +68,7 @@ class BenchSettings:
     stack: int = _option("networks the stacked path trains as one (graph engine on CUDA; 1: no stacked path)", 3,
                          least=1)
     train_images: int = _option("synthetic training set size", CIFAR_TRAIN_IMAGES, least=1)
-    seed: int = _option("random seed", 0)
+    seed: int = _option("random seed", 0, least=0)
 
     def resolved(self, device: torch.device) -> "BenchSettings":
         """The device's defaults filled in; ConfigError for a setting that cannot work."""
@@ -76,12 +76,17 @@ class BenchSettings:
         s = dataclasses.replace(self, archs=_check_archs(self.archs), **{
             f.name: f.metadata["per_device"][on] for f in dataclasses.fields(self)
             if f.metadata["per_device"] and getattr(self, f.name) is None})
-        s = dataclasses.replace(s, threads=s.threads or torch.get_num_threads(), rounds=min(s.rounds, s.steps),
+        s = dataclasses.replace(s, threads=torch.get_num_threads() if s.threads is None else s.threads,
+                                rounds=min(s.rounds, s.steps),
                                 num_workers=(os.cpu_count() or 1) if s.num_workers is None else s.num_workers)
         for f in dataclasses.fields(s):
             if f.metadata["least"] is not None and getattr(s, f.name) < f.metadata["least"]:
                 raise ConfigError(f"{f.name}={getattr(s, f.name)!r} is not valid: "
                                   f"expected an integer >= {f.metadata['least']}")
+        if s.seed > MAX_SEED:
+            raise ConfigError(f"seed={s.seed!r} is not valid: expected an integer from 0 to {MAX_SEED}")
+        if self.threads is not None:
+            cpu_threads(self.threads)  # 1 to the cores this process may use
         check_compile_mode(s.compile_mode)
         # Each pipeline is timed within one epoch, after its untimed first batches.
         usable = s.train_images // s.batch_size - (queued_batches(s.num_workers) if s.baseline else 1)

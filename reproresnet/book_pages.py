@@ -232,7 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             changed = update_readme(args.readme, args.results, runs)
             print(f"{args.readme}: status table {'updated' if changed else 'already current'}", file=sys.stderr)
-    except (OSError, ValueError) as error:
-        print(f"reproresnet pages: error: {error}", file=sys.stderr)
-        return 2
+    except rundir.DiskFull as full:
+        return _error(full.with_advice("free some space and run pages again"))
+    except OSError as error:  # a read-only file system, a file where a folder should be, no README
+        return _error(rundir.refused_by_os(error, "check that --results can be read and --out (and --readme) "
+                                                  "written, then run pages again"))
+    except ValueError as error:
+        return _error(error)
     return 0
+
+
+def _error(error) -> int:
+    print(f"reproresnet pages: error: {error}", file=sys.stderr)
+    return 2

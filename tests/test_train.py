@@ -389,8 +389,9 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
 def test_the_cli_stops_cleanly_and_says_how_far_it_got(tmp_path, capsys):
     from reproresnet import cli
     args = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "32",
-            "--limit-test", "16", "--epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")]
-    assert cli.main(args + ["--stop-after", "0"]) == 0
+            "--limit-test", "16", "--batch-size", "16", "--epochs", "2", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "r")]
+    assert cli.main(args + ["--stop-after", "0.001"]) == 0  # spent by the time the first epoch could start
     assert "0/2 epochs; stopped cleanly" in capsys.readouterr().out
 
 

@@ -23,7 +23,8 @@ import torch
 from . import bench_record, records, rundir
 from .architectures import ARCHITECTURES
 from .bench_baseline import BaselinePath, queued_batches
-from .config import CIFAR_TRAIN_IMAGES, ConfigError, TrainConfig, select_device
+from .config import (CIFAR_TRAIN_IMAGES, MAX_SEED, ConfigError, TrainConfig, cpu_threads, free_core_threads,
+                     load_average, select_device, usable_cores)
 from .data import DataSplits, ImageSet
 from .engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
 from .models import UnknownArchitectureError, flops_per_image
@@ -51,7 +52,7 @@ class BenchSettings:
     steps: int = _option("timed steps per path", per_device=(200, 5), least=1)
     warmup_steps: int = _option("steps first, compilation included, timed apart", per_device=(50, 1), least=0)
     rounds: int = _option("the timed steps' rounds, which alternate the paths", per_device=(5, 5), least=1)
-    data_batches: int = _option("batches for the input-pipeline-only timing", per_device=(200, 100))
+    data_batches: int = _option("batches for the input-pipeline-only timing", per_device=(200, 100), least=1)
     epochs: int = _option("real epochs of the reproresnet path", per_device=(2, 0), least=0)
     bf16: bool = _option("bf16 autocast on the reproresnet path (default: on for CUDA)")
     channels_last: bool = _option("channels_last on the reproresnet path (default: on for CUDA)")
@@ -61,10 +62,13 @@ class BenchSettings:
     num_workers: int = _option("baseline DataLoader workers (default: one per CPU core)", least=0)
     baseline: bool = _option("also run the plain PyTorch baseline", True)
     graph: bool = _option("also run the graph engine's path (a CUDA graph per step; CUDA only)", True)
+    thread_rules: bool = _option("also time the library path on the CPU under each thread rule (the free-core rule, "
+                                 "torch's default, all cores), in alternating rounds, the load average beside each",
+                                 False)
     stack: int = _option("networks the stacked path trains as one (graph engine on CUDA; 1: no stacked path)", 3,
                          least=1)
     train_images: int = _option("synthetic training set size", CIFAR_TRAIN_IMAGES, least=1)
-    seed: int = _option("random seed", 0)
+    seed: int = _option("random seed", 0, least=0)
 
     def resolved(self, device: torch.device) -> "BenchSettings":
         """The device's defaults filled in; ConfigError for a setting that cannot work."""
@@ -72,12 +76,17 @@ class BenchSettings:
         s = dataclasses.replace(self, archs=_check_archs(self.archs), **{
             f.name: f.metadata["per_device"][on] for f in dataclasses.fields(self)
             if f.metadata["per_device"] and getattr(self, f.name) is None})
-        s = dataclasses.replace(s, threads=s.threads or torch.get_num_threads(), rounds=min(s.rounds, s.steps),
+        s = dataclasses.replace(s, threads=torch.get_num_threads() if s.threads is None else s.threads,
+                                rounds=min(s.rounds, s.steps),
                                 num_workers=(os.cpu_count() or 1) if s.num_workers is None else s.num_workers)
         for f in dataclasses.fields(s):
             if f.metadata["least"] is not None and getattr(s, f.name) < f.metadata["least"]:
                 raise ConfigError(f"{f.name}={getattr(s, f.name)!r} is not valid: "
                                   f"expected an integer >= {f.metadata['least']}")
+        if s.seed > MAX_SEED:
+            raise ConfigError(f"seed={s.seed!r} is not valid: expected an integer from 0 to {MAX_SEED}")
+        if self.threads is not None:
+            cpu_threads(self.threads)  # 1 to the cores this process may use
         check_compile_mode(s.compile_mode)
         # Each pipeline is timed within one epoch, after its untimed first batches.
         usable = s.train_images // s.batch_size - (queued_batches(s.num_workers) if s.baseline else 1)
@@ -217,17 +226,24 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
                   "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
                   "cpu_count": os.cpu_count()},
         unavailable=[] if device.type == "cuda" or not s.graph else [
-            {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}])
+            {"path": "graph", "why": "the graph engine replays CUDA graphs: a CUDA device only"}] +
+        ([{"path": "thread rules", "why": "CPU threads set the speed of a CPU run only"}]
+         if s.thread_rules and device.type == "cuda" else []))
+    if s.thread_rules and device.type != "cuda":
+        record.update(thread_rules=[], load_at_start=load_average())
     rundir.write_json(out, record)
     log(f"benchmark on {record['device']['name']} ({device}): batch {s.batch_size}, {s.warmup_steps} warm-up + "
         f"{s.steps} timed steps in {s.rounds} rounds; speedups {dataclasses.asdict(speedups)}; record: {out}")
     data = synthetic_train_set(s.train_images, s.seed)
-    threads = torch.get_num_threads()
+    threads = torch.get_num_threads()  # torch's default, unless this process chose before
     torch.set_num_threads(s.threads)
     try:
         for arch in s.archs:
             record["rows"] += _bench_arch(arch, data, device, s, log)
             record["ratios"] = bench_record.ratios(record["rows"])
+            if "thread_rules" in record:
+                record["thread_rules"] += _bench_thread_rules(arch, data, device, s, threads, log)
+                record["thread_ratios"] = bench_record.thread_ratios(record["thread_rules"])
             rundir.write_json(out, record)
     finally:
         torch.set_num_threads(threads)
@@ -298,6 +314,46 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
             path.close()
         if cuda:
             torch.cuda.empty_cache()
+
+
+def thread_rules(torch_default: int) -> dict[str, Callable[[], int]]:
+    """The CPU thread rules compared, each its thread count now: the free-core rule
+    (`config.cpu_threads`'s default, from the load average of the moment), torch's default
+    and every usable core. Rules that give the same fixed count are timed once, under a joint name."""
+    cores = usable_cores()
+    rules: dict[str, Callable[[], int]] = {bench_record.FREE_CORES: lambda: free_core_threads(cores, 1, load_average())}
+    fixed: dict[int, list[str]] = {}
+    for name, count in (("torch default", torch_default), ("all cores", cores)):
+        fixed.setdefault(count, []).append(name)
+    rules.update({" = ".join(names): (lambda count=count: count) for count, names in fixed.items()})
+    return rules
+
+
+def _bench_thread_rules(arch: str, data: ImageSet, device: torch.device, s: BenchSettings, torch_default: int,
+                        log) -> list[dict]:
+    """The library's eager path under each thread rule, the rules alternating in rounds (no
+    rule always first); before each round its rule is applied, one untimed step runs (a new
+    OpenMP team starts) and the load average is read."""
+    path, rules = LibraryPath(arch, data, device, s, "threads"), thread_rules(torch_default)
+    before = torch.get_num_threads()
+    measured = {name: {"threads": [], "load_averages": [], "round_seconds": []} for name in rules}
+    try:
+        path.steps(s.warmup_steps)
+        for index, count in enumerate(_split(s.steps, s.rounds)):
+            for name in rules if index % 2 == 0 else list(rules)[::-1]:
+                torch.set_num_threads(threads := rules[name]())
+                path.steps(1)
+                load = load_average()
+                seconds = path.steps(count) / count
+                for key, value in zip(measured[name], (threads, load, seconds)):
+                    measured[name][key].append(value)
+    finally:
+        torch.set_num_threads(before)
+    rows = [bench_record.thread_row(arch, rule=name, batch_size=s.batch_size, **values)
+            for name, values in measured.items()]
+    log("; ".join(f"{arch}: {row['rule']} ({'/'.join(map(str, sorted(set(row['threads']))))} thread(s)) "
+                  f"{row['images_per_second']:.0f} img/s" for row in rows))
+    return rows
 
 
 def device_slug(device: torch.device) -> str:

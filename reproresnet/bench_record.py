@@ -21,6 +21,7 @@ from . import records
 from .config import CIFAR_TRAIN_IMAGES
 
 BENCH_FORMAT = "reproresnet-bench/1"
+FREE_CORES = "free cores"  # the thread rule `config.cpu_threads` applies by default
 # A training step costs about 3 forward passes: the forward, then the backward's gradients
 # with respect to activations and to weights, each about as many FLOPs as the forward.
 TRAINING_FLOPS_PER_FORWARD = 3
@@ -57,6 +58,24 @@ def row(arch: str, *, path: str, networks: int, engine: str, precision: str, bat
             "forward_flops_per_image": forward_flops, "loss_finite": math.isfinite(sum(losses))}
 
 
+def thread_row(arch: str, *, rule: str, batch_size: int, threads: list[int], load_averages: list[float],
+               round_seconds: list[float]) -> dict:
+    """One CPU thread rule on one network: the threads it chose and the 1-minute load average
+    (this benchmark's own threads included) at each round, and the median round's seconds per step."""
+    per_step = statistics.median(round_seconds)
+    return {"arch": arch, "rule": rule, "threads": threads, "load_averages": load_averages,
+            "seconds_per_step": per_step, "seconds_per_step_range": [min(round_seconds), max(round_seconds)],
+            "images_per_second": batch_size / per_step, "round_seconds": round_seconds}
+
+
+def thread_ratios(rows: list[dict]) -> list[dict]:
+    """Each thread rule's images per second over the free-core rule's, per network."""
+    base = {row["arch"]: row for row in rows if row["rule"] == FREE_CORES}
+    return [{"arch": row["arch"], "rule": row["rule"],
+             "speedup": row["images_per_second"] / base[row["arch"]]["images_per_second"]}
+            for row in rows if row["rule"] != FREE_CORES and row["arch"] in base]
+
+
 def compiled(row: dict, *, graphs: int, during_timing: int, cudagraph_skips: int, speedups: dict) -> list[str]:
     """Into the library path's `row`: what torch.compile built for the network (graphs, those
     during the timed steps), the CUDA graphs it skipped, the speedups, and a warning for each
@@ -90,6 +109,9 @@ def load_benches(results_dir) -> tuple[list[dict], list[dict]]:
                 raise ValueError(f"format {found!r} is not {BENCH_FORMAT!r}")
             if not isinstance(bench.get("rows"), list):
                 raise ValueError("field 'rows' missing")
+            if "thread_rules" in bench and not (isinstance(bench["thread_rules"], list) and
+                                                isinstance(bench.get("load_at_start"), (int, float))):
+                raise ValueError("fields 'thread_rules' (a list) and 'load_at_start' (a number) do not go together")
             if not records.is_safe_name(path.parent.name):  # it names the benchmark's page
                 raise ValueError(f"its folder's name {path.parent.name!r} is not valid: expected {records.NAME_RULE}")
         except (OSError, UnicodeDecodeError, ValueError) as error:
@@ -129,6 +151,16 @@ def format_bench(record: dict) -> str:
     warnings = [f"{row['arch']}: {warning}" for row in record["rows"] for warning in row.get("warnings", [])]
     if warnings:
         lines += ["", "WARNINGS:", *warnings]
+    if record.get("thread_rules"):
+        lines += ["", f"CPU thread rules (reproresnet path; load average {record.get('load_at_start', 0):.2f} at "
+                      "the start; per round: threads, load average, s/step):",
+                  f"{'arch':<18} {'rule':<28} {'img/s':>7} {'vs free cores':>13}  rounds"]
+        speedups = {(r["arch"], r["rule"]): r["speedup"] for r in thread_ratios(record["thread_rules"])}
+        lines += [f"{row['arch']:<18} {row['rule']:<28} {row['images_per_second']:>7.1f} "
+                  f"{speedups.get((row['arch'], row['rule']), 1.0):>12.2f}x  " +
+                  "  ".join(f"{t}/{load:.1f}/{sec:.3f}" for t, load, sec in
+                            zip(row["threads"], row["load_averages"], row["round_seconds"]))
+                  for row in record["thread_rules"]]
     epochs = [(row["arch"], row["epochs"]) for row in record["rows"] if row.get("epochs")]
     if epochs:
         lines += ["", "real epochs through train_one_epoch (reproresnet path, last partial batch included):"]

@@ -37,7 +37,7 @@ def _download(label: str, path: Path, page_dir: Path) -> str:
 def _two_columns(table: pd.DataFrame, names: tuple[str, str], run: str) -> pd.DataFrame:
     """A one-column table indexed by field, as two columns html_table shows (it leaves indexes out)."""
     rows = pd.DataFrame({names[0]: list(table.index), names[1]: list(table.iloc[:, 0])})
-    rows.attrs["run"] = run
+    rows.attrs.update(table.attrs, run=run)
     return rows
 
 
@@ -55,6 +55,7 @@ def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
     text = report.markdown_text  # a record's strings are text, never Markdown or HTML
     parts = [f"# {text(run.name)}", "",
              f"{text(run.arch)}, {report.run_status(run)}.{data} The record: {downloads}.", "",
+             *([_stop_text(run), ""] if run.status == "stopped" else []),
              report.html_table(_two_columns(report.run_summary(run), ("", "this run"), run.name), "run-summary",
                                pages=""), ""]
     if curves:
@@ -67,6 +68,29 @@ def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
     return "\n".join(parts)
 
 
+def _stop_text(run: records.RunRecord) -> str:
+    """Why a stopped run stopped, as its record says, and whether it can go on: a record written
+    while its checkpoint existed says "resume to continue", which holds only while the checkpoint is kept."""
+    said = f"Its record says: “{report.markdown_text(run.record.get('message') or 'stopped')}”."
+    if run.resumable:
+        return f"{said} Its checkpoint is kept: `train --resume` (or the campaign) continues it."
+    return (f"{said} Its checkpoint was not kept (checkpoints are never committed under results/, and this run's "
+            "is not in the campaign bundle), so it cannot be resumed: finishing it takes a fresh run from "
+            "epoch 1, and the GPU-hours to finish count it so.")
+
+
+def _thread_rules(bench: dict) -> list[str]:
+    """A CPU benchmark's comparison of thread rules, if it made one."""
+    if not bench.get("thread_rules"):
+        return []
+    table = report.thread_rules_table(bench)
+    table.attrs["run"] = bench["name"]
+    return ["## CPU thread rules", "",
+            "The library's path, the rules alternating in rounds, under the load this machine had at the "
+            f"time (its 1-minute load average, this benchmark's own threads included; {bench['load_at_start']:.1f} "
+            "when it began):", "", report.html_table(table, "bench-thread-rules", pages=""), ""]
+
+
 def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     """One benchmark record's page: its table, rounded to its noise, and the text `bench` printed."""
     table = report.bench_table([bench])
@@ -74,10 +98,12 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     device = (bench.get("device") or {}).get("name", "an unknown device")
     printed = bench_record.format_bench(bench)
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", printed)), default=0))  # longer than any inside
+    against = ",".join([" against a plain PyTorch baseline"] * any(row.get("path") == "baseline" for row in bench["rows"]) +
+                        [" under several CPU thread rules"] * bool(bench.get("thread_rules")))
     return "\n".join([f"# {report.markdown_text(bench['name'])}", "",
-                      f"A benchmark on {report.markdown_text(device)}: our training path against a plain PyTorch "
-                      f"baseline. The record: {_download('bench.json', path, page_dir)}.",
-                      "", report.html_table(table, "bench-record", pages=""), "",
+                      f"A benchmark on {report.markdown_text(device)}: our training path{against}. The record: "
+                      f"{_download('bench.json', path, page_dir)}.",
+                      "", report.html_table(table, "bench-record", pages=""), "", *_thread_rules(bench),
                       "As `python -m reproresnet bench` prints it:", "", f"{fence}text", printed, fence, ""])
 
 
@@ -139,10 +165,16 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+ARCHITECTURES_PAGE = "notebooks/architectures.ipynb"  # the README's link from a network's title to its identifier
+
+
 def markdown_table(table: pd.DataFrame, link) -> str:
-    """A pipe table for GitHub's Markdown; each `Linked` cell links to `link(record name)`."""
+    """A pipe table for GitHub's Markdown; each `Linked` cell links to `link(record name)`, and a
+    network shows its title, linked to the architectures page with its identifier as the link's title."""
     def cell(value) -> str:
         text = report.markdown_text(value)  # "|" included
+        if isinstance(value, report.Network) and value.title != value:
+            return f'[{value.title.replace("|", "/")}]({ARCHITECTURES_PAGE} "{value}")'  # the library's own words'
         return f"[{text}]({link(value.records[0])})" if isinstance(value, report.Linked) and value.records else text
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
@@ -155,7 +187,9 @@ def readme_status(results_dir: Path, runs: list[records.RunRecord] | None = None
     if runs is None:
         runs, _ = records.load_runs(results_dir)
     table = markdown_table(report.status_table(runs), lambda name: f"{Path(results_dir).name}/{name}/")
-    return f"{report.status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from."
+    return (f"{report.status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from; "
+            "the status words (deadline, checkpoint not kept, ...) are explained in "
+            "[book/runs.md](book/runs.md#status-words).")
 
 
 def readme_text(readme: Path) -> str:
@@ -197,7 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             changed = update_readme(args.readme, args.results, runs)
             print(f"{args.readme}: status table {'updated' if changed else 'already current'}", file=sys.stderr)
-    except (OSError, ValueError) as error:
-        print(f"reproresnet pages: error: {error}", file=sys.stderr)
-        return 2
+    except rundir.DiskFull as full:
+        return _error(full.with_advice("free some space and run pages again"))
+    except OSError as error:  # a read-only file system, a file where a folder should be, no README
+        return _error(rundir.refused_by_os(error, "check that --results can be read and --out (and --readme) "
+                                                  "written, then run pages again"))
+    except ValueError as error:
+        return _error(error)
     return 0
+
+
+def _error(error) -> int:
+    print(f"reproresnet pages: error: {error}", file=sys.stderr)
+    return 2

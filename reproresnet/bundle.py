@@ -360,14 +360,22 @@ def _parser(command: str, source: tuple[str, str], to: tuple[str, str]) -> argpa
     return parser
 
 
-def _run(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], int]) -> int:
-    """`run` on the parsed `argv`; a BundleError is a one-line error and exit status 2."""
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None, run: Callable[[argparse.Namespace], int],
+         again: str) -> int:
+    """`run` on the parsed `argv`; a BundleError, a full disk or a file system that refuses a
+    write is a one-line error and exit status 2. `again`: what running the command again does."""
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (BundleError, RunDirError) as error:  # RunDirError: a full disk
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+    except rundir.DiskFull as full:
+        error = full.with_advice(f"free some space and run {parser.prog} again ({again})")
+    except (BundleError, RunDirError) as refused:
+        error = refused
+    except OSError as refused:  # a read-only file system, a file where a folder should be
+        error = rundir.refused_by_os(refused, f"choose a writable --to, or run {parser.prog} again once it is "
+                                              f"writable ({again})")
+    print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    return 2
 
 
 def main_bundle(argv: list[str] | None = None) -> int:
@@ -378,7 +386,8 @@ def main_bundle(argv: list[str] | None = None) -> int:
               f"{total / MiB:.1f} MiB, in {args.to}")
         return 0
     parser = _parser("bundle", ("DIR", "the campaign directory"), ("OUT", "where the parts and bundle.json go"))
-    return _run(parser, argv, run)
+    return _run(parser, argv, run, "it writes the whole bundle anew; until then unbundle refuses the parts "
+                                   "left, which have no manifest")
 
 
 def main_unbundle(argv: list[str] | None = None) -> int:
@@ -403,4 +412,4 @@ def main_unbundle(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true",
                         help="then execute notebooks/train.ipynb (papermill) for every complete run restored, "
                              "without training: the book's page of each run")
-    return _run(parser, argv, run)
+    return _run(parser, argv, run, "it restores what is missing; each run is as it was or as the bundle has it")

@@ -5,17 +5,19 @@ one process.
 
 The plan is networks x seeds x one recipe x one data set (default: the plan of
 `reference.PLAN_TIERS`, seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig`
-(`--train-args` are `train` flags shared by every run). Its networks come in tiers: the seed's
-three networks, then the original units He et al. compare them with; a tier starts once every
-run of the tiers before it has finished (complete, or diverged: it cannot go on), so a budget
-spent early goes to the claims the seed tested. One process trains it all: the device is probed first
-(`probe.py`: capture and replay, grouped against separate convolutions, autotuning;
-`_campaign/probe.json`, once per directory and device), the data set is read once and held once
-on the device; the self-check (`selfcheck.py`, seconds) chooses how to train
-(engine, precision, layout, stack size) on the real data, or its record from an earlier call is reused,
-so that every call trains the same way; then each network's seeds train as one stacked network
-(at most `--stack` runs; default all its seeds), stacks one after another, those furthest
-along first. Every run writes what a `train` run writes (on CUDA a background thread writes
+(`--train-args` are `train` flags shared by every run; not the settings the plan sets). Its
+networks come in tiers: the seed's three networks, then the original units He et al. compare
+them with; a tier starts once every run of the tiers before it has finished (complete, or
+diverged: it cannot go on), so a budget spent early goes to the claims the seed tested. One
+process trains it all: the device is probed first (`probe.py`: capture and replay, grouped
+against separate convolutions, autotuning; `_campaign/probe.json`, once per directory and
+device), the data set is read once and held once on the device (a data set that cannot serve
+every run is refused before anything is created); the self-check (`selfcheck.py`,
+seconds) chooses how to train (engine, precision, layout, stack size) on the real data, or its
+record from an earlier call is reused, so that every call trains the same way; then each
+network's seeds train as one stacked network (at most `--stack` runs; default all its seeds),
+stacks one after another, those furthest along first. Every run writes what a `train` run
+writes (on CUDA a background thread writes
 checkpoints while the GPU trains on), so `train --resume` can continue any of them, alone.
 Precision is part of the experiment: run directories are named `<arch>-<tag>-<precision>-seed<k>`.
 
@@ -60,6 +62,9 @@ FORMAT = "reproresnet-campaign/2"
 DEFAULT_MIN_START = {"cuda": 20.0, "cpu": 5.0}
 DEFAULT_SELFCHECK_BUDGET = {"cuda": 60.0, "cpu": 30.0}  # a complete check is reused by later calls
 PRECISIONS = ("auto", "fp32", "bf16")
+# Run settings the plan sets for every run, so not --train-args: {setting: the campaign's flag}.
+OWNED = {"arch": "--archs", "seed": "--seeds", "recipe": "--recipe", "dataset": "--dataset", "device": "--device",
+         "bf16": "--precision", "out": "--out"}
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,10 @@ class Plan:
     def configs(self, out, device: str, precision: str) -> dict[str, list]:
         """Each network's runs as `TrainConfig`s (its seeds), in `out`, at `precision`."""
         from .cli import train_settings
-        from .config import TrainConfig
-        settings = train_settings(list(self.train_args))
+        from .config import TrainConfig, distinct
+        distinct("--archs", self.archs)
+        distinct("--seeds", self.seeds)
+        settings = train_settings(list(self.train_args), OWNED)
         records.check_tag(self.tag)  # as given, before the precision joins it
         tag = "-".join(filter(None, [self.tag, precision]))
         return {arch: [TrainConfig(**{**settings, "arch": arch, "seed": seed, "recipe": self.recipe,
@@ -208,19 +215,25 @@ def admit(stack: list, plan_configs: dict[str, list], cap_mb: float, training: l
 
 def run_campaign(plan: Plan, out, options: Options, log=print, start: float | None = None) -> list[dict]:
     """Run the plan in `out` until it is complete or the budget, counted from `start`
-    (default: now), is spent; returns the status rows. Raises RunDirError only if another
-    campaign holds `out`."""
+    (default: now), is spent; returns the status rows. Raises RunDirError if another campaign
+    holds `out` (or the disk is full), and ConfigError or DataError if the data cannot serve the
+    plan (`load_data`), leaving nothing behind."""
     start = time.time() if start is None else start
     out = Path(out)
     reserve = options.reserve if options.reserve is not None else min(15.0, max(1.0, 0.05 * options.budget))
     hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
     stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
     with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
+        device = _device(options, log)
+        probed = _probe(out, plan.configs(out, device.type, "fp32"), device, options, log)  # a slot's first seconds
+        sources = load_data(plan, out, device, log)  # refused: the lock goes, and a folder it made
         (out / STATE_DIR).mkdir(exist_ok=True)
+        if probed is not None:
+            rundir.write_json(out / STATE_DIR / PROBE_FILE, probed)
         outcomes: dict[str, dict] = {}
         plan_configs = {}
         try:
-            plan_configs = _campaign(plan, out, options, hard_stop, stop_at, outcomes, writer, log)
+            plan_configs = _campaign(plan, out, options, device, sources, hard_stop, stop_at, outcomes, writer, log)
         except Exception as error:  # the campaign itself failed: say so, keep what the runs wrote
             log(f"campaign error: {error!r}")
             outcomes["_campaign"] = {"outcome": "error", "detail": repr(error)}
@@ -230,24 +243,37 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     return rows
 
 
-def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at: float, outcomes: dict,
-              writer: rundir.Writer, log) -> dict:
+def _device(options: Options, log):
+    """The campaign's device, and this process's CPU threads, said."""
     import torch
 
-    from . import selfcheck
     from .config import cpu_threads, select_device
-    from .data import load_sources
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
     log(f"campaign: torch {torch.__version__}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"{threads} CPU thread{'s' if threads > 1 else ''} ({why})")
+    return device
+
+
+def load_data(plan: Plan, out: Path, device, log) -> dict:
+    """The plan's data sets on `device` by `data.source_key`, each read once; every run's
+    subsets and batch checked against its data set (ConfigError, DataError)."""
+    from .data import check_batch, load_device_splits, load_sources, source_key
+    began = time.time()
+    configs = [config for configs in plan.configs(out, device.type, "fp32").values() for config in configs]
+    sources = load_sources(configs, device)
+    for config in configs:  # its subsets and batch fit its data set
+        check_batch(config, load_device_splits(config, device, sources[source_key(config)]))
+    log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
+    return sources
+
+
+def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, hard_stop: float, stop_at: float,
+              outcomes: dict, writer: rundir.Writer, log) -> dict:
+    from . import selfcheck
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
-    _probe(out, check_configs, device, options, log)
-    began = time.time()
-    sources = load_sources([config for configs in check_configs.values() for config in configs], device)
-    log(f"campaign: {len(sources)} data set(s) read and on {device} in {time.time() - began:.1f} s")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
     chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
@@ -256,9 +282,10 @@ def _campaign(plan: Plan, out: Path, options: Options, hard_stop: float, stop_at
     return plan_configs
 
 
-def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
-    """What only the device can tell (probe.py), into `_campaign/probe.json` before anything
-    else: once per campaign directory, device and torch (a later call reuses it)."""
+def _probe(out: Path, plan: dict, device, options: Options, log) -> dict | None:
+    """What only the device can tell (probe.py), measured before anything else, once per
+    campaign directory, device and torch: the record for `_campaign/probe.json` (written once
+    the data is read: a refused call leaves nothing), None if an earlier call's holds."""
     import torch
 
     from . import probe
@@ -269,13 +296,13 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> None:
         if (earlier.get("format"), earlier.get("device"), earlier.get("gpu"), earlier.get("torch")) == \
                 (probe.FORMAT, str(device), gpu, torch.__version__):
             log(f"campaign: the device probe of {earlier.get('created')} holds ({path})")
-            return
+            return None
     except (OSError, ValueError, AttributeError):
         pass
     batches = {arch: configs[0].resolved_recipe().batch_size for arch, configs in plan.items()}
     record = probe.probe(device, batches, budget=min(probe.BUDGET, 0.05 * options.budget))
-    rundir.write_json(path, {**record, "created": records.now()})
     log(probe.format_probe(record))
+    return {**record, "created": records.now()}
 
 
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
@@ -541,30 +568,32 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import number
+    from .cli import _integer, number, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
-    parser.add_argument("--budget", type=number, metavar="SECONDS",
+    parser.add_argument("--budget", type=positive_number, metavar="SECONDS",
                         help="wall-clock seconds this call may take, start to exit (required unless --status)")
     plan = parser.add_argument_group("plan")
     plan.add_argument("--archs", nargs="+", default=list(PLANNED), metavar="NAME",
                       help=f"networks of the plan, trained tier by tier (default: {' '.join(PLANNED)}; the "
                            f"tiers: {' | '.join(' '.join(tier) for tier in PLAN_TIERS)})")
-    plan.add_argument("--seeds", nargs="+", type=int, default=list(PLANNED_SEEDS), metavar="K",
+    plan.add_argument("--seeds", nargs="+", type=_integer, default=list(PLANNED_SEEDS), metavar="K",
                       help=f"seeds of each network (default: {' '.join(map(str, PLANNED_SEEDS))})")
     plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
     plan.add_argument("--tag", help="run directories <arch>-<tag>-<precision>-seed<k>")
-    plan.add_argument("--train-args", default="", metavar="'FLAGS'",
-                      help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000'")
+    plan.add_argument("--train-args", action="append", default=[], metavar="'FLAGS'",
+                      help="further train flags for every run, e.g. '--epochs 10 --limit-train 5000' (repeatable: "
+                           "they add up; not the settings the campaign's own flags set)")
     plan.add_argument("--precision", default="auto", choices=PRECISIONS,
                       help="auto (default): the self-check's choice, fp32 unless its step costs more than "
                            "1.5x bf16's; a directory keeps the precision its first call chose")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    runtime.add_argument("--stack", type=int, help="runs trained as one stacked network (default: all of a "
-                                                   "network's seeds, or apart if the self-check finds that faster)")
+    runtime.add_argument("--stack", type=positive_integer,
+                         help="runs trained as one stacked network (default: all of a network's seeds, or apart if "
+                              "the self-check finds that faster)")
     runtime.add_argument("--min-start", type=number, help=f"seconds a new stack needs at least "
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
     runtime.add_argument("--selfcheck-budget", type=number,
@@ -572,32 +601,35 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--max-unfinished-mb", type=number, default=Options.max_unfinished_mb,
                          help="MiB of checkpoints of unfinished runs; new runs wait above it (default: 40, "
                               "which gzips to a bundle under the 40 MB a commit may hold)")
-    runtime.add_argument("--status", action="store_true", help="print the status table and exit")
+    runtime.add_argument("--status", action="store_true",
+                         help="print what DIR holds and exit: the runs its last call planned, then any other run "
+                              "directory in it (the plan flags are not read)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    numbers = {"--budget": args.budget, "--stack": args.stack, "--min-start": args.min_start,
-               "--selfcheck-budget": args.selfcheck_budget, "--max-unfinished-mb": args.max_unfinished_mb}
-    bad = [f"{flag} {value}" for flag, value in numbers.items()
-           if value is not None and value < (1 if flag == "--stack" else 0)]
+    numbers = {"--min-start": args.min_start, "--selfcheck-budget": args.selfcheck_budget,
+               "--max-unfinished-mb": args.max_unfinished_mb}
+    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and value < 0]
     if bad or (not args.status and args.budget is None):
         print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "
-              f"numbers >= 0 (--stack >= 1), and --budget unless --status", file=sys.stderr)
+              f"numbers >= 0, and --budget unless --status", file=sys.stderr)
         return 2
+    if args.status:
+        rows = disk_status(Path(args.out))
+        print(format_status(rows) if rows else f"{args.out}: no runs (no run directory, no campaign record)")
+        print(selfcheck_line(Path(args.out)))
+        return 0
     plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
-                tuple(shlex.split(args.train_args)))
+                tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
     from .config import ConfigError
+    from .data import DataError
     try:
         plan.configs(args.out, "cpu", "fp32")  # every setting checked before anything runs
     except ConfigError as error:
         print(f"reproresnet campaign: error: {error}", file=sys.stderr)
         return 2
-    if args.status:
-        print(format_status(status_rows(_status_configs(plan, Path(args.out)))))
-        print(selfcheck_line(Path(args.out)))
-        return 0
     device = _device_type(args.device)
     options = Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
                       min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
@@ -608,9 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = run_campaign(plan, args.out, options, log=lambda line: print(line, flush=True),
                             start=process_start_time())
-    except RunDirError as error:
-        print(f"reproresnet campaign: error: {error}", file=sys.stderr)
-        return 2
+    except rundir.DiskFull as full:
+        return _error(full.with_advice("free some space and call the campaign again: it continues where it stopped"))
+    except (ConfigError, DataError, RunDirError) as error:  # refused before anything was created, or in use
+        return _error(error)
     print(format_status(rows), flush=True)
     print(selfcheck_line(Path(args.out)), flush=True)
     sys.stderr.flush()
@@ -619,14 +652,26 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(0)
 
 
-def _status_configs(plan: Plan, out: Path) -> dict:
-    """The plan's runs at the precision the self-check of `out` chose (fp32 before any check)."""
-    from .config import Variant
+def _error(error) -> int:
+    print(f"reproresnet campaign: error: {error}", file=sys.stderr)
+    return 2
+
+
+def disk_status(out: Path) -> list[dict]:
+    """The status rows of what `out` holds: the runs its last call planned (campaign.json), then
+    any other run directory in it, each as its files say (torch-free)."""
     try:
-        precision = Variant.from_name(_read_selfcheck(out)["chosen"]["variant"]).precision
-    except (TypeError, ValueError, KeyError):
-        precision = "fp32"
-    return plan.configs(out, "cpu", precision)
+        planned = json.loads((out / STATE_DIR / STATE_FILE).read_text())["plan"]["runs"]
+        planned = [name for name in planned if isinstance(name, str) and name != STATE_DIR and Path(name).name == name]
+    except (OSError, ValueError, KeyError, TypeError):
+        planned = []
+    try:
+        found = sorted(path.name for path in out.iterdir() if path.is_dir() and not path.name.startswith(("_", "."))
+                       and any((path / name).exists() for name in (records.RUN_FILE, records.CHECKPOINT_FILE)))
+    except OSError:
+        found = []
+    return [{"run": name, **run_state(out / name), "outcome": None, "detail": None}
+            for name in dict.fromkeys([*planned, *found])]
 
 
 def _device_type(device: str) -> str:

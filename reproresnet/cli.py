@@ -26,8 +26,9 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
-def _pack(text: str) -> int:
-    # Not a run setting (TrainConfig validates those): how many runs share this device.
+def positive_integer(text: str) -> int:
+    """A count of something other than a run setting (TrainConfig checks those): runs sharing a
+    device, steps to time."""
     value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a positive integer")
@@ -42,6 +43,24 @@ def number(text: str) -> float:
         value = math.nan
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (seconds to run, a budget)."""
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a number > 0")
+    return value
+
+
+def _future_time(text: str) -> float:
+    """A UNIX time still to come (a stop already past would stop the run before its first epoch)."""
+    import time
+    value = number(text)
+    if value <= time.time():
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a UNIX time still to come "
+                                         f"(now is {time.time():.0f})")
     return value
 
 
@@ -117,10 +136,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     stop = runtime.add_mutually_exclusive_group()
     # Process settings, not run settings: each has its default here (the parser suppresses the rest).
-    stop.add_argument("--stop-after", type=number, metavar="SECONDS", default=None,
+    stop.add_argument("--stop-after", type=positive_number, metavar="SECONDS", default=None,
                       help="stop cleanly at the last epoch boundary that fits in SECONDS (resumable)")
-    stop.add_argument("--stop-at", type=number, metavar="UNIX_TIME", default=None, help="the same, at a wall-clock time")
-    runtime.add_argument("--pack", type=_pack, default=1,
+    stop.add_argument("--stop-at", type=_future_time, metavar="UNIX_TIME", default=None,
+                      help="the same, at a wall-clock time")
+    runtime.add_argument("--pack", type=positive_integer, default=1,
                          help="runs sharing this device, recorded with the speed (default: 1)")
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 
@@ -138,22 +158,35 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{key: value for key, value in vars(args).items() if key in _fields()})
 
 
-def train_settings(flags: list[str]) -> dict:
-    """The run settings (TrainConfig fields but arch and out) that `train` flags give, read by
-    `train`'s own parser, as the campaign's --train-args; a flag that is no run setting (e.g.
-    --resume, --stop-after) is a ConfigError."""
+def train_settings(flags: list[str], owned: dict[str, str]) -> dict:
+    """The run settings that `train` flags give, read by `train`'s own parser, as the
+    campaign's --train-args. A ConfigError: a flag given twice, one for a setting in `owned`
+    ({setting: the caller's flag that sets it}), one that is no run setting (--resume, say)."""
     parser = argparse.ArgumentParser(prog="train flags", argument_default=argparse.SUPPRESS, add_help=False,
-                                     exit_on_error=False)
+                                     exit_on_error=False, allow_abbrev=False)
     _add_train_arguments(parser)
+    text = " ".join(flags)
+    given = [parser._option_string_actions[flag].dest for flag in (token.split("=")[0] for token in flags)
+             if flag in parser._option_string_actions]
+    repeated = sorted({_flag(name) for name in given if given.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{', '.join(repeated)} given more than once in the train flags {text!r}: give each once")
+    taken = [f"{_flag(name)} (use {owned[name]})" for name in dict.fromkeys(given) if name in owned]
+    if taken:
+        raise ConfigError(f"{', '.join(taken)} in the train flags {text!r}: set by the campaign itself")
     try:
         args = vars(parser.parse_args(["--arch", "-", "--out", "-", *flags]))
     except (argparse.ArgumentError, SystemExit) as error:
-        raise ConfigError(f"train flags {' '.join(flags)!r} cannot be read: {error}") from None
+        raise ConfigError(f"train flags {text!r} cannot be read: {error}") from None
     process = [name for name, value in args.items() if name not in _fields() and value != parser.get_default(name)]
     if process:
-        raise ConfigError(f"{', '.join('--' + name.replace('_', '-') for name in process)} in the train flags "
-                          f"{' '.join(flags)!r} are not run settings: the campaign sets them")
+        raise ConfigError(f"{', '.join(map(_flag, process))} in the train flags {text!r} are not run settings: "
+                          f"the campaign sets them")
     return {name: value for name, value in args.items() if name in _fields() and name not in ("arch", "out")}
+
+
+def _flag(setting: str) -> str:
+    return "--" + setting.replace("_", "-")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -41,6 +41,17 @@ RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on",
                 "normalization", "augmentation", "padding", "val_size", *NETWORK_OPTIONS)
 
 
+# What a seed may be: numpy's seeds (0 to 2**32 - 1) and within torch.manual_seed's range, with
+# room for the seeds derived from it (train.epoch_seed, data._rng, distributed.process_seed).
+MAX_SEED = 2**32 - 1
+# Epochs a run may have: train.epoch_seed draws epoch e of seed s from s * 1_000_003 + e, so a
+# longer run would replay the next seed's draws.
+MAX_EPOCHS = 1_000_003
+# The largest float32: the optimizer applies the lr, weight decay and momentum to fp32 weights
+# as float32 scalars, and a larger one overflows inside the step.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 class ConfigError(ValueError):
     """A setting that cannot be used; the message names it and what would be accepted."""
 
@@ -117,13 +128,15 @@ class TrainConfig:
         for name in ("limit_train", "limit_test", "eval_batch_size", "threads"):
             _require(getattr(self, name) is None or getattr(self, name) > 0, name, getattr(self, name),
                      "a positive integer")
+        _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1: "
+                 f"what numpy and torch.manual_seed both take)")
 
     def resolved_recipe(self) -> Recipe:
         """The recipe as it applies to this network, with this run's values over it."""
         given = {name: getattr(self, name) for name in RECIPE_OWNED if getattr(self, name) is not None}
         if "epochs" in given:
-            _require(_is_int(given["epochs"]) and given["epochs"] > 0, "epochs", given["epochs"],
-                     "a positive integer")
+            _require(_is_int(given["epochs"]) and 0 < given["epochs"] <= MAX_EPOCHS, "epochs", given["epochs"],
+                     _EPOCHS_ACCEPTED)
         return RECIPES[self.recipe].for_arch(self.arch).replace(**given)
 
     def model_options(self) -> dict:
@@ -200,6 +213,14 @@ class TrainConfig:
         return cls(**data)
 
 
+def distinct(flag: str, values) -> None:
+    """Each of `values` once: a repeated network or seed would train one run directory twice."""
+    repeated = sorted({str(value) for value in values if list(values).count(value) > 1})
+    if repeated:
+        raise ConfigError(f"{flag} {' '.join(map(str, values))} is not valid: {', '.join(repeated)} given more than "
+                          f"once; expected each once (each names a run directory)")
+
+
 def check_stackable(configs: list[TrainConfig]) -> None:
     """Runs trained as one stack: one config, seeds apart, each run in its own directory."""
     def shared(config):
@@ -246,16 +267,18 @@ def recorded_differences(here: dict, there: dict) -> dict[str, tuple]:
 def check_recipe(recipe: Recipe) -> Recipe:
     """Every value of a (resolved) recipe, checked together; raises ConfigError naming the first bad one."""
     _require(recipe.unit in UNITS, "unit", recipe.unit, f"one of {UNITS}")
-    _require(_is_int(recipe.length) and recipe.length > 0, "epochs" if recipe.unit == "epoch" else "length",
-             recipe.length, "a positive integer")
+    _require(_is_int(recipe.length) and 0 < recipe.length <= MAX_EPOCHS, "epochs" if recipe.unit == "epoch"
+             else "length", recipe.length, _EPOCHS_ACCEPTED)
     _require(_is_int(recipe.batch_size) and recipe.batch_size > 0, "batch_size", recipe.batch_size,
              "a positive integer")
     for field in ("lr", "gamma"):
         value = getattr(recipe, field)
-        _require(_is_number(value) and value > 0, field, value, "a positive number")
+        _require(_is_number(value) and 0 < value <= FLOAT32_MAX, field, value,
+                 f"a positive number up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to fp32 weights)")
     for field in ("weight_decay", "momentum", "warmup_lr"):
         value = getattr(recipe, field)
-        _require(_is_number(value) and value >= 0, field, value, "a number >= 0")
+        _require(_is_number(value) and 0 <= value <= FLOAT32_MAX, field, value,
+                 f"a number >= 0 and up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to fp32 weights)")
     _require(all(_is_number(m) for m in recipe.milestones), "milestones", recipe.milestones, "numbers")
     ordered = all(a < b for a, b in zip(recipe.milestones, recipe.milestones[1:]))
     _require(ordered, "milestones", recipe.milestones, "strictly increasing values")
@@ -272,6 +295,10 @@ def check_recipe(recipe: Recipe) -> Recipe:
     _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
              "0 or a positive integer")
     return recipe
+
+
+_EPOCHS_ACCEPTED = (f"a positive integer up to {MAX_EPOCHS:,} (epoch e of seed s draws from s * {MAX_EPOCHS:,} + e: "
+                    f"a longer run would replay the next seed's draws)")
 
 
 def _is_int(value) -> bool:
@@ -311,7 +338,7 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
     among the `jobs` sharing them (a sweep's parallel runs, a pack) and capped by the cores the
     load average leaves free: on a busy machine, more threads than free cores spin against each
     other (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     if requested is not None:
         _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
                  f"an integer from 1 to {cores} (the cores this process may use)")
@@ -320,9 +347,25 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
         return min(int(os.environ["OMP_NUM_THREADS"]), cores), "OMP_NUM_THREADS"
     if resumed is not None:
         return min(resumed, cores), "as the run last trained"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    load = load_average()
+    return free_core_threads(cores, jobs, load), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The last minute's load average (runnable threads, this process's included); 0 where unknown."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def free_core_threads(cores: int, jobs: int, load: float) -> int:
+    """The free-core rule: the `cores` divided among the `jobs` sharing them, capped by the cores
+    the `load` leaves free (`bench --thread-rules` compares it with torch's default and all cores)."""
     share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
-    return min(share, free), f"{cores} cores, {jobs} job(s) sharing them, load {load:.1f}"
+    return min(share, free)
 
 
 # ---------------------------------------------------------------- ways to train (the self-check's variants)

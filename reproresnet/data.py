@@ -163,6 +163,15 @@ def load_device_splits(config: TrainConfig, device, source: DataSplits | None = 
     return splits.to(device)
 
 
+def check_batch(config: TrainConfig, splits: DataSplits) -> None:
+    """The run's batch no larger than its training split: a larger one would train on the split
+    as one smaller batch, while the record says otherwise."""
+    batch_size, train_size = config.resolved_recipe().batch_size, len(splits.train)
+    if batch_size > train_size:
+        raise DataError(f"batch_size={batch_size} is larger than the training split ({train_size} images); "
+                        f"pass --batch-size {train_size} or less, or train on more images")
+
+
 def source_key(config: TrainConfig) -> tuple:
     """What identifies the data a run reads whole (`load_source`): the synthetic set is
     generated from the seed."""
@@ -251,6 +260,9 @@ def _load_folder(root: Path, choose: Callable):
         if empty:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {root / split} for class(es) "
                             f"{', '.join(empty)}; add images or remove those folders from both splits")
+    if len(classes["train"]) < 2:
+        raise DataError(f"image folder {root}/train has one class folder ({classes['train'][0]}): a classifier "
+                        f"needs at least 2; add class folders to both splits")
     if classes["train"] != classes["test"]:
         only_train = sorted(set(classes["train"]) - set(classes["test"])) or "none"
         only_test = sorted(set(classes["test"]) - set(classes["train"])) or "none"

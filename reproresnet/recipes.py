@@ -223,6 +223,12 @@ class Schedule:
             return self.warmup_lr
         return self.lr * self.gamma ** bisect.bisect_right(self.milestones, iteration)
 
+    def epoch_lrs(self, epoch: int) -> tuple[float, float]:
+        """The lr of the first and of the last step of 0-based `epoch`."""
+        first = epoch * self.iterations_per_epoch
+        last = min(first + self.iterations_per_epoch, self.total_iterations) - 1
+        return self.lr_at(first), self.lr_at(last)
+
     def momentum_scale_at(self, iteration: int, form: str) -> float:
         """What PyTorch's momentum buffers are multiplied by just before step `iteration`, so that
         its SGD (b = mu b + g; p -= lr (g + mu b)) steps as `form` does. "pytorch": the buffer is

@@ -91,7 +91,7 @@ REFERENCE = (
      "paper_normalization": "gcn_zca", "paper_params": "2.7M", **_NOT_IN_THE_SEED, "seed_network": "seed_wrn_n2_k4"},
     # The network behind the seed's 5.41: its "WRN n=2 k=4" stacks 2/4/4 units per stage
     # (about 22 layers, 5,702,746 parameters in its Lasagne code); no paper reports it.
-    {"network": "seed_wrn_n2_k4", "title": "its \"WRN n=2, k=4\" with 2/4/4 units per stage (about 22 layers)",
+    {"network": "seed_wrn_n2_k4", "title": "ReScience \"WRN n=2, k=4\"",
      "paper_error": None, "paper_source": None, "paper_statistic": None, "paper_preprocessing": None,
      "paper_recipe": None, "paper_params": "≈5.7M",
      "seed_error": 5.41, "seed_recipe": "seed_code", "seed_note": SEED_WRN_NOTE,

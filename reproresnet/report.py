@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from . import architectures, records
 from .config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key  # noqa: F401 (the notebooks' API)
 from .bench_record import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
+from .bench_record import thread_ratios as bench_thread_ratios
 from .records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
 from .reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECISION, REFERENCE, SEED_DEVICE,
                         SEED_EPOCHS, SEED_STATISTIC, UNIT_COMPARISONS, WIDE_VS_DEEP, reference)
@@ -37,6 +38,9 @@ from .reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECI
 NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
 # Where the record pages are (book/runs/<name>.html), from a page one folder deep (book/, notebooks/).
 RECORD_PAGES = "../book/runs/"
+# Where each status word of the tables ("stopped", "deadline", "checkpoint not kept", ...) is
+# explained, relative to the record pages: the run index, book/runs.md.
+STATUS_WORDS = "../runs.html#status-words"
 
 
 class Linked(str):
@@ -51,6 +55,17 @@ class Linked(str):
         cell = super().__new__(cls, text)
         cell.records, cell.parts = tuple(records), tuple(parts)
         return cell
+
+
+class Network(str):
+    """A network's identifier (`preact_resnet110`) in a table's network column: the tables compute
+    with the identifier, and the book shows the network's title (`reference.py`'s, where a source
+    names the network) with the identifier one hover away (`html_table`) or one click away
+    (the README's Markdown table links it to the architectures page)."""
+
+    @property
+    def title(self) -> str:
+        return (reference(str(self)) or {}).get("title") or str(self)
 
 
 def _name(run) -> str:
@@ -105,7 +120,10 @@ def _join(values) -> str:
 
 # The error table's columns, each naming the statistic its numbers are.
 PAPER, PAPER_STATISTIC = "original paper (%)", "paper's statistic"
-SEED = f"seed (%): {SEED_STATISTIC}"
+# The ReScience reproduction the project starts from (`reference.SEED`), in table headings: never
+# "seed" there, where a column of random seeds may stand beside it.
+RESCIENCE = "ReScience repr."
+SEED = f"{RESCIENCE} (%): {SEED_STATISTIC}"
 OURS, EACH_SEED, NOTES = "this project (%): mean ± std", "each seed (%)", "notes"
 
 
@@ -195,9 +213,12 @@ def _seed_network_note(quoted: dict) -> str | None:
     seed = reference(paper.get("seed_network") or "")
     if seed is None:
         return None
-    return (f"The seed's {seed['seed_error']:.2f} % under the name {paper['title']} came from {seed['title']}, "
-            f"{seed['paper_params']} parameters, not the paper's {paper['title']} of {paper['paper_params']} "
-            f"(the seed's own table says {paper['paper_params']}); that network has its own row, {seed['network']}.")
+    depth = (architectures.row(seed["network"]) or {}).get("depth", "?")
+    return (f"The ReScience reproduction's {seed['seed_error']:.2f} % under the name {paper['title']} came from "
+            f"{seed['title']} (2, 4 and 4 units in its three stages: {depth} layers), {seed['paper_params']} "
+            f"parameters, not the paper's {paper['title']} of "
+            f"{paper['paper_params']} (its own table says {paper['paper_params']}); that network has its own row, "
+            f"{seed['title']}.")
 
 
 def _number_notes(rows: list[dict]) -> list[str]:
@@ -237,7 +258,7 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
     for network in networks:
         quoted = reference(network) or {}
         statistic = quoted.get("paper_statistic")
-        base = {"network": network, PAPER: _percent(quoted.get("paper_error")),
+        base = {"network": Network(network), PAPER: _percent(quoted.get("paper_error")),
                 PAPER_STATISTIC: statistic[0] if statistic else MISSING,
                 SEED: _percent(quoted.get("seed_error"))}
         quoted_notes = [text for text in (statistic[1] if statistic else None, quoted.get("paper_preprocessing"),
@@ -259,7 +280,7 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
     notes = _number_notes(rows)
     columns = ["network", PAPER, PAPER_STATISTIC, SEED] if quoting else ["network"]
     table = pd.DataFrame(rows, columns=columns + [ours, "n", EACH_SEED, NOTES])
-    table.attrs.update(notes=notes, quoted=[PAPER, PAPER_STATISTIC, SEED])
+    table.attrs.update(notes=notes, quoted=[PAPER, PAPER_STATISTIC, SEED], status_words=True)
     return table
 
 
@@ -275,6 +296,12 @@ def run_status(run: RunRecord) -> str:
     if run.status == "diverged":
         return f"diverged after {done}/{planned}"
     return run.status
+
+
+def _continues(run: RunRecord) -> bool:
+    """Its epochs count towards the plan: complete, or resumable from its kept checkpoint (a run
+    whose checkpoint is not kept starts again from epoch 1)."""
+    return run.status == "complete" or (run.status in ("stopped", "running") and run.resumable)
 
 
 def _unfinished_text(group: list[RunRecord]) -> str:
@@ -340,7 +367,7 @@ def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
             if segment.get("device") == "cuda" and segment.get("seconds_per_epoch")]
 
 
-SEED_SECONDS = f"seed s/epoch ({SEED_DEVICE})"
+SEED_SECONDS, SEED_HOURS = f"{RESCIENCE} s/epoch ({SEED_DEVICE})", f"{RESCIENCE} hours per run"
 
 
 def _seed_seconds(quoted: dict) -> str:
@@ -350,8 +377,8 @@ def _seed_seconds(quoted: dict) -> str:
 
 
 def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
-    """What the runs behind the error table cost, one row per row of that table with runs,
-    next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
+    """What the runs behind the error table cost, one row per row of that table with runs and
+    per network of the plan (without runs: "not measured"), next to the seed's times (its seconds per epoch on a GTX 980, at its code's batch, × its 200
     epochs) on the networks that took them.
 
     Ours: the device, the median seconds per epoch (steady-state epochs, from each run's
@@ -362,10 +389,10 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
         quoted = reference(network) or {}
         seconds = quoted.get("seed_seconds_per_epoch")
         groups = _counted_groups(runs, network)
-        if seconds is None and not groups:
+        if seconds is None and not groups and network not in PLANNED:  # a planned network always has its row
             continue
-        seed = {"network": network, SEED_SECONDS: _seed_seconds(quoted),
-                "seed hours per run": MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
+        seed = {"network": Network(network), SEED_SECONDS: _seed_seconds(quoted),
+                SEED_HOURS: MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
             per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
@@ -373,13 +400,14 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
             def cell(text: str) -> Linked:  # every cell with a number: one without runs says so instead
                 return linked(text, group)
             rows.append({**seed, "our device": cell(_join(run.device for run in group)) if group else NOT_RUN,
-                         "our s/epoch (median)": cell(f"{statistics.median(per_epoch):.1f}") if per_epoch else MISSING,
+                         "our s/epoch (median)": cell(f"{statistics.median(per_epoch):.1f}") if per_epoch
+                         else MISSING if group else NOT_MEASURED,
                          "epochs": cell(_join(run.record["epochs_done"] for run in group)) if group else MISSING,
                          "wall time per run (h, median)": cell(_hours(statistics.median(walls))) if walls else MISSING,
                          "GPU-hours, all runs": cell(_hours(sum(map(gpu_seconds, group)))) if group else MISSING,
                          "runs": cell(str(len(group))) if group else MISSING})
     table = pd.DataFrame(rows)
-    table.attrs["quoted"] = [SEED_SECONDS, "seed hours per run"]
+    table.attrs["quoted"] = [SEED_SECONDS, SEED_HOURS]
     return table
 
 
@@ -402,7 +430,23 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
                 f"batch {run.batch_size}, {run.device}, {run.record.get('precision', 'precision not recorded')}",
                 run_status(run), _last_test_error(run)))}
             for run in runs if not run.is_cifar10_result]
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["status_words"] = True
+    return table
+
+
+def run_index_table(runs: list[RunRecord]) -> pd.DataFrame:
+    """Every run record, one a row, as the run index lists them: the run (linked to its page),
+    its network, data, epochs done of planned, status and last test error."""
+    columns = ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
+    rows = [{"run": linked(run.name, [run]), "network": Network(run.arch),
+             "data": linked(f"{run.label}, {run.record['data'].get('n_train', 0):,} training images", [run]),
+             "epochs done / planned": linked(f"{run.record['epochs_done']}/{run.record['epochs_planned']}", [run]),
+             "status": linked(run_status(run), [run]), "test error (%)": linked(_last_test_error(run), [run])}
+            for run in sorted(runs, key=lambda run: run.name)]
+    table = pd.DataFrame(rows, columns=columns)
+    table.attrs["status_words"] = True
+    return table
 
 
 def _options_text(run: RunRecord) -> str:
@@ -423,7 +467,7 @@ def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
     one row per network, data set, recipe and chosen settings: an option's value against the
     recipe's own, as mean ± std (sample std) over seeds, with n and each seed's value."""
     complete = [run for run in runs if is_real_data(run) and run.is_result_on(run.label)]
-    rows = [{"network": group[0].arch, "data set": group[0].label, "recipe": _recipe_text(group[0]),
+    rows = [{"network": Network(group[0].arch), "data set": group[0].label, "recipe": _recipe_text(group[0]),
              "epochs": linked(_join(run.record["epochs_done"] for run in group), group),
              "settings": _options_text(group[0]),
              "test error (%): mean ± std": linked(mean_std([run.test_error for run in group]), group),
@@ -465,7 +509,7 @@ def speed_table(runs: list[RunRecord], bench=None) -> pd.DataFrame:
         quoted = reference(network) or {}
         exact = architectures.row(network)
         params = f"{quoted.get('paper_params') or MISSING}; " + (f"{exact['params']:,}" if exact else MISSING)
-        base = dict(zip(SPEED_COLUMNS[:3], (network, params, _seed_seconds(quoted))))
+        base = dict(zip(SPEED_COLUMNS[:3], (Network(network), params, _seed_seconds(quoted))))
         here = [dict(zip(SPEED_COLUMNS[3:], (linked(text, runs_) for text in texts)))
                 for texts, runs_ in _training_speeds([(run, s) for run, s in timed if run.arch == network])]
         here += [dict(zip(SPEED_COLUMNS[3:], (linked(text, [row["bench"]]) for text in (
@@ -529,15 +573,34 @@ def bench_table(benches) -> pd.DataFrame:
     rows = []
     for row in _bench_rows(benches):
         noise, data_noise = _relative_noise(row), _relative_noise(row, "data_images_per_second")
-        texts = {"arch": row["arch"], "path": row["path"], "device": row["device"],
+        texts = {"arch": Network(row["arch"]), "path": row["path"], "device": row["device"],
                  "batch_size": row["batch_size"],
                  "seconds_per_epoch": to_noise(row.get("seconds_per_epoch"), noise),
                  "images_per_second": to_noise(row.get("images_per_second"), noise),
                  "data_images_per_second": to_noise(row.get("data_images_per_second"), data_noise),
                  "peak_memory_mb": MISSING if row.get("peak_memory_mb") is None else f"{row['peak_memory_mb']:,.0f}",
                  "tflops": to_noise(row.get("tflops"), noise)}
-        rows.append({columns[key]: linked(str(text), [row["bench"]]) for key, text in texts.items()})
+        rows.append({columns[key]: text if isinstance(text, Network) else linked(str(text), [row["bench"]])
+                     for key, text in texts.items()})
     return pd.DataFrame(rows, columns=list(columns.values()))
+
+
+def thread_rules_table(bench: dict) -> pd.DataFrame:
+    """A CPU benchmark's thread rules (`bench --thread-rules`): per network and rule, the threads
+    it chose and the load average over its rounds, its images per second and its ratio to the
+    free-core rule, each number linked to the benchmark's record."""
+    speedups = {(r["arch"], r["rule"]): r["speedup"] for r in bench_thread_ratios(bench.get("thread_rules") or [])}
+    rows = []
+    for row in bench.get("thread_rules") or []:
+        loads, noise = row["load_averages"], _relative_noise(row)
+        texts = {"CPU threads": "–".join(dict.fromkeys(str(n) for n in sorted(row["threads"]))),
+                 "load average (min–max)": f"{min(loads):.1f}–{max(loads):.1f}",
+                 "images/s": to_noise(row["images_per_second"], noise),
+                 "vs the free-core rule": f"{speedups.get((row['arch'], row['rule']), 1.0):.2f}×"}
+        rows.append({"network": Network(row["arch"]), "thread rule": row["rule"],
+                     **{key: linked(text, [bench]) for key, text in texts.items()}})
+    return pd.DataFrame(rows, columns=["network", "thread rule", "CPU threads", "load average (min–max)", "images/s",
+                                       "vs the free-core rule"])
 
 
 def architecture_table() -> pd.DataFrame:
@@ -630,6 +693,8 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
             text = ", ".join(_record_link(escape(part), [name], pages) for part, name in value.parts)
         elif tag == "td" and isinstance(value, Linked) and value.records:
             text = _record_link(text, value.records, pages)
+        elif tag == "td" and isinstance(value, Network) and value.title != value:
+            text = f'<span class="network" title="{text}">{escape(value.title)}</span>'
         elif tag == "td" and column == NOTES and value != MISSING:
             text = ", ".join(f'<a class="note-ref" href="#{table_id}-note-{n}">{n}</a>' for n in str(value).split(", "))
         elif column not in NAME_COLUMNS:  # a setting or a path may wrap after "_" and "/"; names never break
@@ -643,9 +708,13 @@ def html_table(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) ->
     notes = "".join(f'<li id="{table_id}-note-{n}">{escape(note)}</li>'
                     for n, note in enumerate(table.attrs.get("notes", []), 1))
     run = f' data-run="{escape(table.attrs["run"])}"' if "run" in table.attrs else ""
-    return (f'<table id="{table_id}" class="report-table" data-source="{table.attrs.get("source", "records")}"{run}>'
-            f'<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>' +
-            (f'<ol class="table-notes">{notes}</ol>' if notes else ""))
+    words = (f'<p class="table-notes status-words">What each status word (complete, stopped, deadline, resumable, '
+             f'checkpoint not kept, ...) means: <a href="{pages}{STATUS_WORDS}">status words</a>.</p>'
+             if table.attrs.get("status_words") else "")
+    return (f'<div class="table-scroll"><table id="{table_id}" class="report-table" '
+            f'data-source="{table.attrs.get("source", "records")}"{run}>'
+            f'<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>' +
+            (f'<ol class="table-notes">{notes}</ol>' if notes else "") + words)
 
 
 # Characters left as they are in Markdown text: inline (line breaks become spaces), and with "[",
@@ -726,14 +795,14 @@ def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
     if cost is None:
         return spent_cell, NOT_MEASURED
     planned = max((run.record["epochs_planned"] for run in mine), default=planned_epochs(network))
-    done = max((sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:len(PLANNED_SEEDS)])
-                for group in plans if group), default=0)
+    done = max((sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:len(PLANNED_SEEDS)]
+                    if _continues(run)) for group in plans if group), default=0)
     needed = (len(PLANNED_SEEDS) * planned - done) * cost.seconds
     how = cost.gpus if cost.measured_on is None else f"estimated from {cost.measured_on}; {cost.gpus}"
     return spent_cell, linked(f"≈{_hours(needed)} ({how})", cost.runs)
 
 
-STATUS_PAPER, STATUS_SEED = "paper (%), statistic", f"seed (%), {SEED_STATISTIC}"
+STATUS_PAPER, STATUS_SEED = "paper (%), statistic", f"{RESCIENCE} (%), {SEED_STATISTIC}"
 STATUS_MIRROR = "ours, JPEG mirror: not CIFAR-10 (%)"
 
 
@@ -747,7 +816,7 @@ def status_table(runs: list[RunRecord]) -> pd.DataFrame:
         quoted = reference(network) or {}
         statistic = (quoted.get("paper_statistic") or (MISSING,))[0]
         spent, needed = _gpu_hours(runs, network)
-        rows.append({"network": network,
+        rows.append({"network": Network(network),
                      STATUS_PAPER: MISSING if quoted.get("paper_error") is None else
                      f"{quoted['paper_error']:.2f}, {statistic}",
                      STATUS_SEED: _percent(quoted.get("seed_error")),
@@ -755,7 +824,7 @@ def status_table(runs: list[RunRecord]) -> pd.DataFrame:
                      STATUS_MIRROR: _standing(runs, network, JPEG_MIRROR),
                      "GPU-hours spent": spent, "GPU-hours to finish (est.)": needed})
     table = pd.DataFrame(rows)
-    table.attrs["quoted"] = [STATUS_PAPER, STATUS_SEED]
+    table.attrs.update(quoted=[STATUS_PAPER, STATUS_SEED], status_words=True)
     return table
 
 
@@ -855,7 +924,7 @@ def plan_table(runs: list[RunRecord]) -> pd.DataFrame:
                 total += hours
                 behind.update({run.name: run for run in cost.runs})
                 known = tuple(linked(text, cost.runs) for text in (f"{cost.seconds:.1f}", _hours(hours), cost.basis))
-            rows.append(dict(zip(PLAN_COLUMNS, (str(tier), network, str(len(PLANNED_SEEDS)), f"{epochs:g}", *known))))
+            rows.append(dict(zip(PLAN_COLUMNS, (str(tier), Network(network), str(len(PLANNED_SEEDS)), f"{epochs:g}", *known))))
     if not math.isnan(total):
         rows.append(dict(zip(PLAN_COLUMNS, ("all", "the whole plan", str(len(PLANNED) * len(PLANNED_SEEDS)),
                                             MISSING, MISSING, linked(_hours(total), list(behind.values())),
@@ -1006,7 +1075,9 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
 def _budget_title(record: dict, note: str = "") -> str:
     """The network, data set and budget of a run, in two lines; `note` ends the first."""
     data = record["data"]
-    return (f"{record['arch']} on {data.get('label', '?')}: {record['epochs_done']}/{record['epochs_planned']} "
+    name = Network(record["arch"])
+    name = name if name.title == name else f"{name.title} ({name})"
+    return (f"{name} on {data.get('label', '?')}: {record['epochs_done']} of {record['epochs_planned']} "
             f"epochs{note}\n{data.get('n_train', 0):,} training images, batch "
             f"{(record.get('recipe') or {}).get('batch_size', '?')}, {(record.get('device') or {}).get('name', '?')}")
 
@@ -1035,20 +1106,49 @@ def _mean_curve(curves, column: str) -> pd.Series | None:
     return pd.concat(series, axis=1).dropna().mean(axis=1) if len(series) > 1 else None
 
 
+# Figures are drawn at about the book's text width (7.2 in = 690 CSS px), so a 9 pt label stays
+# 9 pt on the page; labels and legends are never smaller.
+FIGURE_WIDTH, LABEL_SIZE = 7.2, 9
+# Reference lines closer than this fraction of the error axis are one line to the eye: labelled once.
+COINCIDE = 0.015
+
+
+def source_name(quoted: dict) -> str:
+    """The paper a quoted number comes from, in short: "He et al. 2016", "Zagoruyko & Komodakis 2016"."""
+    return (quoted.get("paper_source") or "paper").split(",")[0].split(" (")[0]
+
+
+def _reference_lines(axes, references: list[tuple[float, str, str, str]], top: float, grey: str, where: str) -> None:
+    """The quoted errors as horizontal lines, (value, name, style, gid) each; lines that coincide at
+    this axis's scale (`COINCIDE` of `top`) share one style and one label: "He et al. 2016 6.37 / ReScience 6.38"."""
+    groups: list[list[tuple]] = []
+    for line in sorted(references):
+        if groups and line[0] - groups[-1][-1][0] < COINCIDE * top:
+            groups[-1].append(line)
+        else:
+            groups.append([line])
+    for group in groups:
+        label = " / ".join(f"{name} {value:.2f}" for value, name, _, _ in group) + f" %{where}"
+        for index, (value, _, style, gid) in enumerate(group):
+            axes.axhline(value, linestyle=group[0][2], color=grey, linewidth=1.2,
+                         label=label if index == 0 else None, gid=gid)
+
+
 def plot_curves(source, paper_error: float | None = None, title: str | None = None, seed_error: float | None = None,
-                context: bool = False) -> Figure:
+                context: bool = False, paper_name: str = "paper") -> Figure:
     """Test and training error, and the training loss on a log axis, against epoch, as
     fb.resnet.torch's convergence plots show them.
 
     `source`: a run directory, a RunRecord, a metrics DataFrame, or a list of these (the seeds
-    of one network): each seed a thin line, their mean a thick one. The x axis spans the
-    recipe's whole length (an unfinished run ends early on it) and marks its learning-rate
-    drops. `paper_error` and `seed_error` (%) are reference lines; `context` greys them and
-    says they are CIFAR-10 numbers (for runs on other data, which must not be held to them).
-    The title names the network, data set and budget of the first run.
+    of one network): each seed a thin line, their mean a thick one. The x axis spans the epochs
+    done, and says "5 of 200" where the recipe is longer; it marks the learning-rate drops
+    reached. `paper_error` (from `paper_name`) and `seed_error` (the ReScience reproduction's)
+    are reference lines, labelled once where they coincide; `context` greys them and says they
+    are CIFAR-10 numbers (for runs on other data, which must not be held to them). The title
+    names the network, data set and budget of the first run; the legend sits below the plots.
     """
     curves = _curve_sources(source)
-    figure = Figure(figsize=(10, 3.8), layout="constrained", facecolor="white")  # white: legible in the dark theme
+    figure = Figure(figsize=(FIGURE_WIDTH, 3.9), layout="constrained", facecolor="white")  # white: dark theme
     error_axes, loss_axes = figure.subplots(1, 2)
     several = len(curves) > 1
     for column, axes, color, style, what in (("test_error", error_axes, "C0", "-", "test error"),
@@ -1058,33 +1158,35 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
             if column in metrics:
                 label = (f"{what}, each seed" if several else what) if index == 0 else None
                 axes.plot(metrics["epoch"], metrics[column], color=color, linestyle=style,
-                          linewidth=0.8 if several else 1.8, alpha=0.6 if several else 1.0, label=label)
+                          linewidth=0.8 if several else 1.8, alpha=0.6 if several else 1.0, label=label,
+                          marker="o" if len(metrics) < 20 and not several else None, markersize=3)
         mean = _mean_curve(curves, column)
         if mean is not None:
             axes.plot(mean.index, mean.values, color=color, linestyle=style, linewidth=2.4,
                       label=f"{what}, mean of {len(curves)}", gid=f"mean_{column}")
-    grey = "0.55" if context else "black"
-    where = ", CIFAR-10" if context else ""
-    for value, name, style in ((paper_error, "paper", "--"), (seed_error, "seed", ":")):
-        if value is not None:
-            error_axes.axhline(value, linestyle=style, color=grey, linewidth=1.2,
-                               label=f"{name}{where}: {value:.2f} %", gid=f"{name}_error")
+    errors = [value for _, metrics, _ in curves for column in ("test_error", "train_error") if column in metrics
+              for value in metrics[column].dropna()]
+    references = [(value, name, style, f"{gid}_error") for value, name, style, gid in (
+        (paper_error, paper_name, "--", "paper"), (seed_error, RESCIENCE, ":", "seed")) if value is not None]
+    _reference_lines(error_axes, references, max(errors + [value for value, *_ in references] + [1.0]),
+                     "0.55" if context else "black", ", CIFAR-10" if context else "")
     records_ = [record for _, _, record in curves if record is not None]
-    length = max([record["epochs_planned"] for record in records_] +
-                 [int(metrics["epoch"].max()) for _, metrics, _ in curves])
-    drops = sorted({drop for record in records_ for drop in lr_drops(record)})
+    done = max(int(metrics["epoch"].max()) for _, metrics, _ in curves)
+    planned = max([record["epochs_planned"] for record in records_] + [done])
+    drops = sorted({drop for record in records_ for drop in lr_drops(record) if drop <= done})
     for axes in (error_axes, loss_axes):
         for index, drop in enumerate(drops):
             axes.axvline(drop, color="0.6", linewidth=0.8, linestyle="-.", gid="lr_drop",
                          label="learning-rate drop" if index == 0 and axes is error_axes else None)
-        axes.set_xlim(0, length)
+        axes.set_xlim(0, done)
         axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-        axes.set_xlabel("epoch")
+        axes.set_xlabel("epoch" if done == planned else f"epoch ({done} of {planned} done)")
     error_axes.set(ylabel="error (%)", ylim=(0, None))
     loss_axes.set(ylabel="training loss (cross-entropy)", yscale="log")
     _log_ticks(loss_axes, [value for _, metrics, _ in curves for value in metrics["train_loss"] if value > 0])
-    error_axes.legend(fontsize="small", loc="upper right")
+    figure.legend(*error_axes.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+                  fontsize=LABEL_SIZE, frameon=False)
     figure.suptitle(title if title is not None else _budget_title(records_[0]) if records_ else "",
                     fontsize="medium", parse_math=False)  # a record's "$" is a dollar, not mathtext
     return figure
@@ -1102,7 +1204,7 @@ def _references(run: RunRecord) -> dict:
         return {}
     quoted = reference(run.arch) or {}
     return {"paper_error": quoted.get("paper_error"), "seed_error": quoted.get("seed_error"),
-            "context": run.label != CIFAR10}
+            "paper_name": source_name(quoted), "context": run.label != CIFAR10}
 
 
 def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
@@ -1132,26 +1234,63 @@ def run_figure(run) -> Figure:
     return plot_curves(run, **_references(run))
 
 
+def _marker_kind(network: str) -> tuple[str, dict]:
+    """How a paper's number is marked: He et al.'s pre-activation networks filled squares, their
+    original networks hollow ones, the wide-network paper's diamonds."""
+    family = (architectures.row(network) or {}).get("family")
+    if family == "original":
+        return "He et al. 2016, original units", dict(marker="s", color="black", markerfacecolor="white")
+    if family == "wide":
+        return "Zagoruyko & Komodakis (as ReScience quotes it)", dict(marker="D", color="black")
+    return "He et al. 2016, pre-activation", dict(marker="s", color="black")
+
+
+def _label(axes, text: str, point: tuple[float, float], left: bool, color: str = "black") -> None:
+    """`text` beside the marker at `point`: on its left (a paper's, with the network's title) or right."""
+    axes.annotate(text, point, textcoords="offset points", xytext=(-7, 0) if left else (7, 0),
+                  ha="right" if left else "left", va="center", fontsize=LABEL_SIZE, color=color)
+
+
 def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
     """Test error against parameters and against depth, as He et al. and Zagoruyko &
-    Komodakis plot it: the papers' and the seed's numbers as markers of their own, and each
-    complete run of ours a dot (CIFAR-10 filled, the JPEG mirror hollow and grey: not CIFAR-10)."""
-    figure = Figure(figsize=(10, 3.8), layout="constrained", facecolor="white")
-    by_params, by_depth = figure.subplots(1, 2, sharey=True)
+    Komodakis plot it: the papers' and the ReScience reproduction's numbers as markers of their
+    own, and each complete run of ours a dot (CIFAR-10 filled, the JPEG mirror hollow and grey:
+    not CIFAR-10).
+
+    Where several networks share a size (ResNet-110 and ResNet-164, pre-activation or not, all
+    about 1.7M parameters), the papers' markers sit just left of it and the ReScience
+    reproduction's just right. Each marker is labelled with its value at `LABEL_SIZE`: a paper's
+    on its left with the network's title, the ReScience reproduction's on its right (or, for a
+    network no paper reports, on its left with the title)."""
+    figure = Figure(figsize=(FIGURE_WIDTH, 7.2), layout="constrained", facecolor="white")
+    by_params, by_depth = figure.subplots(2, 1)  # one above the other: each the book's width, for its labels
     ours = [run for run in runs if run.label in (CIFAR10, JPEG_MIRROR) and run.is_result_on(run.label)]
     tables = {name: row for name in {row["network"] for row in REFERENCE} | {run.arch for run in ours}
               if (row := architectures.row(name))}  # each network's row of the table, if registered
-    marks = (("paper_error", "paper", dict(marker="s", color="black", linestyle="none")),
-             ("seed_error", "seed (single run)", dict(marker="^", color="C3", linestyle="none")))
+    quoted = [row for row in REFERENCE if row["network"] in tables]
     for axes, size in ((by_params, "params"), (by_depth, "depth")):
-        named = {}
-        for field, label, style in marks:
-            points = [(tables[row["network"]][size], row[field], row["network"]) for row in REFERENCE
-                      if row.get(field) is not None and row["network"] in tables]
-            axes.plot([x for x, _, _ in points], [y for _, y, _ in points], label=label, gid=field, **style)
-            named.update({name: (x, y) for x, y, name in points if name not in named})
-        for name, (x, y) in named.items():  # each network named once, beside its first marker
-            axes.annotate(name, (x, y), textcoords="offset points", xytext=(6, -3), fontsize="x-small")
+        def column(network: str):  # networks of one size share a column: 1.7M once, not thrice
+            return round(tables[network][size], -5 if size == "params" else 0)
+        crowded = {key for key, n in Counter(column(row["network"]) for row in quoted).items() if n > 1}
+        kinds: dict[str, list] = {}
+        for row in quoted:
+            network, x = row["network"], tables[row["network"]][size]
+            both = row.get("paper_error") is not None and row.get("seed_error") is not None
+            shift = 1.04 if column(network) in crowded else 1.0  # the papers' just left, ReScience's just right
+            if row.get("paper_error") is not None:
+                kind, style = _marker_kind(network)
+                kinds.setdefault(kind, [style, []])[1].append((x / shift, row["paper_error"]))
+                _label(axes, f"{Network(network).title} {row['paper_error']:.2f}", (x / shift, row["paper_error"]),
+                       left=True)
+            if row.get("seed_error") is not None:
+                kinds.setdefault(f"{RESCIENCE} (single run)", [dict(marker="^", color="C3"), []])[1].append(
+                    (x * shift, row["seed_error"]))
+                _label(axes, f"{row['seed_error']:.2f}" if both else f"{Network(network).title} {row['seed_error']:.2f}",
+                       (x * shift, row["seed_error"]), left=not both, color="C3")
+        for kind, (style, points) in kinds.items():
+            gid = "seed_error" if kind.startswith(RESCIENCE) else "paper_error"
+            axes.plot([x for x, _ in points], [y for _, y in points], linestyle="none", markersize=6, label=kind,
+                      gid=gid, **style)
         for data, style in ((CIFAR10, dict(color="C0")), (JPEG_MIRROR, dict(markerfacecolor="none", color="0.5"))):
             mine = [run for run in ours if run.label == data and run.arch in tables]
             if mine:
@@ -1160,17 +1299,21 @@ def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
                                                                                  ": not CIFAR-10"),
                           gid=f"ours {data}", **style)
         axes.set_xscale("log")
-        ticks = {round(x, -5 if size == "params" else 0): x for x, _ in named.values()}  # 1.7M once, not thrice
-        axes.xaxis.set_major_locator(ticker.FixedLocator(sorted(ticks)))
+        ticks = {column(row["network"]): tables[row["network"]][size] for row in quoted}
+        axes.xaxis.set_major_locator(ticker.FixedLocator(sorted(ticks.values())))
         axes.xaxis.set_minor_locator(ticker.NullLocator())
-        axes.margins(x=0.25)
+        axes.margins(x=0.6, y=0.12)  # room for the labels left of the first column
         axes.grid(alpha=0.3)
+        axes.tick_params(labelsize=LABEL_SIZE)
     by_params.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value / 1e6:.1f}M"))
     by_depth.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     by_params.set(xlabel="parameters", ylabel="test error (%)")
     by_depth.set(xlabel="depth (layers)")
-    by_params.legend(fontsize="small")
-    figure.suptitle("Test error on CIFAR-10 against size: papers, seed" + (
+    handles = {label: handle for axes in (by_params, by_depth)
+               for handle, label in zip(*axes.get_legend_handles_labels())}  # each kind once
+    figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=LABEL_SIZE,
+                  frameon=False)
+    figure.suptitle(f"Test error on CIFAR-10 against size: the papers, the {RESCIENCE}" + (
         f", and {_count(len(ours), 'complete run')} of ours" if ours else "; no complete run of ours yet"),
         fontsize="medium")
     return figure
@@ -1183,7 +1326,7 @@ def run_summary(record) -> pd.DataFrame:
     final = record.get("final") or {}
     data = record["data"]
     gpu = gpu_seconds(run)
-    rows = {"network": record["arch"], "data set": data.get("label"),
+    rows = {"network": Network(record["arch"]), "data set": data.get("label"),
             "train / val / test images": f"{data.get('n_train', 0):,} / {data.get('n_val', 0):,} / "
                                          f"{data.get('n_test', 0):,}",
             "recipe": f"{record['config'].get('recipe')}, batch {(record.get('recipe') or {}).get('batch_size')}",
@@ -1191,12 +1334,29 @@ def run_summary(record) -> pd.DataFrame:
             "status": run_status(run), "device": (record.get("device") or {}).get("name"),
             "precision": record.get("precision", MISSING), "parameters": f"{record.get('params', 0):,}",
             "test error (%)": _last_test_error(run), "selected by": final.get("selected_by", MISSING),
-            "seconds per epoch": MISSING if final.get("seconds_per_epoch") is None
-            else f"{final['seconds_per_epoch']:.1f}",
-            "GPU-hours": _hours(gpu) if gpu else MISSING}
+            "seconds per epoch": _seconds_per_epoch(run),
+            "GPU-hours": _hours(gpu) if gpu else MISSING,
+            "code (git commit)": _commit(record), "torch": (record.get("versions") or {}).get("torch", MISSING)}
     table = pd.DataFrame({"": list(rows.values())}, index=list(rows))
-    table.attrs["run"] = run.name
+    table.attrs.update(run=run.name, status_words=True)
     return table
+
+
+def _seconds_per_epoch(run: RunRecord) -> str:
+    """The run's training seconds per epoch: its final record's, else (unfinished) the median of
+    its speed segments' steady-state epochs, which the speed table lists one by one."""
+    final = (run.record.get("final") or {}).get("seconds_per_epoch")
+    if final is not None:
+        return f"{final:.1f}"
+    timed = [s["seconds_per_epoch"] for s in _segments(run) if s.get("seconds_per_epoch") is not None]
+    return f"{statistics.median(timed):.1f} (so far; the speed table below)" if timed else MISSING
+
+
+def _commit(record: dict) -> str:
+    git = record.get("git") or {}
+    if not git.get("commit"):
+        return MISSING
+    return git["commit"][:12] + (", with uncommitted changes" if git.get("dirty") else "")
 
 
 def speed_segments_table(run: RunRecord) -> pd.DataFrame:

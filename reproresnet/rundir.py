@@ -41,6 +41,14 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used: in use, unwritable, full, or holding another run."""
 
 
+class DiskFull(RunDirError):
+    """A file could not be written for want of space; the file is as it was. Its message says
+    what, not what to do next: the command that wrote it knows (`with_advice`)."""
+
+    def with_advice(self, advice: str) -> "DiskFull":
+        return DiskFull(f"{self}; {advice}")
+
+
 # ---------------------------------------------------------------- atomic files
 
 def write_atomic(path: Path, write) -> None:
@@ -61,9 +69,14 @@ def write_atomic(path: Path, write) -> None:
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if _disk_full(error):
-            raise RunDirError(f"disk full while writing {path}; free some space and rerun with "
-                              f"--resume (the last complete files are intact)") from error
+            raise DiskFull(f"disk full while writing {path} (it is as it was)") from error
         raise
+
+
+def refused_by_os(error: OSError, next_step: str) -> str:
+    """One line for a file the file system refused (read-only, a file where a folder should be,
+    no permission): which, why, and the next step."""
+    return f"{error.filename or 'a file'}: {error.strerror or error}; {next_step}"
 
 
 def _disk_full(error: BaseException | None) -> bool:
@@ -205,33 +218,62 @@ def run_dir_lock(run_dir: Path):
     created = [path for path in (run_dir, *run_dir.parents) if not path.exists()]
     lock = run_dir / LOCK_FILE
     fresh = not lock.exists()
+    before = set(os.listdir(run_dir)) if run_dir.is_dir() else set()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "a+")
+        handle = _locked(lock, run_dir)
     except OSError as error:
         _remove_created(created)
         raise _unwritable(run_dir, error) from error
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"run directory {run_dir} is in use by {_lock_owner(handle)}; wait for it to "
-                              f"finish or choose another --out") from None
-        try:
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {platform.node()}")  # records.lock_held reads it
             handle.flush()
-        except OSError as error:  # a full disk: leave nothing this call created
-            with suppress(OSError):  # closing flushes the line again
-                handle.close()
-            if fresh:
-                lock.unlink(missing_ok=True)
-            _remove_created(created)
+        except OSError as error:  # a full disk
             raise _unwritable(run_dir, error) from error
         yield
+    except Exception:
+        if fresh and _wrote_nothing(run_dir, before):
+            # Refused, having written nothing: leave the directory as this call found it, no lock, nor
+            # the directories it created (removed while still locked: `_locked` tells a removed lock
+            # file from the one at the path).
+            with suppress(OSError):
+                lock.unlink()
+                _remove_created(created)
+        raise
     finally:
-        handle.close()
+        with suppress(OSError):  # closing flushes the owner line, again on a full disk
+            handle.close()
+
+
+def _wrote_nothing(run_dir: Path, before: set) -> bool:
+    """No file or folder in `run_dir` but its lock that was not there before (`before`)."""
+    try:
+        return set(os.listdir(run_dir)) - {LOCK_FILE} == before - {LOCK_FILE}
+    except OSError:
+        return False
+
+
+def _locked(lock: Path, run_dir: Path):
+    """The lock file, open and flocked; RunDirError if another process holds it. A lock
+    file removed by its last holder (see run_dir_lock) is opened afresh."""
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(handle)
+            handle.close()
+            raise RunDirError(f"run directory {run_dir} is in use by {owner}; wait for it to "
+                              f"finish or choose another --out") from None
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file its holder had removed: take the one at the path now
 
 
 def _unwritable(run_dir: Path, error: OSError) -> RunDirError:

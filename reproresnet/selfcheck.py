@@ -74,7 +74,7 @@ from pathlib import Path
 import torch
 
 from . import records, rundir
-from .config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, reference_variant,
+from .config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
                      select_device, selfcheck_state)
 from .data import PAD, augment, device_splits, load_sources
 from .engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
@@ -615,6 +615,7 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
@@ -629,15 +630,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help=f"images per step and network (default: the recipe's on "
                                                        f"CUDA, {CPU_BATCH} on a CPU)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
-    parser.add_argument("--timed-steps", type=int, help="default: 20 on CUDA, 2 on a CPU")
-    parser.add_argument("--budget", type=float, help="seconds; later checks are skipped (default: 60 on CUDA, "
-                                                     "600 on a CPU)")
+    parser.add_argument("--timed-steps", type=positive_integer, help="default: 20 on CUDA, 2 on a CPU")
+    parser.add_argument("--budget", type=positive_number, help="seconds; later checks are skipped (default: 60 on "
+                                                               "CUDA, 600 on a CPU)")
     parser.add_argument("--out", default="selfcheck.json", help="the record (default: selfcheck.json)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        distinct("--seeds", args.seeds)
+        distinct("--archs", args.archs)
         device = select_device(args.device)
-        batch_size = args.batch_size or (None if device.type == "cuda" else CPU_BATCH)
+        batch_size = args.batch_size if args.batch_size is not None else None if device.type == "cuda" else CPU_BATCH
         plan = {arch: [TrainConfig(arch=arch, out=f"selfcheck/{arch}-seed{seed}", seed=seed, recipe=args.recipe,
                                    dataset=args.dataset, batch_size=batch_size, device=device.type)
                        for seed in args.seeds] for arch in args.archs}

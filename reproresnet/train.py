@@ -33,11 +33,11 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, records, rundir
-from .config import ConfigError, TrainConfig, check_stackable, cpu_threads, select_device
-from .data import (DataSplits, ImageSet, Normalizer, device_splits, eval_batches, load_device_splits,
+from .config import MAX_EPOCHS, ConfigError, TrainConfig, check_stackable, cpu_threads, select_device
+from .data import (DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, load_device_splits,
                    train_batches)
-from .engine import (Engine, Speedups, build_engine, compile_model, exact_fp32, make_optimizer, resolve_engine,
-                     scale_momentum_, synchronize)
+from .engine import (Engine, Speedups, build_engine, check_compile_mode, compile_model, exact_fp32, make_optimizer,
+                     resolve_engine, scale_momentum_, synchronize)
 from .models import build_model, network_size
 from .recipes import Recipe, Schedule, make_schedule
 from .stacked import (DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, member_states, merge_optimizer_states, nonfinite,
@@ -53,7 +53,7 @@ class HardStop(RuntimeError):
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
+    return seed * MAX_EPOCHS + epoch  # distinct for every seed and epoch (epochs < MAX_EPOCHS)
 
 
 class Deadline:
@@ -267,21 +267,42 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
                           "and rerun it with --resume")
     device = select_device(config.device)
+    resolve_engine(config, device, world.size > 1)  # refused before anything is created
+    check_compile_mode(compile_mode)
     threads, why = cpu_threads(config.threads, jobs=pack, resumed=_last_threads(config.out) if resume else None)
     torch.set_num_threads(threads)
+    try:
+        record = _train_one(config, device, world, threads, why, resume=resume, progress=progress,
+                            deadline=deadline, pack=pack, compile_mode=compile_mode)
+    except rundir.DiskFull as full:
+        raise full.with_advice(_next_step(Path(config.out))) from None
+    if record["status"] == "diverged":
+        raise TrainingDiverged(record["message"])
+    return record
+
+
+def _next_step(run_dir: Path) -> str:
+    """What to do after a full disk: resume where an epoch was saved, else start again."""
+    epochs, _ = rundir.how_far(run_dir)
+    if epochs:
+        return f"free some space and rerun with --resume (the files of epoch {epochs} are intact)"
+    return "free some space and run again (no epoch was saved)"
+
+
+def _train_one(config: TrainConfig, device: torch.device, world: distributed.World, threads: int, why: str, *,
+               progress: bool, **how) -> dict:
+    """`train`'s run in this process (of a torchrun job: `world`), after its checks."""
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
         progress = progress and world.main
         _say(progress, f"{config.arch}: loading {config.dataset} ...")
         splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
+        check_batch(config, splits)
         data = splits.describe()
         _say(progress, f"{config.arch}: {data['n_train']:,} training, {data['n_val']:,} validation and "
                        f"{data['n_test']:,} test images of {data['label']} on {device}; {threads} CPU "
                        f"thread{'s' if threads > 1 else ''} ({why})")
-        [record] = _train_in([config], [splits], device, world, resume=resume, progress=progress,
-                             deadline=deadline, pack=pack, compile_mode=compile_mode)
-    if record["status"] == "diverged":
-        raise TrainingDiverged(record["message"])
+        [record] = _train_in([config], [splits], device, world, progress=progress, **how)
     return record
 
 
@@ -412,7 +433,7 @@ def _train_epochs(stack: Stack, writer: rundir.Writer, progress: bool, deadline:
             for run in stack.runs:
                 if run.active:
                     name = f"{run.run_dir.name}: " if stack.k > 1 else ""
-                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule.epochs))
+                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule))
 
 
 def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, deadline: Deadline) -> float:
@@ -446,7 +467,15 @@ def _epoch(stack: Stack, epoch: int, writer: rundir.Writer, progress: bool, hard
     hands its row to its record and writes its files."""
     if stack.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(stack.device)
-    rows = [{"epoch": epoch + 1, **row} for row in train_one_epoch(stack, epoch, progress, hard_stop=hard_stop)]
+    try:
+        rows = [{"epoch": epoch + 1, **row} for row in train_one_epoch(stack, epoch, progress, hard_stop=hard_stop)]
+    except RuntimeError as error:
+        if "overflow" not in str(error):
+            raise
+        # A scalar of the step (the lr, weight decay, a momentum rescale) beyond the weights' float
+        # type: the step cannot be taken, as if the loss had become infinite.
+        rows = [{"epoch": epoch + 1, "train_loss": math.inf, "overflow": str(error).splitlines()[0]}
+                for _ in stack.runs]
     _stop_diverged(stack, rows, epoch, writer)
     if not any(run.active for run in stack.runs):
         return
@@ -475,7 +504,9 @@ def _divergence(stack: Stack, rows: list[dict]) -> list[str | None]:
     (these can overflow while the epoch's mean loss is still a finite 1e27)."""
     problems = []
     for row, broken in zip(rows, nonfinite(stack.model, stack.k)):
-        if not math.isfinite(row["train_loss"]):
+        if "overflow" in row:
+            problems.append(f"the SGD step overflowed ({row['overflow']})")
+        elif not math.isfinite(row["train_loss"]):
             problems.append(f"training loss became {row['train_loss']}")
         elif broken is not None:
             problems.append(f"weights became non-finite ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''})")
@@ -524,8 +555,12 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
             "world_size": stack.world.size})
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_line(row: dict, schedule: Schedule) -> str:
+    """The epoch in one line; its lr is the lr its steps ran at: "lr 0.1", or "lr 0.1→0.01 (first→last
+    step)" where the schedule changes it within the epoch (metrics.csv keeps the last)."""
     val = f"  val err {row['val_error']:5.2f}%" if "val_error" in row else ""
-    return (f"epoch {row['epoch']:>3}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.3f} "
+    first, last = schedule.epoch_lrs(row["epoch"] - 1)
+    lr = f"{first:.4g}" if first == last else f"{first:.4g}→{last:.4g} (first→last step)"
+    return (f"epoch {row['epoch']:>3}/{schedule.epochs}  lr {lr}  train loss {row['train_loss']:.3f} "
             f"err {row['train_error']:5.2f}%{val}  test err {row['test_error']:5.2f}%  "
             f"{row['seconds']:.1f} s  {row['images_per_second']:.0f} img/s")

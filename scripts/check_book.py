@@ -17,7 +17,7 @@ from pathlib import Path
 RESULTS_PAGE = "notebooks/results.html"
 TABLES = {  # table id -> a header the table must have (report.OURS for the error table)
     "error-table": "this project (%): mean ± std",
-    "compute-table": "seed s/epoch (GTX 980)",
+    "compute-table": "ReScience repr. s/epoch (GTX 980)",
     "speed-table": "parameters: paper; exact",
 }
 CURVES_CLASS = "tag_training-curves"  # myst-nb turns the cell tag "training-curves" into this class

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import statistics
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def cpu_record(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     argv = ["--archs", "preact_resnet20", "--device", "cpu", "--batch-size", "16", "--steps", "2",
             "--warmup-steps", "1", "--rounds", "2", "--data-batches", "3", "--train-images", "512",
-            "--num-workers", "1", "--out", str(out), "--quiet"]
+            "--num-workers", "1", "--thread-rules", "--out", str(out), "--quiet"]
     assert bench.main(argv) == 0
     return out
 
@@ -80,6 +81,20 @@ def test_main_prints_the_table(cpu_record, capsys):
 
 
 @pytest.mark.slow
+def test_thread_rules_alternate_in_rounds_with_the_load_beside_each(cpu_record):
+    record = json.loads(cpu_record.read_text())
+    rules = record["thread_rules"]
+    assert [row["rule"] for row in rules] == list(bench.thread_rules(torch.get_num_threads()))
+    assert rules[0]["rule"] == bench_record.FREE_CORES and record["load_at_start"] >= 0
+    for row in rules:
+        assert len(row["threads"]) == len(row["load_averages"]) == len(row["round_seconds"]) == 2  # --rounds 2
+        assert all(load >= 0 for load in row["load_averages"]) and min(row["threads"]) >= 1
+        assert row["images_per_second"] == pytest.approx(16 / statistics.median(row["round_seconds"]))
+    assert [r["rule"] for r in record["thread_ratios"]] == [row["rule"] for row in rules[1:]]
+    assert "CPU thread rules" in bench_record.format_bench(record)
+
+
+@pytest.mark.slow
 def test_real_epochs_include_the_partial_batch(tmp_path):
     """epochs=1 runs train_one_epoch over the whole synthetic set: 5 full batches of 16 and one of 8."""
     record = bench.benchmark(BenchSettings(archs=("preact_resnet20",), device="cpu", batch_size=16, steps=1,
@@ -133,3 +148,12 @@ def test_device_script_summary_imports_resolve():
     assert imports
     for module, names in imports:
         exec(f"from {module} import {names}", {})
+
+
+def test_thread_rules_fixed_at_one_count_are_timed_once(monkeypatch):
+    monkeypatch.setattr(bench, "usable_cores", lambda: 4)
+    monkeypatch.setattr(bench, "load_average", lambda: 2.5)
+    rules = bench.thread_rules(torch_default=4)
+    assert {name: rule() for name, rule in rules.items()} == {"free cores": 2, "torch default = all cores": 4}
+    rules = bench.thread_rules(torch_default=2)
+    assert {name: rule() for name, rule in rules.items()} == {"free cores": 2, "torch default": 2, "all cores": 4}

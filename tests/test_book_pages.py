@@ -29,7 +29,7 @@ def test_update_readme_rewrites_only_its_section_and_links_each_number(tmp_path)
     assert book_pages.update_readme(readme, results) is True
     text = readme.read_text()
     assert text.startswith(f"# title\n\n{book_pages.README_START}\n1 of 15") and text.endswith("\n\nafter\n")
-    assert "| wrn_16_4 |" in text and "[6.00 (1 of 3 seeds, 200 epochs)](results/wrn_16_4-seed0/)" in text
+    assert '| [WRN-16-4](notebooks/architectures.ipynb "wrn_16_4") |' in text and "[6.00 (1 of 3 seeds, 200 epochs)](results/wrn_16_4-seed0/)" in text
     assert book_pages.update_readme(readme, results) is False  # already current
     (tmp_path / "bare.md").write_text("# no section\n")
     with pytest.raises(ValueError, match="no status section"):
@@ -69,6 +69,7 @@ def test_every_record_gets_a_page_with_its_files_to_download(tmp_path):
     assert "train.ipynb" not in (pages / "wrn_16_4-seed0.md").read_text()  # only the files that exist
     bench = (pages / "bench-cpu.md").read_text()
     assert "{download}`bench.json <../../results/bench-cpu/bench.json>`" in bench and "7.3" in bench
+    assert "Its checkpoint is kept: `train --resume`" in mirror
     svg = (pages / "wrn_16_4-seed0.svg").read_bytes()
     book_pages.write_pages(results, pages)
     assert (pages / "wrn_16_4-seed0.svg").read_bytes() == svg  # the same records, the same files
@@ -90,3 +91,26 @@ def test_the_book_links_no_repository_address_that_git_does_not_record():
         assert address == public, f"{address} is not the repository's recorded address ({remote or 'no remote'})"
     citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())  # cited software links the same address
     assert citation.get("repository-code") in (None, public)
+
+
+def test_a_run_page_agrees_with_its_record(tmp_path):
+    """An unfinished run whose checkpoint was not kept: its page gives the seconds per epoch its
+    speed table gives, explains that the record's "resume to continue" no longer holds, and shows
+    the record's git commit and torch version."""
+    results, pages = tmp_path / "results", tmp_path / "book" / "runs"
+    run_dir = with_speed(make_run(results, "preact_resnet110-jpeg-seed0", status="stopped",
+                                  label="CIFAR-10 (JPEG mirror)", dataset="folder:/m"),
+                         {"seconds_per_epoch": 36.96, "images_per_second": 1350, "pack": 3})
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    record.update(message="stopped cleanly after epoch 2 of 200 (deadline); resume to continue",
+                  git={"commit": "6d7e7b530ab21485a4b9cd27cdf4aab52915017e", "dirty": False},
+                  versions={"torch": "2.11.0+cu130"})
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    book_pages.write_pages(results, pages)
+    page = (pages / "preact_resnet110-jpeg-seed0.md").read_text()
+    assert "stopped at 2/200 (deadline), checkpoint not kept" in page
+    assert "resume to continue" in page and "cannot be resumed" in page and "fresh run from epoch 1" in page
+    assert "<td class=\"text\">seconds per epoch</td><td class=\"text\">37.0 (so far" in page
+    assert "<td class=\"num\">37.0</td>" in page  # the speed table's
+    assert "6d7e7b530ab2" in page and "2.11.0+cu130" in page
+    assert "status words</a>" in page

@@ -1,12 +1,14 @@
 """The built book in a real browser: every page of `_build/html` loaded in headless Chromium.
 
 Fails when a page logs a JavaScript error, an image does not load, a table is wider than
-the article (at 1000 and 1400 px), an internal link points nowhere, a number of a table
+the article (at 1000 and 1400 px), the page scrolls sideways or a table is cut off on a
+400 px screen (a table wider than that scrolls inside its own container), an internal link points nowhere, a number of a table
 computed from the records does not link to the page of its record, a notebook test marker
 (`NBVAL_...`) is visible, a record's page lacks its files to download, the introduction does
 not open with the status table, or the search page finds nothing for "ResNet-164". A
 screenshot of every page goes to `_build/screenshots/` (the results page and the
-introduction also at 1000 px and in the dark theme).
+introduction also at 1000 px and in the dark theme; they, the recipe audit and the record
+pages also at 400 px).
 
 Needs the built book (`make book`; `make test` builds it first) and Debian's Chromium:
     apt-get install chromium chromium-driver && pip install selenium
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = Path(os.environ.get("REPRORESNET_BOOK_HTML", ROOT / "_build" / "html"))
 SCREENSHOTS = BUILD.parent / "screenshots"
 WIDTHS = (1000, 1400)  # the article must hold every table at both
+NARROW = 400  # a phone: the page must not scroll sideways, and every table scrolls in its container
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage")
@@ -149,21 +152,43 @@ def page_errors(driver, origin: str) -> list[str]:
 
 BROKEN_IMAGES = "Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.currentSrc || i.src)"
 ALL_IMAGES_SETTLED = "Array.from(document.images).every(i => i.complete)"
-WIDE_TABLES = """
+# The container a table scrolls in, if any: its nearest ancestor inside the article whose
+# overflow-x lets it scroll (a Markdown table's recipe-audit code never breaks inside a name).
+SCROLLER = """
+const scroller = t => { for (let e = t.parentElement; e && !e.matches('article'); e = e.parentElement) {
+  const o = getComputedStyle(e).overflowX; if (o !== 'visible') return e; } return null; };
+const scrolls = t => { const s = scroller(t); return s !== null && ['auto', 'scroll'].includes(getComputedStyle(s).overflowX)
+  && !t.classList.contains('report-table'); };
+"""
+WIDE_TABLES = SCROLLER + """
 const article = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
 const box = article.getBoundingClientRect();
 const style = getComputedStyle(article);
 const right = box.right - parseFloat(style.paddingRight);
 return Array.from(article.querySelectorAll('table')).filter(t => t.offsetParent !== null)
-  .filter(t => t.getBoundingClientRect().right > right + 1 || t.scrollWidth > t.clientWidth + 1)
+  .filter(t => !scrolls(t) && (t.getBoundingClientRect().right > right + 1 || t.scrollWidth > t.clientWidth + 1))
   .map(t => `${t.id || t.className || 'table'} (${Math.round(t.getBoundingClientRect().width)} px, `
             + `article ${Math.round(right - box.left)} px; first header: `
             + `${(t.querySelector('th') || {}).textContent || ''})`);
 """
+# At NARROW px: the page scrolls sideways (its width beyond the window's), or a table is cut off:
+# it or its scroll container reaches past the window, or a container that cannot scroll clips it.
+SIDEWAYS = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+CUT_OFF_TABLES = SCROLLER + """
+const width = document.documentElement.clientWidth;
+return Array.from(document.querySelectorAll('article table')).filter(t => t.offsetParent !== null).flatMap(t => {
+  const s = scroller(t), box = (s || t).getBoundingClientRect(), name = t.id || t.className || 'table';
+  if (box.left < -1 || box.right > width + 1) return [`${name} reaches ${Math.round(box.right)} px`];
+  if (s && !['auto', 'scroll'].includes(getComputedStyle(s).overflowX) && s.scrollWidth > s.clientWidth + 1)
+    return [`${name} is clipped by a container that cannot scroll`];
+  return [];
+});
+"""
 INTERNAL_LINKS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
 # Every cell of a table computed from the records (html_table's data-source="records") that
 # holds a number is a link to a record page, or is quoted (the papers', the seed's, the
-# library's), or holds note numbers, or belongs to a record page's own table (data-run).
+# library's), or holds note numbers or a network's title (`WRN-16-4`), or belongs to a record
+# page's own table (data-run).
 UNLINKED_NUMBERS = r"""
 const number = /(^|[^\w.\/-])\d[\d,.]*/;
 return Array.from(document.querySelectorAll('table.report-table')).flatMap(table => {
@@ -171,7 +196,7 @@ return Array.from(document.querySelectorAll('table.report-table')).flatMap(table
   if (table.dataset.source !== 'records') return [];
   const own = table.dataset.run;
   return Array.from(table.querySelectorAll('td')).filter(td => number.test(td.textContent))
-    .filter(td => !td.classList.contains('quoted') && !td.querySelector('a.note-ref'))
+    .filter(td => !td.classList.contains('quoted') && !td.querySelector('a.note-ref, span.network'))
     .filter(td => own ? false : !Array.from(td.querySelectorAll('a.record-link'))
                                      .some(a => /\/book\/runs\/[^/]+\.html$/.test(new URL(a.href).pathname)))
     .map(td => `${table.id}: "${td.textContent.trim()}" links to no record page`);
@@ -205,6 +230,7 @@ def check_page(driver, origin: str, page: Path) -> list[str]:
         driver.set_window_size(width, 1000)
         problems += [f"at {width} px, table wider than the article: {table}"
                      for table in driver.execute_script(WIDE_TABLES)]
+    problems += narrow_problems(driver, relative)
     links = {href[len(origin):] for href in driver.execute_script(INTERNAL_LINKS) if href.startswith(origin)}
     problems += [f"broken link: {problem}" for href in sorted(links) if (problem := link_target_problem(href))]
     problems += record_problems(driver, origin, relative)
@@ -221,6 +247,19 @@ def check_page(driver, origin: str, page: Path) -> list[str]:
         driver.execute_script("document.documentElement.dataset.theme = 'light'")
     problems += [f"console: {error}" for error in page_errors(driver, origin)]
     return [f"{relative}: {problem}" for problem in problems]
+
+
+def narrow_problems(driver, relative: str) -> list[str]:
+    """At NARROW px: the page scrolls sideways, or a table is cut off."""
+    driver.set_window_size(NARROW, 1000)
+    wait_for(driver, f"document.documentElement.clientWidth <= {NARROW}")
+    problems = [f"at {NARROW} px, the page scrolls sideways by {extra} px"
+                for extra in [driver.execute_script(SIDEWAYS)] if extra > 1]
+    problems += [f"at {NARROW} px, a table is cut off: {table}" for table in driver.execute_script(CUT_OFF_TABLES)]
+    if relative in ("notebooks/results.html", "book/intro.html", "book/recipe-audit.html") or \
+            relative.startswith("book/runs/"):
+        screenshot(driver, f"{relative.removesuffix('.html').replace('/', '__')}--{NARROW}")
+    return problems
 
 
 def record_problems(driver, origin: str, relative: str) -> list[str]:

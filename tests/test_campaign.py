@@ -506,20 +506,3 @@ def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path,
     outcomes = campaign.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
     assert outcomes[0]["status"] == "failed" and outcomes[0]["message"].endswith("the recorded ['lr']")
     assert executed == [str(tmp_path / "defaults")]
-
-
-def test_status_reads_the_chosen_precision_without_torch(tmp_path):
-    """--status reads the self-check's chosen variant through Variant.from_name without importing
-    torch; an unreadable choice means fp32."""
-    import subprocess
-    import sys
-    state = tmp_path / campaign.STATE_DIR
-    state.mkdir()
-    code = ("import sys; from pathlib import Path; from reproresnet import campaign; "
-            "plan = campaign.Plan(archs=('preact_resnet20',), seeds=(0,)); "
-            "configs = campaign._status_configs(plan, Path(sys.argv[1])); "
-            "print(configs['preact_resnet20'][0].bf16, 'torch' in sys.modules)")
-    for variant, bf16 in (("graph-bf16-nhwc-k3", "True"), ("eager-fp32-nchw-k1", "False"), ("bf16", "False")):
-        (state / campaign.SELFCHECK_FILE).write_text(json.dumps({"chosen": {"variant": variant}}))
-        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
-        assert out.stdout.split() == [bf16, "False"], (variant, out.stderr)

@@ -209,30 +209,40 @@ def gid_lines(axes, gid):
     return [line for line in axes.get_lines() if line.get_gid() == gid]
 
 
-def test_plot_curves_over_the_whole_recipe_with_reference_lines_and_lr_drops(tmp_path):
+def test_plot_curves_zoom_to_the_epochs_done_and_label_coinciding_references_once(tmp_path):
     run_dir = make_run(tmp_path, "preact_resnet110-seed0", status="running", epochs=200,
                        metric_rows=[{"epoch": e, "train_loss": 2.0 / e, "train_error": 40.0 / e,
                                      "test_error": 50.0 / e} for e in (1, 2, 3)])
     record = json.loads((run_dir / records.RUN_FILE).read_text())
     record["schedule"] = {"iterations_per_epoch": 782, "milestones": [62_560, 93_840]}  # epochs 80 and 120
     (run_dir / records.RUN_FILE).write_text(json.dumps(record))
-    figure = report.plot_curves(run_dir, paper_error=6.37, seed_error=6.38)
+    figure = report.plot_curves(run_dir, paper_error=6.37, seed_error=6.38, paper_name="He et al. 2016")
     error_axes, loss_axes = figure.axes
     [paper] = gid_lines(error_axes, "paper_error")
-    assert paper.get_linestyle() == "--" and list(paper.get_ydata()) == [6.37, 6.37]
-    assert paper.get_color() == "black" and paper.get_label() == "paper: 6.37 %"
-    assert [list(line.get_ydata()) for line in gid_lines(error_axes, "seed_error")] == [[6.38, 6.38]]
-    # the x axis is the recipe's whole length, unfinished as the run is, with its learning-rate drops
-    assert error_axes.get_xlim() == (0, 200) and loss_axes.get_xlim() == (0, 200)
-    assert sorted(line.get_xdata()[0] for line in gid_lines(error_axes, "lr_drop")) == [80, 120]
-    labels = [line.get_label() for line in error_axes.get_lines()]
-    assert "test error" in labels and "training error" in labels
+    [seed] = gid_lines(error_axes, "seed_error")
+    assert list(paper.get_ydata()) == [6.37, 6.37] and list(seed.get_ydata()) == [6.38, 6.38]
+    # 6.37 and 6.38 are one line to the eye: one style, one label naming both
+    assert paper.get_linestyle() == seed.get_linestyle() == "--" and paper.get_color() == "black"
+    assert paper.get_label() == "He et al. 2016 6.37 / ReScience repr. 6.38 %" and seed.get_label().startswith("_")
+    # the x axis spans the 3 epochs done and says so; the drops at 80 and 120 are not reached
+    assert error_axes.get_xlim() == (0, 3) and loss_axes.get_xlim() == (0, 3)
+    assert error_axes.get_xlabel() == "epoch (3 of 200 done)" and not gid_lines(error_axes, "lr_drop")
+    record["schedule"]["milestones"] = [1_564, 93_840]  # a drop after epoch 2: reached, and marked there
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    assert [line.get_xdata()[0] for line in gid_lines(report.plot_curves(run_dir).axes[0], "lr_drop")] == [2]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend == ["test error", "training error", "He et al. 2016 6.37 / ReScience repr. 6.38 %"]
+    assert all(text.get_fontsize() >= report.LABEL_SIZE for text in figure.legends[0].get_texts())
+    far = report.plot_curves(run_dir, paper_error=5.46, seed_error=9.0)  # apart: a label each
+    assert [line.get_label() for line in far.axes[0].get_lines() if line.get_gid() in ("paper_error", "seed_error")] \
+        == ["paper 5.46 %", "ReScience repr. 9.00 %"]
     assert loss_axes.get_yscale() == "log"
     figure.canvas.draw()  # the loss axis reads in plain numbers, never "9e-01" or a power of ten
     ticks = [tick.get_text() for tick in loss_axes.get_yticklabels() if tick.get_text()]
     assert len(ticks) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?", tick) for tick in ticks), ticks
     title = figure._suptitle.get_text()
-    assert "CIFAR-10" in title and "2/200 epochs" in title and "batch 64" in title
+    assert "CIFAR-10" in title and "2 of 200 epochs" in title and "batch 64" in title
+    assert title.startswith("Pre-act ResNet-110 (preact_resnet110) on")
 
 
 def test_plot_curves_from_a_dataframe_without_reference(tmp_path):
@@ -251,7 +261,7 @@ def test_curves_of_a_jpeg_mirror_run_grey_the_cifar10_numbers_and_say_so(tmp_pat
     assert "not a CIFAR-10 result" in figure._suptitle.get_text()
     assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text()
     [paper] = gid_lines(figure.axes[0], "paper_error")  # context only: grey, and said to be CIFAR-10's
-    assert paper.get_color() == "0.55" and paper.get_label() == "paper, CIFAR-10: 6.37 %"
+    assert paper.get_color() == "0.55" and paper.get_label() == "He et al. 2016 6.37 / ReScience repr. 6.38 %, CIFAR-10"
     assert report.curves_for_network(runs, "wrn_16_4") is None
 
 
@@ -264,7 +274,7 @@ def test_synthetic_smoke_runs_are_never_plotted(tmp_path):
     runs, _ = report.load_runs(tmp_path)
     assert report.curves_for_network(runs, "preact_resnet110") is None
     figure = report.curves_for_network(runs, "wrn_16_4")  # the mirror run, although the smoke run is longer
-    assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text() and "3/3 epochs" in figure._suptitle.get_text()
+    assert "CIFAR-10 (JPEG mirror)" in figure._suptitle.get_text() and "3 of 3 epochs" in figure._suptitle.get_text()
     smoke = report.run_figure(tmp_path / "wrn_16_4-smoke")  # its own page: no paper to hold it to
     assert not gid_lines(smoke.axes[0], "paper_error")
 
@@ -294,10 +304,20 @@ def test_error_against_size_marks_papers_seed_and_each_complete_run(tmp_path):
     assert list(gid_lines(by_depth, "ours CIFAR-10")[0].get_xdata()) == [16, 16]
     [mirror] = gid_lines(by_params, f"ours {report.JPEG_MIRROR}")  # apart, and said not to be CIFAR-10
     assert list(mirror.get_ydata()) == [9.0] and "not CIFAR-10" in mirror.get_label()
-    [paper] = gid_lines(by_params, "paper_error")
     quoted = {row["network"]: row for row in reference.REFERENCE}
-    assert sorted(paper.get_ydata()) == sorted(row["paper_error"] for row in quoted.values()
-                                               if row["paper_error"] is not None)
+    for axes in (by_params, by_depth):
+        papers = [(x, y) for line in gid_lines(axes, "paper_error") for x, y in zip(line.get_xdata(), line.get_ydata())]
+        seeds = [(x, y) for line in gid_lines(axes, "seed_error") for x, y in zip(line.get_xdata(), line.get_ydata())]
+        assert sorted(y for _, y in papers) == sorted(row["paper_error"] for row in quoted.values()
+                                                      if row["paper_error"] is not None)
+        assert sorted(y for _, y in seeds) == [5.41, 5.66, 6.38]
+        # ResNet-110's 6.37 and the ReScience reproduction's 6.38 side by side, not on one another
+        assert dict((y, x) for x, y in papers)[6.37] < dict((y, x) for x, y in seeds)[6.38]
+        labels = {text.get_text(): text.get_fontsize() for text in axes.texts}
+        for value in [y for _, y in papers + seeds]:  # every marker says its value, 5.66 included
+            assert any(f"{value:.2f}" in label for label in labels), value
+        assert "Pre-act ResNet-164 5.46" in labels and min(labels.values()) >= report.LABEL_SIZE
+    assert figure.get_figwidth() <= report.FIGURE_WIDTH  # drawn at the book's width: 9 pt stays 9 pt
 
 
 def bench_record(rows, device="NVIDIA H100", fmt=report.BENCH_FORMAT):
@@ -364,7 +384,8 @@ def test_benchmark_numbers_are_rounded_to_their_noise():
     table = report.bench_table([{**bench_record([row]), "name": "bench-cpu"}])
     assert list(table.iloc[0]) == ["preact_resnet110", "reproresnet", "NVIDIA H100", "128", "1,450", "34",
                                    "33,000", report.MISSING, "0.052"]
-    assert all(cell.records == ("bench-cpu",) for cell in table.iloc[0])
+    assert isinstance(table.iloc[0, 0], report.Network)  # a name, shown by its title: no number to link
+    assert all(cell.records == ("bench-cpu",) for cell in table.iloc[0, 1:])
 
 
 def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
@@ -460,10 +481,10 @@ def test_every_quoted_number_says_its_statistic_and_the_seed_network_has_its_row
     assert seed_net[report.SEED] == "5.41" and seed_net[report.PAPER] == report.MISSING
     assert row(table, "wrn_16_4")[report.SEED] == report.MISSING  # 5.41 is not WRN-16-4's
     wrn_notes = notes_of(table, "wrn_16_4")
-    assert any("5.41 % under the name WRN-16-4" in note and "2/4/4 units" in note and "≈5.7M" in note
-               and "seed_wrn_n2_k4" in note for note in wrn_notes)
-    assert [note for note in notes_of(table, "seed_wrn_n2_k4") if "2/4/4" in note] == \
-        [note for note in wrn_notes if "2/4/4" in note]
+    assert any("5.41 % under the name WRN-16-4" in note and "2, 4 and 4 units" in note and "22 layers" in note
+               and "≈5.7M" in note and 'its own row, ReScience "WRN n=2, k=4"' in note for note in wrn_notes)
+    assert [note for note in notes_of(table, "seed_wrn_n2_k4") if "4 units" in note] == \
+        [note for note in wrn_notes if "4 units" in note]
 
 
 def test_notes_say_where_the_seeds_numbers_came_from_and_each_quoted_numbers_preprocessing_and_precision():
@@ -501,14 +522,16 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
              seconds_per_epoch=1000.0)  # not behind the table: not counted
     table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
     line = table.loc["preact_resnet110"]
-    assert line["seed s/epoch (GTX 980)"] == "90 (batch 32)" and line["seed hours per run"] == "5.0"
+    assert line[report.SEED_SECONDS] == "90 (batch 32)" and line[report.SEED_HOURS] == "5.0"
     assert line["our s/epoch (median)"] == "22.5" and line["runs"] == "2"
     assert line["wall time per run (h, median)"] == "2.5"  # 06:00 to 08:30
     assert line["GPU-hours, all runs"] == f"{200 * (18 + 27) / 3600:.1f}"
     assert table.loc["preact_resnet164", "our device"] == "not run"
-    assert "resnet110" not in table.index  # neither the seed's times nor our runs
-    assert "wrn_16_4" not in table.index  # the seed's 113 s/epoch are its 22-layer network's
-    assert table.loc["seed_wrn_n2_k4", "seed hours per run"] == "6.3"
+    assert table.loc["resnet110", "our s/epoch (median)"] == report.NOT_MEASURED  # planned (tier 2), not run
+    # planned, not yet run: "not measured"; the seed's 113 s/epoch are its 22-layer network's, not WRN-16-4's
+    assert list(table.loc["wrn_16_4", [report.SEED_SECONDS, "our s/epoch (median)"]]) == [report.MISSING,
+                                                                                          report.NOT_MEASURED]
+    assert table.loc["seed_wrn_n2_k4", report.SEED_HOURS] == "6.3"
 
 
 def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
@@ -556,6 +579,12 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     assert wrn["GPU-hours to finish (est.)"] == \
         f"≈{(3 * 200 - 2 * 200) * 37 / 3 * ratio / 3600:.1f} (estimated from preact_resnet110; NVIDIA H100)"
     assert wrn["GPU-hours to finish (est.)"].records == resnet["GPU-hours spent"].records
+    # Their checkpoints gone, the 6 epochs done cannot be resumed: finishing is the whole plan again.
+    for seed in (0, 1, 2):
+        (tmp_path / f"preact_resnet110-jpeg-seed{seed}" / records.CHECKPOINT_FILE).unlink()
+    resnet = row(report.status_table(report.load_runs(tmp_path)[0]), "preact_resnet110")
+    assert resnet[report.STATUS_MIRROR] == "3 runs stopped at 2/200 (deadline), checkpoint not kept"
+    assert resnet["GPU-hours to finish (est.)"] == f"≈{3 * 200 * 37 / 3 / 3600:.1f} (NVIDIA H100)"
 
 
 def test_gpu_seconds_share_a_packed_gpu_and_count_no_cpu_epochs(tmp_path):
@@ -730,3 +759,32 @@ def test_ablation_table_has_a_row_per_option_value_with_mean_std_and_n(tmp_path)
     assert list(table["settings"]) == ["recipe defaults", "shortcut=input_projection"]
     assert list(table["test error (%): mean ± std"]) == ["6.50 ± 0.71", "6.50"]
     assert list(table["n"]) == ["2", "1"]
+
+
+def test_tables_show_network_titles_with_the_identifier_on_hover_and_scroll_in_a_container(tmp_path):
+    make_run(tmp_path, "preact_resnet110-jpeg-seed0", status="stopped", label=report.JPEG_MIRROR, dataset="folder:/m")
+    runs = report.load_runs(tmp_path)[0]
+    table = report.status_table(runs)
+    assert list(table["network"]) == list(report.status_networks())  # computed with the identifiers
+    assert report.STATUS_SEED.startswith("ReScience repr. (%)") and "seed" not in report.SEED.lower()
+    html = report.html_table(table, "status-table")
+    assert html.startswith('<div class="table-scroll"><table id="status-table"') and "</table></div>" in html
+    assert '<span class="network" title="preact_resnet110">Pre-act ResNet-110</span>' in html
+    assert '<span class="network" title="seed_wrn_n2_k4">ReScience &quot;WRN n=2, k=4&quot;</span>' in html
+    # the status words ("stopped", "interrupted", "checkpoint not kept") are explained in one place
+    assert f'<a href="../book/runs/{report.STATUS_WORDS}">status words</a>' in html
+    assert "status words" in report.html_table(report.other_runs_table(runs), "other-runs-table")
+    assert "status words" not in report.html_table(report.compute_table(runs), "compute-table")
+
+
+def test_the_run_index_is_a_table_of_network_data_epochs_status_and_error(tmp_path):
+    make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=5.4, epochs=3)
+    make_run(tmp_path, "preact_resnet110-jpeg-seed0", status="stopped", label=report.JPEG_MIRROR, dataset="folder:/m")
+    table = report.run_index_table(report.load_runs(tmp_path)[0])
+    assert list(table.columns) == ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
+    assert [list(row) for row in table.itertuples(index=False)] == [
+        ["preact_resnet110-jpeg-seed0", "preact_resnet110", "CIFAR-10 (JPEG mirror), 50,000 training images", "2/200",
+         "stopped at 2/200 (interrupted), checkpoint not kept", "11.00 (epoch 2)"],
+        ["wrn_16_4-seed0", "wrn_16_4", "CIFAR-10, 50,000 training images", "3/3", "complete", "5.40"]]
+    assert table.iloc[0]["test error (%)"].records == ("preact_resnet110-jpeg-seed0",)
+    assert isinstance(table.iloc[1]["network"], report.Network) and table.iloc[1]["network"].title == "WRN-16-4"

@@ -389,8 +389,9 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
 def test_the_cli_stops_cleanly_and_says_how_far_it_got(tmp_path, capsys):
     from reproresnet import cli
     args = ["train", "--arch", "preact_resnet20", "--dataset", "synthetic", "--limit-train", "32",
-            "--limit-test", "16", "--epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "r")]
-    assert cli.main(args + ["--stop-after", "0"]) == 0
+            "--limit-test", "16", "--batch-size", "16", "--epochs", "2", "--device", "cpu", "--quiet",
+            "--out", str(tmp_path / "r")]
+    assert cli.main(args + ["--stop-after", "0.001"]) == 0  # spent by the time the first epoch could start
     assert "0/2 epochs; stopped cleanly" in capsys.readouterr().out
 
 
@@ -398,3 +399,18 @@ def test_stop_after_and_stop_at_are_exclusive():
     from reproresnet import cli
     with pytest.raises(SystemExit):
         cli.main(["train", "--arch", "preact_resnet20", "--out", "x", "--stop-after", "5", "--stop-at", "1"])
+
+
+def test_the_epoch_line_prints_the_lr_the_epoch_ran_at():
+    """`train --epochs 2` of the seed recipe on 256 images: 4 steps an epoch, the first decay at
+    step 3 (0.8 epochs), the second at step 5. The first epoch ran 3 steps at 0.1 and its last at
+    0.01: its line says both, not the last alone."""
+    from reproresnet.recipes import RECIPES, make_schedule
+    schedule = make_schedule(RECIPES["seed"].replace(epochs=2), "preact_resnet20", 256)
+    assert (schedule.iterations_per_epoch, schedule.milestones) == (4, (3, 5))
+    row = {"epoch": 1, "lr": 0.01, "train_loss": 2.3, "train_error": 90.0, "test_error": 89.0, "seconds": 1.0,
+           "images_per_second": 200.0}
+    assert "lr 0.1→0.01 (first→last step) " in training._epoch_line(row, schedule)
+    assert "lr 0.01→0.001 (first→last step) " in training._epoch_line({**row, "epoch": 2}, schedule)
+    steady = make_schedule(RECIPES["seed"].replace(epochs=200), "preact_resnet20", 256)
+    assert " lr 0.1  train loss" in training._epoch_line(row, steady)  # one lr all epoch: said once

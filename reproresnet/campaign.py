@@ -294,7 +294,7 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> dict | None:
         earlier = json.loads(path.read_text())
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
         if (earlier.get("format"), earlier.get("device"), earlier.get("gpu"), earlier.get("torch")) == \
-                (probe.FORMAT, str(device), gpu, torch.__version__):
+                (probe.FORMAT, str(device), gpu, torch.__version__) and "error" not in earlier:
             log(f"campaign: the device probe of {earlier.get('created')} holds ({path})")
             return None
     except (OSError, ValueError, AttributeError):

@@ -189,17 +189,18 @@ def conv_timing(shape: dict, precision: str, device, k: int = 3, reps: int = REP
 
 def probe(device, batches: dict[str, int], budget: float = BUDGET, k: int = 3) -> dict:
     """The record: `capture` and `convolutions` on CUDA within `budget` seconds; on another
-    device, that it needs CUDA. `batches`: the plan's networks and their batch sizes."""
+    device, that it needs CUDA. `batches`: the plan's networks and their batch sizes. Never
+    raises: what failed is the finding (`error`), and the slot goes on."""
     device = torch.device(device)
-    record = {"format": FORMAT, "device": str(device), "torch": torch.__version__,
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "budget": budget}
+    record = {"format": FORMAT, "device": str(device), "torch": torch.__version__, "budget": budget}
     if device.type != "cuda":
-        return {**record, "ok": None, "skipped": "needs CUDA: graph capture and replay, cuDNN's convolutions "
-                                                 "and autotuning"}
+        return {**record, "gpu": None, "ok": None,
+                "skipped": "needs CUDA: graph capture and replay, cuDNN's convolutions and autotuning"}
     began = time.perf_counter()
     saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True  # as training runs (train.build_stack)
     try:
+        torch.backends.cudnn.benchmark = True  # as training runs (train.build_stack)
+        record["gpu"] = torch.cuda.get_device_name(device)
         record["capture"] = _attempt(capture_check, device)
         record["convolutions"], record["unmeasured"] = [], []
         for shape in conv_shapes(batches):
@@ -209,10 +210,13 @@ def probe(device, batches: dict[str, int], budget: float = BUDGET, k: int = 3) -
                     continue
                 record["convolutions"].append({**shape, "precision": precision,
                                                **_attempt(conv_timing, shape, precision, device, k)})
+        record["autotune_seconds_total"] = round(sum(r.get("autotune_seconds", 0) for r in record["convolutions"]),
+                                                 3)
+        record["ok"] = record["capture"].get("ok", False)
+    except Exception as error:  # noqa: BLE001 (outside the parts: the device itself, say)
+        record.update(ok=False, error=f"{type(error).__name__}: {error}"[:300])
     finally:
         torch.backends.cudnn.benchmark = saved
-    record["autotune_seconds_total"] = round(sum(r.get("autotune_seconds", 0) for r in record["convolutions"]), 3)
-    record["ok"] = record["capture"].get("ok", False)
     record["seconds"] = round(time.perf_counter() - began, 2)
     return record
 
@@ -228,6 +232,8 @@ def format_probe(record: dict) -> str:
     """The record in a few lines: capture and replay, then grouped against separate."""
     if record.get("skipped"):
         return f"probe: {record['device']}: skipped ({record['skipped']})"
+    if record.get("error"):
+        return f"probe: {record['device']}: FAILED after {record['seconds']} s ({record['error']})"
     capture = record["capture"]
     lines = [f"probe: {record['gpu']}, torch {record['torch']}, {record['seconds']} s; capture "
              f"{'ok' if capture.get('ok') else 'FAILED'}: " + (capture["error"] if "error" in capture else

@@ -186,3 +186,16 @@ def test_the_probe_record_reads_as_a_table():
     assert lines[0].startswith("probe: a CPU standing in") and "capture ok: first capture" in lines[0]
     assert lines[2].split()[:4] == ["wrn_16_4", "64->64", "3x3", "@8"] and "RuntimeError: x" in lines[3]
     assert lines[-1].endswith("1 shape(s) left unmeasured (budget 20 s)")
+
+
+def test_a_probe_that_fails_outside_its_parts_says_so_and_never_raises(monkeypatch):
+    """The slot goes on whatever the probe meets: here the device itself cannot be named."""
+    def unnamed(device):
+        raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", unnamed)
+    benchmark = torch.backends.cudnn.benchmark
+    record = probe.probe(torch.device("cuda"), {"preact_resnet110": 64})
+    assert record["ok"] is False and record["error"] == "RuntimeError: CUDA error: no CUDA-capable device is detected"
+    assert probe.format_probe(record).startswith("probe: cuda: FAILED after ")
+    assert torch.backends.cudnn.benchmark == benchmark  # restored

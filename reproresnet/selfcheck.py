@@ -669,15 +669,15 @@ def format_variants(record: dict) -> str:
              + "".join(f" {q + ' floor':>14} {'tolerance':>10}" for q in QUANTITIES)]
     for precision, floors in record.get("floors", {}).items():
         lines.append(f"{precision:<10}" + "".join(f" {floors[q]:>14.2e} {factor * floors[q]:>10.2e}" for q in QUANTITIES))
-    lines.append(f"{'variant':<24} {'ok':>5} {'ms/step':>8} {'img/s':>8}"
+    lines.append(f"{'variant':<24} {'ok':>5} {'ms/step':>9} {'img/s':>7}"
                  + "".join(f" {q + '/tol':>13}" for q in QUANTITIES))
     rows = [(r, "") for r in record["variants"]] + [
         ({**n, "variant": n.get("variant", "?")}, f"  ({arch})") for arch, network in list(record["networks"].items())[1:]
         for n in (network, network.get("stacked")) if n]
     for r, where in rows:
-        step, ratios = r.get("seconds_per_step"), r.get("ratios") or {}
-        lines.append(f"{r['variant']:<24} {str(r.get('ok')):>5} {1e3 * step if step else float('nan'):>8.2f} "
-                     f"{r.get('images_per_second') or float('nan'):>8.0f}"
+        step, ratios, rate = r.get("seconds_per_step"), r.get("ratios") or {}, r.get("images_per_second")
+        lines.append(f"{r['variant']:<24} {str(r.get('ok')):>5} {f'{1e3 * step:.2f}' if step else 'not timed':>9} "
+                     f"{f'{rate:.0f}' if rate else '—':>7}"
                      + "".join(f" {ratios.get(q, float('nan')):>13.3g}" for q in QUANTITIES) + where
                      + (f"  {r['error']}" if "error" in r else "") + (f"  {r['why']}" if "why" in r else "")
                      + (f"  {r['note']}" if "note" in r else ""))

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import sys
 
 from . import __version__, architectures
@@ -315,6 +316,9 @@ def _run(command: str, argv: list[str], run) -> int:
         if (error.name or "").partition(".")[0] in TRAINING_MODULES:
             return _missing_training(command, error.name.partition(".")[0])
         raise
+    except BrokenPipeError:  # `list | head` closed our output: nothing more to say (Python's signal docs)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:

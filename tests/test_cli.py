@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,16 @@ def test_list_and_recipe_answer_without_torch_and_train_names_the_install_step(t
             lines[0].endswith("pip install -e '.[train]'"), lines
     assert list(tmp_path.iterdir()) == []  # refused before anything was created
     assert "torch" not in {name.partition(".")[0] for name, module in sys.modules.items() if module is not None}
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`reproresnet list | head -3`: the reader closed the pipe before the table was written;
+    the command ends quietly (exit 1), not with a BrokenPipeError traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    try:
+        result = subprocess.run([sys.executable, "-m", "reproresnet", "list"], stdout=write, stderr=subprocess.PIPE,
+                                text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr

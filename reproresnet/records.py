@@ -402,15 +402,22 @@ def bundled_checkpoints(bundle_dir: Path) -> frozenset[str]:
     return frozenset(path.parent.name for path in paths if path.name == CHECKPOINT_FILE)
 
 
+def lock_owner(run_dir: Path) -> list[str] | None:
+    """The words of the "pid N on HOST" line the lock's holder wrote (rundir.run_dir_lock), or
+    None where there is no lock file or its line is not of that shape."""
+    try:
+        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
+    except OSError:
+        return None
+    return owner if len(owner) == 4 and owner[0] == "pid" and owner[1].isdigit() else None
+
+
 def lock_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock, read from the "pid N on HOST" its holder
     wrote (reading, not locking: a probe would make a starting writer fail). A lock written
     on another host cannot be checked from here and counts as held."""
-    try:
-        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
-    except OSError:
-        return False
-    if len(owner) != 4 or owner[0] != "pid" or not owner[1].isdigit():
+    owner = lock_owner(run_dir)
+    if owner is None:
         return False
     if owner[3] != platform.node():
         return True

@@ -405,11 +405,8 @@ def holds_run(run_dir: Path) -> bool:
 
 def _our_lock(run_dir: Path) -> bool:
     """The folder holds the lock a process of ours wrote ("pid N on HOST", run_dir_lock)."""
-    try:
-        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
-    except OSError:
-        return False
-    return len(owner) == 4 and owner[0] == "pid" and owner[1].isdigit() and owner[2] == "on"
+    owner = records.lock_owner(run_dir)
+    return owner is not None and owner[2] == "on"
 
 
 def _papermill_output(path: Path) -> bool:

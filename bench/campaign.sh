@@ -13,7 +13,7 @@
 #     second call on the same (still warm) machine continues from the run directories the
 #     first one left, with no round trip through a bundle;
 #  4. the campaign, one process, for CAMPAIGN_SECONDS (default: all that the limit leaves): it
-#     probes the device (reproresnet/probe.py, seconds), reads the mirror once, runs (or reuses)
+#     probes the device (reproresnet/campaign/probe.py, seconds), reads the mirror once, runs (or reuses)
 #     the in-process self-check that chooses the engine, precision, layout and stack size, then
 #     trains the plan's networks, each one's seeds as one stacked network, and prints the
 #     variant table and the status table;

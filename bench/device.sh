@@ -4,7 +4,7 @@
 #     bash bench/device.sh
 #
 # 1. versions and nvidia-smi;
-# 2. `python3 -m reproresnet.bench` on CUDA for WRN-16-4, pre-act ResNet-110 and ResNet-164:
+# 2. `python3 -m reproresnet.bench.measure` on CUDA for WRN-16-4, pre-act ResNet-110 and ResNet-164:
 #    this project's paths (eager, graph engine, 3 networks stacked) against the plain PyTorch
 #    baseline (bench.json);
 # 3. with the time left: (a) the eager path through torch.compile with its own CUDA graphs
@@ -100,7 +100,7 @@ nproc
 if [[ -n "${OUT:-}" ]]; then
     dest=$OUT
 else
-    slug=$("$py" -c "import torch, sys; from reproresnet.bench import device_slug; print(device_slug(torch.device(sys.argv[1])))" "$device")
+    slug=$("$py" -c "import torch, sys; from reproresnet.bench.measure import device_slug; print(device_slug(torch.device(sys.argv[1])))" "$device")
     dest=results/bench-$slug
 fi
 mkdir -p "$dest"
@@ -108,7 +108,7 @@ echo "== records in $dest"
 
 # Step 2: the benchmark proper: every path the library trains with, and the baseline.
 run_step "benchmark" "$(min "$(left)" 300)" required \
-    "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --epochs 0 \
+    "$py" -m reproresnet.bench.measure --device "$device" --archs "${archs[@]}" --epochs 0 \
     --out "$dest/bench.json" "${extra[@]}"
 
 # Step 3a: torch.compile's CUDA graphs on the eager path; deep, narrow nets are launch-bound.
@@ -117,14 +117,14 @@ for arch in preact_resnet110 preact_resnet164 "${archs[@]}"; do
     [[ " ${archs[*]} " == *" $arch "* && " ${variant_archs[*]} " != *" $arch "* ]] && variant_archs+=("$arch")
 done
 run_step "benchmark, compile mode reduce-overhead" "$(min "$(left)" 180)" optional \
-    "$py" -m reproresnet.bench --device "$device" --archs "${variant_archs[@]}" \
+    "$py" -m reproresnet.bench.measure --device "$device" --archs "${variant_archs[@]}" \
     --compile --compile-mode reduce-overhead --no-baseline --no-graph --stack 1 --steps 100 --warmup-steps 30 \
     --epochs 0 \
     --out "$dest/bench-reduce-overhead.json" "${extra[@]}"
 
 # Step 3b: real epochs through train_one_epoch, the last batch of 80 included (run eagerly).
 run_step "real epochs" "$(min "$(left)" 240)" optional \
-    "$py" -m reproresnet.bench --device "$device" --archs "${archs[@]}" --no-baseline \
+    "$py" -m reproresnet.bench.measure --device "$device" --archs "${archs[@]}" --no-baseline \
     --steps 20 --warmup-steps 5 --data-batches 20 --epochs 2 \
     --out "$dest/bench-epochs.json" "${extra[@]}"
 
@@ -148,7 +148,7 @@ echo "== summary ($((SECONDS - start)) s)"
 "$py" - "$dest" <<'EOF' || failed=1
 import json, sys
 from pathlib import Path
-from reproresnet.bench_record import format_bench
+from reproresnet.bench.record import format_bench
 for path in sorted(Path(sys.argv[1]).glob("bench*.json")):
     record = json.loads(path.read_text())
     print(f"-- {path.name}{'' if record['complete'] else ' (INCOMPLETE: a step ran out of time or failed)'}")

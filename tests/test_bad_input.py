@@ -140,7 +140,7 @@ def test_bad_number_names_the_value_and_what_is_accepted(tmp_path, capsys, flag,
     (["campaign", "--out", "unused", "--budget", "60", "--max-unfinished-mb", "inf"], "--max-unfinished-mb"),
 ])
 def test_every_command_refuses_a_non_finite_number(tmp_path, capsys, monkeypatch, args, flag):
-    from reproresnet import campaign
+    from reproresnet.campaign import slot as campaign
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(campaign, "run_campaign", lambda *a, **k: pytest.fail("the campaign ran"))
     code, err = run_cli(capsys, args)

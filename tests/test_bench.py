@@ -7,8 +7,9 @@ import statistics
 import pytest
 import torch
 
-from reproresnet import bench, bench_record
-from reproresnet.bench import BenchSettings
+from reproresnet.bench import measure as bench
+from reproresnet.bench import record as bench_record
+from reproresnet.bench.measure import BenchSettings
 from reproresnet.config import CIFAR_TRAIN_IMAGES
 from reproresnet.models import UnknownArchitectureError
 

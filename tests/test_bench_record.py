@@ -1,6 +1,6 @@
 """The benchmark record's arithmetic (bench_record.py); its shape as a real benchmark writes it: tests/test_bench.py."""
 
-from reproresnet import bench_record
+from reproresnet.bench import record as bench_record
 
 
 def test_ratios_pair_rows_by_network():

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reproresnet import book_pages, records
+from reproresnet import records
+from reproresnet.book import pages as book_pages
 from test_report import bench_record, make_run, with_speed
 
 ROOT = Path(__file__).resolve().parent.parent

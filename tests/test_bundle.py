@@ -14,8 +14,9 @@ import torch
 
 from conftest import digest, fake_record, run_cli
 from faults import Faults, Killed
-from reproresnet import bundle as bundling
-from reproresnet import campaign, records, rundir
+from reproresnet.campaign import bundle as bundling
+from reproresnet import records, rundir
+from reproresnet.campaign import slot as campaign
 
 
 def write_checkpoint(path: Path, epochs: int, status: str = "running", size: int = 1000, seed: int = 0) -> None:

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from reproresnet import bundle as bundling
-from reproresnet import campaign, records, rundir, selfcheck
+from reproresnet.campaign import bundle as bundling
+from reproresnet import records, rundir
+from reproresnet.campaign import slot as campaign
+from reproresnet.campaign import selfcheck
 from reproresnet import train as training
 from reproresnet.config import TrainConfig, selfcheck_state
 from reproresnet.reference import ORIGINAL_UNITS, REPRODUCED
@@ -500,7 +502,7 @@ def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path,
     run-time one (device) does not."""
     import nbformat
     pytest.importorskip("papermill")
-    from reproresnet import sweep
+    from reproresnet import launch
     notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
     notebook.cells = [nbformat.v4.new_code_cell('arch = "preact_resnet20"\nseed = 0\nrun_dir = ""',
                                                 metadata={"tags": ["parameters"]})]
@@ -510,7 +512,7 @@ def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path,
         rundir.write_json(tmp_path / name / records.RUN_FILE, fake_record(
             arch="preact_resnet20", status="complete", config={"arch": "preact_resnet20", "seed": 0, **config}))
     executed = []
-    monkeypatch.setattr(sweep, "execute_run", lambda notebook, run_dir, parameters, progress: executed.append(
+    monkeypatch.setattr(launch, "execute_run", lambda notebook, run_dir, parameters, progress: executed.append(
         run_dir) or {"run": Path(run_dir).name, "status": "complete", "message": None})
     outcomes = campaign.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
     assert outcomes[0]["status"] == "failed" and outcomes[0]["message"].endswith("the recorded ['lr']")

@@ -257,7 +257,8 @@ def _check_run_dir(run_dir: Path) -> dict:
 
 # Two epochs with a validation split: best.pt, checkpoint.pt, metrics.csv and run.json, twice.
 SHORT = dict(arch="preact_resnet20", dataset="synthetic", limit_train=32, limit_test=16, val_size=16,
-             batch_size=16, epochs=2, device="cpu")
+             batch_size=16, epochs=2, device="cpu", threads=1)  # pinned: the free-core default follows the load,
+# and a fresh run on other threads sums in another order (this test failed now and then under load)
 
 
 @pytest.fixture(scope="module")

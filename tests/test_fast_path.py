@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from reproresnet import bench
+from reproresnet.bench import measure as bench
 from reproresnet.data import PAD, Normalizer, augment, train_batches
 from reproresnet.architectures import ArchSpec
 from reproresnet.models import build_model, create
@@ -189,7 +189,7 @@ def test_compiled_model_keeps_its_full_batch_graph_after_a_partial_batch():
 
 _COMPILE_CHECK = textwrap.dedent("""
     import json, torch
-    from reproresnet import bench
+    from reproresnet.bench import measure as bench
     from reproresnet.models import build_model
     from reproresnet.engine import Speedups, compile_model, train_step
     torch.manual_seed(0)

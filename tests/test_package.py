@@ -1,34 +1,59 @@
 """The package's shape: data flows one way, so no module imports, directly or through others,
-a module that imports it (every import counts, those inside functions too)."""
+a module that imports it (every import counts, those inside functions too); the science core (the
+package's own modules) imports none of the sub-packages around it, and each sub-package imports
+the core, its own modules and the others' faces (their __init__), never their insides."""
 
 import ast
 import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "reproresnet"
+SUBPACKAGES = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+
+
+def module_name(path: Path) -> str:
+    """reproresnet/campaign/slot.py -> 'campaign.slot'; a package's __init__ is the package."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
 
 
 def imports() -> dict[str, set[str]]:
-    """Each module of the package -> the package's modules it imports."""
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """Each module of the package -> the package's modules it imports (dotted, e.g. 'campaign.slot')."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths}
+
+    def known(dotted: str) -> set[str]:  # 'bench.record.load' -> 'bench.record'
+        parts = dotted.split(".")
+        return {".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules}
+
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in paths:
+        name = module_name(path)
+        package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+        package = [] if name == "__init__" else package
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                found.update([node.module.split(".")[0]] if node.module else [alias.name for alias in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("reproresnet"):
-                parts = node.module.split(".")
-                found.update(parts[1:2] or [alias.name for alias in node.names])
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("reproresnet")):
+                if node.level:
+                    base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module.partition(".")[2]
+                targets = [f"{stem}.{alias.name}".strip(".") for alias in node.names]
+                for target in targets:
+                    found |= set(sorted(known(target), key=len)[-1:]) or set(sorted(known(stem), key=len)[-1:])
             elif isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("reproresnet."))
-        graph[path.stem] = found & modules - {path.stem}
+                for alias in node.names:
+                    if alias.name.startswith("reproresnet."):
+                        found |= set(sorted(known(alias.name.partition(".")[2]), key=len)[-1:])
+        graph[name] = found - {name}
     return graph
 
 
 def test_no_import_cycle():
     graph = imports()
-    assert {"train", "records", "bench", "bench_baseline"} <= set(graph) and graph["train"]  # the package was read
+    assert {"train", "records", "bench.measure", "bench.baseline", "campaign.slot"} <= set(graph)  # the package was read
+    assert "train" in graph["bench.measure"] and "bench.record" in graph["bench"]
 
     def reaches(start: str) -> set[str]:
         seen, todo = set(), [start]
@@ -40,6 +65,25 @@ def test_no_import_cycle():
 
     cycles = sorted(module for module in graph if module in reaches(module))
     assert cycles == [], f"modules on an import cycle: {cycles}"
+
+
+def test_the_core_stands_alone_and_the_machinery_meets_only_at_faces():
+    graph = imports()
+    assert {"campaign", "bench", "book", "launch"} <= set(SUBPACKAGES)
+    core = {name for name in graph if "." not in name and name not in SUBPACKAGES and name not in {"cli", "__main__"}}
+    assert {"train", "models", "records", "rundir", "engine"} <= core
+    wrong = []
+    for name, imported in graph.items():
+        home = name.split(".")[0] if name.split(".")[0] in SUBPACKAGES else None
+        for target in imported:
+            target_home = target.split(".")[0] if target.split(".")[0] in SUBPACKAGES else None
+            if name in core and target not in core:
+                wrong.append(f"the core's {name} imports {target}")
+            elif home and target_home and target_home != home and target != target_home:
+                wrong.append(f"{name} imports {target}, inside another sub-package (import its face, {target_home})")
+            elif name not in {"cli", "__main__"} and target == "cli":
+                wrong.append(f"{name} imports the command line, which sits on top")
+    assert wrong == []
 
 
 ROOT = PACKAGE.parent

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import argv, fake_record, run_cli
-from reproresnet import campaign, records, rundir
+from reproresnet import records, rundir
+from reproresnet.campaign import slot as campaign
 from reproresnet import train as training
 from reproresnet.config import MAX_EPOCHS, MAX_SEED
 
@@ -177,7 +178,7 @@ def _read_only(monkeypatch) -> None:
 @pytest.fixture
 def bundled(tmp_path) -> tuple[Path, Path]:
     """(a campaign directory with one run, its bundle)."""
-    from reproresnet import bundle
+    from reproresnet.campaign import bundle
     src = tmp_path / "campaign"
     (src / "a-seed0").mkdir(parents=True)
     rundir.write_json(src / "a-seed0" / records.RUN_FILE, fake_record(status="complete"))
@@ -289,7 +290,7 @@ def test_campaign_status_shows_what_is_on_disk(tmp_path, capsys):
 def test_campaign_status_needs_no_torch(tmp_path):
     import subprocess
     import sys
-    code = ("import sys; from pathlib import Path; from reproresnet import campaign; "
+    code = ("import sys; from pathlib import Path; from reproresnet.campaign import slot as campaign; "
             "campaign.disk_status(Path(sys.argv[1])); print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False"], done.stderr
@@ -311,7 +312,8 @@ def test_campaign_status_needs_no_torch(tmp_path):
     pytest.param(["selfcheck", "--seeds", "-1"], ["seed=-1"], id="selfcheck-seed-negative"),
 ])
 def test_bench_and_selfcheck_refuse_numbers_out_of_range(tmp_path, capsys, monkeypatch, args, words):
-    from reproresnet import bench, selfcheck
+    from reproresnet.bench import measure as bench
+    from reproresnet.campaign import selfcheck
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(bench, "_bench_arch", lambda *a, **k: pytest.fail("the benchmark ran"))
     monkeypatch.setattr(selfcheck, "selfcheck", lambda *a, **k: pytest.fail("the self-check ran"))

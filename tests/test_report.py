@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reproresnet import architectures, recipes, records, reference, report
+from reproresnet import architectures, recipes, records, reference
+from reproresnet.book import report
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reproresnet import engine as engine_module
-from reproresnet import selfcheck
+from reproresnet.campaign import selfcheck
 from reproresnet import train as training
 from reproresnet.config import TrainConfig, selfcheck_state
 from reproresnet.engine import EagerEngine, GraphEngine, Speedups

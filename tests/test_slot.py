@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reproresnet import probe
+from reproresnet.campaign import probe
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = "data/cifar10-jpeg.tar.gz"
@@ -115,7 +115,7 @@ def test_the_carried_archive_is_unpacked_and_the_calls_fit_a_fifteen_minute_slot
     assert len(list((root / "runs" / "campaign" / "_campaign").glob("slot-*.log"))) >= 1
 
 
-# ---------------------------------------------------------------- the device probe (reproresnet/probe.py)
+# ---------------------------------------------------------------- the device probe (reproresnet/campaign/probe.py)
 
 
 class ReplayByCalling:

@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from reproresnet import records, sweep
+from reproresnet import records
+from reproresnet.launch import sweep
 from reproresnet.config import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,11 @@ from myst_parser.config.main import MdParserConfig
 from myst_parser.parsers.mdit import create_md_parser
 
 from conftest import argv, fake_record, run_cli
-from reproresnet import book_pages, campaign, records, report, rundir
-from reproresnet import bundle as bundling
+from reproresnet import records, rundir
+from reproresnet.book import pages as book_pages
+from reproresnet.campaign import slot as campaign
+from reproresnet.book import report
+from reproresnet.campaign import bundle as bundling
 from test_bundle import files_of, write_run
 from test_report import make_run
 
@@ -241,7 +244,7 @@ def test_a_campaign_tag_that_is_not_a_name_is_refused_before_anything_is_created
 
 
 def test_a_sweep_tag_that_is_not_a_name_is_refused_before_anything_is_created(tmp_path):
-    from reproresnet import sweep
+    from reproresnet.launch import sweep
     with pytest.raises(ValueError, match="tag='../../x' is not valid"):
         sweep.run_sweep(["preact_resnet20"], [0], tmp_path / "results", {"dataset": "synthetic"}, tag="../../x")
     assert list(tmp_path.iterdir()) == []

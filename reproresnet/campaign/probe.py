@@ -32,8 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .architectures import ARCHITECTURES
-from .engine import CudaGraphs, Engine, Speedups, alarm_held, exact_fp32, synchronize
+from ..architectures import ARCHITECTURES
+from ..engine import CudaGraphs, Engine, Speedups, alarm_held, exact_fp32, synchronize
 
 FORMAT = "reproresnet-probe/1"
 BUDGET = 20.0

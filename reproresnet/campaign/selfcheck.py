@@ -73,14 +73,14 @@ from pathlib import Path
 
 import torch
 
-from . import records, rundir
-from .config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
+from .. import records, rundir
+from ..config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
                      select_device, selfcheck_state)
-from .data import PAD, augment, device_splits, load_sources
-from .engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
-from .reference import PLANNED_SEEDS, REPRODUCED
-from .stacked import merge_tensors, stacked_batch
-from .train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
+from ..data import PAD, augment, device_splits, load_sources
+from ..engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
+from ..reference import PLANNED_SEEDS, REPRODUCED
+from ..stacked import merge_tensors, stacked_batch
+from ..train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
 
 FORMAT = SELFCHECK_FORMAT
 TOLERANCE_FACTOR = 4.0  # a variant's distance from the exact step may be this many times its precision's floor
@@ -615,7 +615,7 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import positive_integer, positive_number
+    from ..arguments import positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),

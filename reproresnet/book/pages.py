@@ -22,8 +22,11 @@ from pathlib import Path
 import pandas as pd
 from matplotlib import rc_context
 
-from . import bench_record, records, report, rundir
-from .config import CIFAR10
+from .. import bench as bench_record
+from .. import records
+from . import report
+from .. import rundir
+from ..config import CIFAR10
 
 PAGES = Path("book/runs")
 README_START = "<!-- status: written by `make readme` from the records in results/; edits here are replaced -->"

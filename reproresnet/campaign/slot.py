@@ -48,9 +48,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import records, rundir
-from .rundir import RunDirError
-from .reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
+from .. import records, rundir
+from ..rundir import RunDirError
+from ..reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
@@ -86,8 +86,8 @@ class Plan:
 
     def configs(self, out, device: str, precision: str) -> dict[str, list]:
         """Each network's runs as `TrainConfig`s (its seeds), in `out`, at `precision`."""
-        from .cli import train_settings
-        from .config import TrainConfig, distinct
+        from ..arguments import train_settings
+        from ..config import TrainConfig, distinct
         distinct("--archs", self.archs)
         distinct("--seeds", self.seeds)
         settings = train_settings(list(self.train_args), OWNED)
@@ -136,7 +136,7 @@ def checkpoint_mb(config, run_dir: Path) -> float:
     files = [run_dir / name for name in (records.CHECKPOINT_FILE, records.BEST_FILE)]
     if files[0].exists():
         return sum(f.stat().st_size for f in files if f.exists()) / 2**20
-    from .models import default_parameter_count
+    from ..models import default_parameter_count
     val_size = config.resolved_recipe().val_size
     return default_parameter_count(config.arch) * 4 * (3 if val_size else 2) / 2**20
 
@@ -247,7 +247,7 @@ def _device(options: Options, log):
     """The campaign's device, and this process's CPU threads, said."""
     import torch
 
-    from .config import cpu_threads, select_device
+    from ..config import cpu_threads, select_device
     device = select_device(options.device)
     threads, why = cpu_threads()
     torch.set_num_threads(threads)
@@ -259,7 +259,7 @@ def _device(options: Options, log):
 def load_data(plan: Plan, out: Path, device, log) -> dict:
     """The plan's data sets on `device` by `data.source_key`, each read once; every run's
     subsets and batch checked against its data set (ConfigError, DataError)."""
-    from .data import check_batch, load_device_splits, load_sources, source_key
+    from ..data import check_batch, load_device_splits, load_sources, source_key
     began = time.time()
     configs = [config for configs in plan.configs(out, device.type, "fp32").values() for config in configs]
     sources = load_sources(configs, device)
@@ -311,7 +311,7 @@ def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Opt
     (`config.selfcheck_state`; every call then trains the same way and at the same precision),
     else a new one within its budget."""
     from . import selfcheck
-    from .config import selfcheck_state
+    from ..config import selfcheck_state
     path = out / STATE_DIR / SELFCHECK_FILE
     record = _read_selfcheck(out)
     if record is not None:
@@ -399,7 +399,7 @@ def step_seconds(record: dict, config, variant) -> float | None:
     networks' arithmetic per step (forward FLOPs x batch) and their depths (a step's time
     grows with its arithmetic where the GPU is busy, with its layers where it waits on kernel
     launches); None where the check timed no such variant."""
-    from .architectures import row
+    from ..architectures import row
     network = (record.get("networks") or {}).get(config.arch) or {}
     if network.get("variant") == variant.name and network.get("seconds_per_step"):
         return network["seconds_per_step"]
@@ -420,8 +420,8 @@ def _train_group(group: list, variant, note: str, record: dict, device, sources:
     a failing engine replaced by the eager one at the same precision. A fresh run's first
     epoch is predicted from the self-check's step time, its setup from `--min-start`."""
     from . import selfcheck
-    from .engine import EngineError
-    from .train import Deadline, train_stack
+    from ..engine import EngineError
+    from ..train import Deadline, train_stack
     before = {config.out: run_state(Path(config.out))["epochs_done"] for config in group}
     names = [Path(config.out).name for config in group]
     step = step_seconds(record, group[0], variant)
@@ -494,7 +494,7 @@ def _read_selfcheck(out: Path) -> dict | None:
 def selfcheck_line(out: Path) -> str:
     """What the status table says of the self-check in `out`: complete (reused), cut short or
     failed (checked again on the next call), or none yet; torch-free."""
-    from .config import selfcheck_state
+    from ..config import selfcheck_state
     record = _read_selfcheck(Path(out))
     if record is None:
         return "self-check: none yet (the next call checks first)"
@@ -538,9 +538,9 @@ def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
     would train it)."""
     import papermill
 
-    from .config import differences
-    from .sweep import DEFAULT_NOTEBOOK, execute_run, notebook_config
-    notebook = notebook or DEFAULT_NOTEBOOK
+    from ..config import differences
+    from .. import launch
+    notebook = notebook or launch.DEFAULT_NOTEBOOK
     names = set(papermill.inspect_notebook(notebook))
     outcomes = []
     for run_dir in map(Path, run_dirs):
@@ -550,12 +550,12 @@ def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
                        "message": f"{record['epochs_done']}/{record['epochs_planned']} epochs: not rendered"}
         else:
             parameters = {k: v for k, v in record["config"].items() if k in names}
-            missing = list(differences(record["config"], notebook_config(parameters)))  # no parameter for them
+            missing = list(differences(record["config"], launch.notebook_config(parameters)))  # no parameter for them
             if missing:
                 outcome = {"run": run_dir.name, "status": "failed",
                            "message": f"{notebook} has no parameter for the recorded {missing}"}
             else:
-                outcome = execute_run(notebook, str(run_dir), {**parameters, "run_dir": str(run_dir)},
+                outcome = launch.execute_run(notebook, str(run_dir), {**parameters, "run_dir": str(run_dir)},
                                       progress=False)
         print(f"{outcome['run']}: {outcome['status']}" + (f" ({outcome['message']})" if outcome["message"] else ""))
         outcomes.append(outcome)
@@ -568,7 +568,7 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _integer, number, positive_integer, positive_number
+    from ..arguments import integer, number, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--archs", nargs="+", default=list(PLANNED), metavar="NAME",
                       help=f"networks of the plan, trained tier by tier (default: {' '.join(PLANNED)}; the "
                            f"tiers: {' | '.join(' '.join(tier) for tier in PLAN_TIERS)})")
-    plan.add_argument("--seeds", nargs="+", type=_integer, default=list(PLANNED_SEEDS), metavar="K",
+    plan.add_argument("--seeds", nargs="+", type=integer, default=list(PLANNED_SEEDS), metavar="K",
                       help=f"seeds of each network (default: {' '.join(map(str, PLANNED_SEEDS))})")
     plan.add_argument("--recipe", default="seed", help="the recipe of every run (default: seed)")
     plan.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | folder:PATH | synthetic")
@@ -623,8 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
                 tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
-    from .config import ConfigError
-    from .data import DataError
+    from ..config import ConfigError
+    from ..data import DataError
     try:
         plan.configs(args.out, "cpu", "fp32")  # every setting checked before anything runs
     except ConfigError as error:

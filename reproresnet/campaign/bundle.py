@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from . import config, records, rundir
-from .rundir import RunDirError
+from .. import config, records, rundir
+from ..rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
 MANIFEST = records.BUNDLE_MANIFEST
@@ -402,7 +402,7 @@ def main_unbundle(argv: list[str] | None = None) -> int:
             return 1
         if not args.render:
             return 0
-        from .campaign import render_runs
+        from .slot import render_runs
         run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in done["restored"]
                            if Path(rel).name == records.RUN_FILE})
         outcomes = render_runs(run_dirs)

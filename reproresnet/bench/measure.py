@@ -20,16 +20,17 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
-from . import bench_record, records, rundir
-from .architectures import ARCHITECTURES
-from .bench_baseline import BaselinePath, queued_batches
-from .config import (CIFAR_TRAIN_IMAGES, MAX_SEED, ConfigError, TrainConfig, cpu_threads, free_core_threads,
+from . import record as bench_record
+from .. import records, rundir
+from ..architectures import ARCHITECTURES
+from .baseline import BaselinePath, queued_batches
+from ..config import (CIFAR_TRAIN_IMAGES, MAX_SEED, ConfigError, TrainConfig, cpu_threads, free_core_threads,
                      load_average, select_device, usable_cores)
-from .data import DataSplits, ImageSet
-from .engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
-from .models import UnknownArchitectureError, flops_per_image
-from .reference import REPRODUCED
-from .train import build_stack, run_batches, train_one_epoch
+from ..data import DataSplits, ImageSet
+from ..engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
+from ..models import UnknownArchitectureError, flops_per_image
+from ..reference import REPRODUCED
+from ..train import build_stack, run_batches, train_one_epoch
 
 
 

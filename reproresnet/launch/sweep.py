@@ -26,11 +26,11 @@ from pathlib import Path
 
 import submitit
 
-from . import records
-from .config import TrainConfig, cpu_threads, differences
+from .. import records
+from ..config import TrainConfig, cpu_threads, differences
 
 # The repository's notebook, wherever the sweep is started from.
-DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb")
+DEFAULT_NOTEBOOK = str(Path(__file__).resolve().parents[2] / "notebooks" / "train.ipynb")
 NOTEBOOK_FILE = "train.ipynb"
 TITLE = "# Training run"
 
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                   "limit_train": args.limit_train, "limit_test": args.limit_test, "val_size": args.val_size}
     unknown = sorted({key for key, _ in args.set} - set(TrainConfig.__dataclass_fields__) - {"run_dir"})
     if unknown:
-        print(f"reproresnet.sweep: error: --set {', '.join(unknown)}: not a training setting; expected "
+        print(f"reproresnet.launch.sweep: error: --set {', '.join(unknown)}: not a training setting; expected "
               f"one of {sorted(TrainConfig.__dataclass_fields__)}", file=sys.stderr)
         return 2
     parameters.update(args.set)
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = run_sweep(args.archs, args.seeds, args.results_dir, parameters, launch=launch_from(args),
                              notebook=args.notebook, tag=args.tag, wait=args.wait)
     except ValueError as error:
-        print(f"reproresnet.sweep: error: {error}", file=sys.stderr)
+        print(f"reproresnet.launch.sweep: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(outcomes, indent=2))
     return 0 if all(o["status"] in ("complete", "skipped", "submitted") for o in outcomes) else 1

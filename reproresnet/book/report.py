@@ -27,12 +27,12 @@ import pandas as pd
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from . import architectures, records
-from .config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key  # noqa: F401 (the notebooks' API)
-from .bench_record import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
-from .bench_record import thread_ratios as bench_thread_ratios
-from .records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
-from .reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECISION, REFERENCE, SEED_DEVICE,
+from .. import architectures, records
+from ..config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key  # noqa: F401 (the notebooks' API)
+from ..bench import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
+from ..bench import thread_ratios as bench_thread_ratios
+from ..records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
+from ..reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECISION, REFERENCE, SEED_DEVICE,
                         SEED_EPOCHS, SEED_STATISTIC, UNIT_COMPARISONS, WIDE_VS_DEEP, reference)
 
 NOT_RUN, NOT_MEASURED, MISSING = "not run", "not measured", "—"
@@ -156,7 +156,7 @@ def _length(recipe: dict) -> str:
 
 def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
     """How the run's recorded recipe differs from the library's recipe for the paper, or None."""
-    from .recipes import RECIPES
+    from ..recipes import RECIPES
     name = quoted.get("paper_recipe")
     ours = run.record.get("recipe") or {}
     if name not in RECIPES or not ours:
@@ -453,8 +453,8 @@ def run_index_table(runs: list[RunRecord]) -> pd.DataFrame:
 def _options_text(run: RunRecord) -> str:
     """The settings in which a run departs from its recipe and its network's defaults, e.g. an
     ablation's `shortcut=input_projection`; "recipe defaults" when it departs in none."""
-    from .config import RECIPE_OWNED
-    from .recipes import RECIPES
+    from ..config import RECIPE_OWNED
+    from ..recipes import RECIPES
     preset = RECIPES[run.config["recipe"]].for_arch(run.arch).as_dict() if run.config.get("recipe") in RECIPES else {}
     network = architectures.row(run.arch) or {}  # its default options
     own = {key: preset.get(key) if preset.get(key) is not None else network.get(key) for key in RECIPE_OWNED}
@@ -622,7 +622,7 @@ def recipe_table() -> pd.DataFrame:
     """The training recipes as the library defines them (`reproresnet.recipes.RECIPES`): one
     column per recipe, one row per setting (narrow enough for the article), and each recipe's
     source as a numbered note."""
-    from .recipes import RECIPES, weight_decay_reach
+    from ..recipes import RECIPES, weight_decay_reach
     at_lr_change = {"pytorch": "kept", "lasagne": "kept in lr units (Lasagne)", "reset": "reset"}
     columns = {}
     for recipe in RECIPES.values():

@@ -4,7 +4,7 @@ write it (kuangliu/pytorch-cifar and its many descendants).
 PIL images through torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor and
 Normalize in a shuffling DataLoader (pinned memory on CUDA, persistent workers); an eager
 model at PyTorch's default precision (TF32 convolutions on a GPU that allows them); SGD;
-``.item()`` on the loss and the correct count every step. `reproresnet.bench` times it
+``.item()`` on the loss and the correct count every step. `reproresnet.bench.measure` times it
 against the library's own training loop.
 """
 
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .data import ImageSet
-from .engine import synchronize
-from .models import build_model
+from ..data import ImageSet
+from ..engine import synchronize
+from ..models import build_model
 
 # The constants most public CIFAR code bases normalise with (kuangliu/pytorch-cifar).
 BASELINE_MEAN, BASELINE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

@@ -17,8 +17,8 @@ import math
 import statistics
 from pathlib import Path
 
-from . import records
-from .config import CIFAR_TRAIN_IMAGES
+from .. import records
+from ..config import CIFAR_TRAIN_IMAGES
 
 BENCH_FORMAT = "reproresnet-bench/1"
 FREE_CORES = "free cores"  # the thread rule `config.cpu_threads` applies by default

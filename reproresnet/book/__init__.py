@@ -1,0 +1,1 @@
+"""The book: tables, figures and pages rendered from the run records. Imports no torch."""

@@ -88,9 +88,9 @@ class Run:
     config: TrainConfig
     splits: DataSplits
     normalizer: Normalizer
-    record: dict | None = None
+    record: records.Record | None = None
     metrics: list = dataclasses.field(default_factory=list)
-    speed: list = dataclasses.field(default_factory=list)  # one segment per process: records.speed_segment
+    speed: list = dataclasses.field(default_factory=list)  # one records.SpeedSegment per process
     active: bool = True
 
     @property
@@ -256,7 +256,7 @@ def evaluate(stack: Stack, sets: list[ImageSet]) -> list[tuple[float, float]]:
 # ---------------------------------------------------------------- the loop
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          deadline: float | Deadline | None = None, pack: int = 1, compile_mode: str = "default") -> dict:
+          deadline: float | Deadline | None = None, pack: int = 1, compile_mode: str = "default") -> records.Record:
     """Train (or resume) the run `config` describes; returns its run record.
 
     `deadline` (a `time.time()` moment, or a Deadline): stop cleanly before an epoch that would
@@ -276,8 +276,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
                             deadline=deadline, pack=pack, compile_mode=compile_mode)
     except rundir.DiskFull as full:
         raise full.with_advice(_next_step(Path(config.out))) from None
-    if record["status"] == "diverged":
-        raise TrainingDiverged(record["message"])
+    if record.status == "diverged":
+        raise TrainingDiverged(record.message)
     return record
 
 
@@ -290,7 +290,7 @@ def _next_step(run_dir: Path) -> str:
 
 
 def _train_one(config: TrainConfig, device: torch.device, world: distributed.World, threads: int, why: str, *,
-               progress: bool, **how) -> dict:
+               progress: bool, **how) -> records.Record:
     """`train`'s run in this process (of a torchrun job: `world`), after its checks."""
     with distributed.joined(world, device) as world:
         device = distributed.device_for(world, device)
@@ -309,15 +309,15 @@ def _train_one(config: TrainConfig, device: torch.device, world: distributed.Wor
 def _last_threads(run_dir: str) -> int | None:
     """The CPU threads the run in `run_dir` last trained with; None before its first epoch."""
     try:
-        threads = records.read_run(Path(run_dir))["speed"]["segments"][-1]["threads"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        threads = records.read_run(Path(run_dir)).speed[-1].threads
+    except (ValueError, IndexError):
         return None
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
 def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,
                 progress: bool = False, deadline: float | Deadline | None = None, hard_stop: float | None = None,
-                writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
+                writer: rundir.Writer | None = None, note: str | None = None) -> list[records.Record]:
     """Train (or resume) K runs of one config, seeds apart, as one stacked network in this
     process (single-process, `resume` implied); returns their records in `configs`' order. A
     run that diverges is recorded so and dropped; the others go on. `sources`: the data sets
@@ -332,7 +332,7 @@ def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict 
 def _train_in(configs: list[TrainConfig], splits: list[DataSplits], device: torch.device,
               world: distributed.World, *, resume: bool, progress: bool, deadline: float | Deadline | None,
               hard_stop: float | None = None, pack: int = 1, compile_mode: str = "default",
-              writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
+              writer: rundir.Writer | None = None, note: str | None = None) -> list[records.Record]:
     """The runs in their directories: one writer each, resumed from their checkpoints, stopped
     cleanly at `deadline`; returns their records, in `configs`' order."""
     deadline = Deadline(deadline) if isinstance(deadline, (int, float)) else deadline
@@ -373,17 +373,17 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
         config = run.config
         params, flops = network_size(config.arch, len(run.splits.classes),
                                      tuple(sorted(config.model_options().items())))
-        run.record = records.new_record(
+        run.record = records.Record.start(
             name=run.run_dir.name, config=config.as_dict(), recipe=stack.recipe.as_dict(),
             schedule=stack.schedule.as_dict(), data={**run.splits.describe(), "normalization": stack.recipe.normalization,
                                                      "augmentation": stack.recipe.augmentation},
             precision=stack.speedups.precision(), provenance=provenance,
             speedups=dataclasses.asdict(stack.speedups), params=params, flops=flops,
-            distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs)
+            distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs,
+            started=checkpoint and checkpoint["started"], epochs_done=len(checkpoint["metrics"]) if checkpoint else 0)
         if checkpoint is not None:
-            run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
             run.metrics, run.speed = checkpoint["metrics"], checkpoint.get("speed", [])
-        run.speed.append(records.speed_segment(
+        run.speed.append(records.SpeedSegment.start(
             len(run.metrics) + 1, device=stack.device.type,
             gpu=torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
             pack=pack, threads=torch.get_num_threads(), precision=stack.speedups.precision(),
@@ -397,7 +397,7 @@ def _start_line(stack: Stack, checkpoints: list) -> str:
     config, record = stack.runs[0].config, stack.runs[0].record
     together = f", {stack.k} runs as one stacked network" if stack.k > 1 else ""
     epochs = stack.schedule.epochs
-    return (f"{config.arch}: built, {record['params']:,} parameters, {record['precision']}, {stack.engine.name} "
+    return (f"{config.arch}: built, {record.params:,} parameters, {record.precision}, {stack.engine.name} "
             f"engine{', compiled during its first epoch' if stack.speedups.compile else ''}{together}; " +
             (f"resuming after epoch {len(checkpoints[0]['metrics'])} of {epochs}" if checkpoints[0]
              else f"training {epochs} epoch{'s' if epochs > 1 else ''}"))
@@ -444,7 +444,7 @@ def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, dea
     if last_epoch_s is not None:
         return last_epoch_s
     run = next(run for run in stack.runs if run.active)
-    firsts = [s["first_epoch_seconds"] for s in run.speed if s.get("first_epoch_seconds") is not None]
+    firsts = [s.first_epoch_seconds for s in run.speed if s.first_epoch_seconds is not None]
     if firsts or run.metrics:
         steady = statistics.median(row["seconds"] for row in run.metrics) if run.metrics else 0.0
         return max(firsts[-1] if firsts else 0.0, steady)
@@ -456,7 +456,7 @@ def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, dea
 
 def _stop(runs: list[Run], writer: rundir.Writer, message: str) -> None:
     for run in runs:
-        run.record.update(records.stop_fields(run.speed, message))
+        run.record.stop(run.speed, message)
         rundir.save(writer, run.run_dir, run.record, run.metrics, None)
 
 
@@ -493,7 +493,7 @@ def _stop_diverged(stack: Stack, rows: list[dict], epoch: int, writer: rundir.Wr
     for run, problem in zip(stack.runs, _divergence(stack, rows)):
         if run.active and problem:
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
-            run.record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
+            run.record.diverge(f"{problem} in epoch {epoch + 1}; {kept}")
             run.active = False
             if stack.world.main:
                 rundir.save(writer, run.run_dir, run.record, run.metrics, None)
@@ -541,8 +541,8 @@ def _test(stack: Stack, rows: list[dict]) -> None:
 def _record(stack: Stack, run: Run, row: dict) -> None:
     """The epoch's row into the run's metrics, speed and record (status, epochs done, result)."""
     run.metrics = run.metrics + [row]
-    records.update_speed(run.speed[-1], run.metrics)
-    run.record.update(records.epoch_fields(run.metrics, run.speed, stack.schedule.epochs, stack.recipe.val_size))
+    run.speed[-1].timed(run.metrics)
+    run.record.after_epoch(run.metrics, run.speed, stack.recipe.val_size)
 
 
 def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: rundir.Writer) -> None:
@@ -550,7 +550,7 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
     if stack.world.main:
         rundir.save(writer, run.run_dir, run.record, run.metrics, {
             "model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
-            "config": run.config.as_dict(), "started": run.record["started"], "speed": copy.deepcopy(run.speed),
+            "config": run.config.as_dict(), "started": run.record.started, "speed": [segment.to_json() for segment in run.speed],
             "speedups": dataclasses.asdict(stack.speedups), "generator_device": stack.device.type,
             "world_size": stack.world.size})
 

@@ -158,7 +158,7 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
     """How the run's recorded recipe differs from the library's recipe for the paper, or None."""
     from ..recipes import RECIPES
     name = quoted.get("paper_recipe")
-    ours = run.record.get("recipe") or {}
+    ours = run.record.recipe or {}
     if name not in RECIPES or not ours:
         return None
     paper = RECIPES[name].for_arch(run.arch).as_dict()  # resolved for this network, as records store it
@@ -189,22 +189,22 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
 def _data_note(run: RunRecord, quoted: dict) -> str | None:
     """How the run's data differs from the paper's (all 50,000 training images, per-image
     augmentation, the paper's normalization), or None."""
-    data = run.record["data"]
+    data = run.record.data
     differences = []
-    if data.get("n_val"):
-        differences.append(f"trained on {data.get('n_train', 0):,} images with {data['n_val']:,} held out to choose "
-                           f"the reported epoch ({(run.record.get('final') or {}).get('selected_by', '?')}); "
+    if data.n_val:
+        differences.append(f"trained on {data.n_train or 0:,} images with {data.n_val:,} held out to choose "
+                           f"the reported epoch ({(run.record.final and run.record.final.selected_by) or '?'}); "
                            "the papers train on all 50,000")
-    normalization, paper_normalization = data.get("normalization"), quoted.get("paper_normalization")
+    normalization, paper_normalization = data.normalization, quoted.get("paper_normalization")
     if normalization and paper_normalization and normalization != paper_normalization:
         differences.append(f"inputs normalized {normalization} instead of {paper_normalization}")
-    if data.get("augmentation") not in (None, "per_image"):
-        differences.append(f"crop and flip drawn {data['augmentation'].replace('_', ' ')} instead of per image")
+    if data.augmentation not in (None, "per_image"):
+        differences.append(f"crop and flip drawn {data.augmentation.replace('_', ' ')} instead of per image")
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
 def _precision_note(run: RunRecord) -> str:
-    return f"{run.arch}, precision: {run.record.get('precision', 'not recorded')} (the runs' records)."
+    return f"{run.arch}, precision: {run.record.precision or 'not recorded'} (the runs' records)."
 
 
 def _seed_network_note(quoted: dict) -> str | None:
@@ -287,9 +287,9 @@ def error_table(runs: list[RunRecord], label: str = CIFAR10) -> pd.DataFrame:
 def run_status(run: RunRecord) -> str:
     """Where one run stands, in words: "complete", "stopped at 5/200 (deadline), resumable"
     (or "..., checkpoint not kept"), "running, 7/200", "diverged in epoch 9"."""
-    done, planned = run.record["epochs_done"], run.record["epochs_planned"]
+    done, planned = run.record.epochs_done, run.record.epochs_planned
     if run.status == "stopped":
-        why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
+        why = "deadline" if "(deadline)" in str(run.record.message or "") else "interrupted"
         return f"stopped at {done}/{planned} ({why}), {'resumable' if run.resumable else 'checkpoint not kept'}"
     if run.status == "running":
         return f"running, {done}/{planned}"
@@ -320,31 +320,31 @@ def _wall_seconds(run: RunRecord) -> float | None:
     """From the run's first start to its last write: evaluation and any pause included."""
     from datetime import datetime
     try:
-        return (datetime.fromisoformat(run.record["updated"]) -
-                datetime.fromisoformat(run.record["started"])).total_seconds()
+        return (datetime.fromisoformat(run.record.updated) -
+                datetime.fromisoformat(run.record.started)).total_seconds()
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _segments(run: RunRecord) -> list[dict]:
+def _segments(run: RunRecord) -> list[records.SpeedSegment]:
     """The run's speed segments: one per process that trained it, as its record says."""
-    return (run.record.get("speed") or {}).get("segments") or []
+    return run.record.speed
 
 
-def _segment_of(run: RunRecord, epoch: int) -> dict:
+def _segment_of(run: RunRecord, epoch: int) -> records.SpeedSegment:
     """The speed segment (one process's share of the run) that trained `epoch`, or the run's device."""
     for segment in _segments(run):
-        if segment.get("first_epoch", 0) <= epoch <= (segment.get("last_epoch") or segment.get("first_epoch", 0)):
+        if segment.first_epoch <= epoch <= (segment.last_epoch or segment.first_epoch):
             return segment
-    return {"device": (run.record.get("device") or {}).get("type")}
+    return records.SpeedSegment(0, device=run.record.device and run.record.device.type)
 
 
-def _sharing(segment: dict) -> tuple[int, int]:
+def _sharing(segment: records.SpeedSegment) -> tuple[int, int]:
     """(packed processes, seeds stacked in one network) of a segment: 1 each when it ran alone."""
-    return segment.get("pack") or 1, segment.get("stacked") or 1
+    return segment.pack or 1, segment.stacked or 1
 
 
-def _share(segment: dict) -> int:
+def _share(segment: records.SpeedSegment) -> int:
     """Runs that shared the GPU with this one: packed processes, or seeds stacked in one network."""
     pack, stacked = _sharing(segment)
     return pack * stacked
@@ -358,13 +358,13 @@ def gpu_seconds(run: RunRecord) -> float:
     if metrics is None or "seconds" not in metrics:
         return 0.0
     return float(sum(seconds / _share(segment) for epoch, seconds in zip(metrics["epoch"], metrics["seconds"])
-                     if (segment := _segment_of(run, int(epoch))).get("device") == "cuda"))
+                     if (segment := _segment_of(run, int(epoch))).device == "cuda"))
 
 
-def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
+def _gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, records.SpeedSegment]]:
     """Every timed GPU segment of `runs` (a process's steady-state seconds per epoch)."""
     return [(run, segment) for run in runs for segment in _segments(run)
-            if segment.get("device") == "cuda" and segment.get("seconds_per_epoch")]
+            if segment.device == "cuda" and segment.seconds_per_epoch]
 
 
 SEED_SECONDS, SEED_HOURS = f"{RESCIENCE} s/epoch ({SEED_DEVICE})", f"{RESCIENCE} hours per run"
@@ -396,14 +396,14 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
                 SEED_HOURS: MISSING if seconds is None else _hours(seconds * SEED_EPOCHS)}
         for group in groups or [[]]:
             walls = [wall for wall in map(_wall_seconds, group) if wall is not None]
-            per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
-                         if (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
+            per_epoch = [run.record.final.seconds_per_epoch for run in group
+                         if run.record.final and run.record.final.seconds_per_epoch is not None]
             def cell(text: str) -> Linked:  # every cell with a number: one without runs says so instead
                 return linked(text, group)
             rows.append({**seed, "our device": cell(_join(run.device for run in group)) if group else NOT_RUN,
                          "our s/epoch (median)": cell(f"{statistics.median(per_epoch):.1f}") if per_epoch
                          else MISSING if group else NOT_MEASURED,
-                         "epochs": cell(_join(run.record["epochs_done"] for run in group)) if group else MISSING,
+                         "epochs": cell(_join(run.record.epochs_done for run in group)) if group else MISSING,
                          "wall time per run (h, median)": cell(_hours(statistics.median(walls))) if walls else MISSING,
                          "GPU-hours, all runs": cell(_hours(sum(map(gpu_seconds, group)))) if group else MISSING,
                          "runs": cell(str(len(group))) if group else MISSING})
@@ -425,10 +425,10 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     or its status says why. Each row is one run: every cell links to its page."""
     columns = ["run", "data", "budget", "status", "test error (%)"]
     rows = [{column: linked(text, [run]) for column, text in zip(columns, (
-                run.name, f"{run.label}, {run.record['data'].get('n_train', 0):,} training images"
+                run.name, f"{run.label}, {run.record.data.n_train or 0:,} training images"
                           + ("" if run.config.get("limit_test") is None else
-                             f", {run.record['data'].get('n_test', 0):,} test images"),
-                f"batch {run.batch_size}, {run.device}, {run.record.get('precision', 'precision not recorded')}",
+                             f", {run.record.data.n_test or 0:,} test images"),
+                f"batch {run.batch_size}, {run.device}, {run.record.precision or 'precision not recorded'}",
                 run_status(run), _last_test_error(run)))}
             for run in runs if not run.is_cifar10_result]
     table = pd.DataFrame(rows, columns=columns)
@@ -441,8 +441,8 @@ def run_index_table(runs: list[RunRecord]) -> pd.DataFrame:
     its network, data, epochs done of planned, status and last test error."""
     columns = ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
     rows = [{"run": linked(run.name, [run]), "network": Network(run.arch),
-             "data": linked(f"{run.label}, {run.record['data'].get('n_train', 0):,} training images", [run]),
-             "epochs done / planned": linked(f"{run.record['epochs_done']}/{run.record['epochs_planned']}", [run]),
+             "data": linked(f"{run.label}, {run.record.data.n_train or 0:,} training images", [run]),
+             "epochs done / planned": linked(f"{run.record.epochs_done}/{run.record.epochs_planned}", [run]),
              "status": linked(run_status(run), [run]), "test error (%)": linked(_last_test_error(run), [run])}
             for run in sorted(runs, key=lambda run: run.name)]
     table = pd.DataFrame(rows, columns=columns)
@@ -469,7 +469,7 @@ def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
     recipe's own, as mean ± std (sample std) over seeds, with n and each seed's value."""
     complete = [run for run in runs if is_real_data(run) and run.is_result_on(run.label)]
     rows = [{"network": Network(group[0].arch), "data set": group[0].label, "recipe": _recipe_text(group[0]),
-             "epochs": linked(_join(run.record["epochs_done"] for run in group), group),
+             "epochs": linked(_join(run.record.epochs_done for run in group), group),
              "settings": _options_text(group[0]),
              "test error (%): mean ± std": linked(mean_std([run.test_error for run in group]), group),
              "n": linked(str(len(group)), group), EACH_SEED: _each_seed(group)}
@@ -529,17 +529,17 @@ def _training_speeds(timed: list[tuple[RunRecord, dict]]) -> list[tuple[tuple[st
     median images/s, where, by what) and the runs behind them."""
     groups: dict[tuple, list] = {}
     for run, segment in timed:
-        key = (segment.get("gpu") or run.device, run.batch_size, segment.get("precision"), *_sharing(segment))
+        key = (segment.gpu or run.device, run.batch_size, segment.precision, *_sharing(segment))
         groups.setdefault(key, []).append((run, segment))
     speeds = []
     for (gpu, batch, precision, pack, stacked), members in groups.items():
         group = list({run.name: run for run, _ in members}.values())
         shared = ", ".join(f"{n} {what}" for n, what in ((pack, "runs packed"), (stacked, "seeds stacked")) if n > 1)
         unfinished = [run for run in group if run.status != "complete"]
-        epochs = _join(f"{run.record['epochs_done']}/{run.record['epochs_planned']}" for run in unfinished)
+        epochs = _join(f"{run.record.epochs_done}/{run.record.epochs_planned}" for run in unfinished)
         by = f"training, {_count(len(group), 'run')}" + (f", partial ({epochs} epochs)" if unfinished else "")
-        speeds.append(((f"{statistics.median(s['seconds_per_epoch'] for _, s in members):.1f}",
-                        f"{statistics.median(s['images_per_second'] for _, s in members):,.0f}",
+        speeds.append(((f"{statistics.median(s.seconds_per_epoch for _, s in members):.1f}",
+                        f"{statistics.median(s.images_per_second for _, s in members):,.0f}",
                         f"{gpu}, batch {batch}, {precision}" + (f", {shared}" if shared else ""), by), group))
     return speeds
 
@@ -765,7 +765,7 @@ def _plan_runs(runs: list[RunRecord], network: str, label: str) -> list[RunRecor
 def _best_group(runs: list[RunRecord]) -> list[RunRecord]:
     """Of the runs' settings, the one furthest along: most complete runs, then most epochs."""
     return max(_groups(runs), key=lambda group: (sum(run.status == "complete" for run in group),
-                                                 sum(run.record["epochs_done"] for run in group)))
+                                                 sum(run.record.epochs_done for run in group)))
 
 
 def _standing(runs: list[RunRecord], network: str, label: str) -> str:
@@ -777,7 +777,7 @@ def _standing(runs: list[RunRecord], network: str, label: str) -> str:
     group = _best_group(mine)
     complete = [run for run in group if run.is_result_on(label)]
     parts = [f"{mean_std([run.test_error for run in complete])} ({len(complete)} of {len(PLANNED_SEEDS)} seeds, "
-             f"{_join(run.record['epochs_done'] for run in complete)} epochs)"] if complete else []
+             f"{_join(run.record.epochs_done for run in complete)} epochs)"] if complete else []
     rest = [run for run in group if run not in complete]
     return linked("; ".join(parts + ([_unfinished_text(rest)] if rest else [])), group)
 
@@ -795,8 +795,8 @@ def _gpu_hours(runs: list[RunRecord], network: str) -> tuple[str, str]:
     cost = epoch_cost(runs, network)
     if cost is None:
         return spent_cell, NOT_MEASURED
-    planned = max((run.record["epochs_planned"] for run in mine), default=planned_epochs(network))
-    done = max((sum(min(run.record["epochs_done"], planned) for run in _best_group(group)[:len(PLANNED_SEEDS)]
+    planned = max((run.record.epochs_planned for run in mine), default=planned_epochs(network))
+    done = max((sum(min(run.record.epochs_done, planned) for run in _best_group(group)[:len(PLANNED_SEEDS)]
                     if _continues(run)) for group in plans if group), default=0)
     needed = (len(PLANNED_SEEDS) * planned - done) * cost.seconds
     how = cost.gpus if cost.measured_on is None else f"estimated from {cost.measured_on}; {cost.gpus}"
@@ -880,10 +880,10 @@ def _measured_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
     timed = _gpu_segments([run for label in (CIFAR10, JPEG_MIRROR) for run in _plan_runs(runs, network, label)])
     if not timed:
         return None
-    return EpochCost(statistics.median(segment["seconds_per_epoch"] / _share(segment) for _, segment in timed),
+    return EpochCost(statistics.median(segment.seconds_per_epoch / _share(segment) for _, segment in timed),
                      tuple({run.name: run for run, _ in timed}.values()),
-                     _join(segment.get("gpu") or run.device for run, segment in timed),
-                     _join(segment.get("precision") for _, segment in timed))
+                     _join(segment.gpu or run.device for run, segment in timed),
+                     _join(segment.precision for _, segment in timed))
 
 
 def epoch_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
@@ -1051,7 +1051,7 @@ def budget_summary(runs: list[RunRecord]) -> str:
                 f"\"{NOT_RUN}\" in the CIFAR-10 column.")
     per_network = ", ".join(f"{markdown_text(arch)} × {n}" for arch, n in
                             pd.Series([run.arch for run in counted]).value_counts(sort=False).items())
-    epochs = _join(run.record["epochs_done"] for run in counted)
+    epochs = _join(run.record.epochs_done for run in counted)
     return (f"The CIFAR-10 column averages {len(counted)} complete run(s) ({per_network}) of "
             f"{epochs} epochs (recipe {markdown_text(_join(_recipe_text(run) for run in counted))}) on "
             f"{markdown_text(_join(run.device for run in counted))}.")
@@ -1059,7 +1059,7 @@ def budget_summary(runs: list[RunRecord]) -> str:
 
 # ---------------------------------------------------------------- figures
 
-def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
+def _curve_sources(source) -> list[tuple[str, pd.DataFrame, records.Record | None]]:
     items = source if isinstance(source, (list, tuple)) else [source]
     curves = []
     for item in items:
@@ -1074,19 +1074,19 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
     return curves
 
 
-def _budget_title(record: dict, note: str = "") -> str:
+def _budget_title(record: records.Record, note: str = "") -> str:
     """The network, data set and budget of a run, in two lines; `note` ends the first."""
-    data = record["data"]
-    name = Network(record["arch"])
+    data = record.data
+    name = Network(record.arch)
     name = name if name.title == name else f"{name.title} ({name})"
-    return (f"{name} on {data.get('label', '?')}: {record['epochs_done']} of {record['epochs_planned']} "
-            f"epochs{note}\n{data.get('n_train', 0):,} training images, batch "
-            f"{(record.get('recipe') or {}).get('batch_size', '?')}, {(record.get('device') or {}).get('name', '?')}")
+    return (f"{name} on {data.label or '?'}: {record.epochs_done} of {record.epochs_planned} "
+            f"epochs{note}\n{data.n_train or 0:,} training images, batch "
+            f"{(record.recipe or {}).get('batch_size', '?')}, {(record.device and record.device.name) or '?'}")
 
 
-def lr_drops(record: dict) -> list[float]:
+def lr_drops(record: records.Record) -> list[float]:
     """The epochs at which the run's learning rate drops: its schedule's milestones."""
-    schedule = record.get("schedule") or {}
+    schedule = record.schedule or {}
     per_epoch = schedule.get("iterations_per_epoch")
     return [milestone / per_epoch for milestone in schedule.get("milestones", [])] if per_epoch else []
 
@@ -1174,7 +1174,7 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
                      "0.55" if context else "black", ", CIFAR-10" if context else "")
     records_ = [record for _, _, record in curves if record is not None]
     done = max(int(metrics["epoch"].max()) for _, metrics, _ in curves)
-    planned = max([record["epochs_planned"] for record in records_] + [done])
+    planned = max([record.epochs_planned for record in records_] + [done])
     drops = sorted({drop for record in records_ for drop in lr_drops(record) if drop <= done})
     for axes in (error_axes, loss_axes):
         for index, drop in enumerate(drops):
@@ -1196,7 +1196,7 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
 
 def is_real_data(run: RunRecord) -> bool:
     """Trained on real images (CIFAR, the JPEG mirror, an image folder), not the synthetic stand-in."""
-    return run.record["data"].get("dataset") != "synthetic" and run.label != "synthetic"
+    return run.record.data.dataset != "synthetic" and run.label != "synthetic"
 
 
 def _references(run: RunRecord) -> dict:
@@ -1223,7 +1223,7 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
     if not mine:
         return None
     # The longest run and its repeats with the same setting: one data set and budget per figure.
-    anchor = max(mine, key=lambda run: run.record["epochs_done"])
+    anchor = max(mine, key=lambda run: run.record.epochs_done)
     same = [run for run in mine if run.label == anchor.label and _experiment(run) == _experiment(anchor)]
     return plot_curves(same, title=_budget_title(anchor.record, " (not a CIFAR-10 result)"),
                        **_references(anchor))
@@ -1323,22 +1323,21 @@ def plot_error_vs_size(runs: list[RunRecord]) -> Figure:
 
 def run_summary(record) -> pd.DataFrame:
     """One run at a glance, as a one-column table: a RunRecord, or the record `train` returns."""
-    run = record if isinstance(record, RunRecord) else RunRecord(Path(record["config"].get("out") or "."), record)
+    run = record if isinstance(record, RunRecord) else RunRecord(Path(record.config.get("out") or "."), record)
     record = run.record
-    final = record.get("final") or {}
-    data = record["data"]
+    data = record.data
     gpu = gpu_seconds(run)
-    rows = {"network": Network(record["arch"]), "data set": data.get("label"),
-            "train / val / test images": f"{data.get('n_train', 0):,} / {data.get('n_val', 0):,} / "
-                                         f"{data.get('n_test', 0):,}",
-            "recipe": f"{record['config'].get('recipe')}, batch {(record.get('recipe') or {}).get('batch_size')}",
-            "epochs done / planned": f"{record['epochs_done']} / {record['epochs_planned']}",
-            "status": run_status(run), "device": (record.get("device") or {}).get("name"),
-            "precision": record.get("precision", MISSING), "parameters": f"{record.get('params', 0):,}",
-            "test error (%)": _last_test_error(run), "selected by": final.get("selected_by", MISSING),
+    rows = {"network": Network(record.arch), "data set": data.label,
+            "train / val / test images": f"{data.n_train or 0:,} / {data.n_val or 0:,} / {data.n_test or 0:,}",
+            "recipe": f"{record.config.get('recipe')}, batch {(record.recipe or {}).get('batch_size')}",
+            "epochs done / planned": f"{record.epochs_done} / {record.epochs_planned}",
+            "status": run_status(run), "device": record.device and record.device.name,
+            "precision": record.precision or MISSING, "parameters": f"{record.params or 0:,}",
+            "test error (%)": _last_test_error(run),
+            "selected by": (record.final and record.final.selected_by) or MISSING,
             "seconds per epoch": _seconds_per_epoch(run),
             "GPU-hours": _hours(gpu) if gpu else MISSING,
-            "code (git commit)": _commit(record), "torch": (record.get("versions") or {}).get("torch", MISSING)}
+            "code (git commit)": _commit(record), "torch": (record.versions or {}).get("torch", MISSING)}
     table = pd.DataFrame({"": list(rows.values())}, index=list(rows))
     table.attrs.update(run=run.name, status_words=True)
     return table
@@ -1347,15 +1346,15 @@ def run_summary(record) -> pd.DataFrame:
 def _seconds_per_epoch(run: RunRecord) -> str:
     """The run's training seconds per epoch: its final record's, else (unfinished) the median of
     its speed segments' steady-state epochs, which the speed table lists one by one."""
-    final = (run.record.get("final") or {}).get("seconds_per_epoch")
+    final = run.record.final and run.record.final.seconds_per_epoch
     if final is not None:
         return f"{final:.1f}"
-    timed = [s["seconds_per_epoch"] for s in _segments(run) if s.get("seconds_per_epoch") is not None]
+    timed = [s.seconds_per_epoch for s in _segments(run) if s.seconds_per_epoch is not None]
     return f"{statistics.median(timed):.1f} (so far; the speed table below)" if timed else MISSING
 
 
-def _commit(record: dict) -> str:
-    git = record.get("git") or {}
+def _commit(record: records.Record) -> str:
+    git = record.git or {}
     if not git.get("commit"):
         return MISSING
     return git["commit"][:12] + (", with uncommitted changes" if git.get("dirty") else "")
@@ -1366,13 +1365,13 @@ def speed_segments_table(run: RunRecord) -> pd.DataFrame:
     compile mode, and its steady-state seconds per epoch and images per second."""
     columns = ["epochs", "device", "sharing the device", "CPU threads", "precision, compile", "s/epoch",
                "images/s", "first epoch (s)"]
-    rows = [[f"{s.get('first_epoch')}-{s.get('last_epoch') or s.get('first_epoch')}",
-             s.get("gpu") or s.get("device") or MISSING,
+    rows = [[f"{s.first_epoch}-{s.last_epoch or s.first_epoch}",
+             s.gpu or s.device or MISSING,
              ", ".join(f"{n} {what}" for n, what in zip(_sharing(s), ("packed", "stacked")) if n > 1) or "alone",
-             str(s.get("threads") or MISSING), f"{s.get('precision')}, {s.get('compile_mode') or 'eager'}",
-             MISSING if s.get("seconds_per_epoch") is None else f"{s['seconds_per_epoch']:.1f}",
-             MISSING if s.get("images_per_second") is None else f"{s['images_per_second']:,.0f}",
-             MISSING if s.get("first_epoch_seconds") is None else f"{s['first_epoch_seconds']:.1f}"]
+             str(s.threads or MISSING), f"{s.precision}, {s.compile_mode or 'eager'}",
+             MISSING if s.seconds_per_epoch is None else f"{s.seconds_per_epoch:.1f}",
+             MISSING if s.images_per_second is None else f"{s.images_per_second:,.0f}",
+             MISSING if s.first_epoch_seconds is None else f"{s.first_epoch_seconds:.1f}"]
             for s in _segments(run)]
     table = pd.DataFrame(rows, columns=columns)
     table.attrs["run"] = run.name

@@ -432,8 +432,8 @@ class Found:
 
     def results(self, trained: list[dict]) -> list[dict]:
         """Every run's record in `configs`' order: `trained` (those of `to_train`) and the complete."""
-        records_ = {**self.complete, **{config.out: record for config, record in zip(self.to_train, trained)}}
-        return [records_[config.out] for config in self.configs]
+        found = {**self.complete, **{config.out: record for config, record in zip(self.to_train, trained)}}
+        return [found[config.out] for config in self.configs]
 
 
 @contextmanager
@@ -441,9 +441,9 @@ def opened(configs: list[TrainConfig], resume: bool, *, main: bool = True, write
            background: bool = False):
     """The run directories of `configs`, held while the runs train: each checked before anything
     is written, then (by process 0, `main`) locked and rid of orphans, then prepared; runs resumed
-    as one stack at the same epoch. Every file is written before the locks are released; a full
-    disk names the next step. Yields what was found (`Found`); the writer is `writer` or our own
-    (in the background on CUDA: `background`)."""
+    as one stack must be at the same epoch. Every file is written before the locks are released; a
+    full disk names the next step. Yields what was found (`Found`); the writer is `writer` or our
+    own (in the background on CUDA: `background`)."""
     run_dirs = [Path(config.out) for config in configs]
     for run_dir in run_dirs:  # no lock in a folder that is not ours
         check_run_dir(run_dir)
@@ -457,13 +457,18 @@ def opened(configs: list[TrainConfig], resume: bool, *, main: bool = True, write
                 writer = held.enter_context(Writer(background))
             else:
                 held.callback(writer.flush)
-            # Every process decides from the same files: process 0 writes none before the first
-            # epoch ends, which needs the others (DDP's collectives).
-            prepared = [prepare(run_dir, config, resume, repair=main) for run_dir, config in zip(run_dirs, configs)]
-            to_train = [(config, checkpoint) for config, (checkpoint, done) in zip(configs, prepared) if done is None]
-            check_same_epoch([config for config, _ in to_train], [checkpoint for _, checkpoint in to_train])
-            yield Found(configs, [config for config, _ in to_train], [checkpoint for _, checkpoint in to_train],
-                        {config.out: done for config, (_, done) in zip(configs, prepared) if done is not None}, writer)
+            found = Found(configs, [], [], {}, writer)
+            for config in configs:
+                # Every process decides from the same files: process 0 writes none before the first
+                # epoch ends, which needs the others (DDP's collectives).
+                checkpoint, complete = prepare(Path(config.out), config, resume, repair=main)
+                if complete is not None:
+                    found.complete[config.out] = complete
+                else:
+                    found.to_train.append(config)
+                    found.checkpoints.append(checkpoint)
+            check_same_epoch(found.to_train, found.checkpoints)
+            yield found
     except DiskFull as full:
         raise full.with_advice(_next_step(run_dirs)) from None
 

@@ -35,6 +35,11 @@ def deadlines(start: float, budget: float, reserve: float | None = None) -> Dead
     return Deadlines(hard_stop, hard_stop - reserve)
 
 
+def seconds_left(deadline: float, kept: float = 0.0) -> float:
+    """Seconds from now to `deadline`, less `kept` (what a start needs), never below 0."""
+    return max(0.0, deadline - time.time() - kept)
+
+
 def exit_without_teardown() -> None:
     """Exit 0 now, once everything is written (atomically, fsynced): with torch imported the
     interpreter's teardown took 5 s and more on a loaded machine."""

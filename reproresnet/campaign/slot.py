@@ -51,7 +51,7 @@ from .. import records, rundir
 from ..rundir import RunDirError
 from ..reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
 from .bundle import MAX_UNFINISHED_MIB
-from .process import deadlines, exit_without_teardown, process_start_time
+from .process import deadlines, exit_without_teardown, process_start_time, seconds_left
 from .variants import Variant, selfcheck_state
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
@@ -311,7 +311,7 @@ def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Opt
         log("campaign: the earlier self-check is not reused: " + (
             f"{state}, {why}" if chosen is None else f"it chose {chosen.name}, this call asks for "
                                                      f"precision {precision or 'auto'}, stack {options.stack or 'auto'}"))
-    budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
+    budget = min(options.selfcheck_budget, seconds_left(stop_at, kept=options.min_start))
     # The first network's variants now; the others just before they first train (_check_network).
     record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
                                  budget=budget, precision=precision, stack=options.stack, log=log,
@@ -369,7 +369,7 @@ def _why_not_start(outcomes: dict, options: Options, stop_at: float) -> str | No
     """Why no new stack (or group of a stack) starts now, if it does not."""
     if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
         return "not started: a run stopped for the deadline, and a new stack fits even less"
-    if time.time() + options.min_start >= stop_at:
+    if seconds_left(stop_at, kept=options.min_start) <= 0:
         return "not started: no time left"
     return None
 

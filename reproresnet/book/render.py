@@ -137,7 +137,7 @@ def hours(seconds: float) -> str:
 
 
 def one_decimal(value) -> str:
-    return plain(value) if value is None or isinstance(value, str) else f"{value:,.1f}"
+    return f"{value:.1f}"
 
 
 def to_noise(value, relative: float | None) -> str:

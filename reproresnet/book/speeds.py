@@ -106,7 +106,11 @@ def _relative_noise(row: dict, field: str = "seconds_per_step") -> float | None:
 
 def _rounded(row: dict, field: str, noise: float | None, bench: dict):
     """A benchmark's number, linked to its record, rounded to its noise."""
-    return cell(row.get(field), [bench], format=lambda value: to_noise(value, noise))
+    return cell(row.get(field), [bench], format=_rounded_to(noise))
+
+
+def _rounded_to(noise: float | None):
+    return lambda value: to_noise(value, noise)
 
 
 def bench_table(benches) -> pd.DataFrame:
@@ -140,7 +144,7 @@ def thread_rules_table(bench: dict) -> pd.DataFrame:
                      "CPU threads": cell(threads, [bench], format=_range, worded=len(threads) > 1),
                      "load average (min–max)": cell((min(loads), max(loads)), [bench], worded=True,
                                                     format=lambda low_high: "{:.1f}–{:.1f}".format(*low_high)),
-                     "images/s": cell(row["images_per_second"], [bench], format=lambda value: to_noise(value, noise)),
+                     "images/s": cell(row["images_per_second"], [bench], format=_rounded_to(noise)),
                      "vs the free-core rule": cell(speedups.get((row["arch"], row["rule"]), 1.0), [bench],
                                                    format=lambda ratio: f"{ratio:.2f}×", worded=True)})
     return table(rows, columns=["network", "thread rule", "CPU threads", "load average (min–max)", "images/s",

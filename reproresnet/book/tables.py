@@ -381,7 +381,8 @@ def architecture_table() -> pd.DataFrame:
              "default options": ", ".join(f"{option.replace('_', ' ')} {row[option]}" for option in
                                           architectures.OPTIONS if row[option] is not None)}
             for row in architectures.rows()]
-    return table(rows, formats={"GFLOPs/image": lambda gflops: f"{gflops:.3f}"}, source="library")
+    return table(rows, formats={"depth": str, "width": str, "GFLOPs/image": lambda gflops: f"{gflops:.3f}"},
+                 source="library")
 
 
 def recipe_table() -> pd.DataFrame:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .. import architectures
+from ..campaign import checkpoint_kept
 from ..config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key
 from ..records import RunRecord
 from ..reference import PLANNED, REFERENCE
@@ -95,7 +96,8 @@ def run_status(run: RunRecord) -> str:
     done, planned = run.record["epochs_done"], run.record["epochs_planned"]
     if run.status == "stopped":
         why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
-        return f"stopped at {done}/{planned} ({why}), {'resumable' if run.resumable else 'checkpoint not kept'}"
+        kept = "resumable" if checkpoint_kept(run.run_dir) else "checkpoint not kept"
+        return f"stopped at {done}/{planned} ({why}), {kept}"
     if run.status == "running":
         return f"running, {done}/{planned}"
     if run.status == "diverged":
@@ -106,7 +108,7 @@ def run_status(run: RunRecord) -> str:
 def continues(run: RunRecord) -> bool:
     """Its epochs count towards the plan: complete, or resumable from its kept checkpoint (a run
     whose checkpoint is not kept starts again from epoch 1)."""
-    return run.status == "complete" or (run.status in ("stopped", "running") and run.resumable)
+    return run.status == "complete" or (run.status in ("stopped", "running") and checkpoint_kept(run.run_dir))
 
 
 def unfinished_text(group: list[RunRecord]) -> str:

@@ -423,7 +423,8 @@ def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
     html = report.html(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html
     for index, name in enumerate(recipes.RECIPES, 1):  # a column each, its source a note
-        assert (frozenset({"text"}), name.replace("_", "_<wbr>")) in cells(html, "th")  # a setting wraps, a network never
+        # a setting wraps, a network never
+        assert (frozenset({"text"}), name.replace("_", "_<wbr>")) in cells(html, "th")
         assert f'<li id="recipe-table-note-{index}">{name}: ' in html and f"note {index}" in html
 
 
@@ -795,7 +796,8 @@ def test_tables_show_network_titles_with_the_identifier_on_hover_and_scroll_in_a
     assert list(table["network"]) == list(report.status_networks())  # computed with the identifiers
     assert report.STATUS_SEED.startswith("ReScience repr. (%)") and "seed" not in report.SEED.lower()
     html = report.html(table, "status-table")
-    assert re.match(r'<div class="table-scroll">\s*<table id="status-table"', html) and re.search(r"</table>\s*</div>", html)
+    assert re.match(r'<div class="table-scroll">\s*<table id="status-table"', html)
+    assert re.search(r"</table>\s*</div>", html)
     assert '<span class="network" title="preact_resnet110">Pre-act ResNet-110</span>' in html
     assert '<span class="network" title="seed_wrn_n2_k4">ReScience &quot;WRN n=2, k=4&quot;</span>' in html
     # the status words ("stopped", "interrupted", "checkpoint not kept") are explained in one place

@@ -262,7 +262,8 @@ def html(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) -> str:
     styler.set_table_attributes(f'class="report-table" data-source="{table.attrs.get("source", "records")}"{run}')
     rendered = styler.to_html(table_id=table_id, header_classes={
         f"col{position}": " num" if column in numbers else " text" for position, column in enumerate(frame.columns)})
-    body = "\n".join(line for line in rendered.splitlines() if line.strip())  # a blank line would end a Markdown page's HTML block
+    # no blank line: one would end the HTML block of a record's Markdown page
+    body = "\n".join(line for line in rendered.splitlines() if line.strip())
     notes = "".join(f'<li id="{table_id}-note-{n}">{escape(note)}</li>'
                     for n, note in enumerate(table.attrs.get("notes", []), 1))
     words = (f'<p class="table-notes status-words">What each status word (complete, stopped, deadline, resumable, '

@@ -16,7 +16,8 @@ from .plan import (CLAIM_RULE, STATUS_MIRROR, STATUS_PAPER, STATUS_SEED, budget_
                    plan_line, plan_table, status_line, status_table)
 from .render import (MISSING, NOT_MEASURED, NOT_RUN, STATUS_WORDS, html, links, markdown_text, mean_std,  # noqa: F401
                      shown, title, to_noise)
-from .runs import EpochCost, epoch_cost, gpu_seconds, is_real_data, planned_epochs, run_status, status_networks  # noqa: F401
+from .runs import (EpochCost, epoch_cost, gpu_seconds, is_real_data, planned_epochs, run_status,  # noqa: F401
+                   status_networks)
 from .speeds import bench_table, speed_table, thread_rules_table  # noqa: F401
 from .tables import (EACH_SEED, NOTES, OURS, PAPER, PAPER_STATISTIC, RESCIENCE, SEED, SEED_HOURS,  # noqa: F401
                      SEED_SECONDS, ablation_table, architecture_table, compute_table, error_table, other_runs_table,

@@ -291,8 +291,8 @@ def _departures(run: RunRecord) -> str:
         ours, defaults = config.effective(), TrainConfig(arch=config.arch, recipe=config.recipe).effective()
     except ConfigError:
         return "settings not readable by this version"
-    chosen_ = {key: ours[key] for key in RECIPE_OWNED if key not in ("epochs", "batch_size") and ours[key] != defaults[key]}
-    return ", ".join(f"{key}={value}" for key, value in chosen_.items()) or "recipe defaults"
+    departed = [key for key in RECIPE_OWNED if key not in ("epochs", "batch_size") and ours[key] != defaults[key]]
+    return ", ".join(f"{key}={ours[key]}" for key in departed) or "recipe defaults"
 
 
 def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
@@ -362,7 +362,8 @@ def speed_segments_table(run: RunRecord) -> pd.DataFrame:
     rows = [dict(zip(columns, (
                 f"{s.get('first_epoch')}-{s.get('last_epoch') or s.get('first_epoch')}",
                 s.get("gpu") or s.get("device"),
-                ", ".join(f"{n} {what}" for n, what in zip(chosen.sharing(s), ("packed", "stacked")) if n > 1) or "alone",
+                ", ".join(f"{n} {what}" for n, what in zip(chosen.sharing(s), ("packed", "stacked")) if n > 1)
+                or "alone",
                 s.get("threads") or None, f"{s.get('precision')}, {s.get('compile_mode') or 'eager'}",
                 s.get("seconds_per_epoch"), s.get("images_per_second"), s.get("first_epoch_seconds"))))
             for s in chosen.segments(run)]

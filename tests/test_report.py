@@ -818,3 +818,15 @@ def test_the_run_index_is_a_table_of_network_data_epochs_status_and_error(tmp_pa
         ["wrn_16_4-seed0", "wrn_16_4", "CIFAR-10, 50,000 training images", "3/3", "complete", "5.40"]]
     assert report.links(table, 0, "test error (%)") == ("preact_resnet110-jpeg-seed0",)
     assert table.iloc[1]["network"] == "wrn_16_4" and report.shown(table).iloc[1]["network"] == "WRN-16-4"
+
+
+def test_thread_rules_round_each_row_to_its_own_noise_and_link_the_benchmark():
+    """Protects each row's rounding from another row's noise, and every number's link."""
+    rules = [{"arch": "preact_resnet20", "rule": "free cores", "threads": [2, 1, 2], "load_averages": [1.0, 1.5],
+              "images_per_second": 1448.9, "seconds_per_step": 1.0, "seconds_per_step_range": [0.963, 1.037]},
+             {"arch": "preact_resnet20", "rule": "all cores", "threads": [4], "load_averages": [2.0, 2.25],
+              "images_per_second": 1300.0, "seconds_per_step": 1.0, "seconds_per_step_range": [0.9997, 1.0003]}]
+    table = report.thread_rules_table({"name": "bench-cpu", "thread_rules": rules})
+    assert [list(row) for row in report.shown(table).iloc[:, 2:].itertuples(index=False)] == [
+        ["1–2", "1.0–1.5", "1,450", "1.00×"], ["4", "2.0–2.2", "1,300.0", "0.90×"]]
+    assert all(report.links(table, row, column) == ("bench-cpu",) for row in table.index for column in table.columns[2:])

@@ -48,6 +48,14 @@ def positive_number(text: str) -> float:
     return value
 
 
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0 (seconds a step may take, MiB allowed)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a number >= 0")
+    return value
+
+
 def future_time(text: str) -> float:
     """A UNIX time still to come (a stop already past would stop the run before its first epoch)."""
     import time

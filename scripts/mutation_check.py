@@ -245,7 +245,7 @@ MUTATIONS = [
              'found.append((len(checkpoint.get("metrics", [])), status == "complete"))', "pass",
              "how far a run got is read from run.json alone", "tests/test_bundle.py"),
     Mutation("resume-forgets-its-threads", "reproresnet/train.py",
-             "resumed=_last_threads(config.out) if resume else None", "resumed=None",
+             "resumed=rundir.last_threads(Path(configs[0].out)) if resume else None", "resumed=None",
              "a resume on a CPU picks its threads by today's load, so its last bits differ", "tests/test_train.py"),
     Mutation("unbundle-without-epochs-comparison", "reproresnet/campaign/bundle.py",
              "if here > progress:", "if False:",
@@ -271,6 +271,9 @@ MUTATIONS = [
     Mutation("non-finite-numbers-accepted", "reproresnet/arguments.py",
              "if not math.isfinite(value):", "if False:",
              "--budget nan (and --lr inf, ...) are read as numbers", "tests/test_bad_input.py"),
+    Mutation("campaign-negative-seconds-accepted", "reproresnet/arguments.py",
+             "    if value < 0:\n", "    if False:\n",
+             "campaign --min-start -1 (or --max-unfinished-mb -5) is taken as given", "tests/test_refusals.py"),
     # ---- issue 19: the seed's 2016-04 code state, WRN's code, momentum forms, padding, loss, precision
     Mutation("stage1-preact-option-ignored", "reproresnet/models.py",
              'rest = {"preactivate": False} if preact_stage1 == "first_unit" else {}', "rest = {}",

@@ -145,7 +145,7 @@ MUTATIONS = [
              "scale = epochs / self.length", "scale = self.length / epochs",
              "a shortened run scales its milestones the wrong way", R),
     Mutation("weight-decay-override-dropped", "reproresnet/config.py",
-             '"lr", "weight_decay", "weight_decay_on",', '"lr", "weight_decay_on",',
+             "weight_decay: Optional[float] = setting(role=RECIPE)", "weight_decay: Optional[float] = setting()",
              "--weight-decay never reaches the recipe", T),
     # ---- training loop: optimizer, schedule, evaluation, summary
     Mutation("nesterov-dropped", "reproresnet/engine.py",

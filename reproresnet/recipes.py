@@ -46,6 +46,7 @@ MAX_EPOCHS = 1_000_003
 # The largest float32: the optimizer applies the lr, weight decay and momentum to fp32 weights
 # as float32 scalars, and a larger one overflows inside the step.
 FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_WHY = "float32's largest: the step applies it to fp32 weights"
 
 
 def weight_decay_reach(scope: str, spared: bool = True) -> str:
@@ -133,13 +134,11 @@ def check_recipe(recipe: Recipe) -> Recipe:
     for field in ("lr", "gamma"):
         value = getattr(recipe, field)
         require(is_number(value) and 0 < value <= FLOAT32_MAX, field, value,
-                f"a finite number > 0 and up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to "
-                f"fp32 weights)")
+                f"a finite number (here a positive number up to {FLOAT32_MAX:.4g}, {FLOAT32_WHY})")
     for field in ("weight_decay", "momentum", "warmup_lr"):
         value = getattr(recipe, field)
         require(is_number(value) and 0 <= value <= FLOAT32_MAX, field, value,
-                f"a finite number >= 0 and up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to "
-                f"fp32 weights)")
+                f"a finite number (here a number >= 0 and up to {FLOAT32_MAX:.4g}, {FLOAT32_WHY})")
     milestones = recipe.milestones
     require(isinstance(milestones, tuple) and all(is_number(m) for m in milestones), "milestones", milestones,
             "numbers")

@@ -268,7 +268,7 @@ MUTATIONS = [
     Mutation("sweep-settings-unchecked", "reproresnet/launch/sweep.py",
              "    _check_settings(archs, seeds, parameters)\n", "",
              "the sweep launches jobs whose settings train would refuse", "tests/test_sweep.py"),
-    Mutation("non-finite-numbers-accepted", "reproresnet/cli.py",
+    Mutation("non-finite-numbers-accepted", "reproresnet/arguments.py",
              "if not math.isfinite(value):", "if False:",
              "--budget nan (and --lr inf, ...) are read as numbers", "tests/test_bad_input.py"),
     # ---- issue 19: the seed's 2016-04 code state, WRN's code, momentum forms, padding, loss, precision

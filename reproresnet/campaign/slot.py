@@ -568,7 +568,7 @@ def _per_device(values: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..arguments import integer, number, positive_integer, positive_number
+    from ..arguments import integer, non_negative_number, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
@@ -594,11 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--stack", type=positive_integer,
                          help="runs trained as one stacked network (default: all of a network's seeds, or apart if "
                               "the self-check finds that faster)")
-    runtime.add_argument("--min-start", type=number, help=f"seconds a new stack needs at least "
+    runtime.add_argument("--min-start", type=non_negative_number, help=f"seconds a new stack needs at least "
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
-    runtime.add_argument("--selfcheck-budget", type=number,
+    runtime.add_argument("--selfcheck-budget", type=non_negative_number,
                          help=f"seconds the self-check may take (default: {_per_device(DEFAULT_SELFCHECK_BUDGET)})")
-    runtime.add_argument("--max-unfinished-mb", type=number, default=Options.max_unfinished_mb,
+    runtime.add_argument("--max-unfinished-mb", type=non_negative_number, default=Options.max_unfinished_mb,
                          help="MiB of checkpoints of unfinished runs; new runs wait above it (default: 40, "
                               "which gzips to a bundle under the 40 MB a commit may hold)")
     runtime.add_argument("--status", action="store_true",
@@ -609,12 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    numbers = {"--min-start": args.min_start, "--selfcheck-budget": args.selfcheck_budget,
-               "--max-unfinished-mb": args.max_unfinished_mb}
-    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and value < 0]
-    if bad or (not args.status and args.budget is None):
-        print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "
-              f"numbers >= 0, and --budget unless --status", file=sys.stderr)
+    if not args.status and args.budget is None:
+        print("reproresnet campaign: error: --budget missing: expected --budget unless --status", file=sys.stderr)
         return 2
     if args.status:
         rows = disk_status(Path(args.out))

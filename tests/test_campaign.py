@@ -20,7 +20,8 @@ from reproresnet import records, rundir
 from reproresnet.campaign import slot as campaign
 from reproresnet.campaign import selfcheck
 from reproresnet import train as training
-from reproresnet.config import TrainConfig, selfcheck_state
+from reproresnet.campaign import selfcheck_state
+from reproresnet.config import TrainConfig
 from reproresnet.reference import ORIGINAL_UNITS, REPRODUCED
 from reproresnet.engine import EngineError
 from reproresnet.rundir import RunDirError
@@ -178,7 +179,7 @@ def test_a_fresh_run_after_one_stopped_for_the_deadline_is_not_started_and_gets_
 
 def test_a_step_is_predicted_from_the_self_check_and_scaled_to_networks_it_did_not_time(tmp_path):
     from reproresnet.architectures import row
-    from reproresnet.config import Variant
+    from reproresnet.campaign import Variant
     record = {"arch": "preact_resnet110", "batch_size": 64,
               "variants": [{"variant": "graph-bf16-nhwc-k3", "seconds_per_step": 0.006},
                            {"variant": "eager-fp32-nchw-k1", "seconds_per_step": 0.02}],

@@ -24,6 +24,7 @@ from matplotlib import rc_context
 
 from .. import bench as bench_record
 from .. import records
+from ..campaign import checkpoint_kept
 from . import report
 from .. import rundir
 from ..config import CIFAR10
@@ -75,7 +76,7 @@ def _stop_text(run: records.RunRecord) -> str:
     """Why a stopped run stopped, as its record says, and whether it can go on: a record written
     while its checkpoint existed says "resume to continue", which holds only while the checkpoint is kept."""
     said = f"Its record says: “{report.markdown_text(run.record.get('message') or 'stopped')}”."
-    if run.resumable:
+    if checkpoint_kept(run.run_dir):
         return f"{said} Its checkpoint is kept: `train --resume` (or the campaign) continues it."
     return (f"{said} Its checkpoint was not kept (checkpoints are never committed under results/, and this run's "
             "is not in the campaign bundle), so it cannot be resumed: finishing it takes a fresh run from "

@@ -31,6 +31,7 @@ from .. import architectures, records
 from ..config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key  # noqa: F401 (the notebooks' API)
 from ..bench import BENCH_FORMAT, load_benches  # noqa: F401 (the notebooks' API)
 from ..bench import thread_ratios as bench_thread_ratios
+from ..campaign import checkpoint_kept
 from ..records import RunRecord, load_runs  # noqa: F401 (the notebooks' API)
 from ..reference import (HE2016, PLAN_TIERS, PLANNED, PLANNED_SEEDS, QUOTED_PRECISION, REFERENCE, SEED_DEVICE,
                         SEED_EPOCHS, SEED_STATISTIC, UNIT_COMPARISONS, WIDE_VS_DEEP, reference)
@@ -290,7 +291,7 @@ def run_status(run: RunRecord) -> str:
     done, planned = run.record["epochs_done"], run.record["epochs_planned"]
     if run.status == "stopped":
         why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
-        return f"stopped at {done}/{planned} ({why}), {'resumable' if run.resumable else 'checkpoint not kept'}"
+        return f"stopped at {done}/{planned} ({why}), {'resumable' if checkpoint_kept(run.run_dir) else 'checkpoint not kept'}"
     if run.status == "running":
         return f"running, {done}/{planned}"
     if run.status == "diverged":
@@ -301,7 +302,7 @@ def run_status(run: RunRecord) -> str:
 def _continues(run: RunRecord) -> bool:
     """Its epochs count towards the plan: complete, or resumable from its kept checkpoint (a run
     whose checkpoint is not kept starts again from epoch 1)."""
-    return run.status == "complete" or (run.status in ("stopped", "running") and run.resumable)
+    return run.status == "complete" or (run.status in ("stopped", "running") and checkpoint_kept(run.run_dir))
 
 
 def _unfinished_text(group: list[RunRecord]) -> str:

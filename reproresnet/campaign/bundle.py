@@ -16,6 +16,7 @@ not already further along (see `unbundle`).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -30,7 +31,10 @@ from .. import config, records, rundir
 from ..rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
-MANIFEST = records.BUNDLE_MANIFEST
+MANIFEST = "bundle.json"
+# The last GPU slot's bundle, committed beside results/ (bench/campaign.sh restores it): the
+# checkpoints of the unfinished runs it lists are what makes them resumable from a clone.
+COMMITTED = "campaign-bundle"
 MiB = 2**20
 MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES = 8, 16 * MiB, 64 * MiB
 CHECKPOINTS = (records.CHECKPOINT_FILE, records.BEST_FILE)
@@ -112,6 +116,26 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
                 "parts": parts, "files": listing}
     rundir.write_json(out / _manifest_name(name), manifest)
     return manifest
+
+
+def checkpoint_kept(run_dir: Path) -> bool:
+    """Whether a stopped run can resume: its checkpoint is kept beside its record, or in the
+    committed bundle of the results directory's repository (checkpoints themselves are never
+    committed in results/)."""
+    run_dir = Path(run_dir)
+    committed = run_dir.resolve().parent.parent / COMMITTED
+    return (run_dir / records.CHECKPOINT_FILE).exists() or run_dir.name in bundled_checkpoints(committed)
+
+
+@functools.lru_cache(maxsize=None)
+def bundled_checkpoints(bundle_dir: Path) -> frozenset[str]:
+    """The runs whose checkpoint a bundle's manifest lists (none if there is no readable one)."""
+    try:
+        files = json.loads((Path(bundle_dir) / MANIFEST).read_text()).get("files", [])
+        paths = [Path(entry["path"]) for entry in files]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return frozenset()
+    return frozenset(path.parent.name for path in paths if path.name == records.CHECKPOINT_FILE)
 
 
 def check_name(name: str) -> None:

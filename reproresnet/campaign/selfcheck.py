@@ -55,7 +55,7 @@ precision. The device generator's augmentation statistics are checked last.
 `--budget` is kept: a check still running when it is spent is interrupted (SIGALRM) and listed
 as unchecked; "complete" (true only if nothing was cut) and the top-level "ok" are written
 last. A campaign reuses only a complete record of this format whose chosen variant passed
-(`config.selfcheck_state`). On a CPU the graph engine and bf16 are not tried (CUDA only) and
+(`variants.selfcheck_state`). On a CPU the graph engine and bf16 are not tried (CUDA only) and
 the check's batch is 8 images per network unless `--batch-size` is given.
 """
 
@@ -74,13 +74,13 @@ from pathlib import Path
 import torch
 
 from .. import records, rundir
-from ..config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
-                     select_device, selfcheck_state)
+from ..config import ConfigError, TrainConfig, cpu_threads, distinct, select_device
 from ..data import PAD, augment, device_splits, load_sources
 from ..engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
 from ..reference import PLANNED_SEEDS, REPRODUCED
 from ..stacked import merge_tensors, stacked_batch
 from ..train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
+from .variants import SELFCHECK_FORMAT, Variant, reference_variant, selfcheck_state
 
 FORMAT = SELFCHECK_FORMAT
 TOLERANCE_FACTOR = 4.0  # a variant's distance from the exact step may be this many times its precision's floor

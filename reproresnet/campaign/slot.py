@@ -51,6 +51,7 @@ from pathlib import Path
 from .. import records, rundir
 from ..rundir import RunDirError
 from ..reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
+from .variants import Variant, selfcheck_state
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
@@ -275,7 +276,7 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
-    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    chosen = Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
     _train_plan(out, plan_configs, plan.tiers(), record, device, sources, options, hard_stop, stop_at, outcomes,
                 writer, log)
@@ -308,15 +309,14 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> dict | None:
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
                       stop_at: float, log) -> dict:
     """The self-check's record: an earlier call's if it is complete and its choice passed
-    (`config.selfcheck_state`; every call then trains the same way and at the same precision),
+    (`variants.selfcheck_state`; every call then trains the same way and at the same precision),
     else a new one within its budget."""
     from . import selfcheck
-    from ..config import selfcheck_state
     path = out / STATE_DIR / SELFCHECK_FILE
     record = _read_selfcheck(out)
     if record is not None:
         state, why = selfcheck_state(record)
-        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
+        chosen = Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
         if chosen and precision in (None, chosen.precision) and options.stack in (None, chosen.stack):
             log(f"campaign: the self-check of {record['created']} {why}")
             return record
@@ -339,7 +339,7 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     arch = configs[0].arch
     if (record["networks"].get(arch) or {}).get("ok") is not None:
         return
-    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    chosen = Variant.from_name(record["chosen"]["variant"])
     began = time.time()
     try:
         result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen)
@@ -434,7 +434,7 @@ def _train_group(group: list, variant, note: str, record: dict, device, sources:
                               deadline=Deadline(stop_at, step, options.min_start), hard_stop=hard_stop,
                               writer=writer, note=note)
     except EngineError as error:
-        eager = selfcheck.Variant("eager", variant.bf16, variant.channels_last, len(group))
+        eager = Variant("eager", variant.bf16, variant.channels_last, len(group))
         log(f"campaign: {variant.name} cannot run ({error}); falling back to {eager.name}")
         return again(group, eager, f"{eager.name}: fallback, {variant.name} failed: {error}")
     except Exception as error:  # noqa: BLE001 (recorded; the plan goes on)
@@ -494,7 +494,6 @@ def _read_selfcheck(out: Path) -> dict | None:
 def selfcheck_line(out: Path) -> str:
     """What the status table says of the self-check in `out`: complete (reused), cut short or
     failed (checked again on the next call), or none yet; torch-free."""
-    from ..config import selfcheck_state
     record = _read_selfcheck(Path(out))
     if record is None:
         return "self-check: none yet (the next call checks first)"

@@ -248,7 +248,7 @@ MUTATIONS = [
              'found.append((len(checkpoint.get("metrics", [])), status == "complete"))', "pass",
              "how far a run got is read from run.json alone", "tests/test_bundle.py"),
     Mutation("resume-forgets-its-threads", "reproresnet/train.py",
-             "resumed=_last_threads(config.out) if resume else None", "resumed=None",
+             "resumed=rundir.last_threads(Path(configs[0].out)) if resume else None", "resumed=None",
              "a resume on a CPU picks its threads by today's load, so its last bits differ", "tests/test_train.py"),
     Mutation("unbundle-without-epochs-comparison", "reproresnet/campaign/bundle.py",
              "if here > progress:", "if False:",

@@ -144,8 +144,11 @@ MUTATIONS = [
     Mutation("shortened-run-scale-inverted", "reproresnet/recipes.py",
              "scale = epochs / self.length", "scale = self.length / epochs",
              "a shortened run scales its milestones the wrong way", R),
+    Mutation("setting-rules-not-applied", "reproresnet/config.py",
+             'if field.metadata["rule"] is not None:', "if False:",
+             "a run's own settings (seed, dataset, device, limits, ...) are taken unchecked", "tests/test_config.py"),
     Mutation("weight-decay-override-dropped", "reproresnet/config.py",
-             '"lr", "weight_decay", "weight_decay_on",', '"lr", "weight_decay_on",',
+             "weight_decay: Optional[float] = setting(role=RECIPE)", "weight_decay: Optional[float] = setting()",
              "--weight-decay never reaches the recipe", T),
     # ---- training loop: optimizer, schedule, evaluation, summary
     Mutation("nesterov-dropped", "reproresnet/engine.py",

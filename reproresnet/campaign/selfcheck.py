@@ -615,19 +615,19 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..arguments import positive_integer, positive_number
+    from ..arguments import integer, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
                         metavar="NAME", help="networks to check; the first is timed (default: the three of the report)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(PLANNED_SEEDS), metavar="K",
+    parser.add_argument("--seeds", nargs="+", type=integer, default=list(PLANNED_SEEDS), metavar="K",
                         help=f"seeds of each network; their number is the stack size (default: the plan's, "
                              f"{' '.join(map(str, PLANNED_SEEDS))})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic "
                                                                "(default: synthetic)")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
-    parser.add_argument("--batch-size", type=int, help=f"images per step and network (default: the recipe's on "
+    parser.add_argument("--batch-size", type=integer, help=f"images per step and network (default: the recipe's on "
                                                        f"CUDA, {CPU_BATCH} on a CPU)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
     parser.add_argument("--timed-steps", type=positive_integer, help="default: 20 on CUDA, 2 on a CPU")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError, _is_number
+from .checks import is_number
+from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError
 
 RUN_FORMAT = "reproresnet-run/1"
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
@@ -210,7 +211,7 @@ _FIELD_CHECKS = (
     (("device",), lambda value: value is None or isinstance(value, dict), "an object or null"),
     (("device", "name"), _text_or_none, "text or null"),
     (("final",), lambda value: value is None or isinstance(value, dict), "an object or null"),
-    (("final", "test_error"), lambda value: value is None or _is_number(value), "a finite number or null"),
+    (("final", "test_error"), lambda value: value is None or is_number(value), "a finite number or null"),
 )
 
 

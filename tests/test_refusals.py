@@ -320,7 +320,7 @@ def test_campaign_status_needs_no_torch(tmp_path):
     pytest.param(["selfcheck", "--seeds", "1", "1"], ["--seeds 1 1", "1 given more than once"],
                  id="selfcheck-seeds-repeated"),
     pytest.param(["selfcheck", "--seeds", "-1"], ["seed=-1"], id="selfcheck-seed-negative"),
-    pytest.param(["selfcheck", "--seeds", "1.5"], ["--seeds", "'1.5' is not an integer"], id="selfcheck-seed-not-integer"),
+    pytest.param(["selfcheck", "--seeds", "1.5"], ["--seeds", "'1.5' is not an integer"], id="selfcheck-seed-not-whole"),
 ])
 def test_bench_and_selfcheck_refuse_numbers_out_of_range(tmp_path, capsys, monkeypatch, args, words):
     from reproresnet.bench import measure as bench

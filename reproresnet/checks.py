@@ -54,4 +54,5 @@ def choice(name: str, value, choices) -> None:
 
 POSITIVE_INT = Rule(lambda value: is_int(value) and value > 0, "a positive integer")
 OPTIONAL_POSITIVE_INT = Rule(POSITIVE_INT.ok, POSITIVE_INT.accepted, optional=True)
-OPTIONAL_BOOL = Rule(lambda value: isinstance(value, bool), "True or False", optional=True)
+BOOL = Rule(lambda value: isinstance(value, bool), "True or False")
+OPTIONAL_BOOL = Rule(BOOL.ok, BOOL.accepted, optional=True)

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
-from .checks import (OPTIONAL_BOOL, OPTIONAL_POSITIVE_INT, POSITIVE_INT, ConfigError, Rule, choice, is_int,
-                     is_number, one_of, require)
-from .recipes import MAX_EPOCHS, RECIPES, Recipe, as_record, check_recipe, make_schedule, weight_decay_reach
+from .checks import (BOOL, OPTIONAL_BOOL, OPTIONAL_POSITIVE_INT, POSITIVE_INT, ConfigError, Rule, is_int, one_of,
+                     require)
+from .checks import choice  # noqa: F401 (a setting's checks, as the engine asks them from here)
+from .recipes import MAX_EPOCHS, check_recipe  # noqa: F401 (the limits a run's recipe is checked by)
+from .recipes import RECIPES, Recipe, as_record, make_schedule, weight_decay_reach
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +58,6 @@ _DEVICE = Rule(lambda value: isinstance(value, str) and (value in DEVICES or val
                f"one of {list(DEVICES)} or 'cuda:N'")
 _PATH = Rule(lambda value: isinstance(value, str) and value != "", "a run directory path")
 _FOLDER = Rule(lambda value: isinstance(value, str), "a folder path", optional=True)
-_BOOL = Rule(lambda value: isinstance(value, bool), "True or False")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class TrainConfig:
     seed: int = setting(0, _SEED)
     dataset: str = setting("cifar10", _DATASET)       # cifar10 | cifar100 | folder:PATH | synthetic
     data_dir: Optional[str] = setting(None, _FOLDER, RUNTIME)  # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
-    download: bool = setting(False, _BOOL, RUNTIME)
+    download: bool = setting(False, BOOL, RUNTIME)
     limit_train: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT)  # a fixed, seeded subset for quick runs
     limit_test: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT)
     val_size: Optional[int] = setting(role=RECIPE)    # >0: hold out that many training images (the seed: 5000)
@@ -96,7 +97,7 @@ class TrainConfig:
     # change engines between processes. None: graph on one CUDA device, else eager.
     engine: Optional[str] = setting(None, one_of(ENGINES, optional=True), RUNTIME)
     eval_batch_size: int = setting(1000, POSITIVE_INT, RUNTIME)
-    threads: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT, RUNTIME)  # None: chosen by cpu_threads
+    threads: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT, RUNTIME)  # this process's; None: cpu_threads
 
     def __post_init__(self):
         """Each value checked once: a run's own settings by their rules, a recipe's values by the
@@ -128,8 +129,8 @@ class TrainConfig:
         return ARCHITECTURES[self.arch].options(self.model_options())
 
     def precision(self, device: str) -> str:
-        """"bf16" or "fp32": the config's, else bf16 on a CUDA device (`device`: its type)."""
-        return "bf16" if (device == "cuda" if self.bf16 is None else self.bf16) else "fp32"
+        """"bf16" or "fp32" on a device of type `device` (`precision_for`)."""
+        return precision_for(self.bf16, device)
 
     def describe(self, train_size: Optional[int] = None) -> dict:
         """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
@@ -184,6 +185,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def precision_for(bf16: Optional[bool], device: str) -> str:
+    """"bf16" or "fp32": as `bf16` says, else bf16 on a CUDA device (`device`: its type)."""
+    return "bf16" if (device == "cuda" if bf16 is None else bf16) else "fp32"
 
 
 def _named(role: str) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from .config import MAX_EPOCHS, ConfigError, TrainConfig, check_stackable, cpu_t
 from .data import (DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, load_device_splits,
                    train_batches)
 from .engine import (Engine, Speedups, build_engine, check_compile_mode, compile_model, exact_fp32, make_optimizer,
-                     resolve_engine, scale_momentum_, synchronize)
+                     precision_words, resolve_engine, scale_momentum_, switches, synchronize)
 from .models import build_model, network_size
 from .recipes import Recipe, Schedule, make_schedule
 from .stacked import (DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, member_states, merge_optimizer_states, nonfinite,
@@ -109,6 +109,7 @@ class Stack:
     optimizer: torch.optim.Optimizer
     engine: Engine
     speedups: Speedups
+    precision: str                   # "fp32" or "bf16": the run's (TrainConfig.precision)
     device: torch.device
     world: distributed.World = distributed.World()  # the processes of a torchrun run
 
@@ -127,7 +128,7 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     run's checkpoint."""
     check_stackable(configs)
     config, checkpoints = configs[0], checkpoints or [None] * len(configs)
-    speedups = Speedups.for_device(config, device)
+    speedups, precision = Speedups.for_device(config, device), config.precision(device.type)
     recipe = config.resolved_recipe()
     schedule = make_schedule(recipe, config.arch, len(splits[0].train.labels))
     distributed.check_batches(world, recipe.batch_size, len(splits[0].train.labels))
@@ -137,7 +138,7 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
         torch.manual_seed(run.config.seed)
         model = build_model(config.arch, num_classes=len(run.splits.classes), **config.model_options()).to(device)
         if checkpoint is not None:
-            rundir.check_same_speedups(run.run_dir, checkpoint, dataclasses.asdict(speedups), device.type)
+            rundir.check_same_speedups(run.run_dir, checkpoint, switches(precision, speedups), device.type)
             distributed.check_resume(world, checkpoint, run.run_dir)
             with rundir.fitting(run.run_dir):
                 model.load_state_dict(checkpoint["model"])
@@ -155,8 +156,9 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     step_model = distributed.wrap(model, world, device)
     step_model = compile_model(step_model, compile_mode) if speedups.compile else step_model
     engine = build_engine(resolve_engine(config, device, world.size > 1), model, optimizer, speedups,
-                          recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1)
-    return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, device, world)
+                          recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1,
+                          precision=precision)
+    return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, precision, device, world)
 
 
 # ---------------------------------------------------------------- one epoch, and evaluation
@@ -377,8 +379,8 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
             name=run.run_dir.name, config=config.as_dict(), recipe=stack.recipe.as_dict(),
             schedule=stack.schedule.as_dict(), data={**run.splits.describe(), "normalization": stack.recipe.normalization,
                                                      "augmentation": stack.recipe.augmentation},
-            precision=stack.speedups.precision(), provenance=provenance,
-            speedups=dataclasses.asdict(stack.speedups), params=params, flops=flops,
+            precision=precision_words(stack.precision), provenance=provenance,
+            speedups=switches(stack.precision, stack.speedups), params=params, flops=flops,
             distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs)
         if checkpoint is not None:
             run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
@@ -386,7 +388,7 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
         run.speed.append(records.speed_segment(
             len(run.metrics) + 1, device=stack.device.type,
             gpu=torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
-            pack=pack, threads=torch.get_num_threads(), precision=stack.speedups.precision(),
+            pack=pack, threads=torch.get_num_threads(), precision=precision_words(stack.precision),
             channels_last=stack.speedups.channels_last, engine=stack.engine.name, stacked=stack.k,
             compile_mode=compile_mode if stack.speedups.compile else None,
             stacked_note=DIFFERS_FROM_SEPARATE_RUNS if stack.k > 1 else None, chosen=note))
@@ -551,7 +553,7 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
         rundir.save(writer, run.run_dir, run.record, run.metrics, {
             "model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
             "config": run.config.as_dict(), "started": run.record["started"], "speed": copy.deepcopy(run.speed),
-            "speedups": dataclasses.asdict(stack.speedups), "generator_device": stack.device.type,
+            "speedups": switches(stack.precision, stack.speedups), "generator_device": stack.device.type,
             "world_size": stack.world.size})
 
 

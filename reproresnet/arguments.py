@@ -51,7 +51,7 @@ def positive_number(text: str) -> float:
 
 
 def non_negative_number(text: str) -> float:
-    """A finite number >= 0 (seconds kept in hand, MiB allowed)."""
+    """A finite number >= 0 (seconds a step may take, MiB allowed)."""
     value = number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a number >= 0")

@@ -277,6 +277,9 @@ MUTATIONS = [
     Mutation("non-finite-numbers-accepted", "reproresnet/arguments.py",
              "if not math.isfinite(value):", "if False:",
              "--budget nan (and --lr inf, ...) are read as numbers", "tests/test_bad_input.py"),
+    Mutation("campaign-negative-seconds-accepted", "reproresnet/arguments.py",
+             "    if value < 0:\n", "    if False:\n",
+             "campaign --min-start -1 (or --max-unfinished-mb -5) is taken as given", "tests/test_refusals.py"),
     # ---- issue 19: the seed's 2016-04 code state, WRN's code, momentum forms, padding, loss, precision
     Mutation("stage1-preact-option-ignored", "reproresnet/models.py",
              'rest = {"preactivate": False} if preact_stage1 == "first_unit" else {}', "rest = {}",

@@ -489,7 +489,7 @@ def test_a_complete_campaign_run_renders_its_page_without_training(tmp_path):
     cwd = os.getcwd()
     os.chdir(REPO)  # the notebook path and the kernel's imports are relative to the repository
     try:
-        outcomes = campaign.render_runs([run_dir, unfinished])
+        outcomes = bundling.render_runs([run_dir, unfinished])
     finally:
         os.chdir(cwd)
     assert [o["status"] for o in outcomes] == ["complete", "incomplete"], outcomes
@@ -515,6 +515,6 @@ def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path,
     executed = []
     monkeypatch.setattr(launch, "execute_run", lambda notebook, run_dir, parameters, progress: executed.append(
         run_dir) or {"run": Path(run_dir).name, "status": "complete", "message": None})
-    outcomes = campaign.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
+    outcomes = bundling.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
     assert outcomes[0]["status"] == "failed" and outcomes[0]["message"].endswith("the recorded ['lr']")
     assert executed == [str(tmp_path / "defaults")]

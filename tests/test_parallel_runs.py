@@ -67,12 +67,9 @@ class Child:
 
 
 def lock_owner(run_dir: Path) -> int | None:
-    """The pid written into the lock file by the process holding it ("pid N on HOST")."""
-    try:
-        words = (run_dir / ".lock").read_text().split()
-    except OSError:
-        return None
-    return int(words[1]) if len(words) >= 2 and words[0] == "pid" and words[1].isdigit() else None
+    """The pid written into the lock file by the process holding it (records.lock_line)."""
+    owner = records.lock_owner(run_dir)
+    return owner and owner[0]
 
 
 def wait_until(condition, children, what: str):

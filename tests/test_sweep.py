@@ -339,12 +339,12 @@ def _interrupt_once_checkpointed(run_dir: Path, sent: list) -> None:
     while True:
         try:
             record = records.read_run(run_dir)
-        except ValueError:
-            record = {"status": None, "epochs_done": 0}
-        if record.status == "complete":
+        except ValueError:  # not written yet
+            record = None
+        if record is not None and record.status == "complete":
             return  # too late: the test's assertions say so
-        if record.epochs_done >= 1:
-            kernel = int((run_dir / ".lock").read_text().split()[1])  # "pid N on HOST", written by train()
+        if record is not None and record.epochs_done >= 1:
+            kernel, _ = records.lock_owner(run_dir)  # the kernel's pid, written by train() into the lock
             os.kill(_parent_pid(kernel), signal.SIGUSR2)  # the job's process, which started the kernel
             sent.append(record.epochs_done)
             return

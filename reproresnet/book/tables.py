@@ -100,7 +100,7 @@ def _data_note(run: RunRecord, quoted: dict) -> str | None:
     if normalization and paper_normalization and normalization != paper_normalization:
         differences.append(f"inputs normalized {normalization} instead of {paper_normalization}")
     if data.augmentation not in (None, "per_image"):
-        differences.append(f"crop and flip drawn {data['augmentation'].replace('_', ' ')} instead of per image")
+        differences.append(f"crop and flip drawn {data.augmentation.replace('_', ' ')} instead of per image")
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 

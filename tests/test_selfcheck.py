@@ -87,16 +87,6 @@ def _configs(**changes):
                         batch_size=8, device="cpu", **changes) for seed in (0, 1)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """This module's steps in one thread: at the shared machine's load, two spin against each
-    other (config.cpu_threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base():
     """Two ResNet-20s, batch 8: their start state, exact steps and fp32 floor, measured once."""

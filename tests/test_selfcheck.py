@@ -84,12 +84,12 @@ def test_the_check_turns_dropout_off_where_the_network_has_it():
 
 def _configs(**changes):
     return [TrainConfig(arch="preact_resnet20", out=f"x/s{seed}", seed=seed, dataset="synthetic", limit_train=64,
-                        batch_size=8, device="cpu", **changes) for seed in (0, 1)]
+                        batch_size=4, device="cpu", **changes) for seed in (0, 1)]
 
 
 @pytest.fixture(scope="module")
 def base():
-    """Two ResNet-20s, batch 8: their start state, exact steps and fp32 floor, measured once."""
+    """Two ResNet-20s, batch 4: their start state, exact steps and fp32 floor, measured once."""
     return selfcheck.baseline(_configs(), CPU, {})
 
 

@@ -90,8 +90,8 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- training in this process
 
 # The tiny run the in-process training tests train (test_train, test_campaign): preact_resnet20
-# on 48 synthetic images (3 steps of 16 an epoch), on the CPU, in one thread.
-TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=48, limit_test=16, batch_size=16,
+# on 24 synthetic images (3 steps of 8 an epoch), on the CPU, in one thread.
+TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=24, limit_test=8, batch_size=8,
             device="cpu", epochs=3, threads=1)
 
 

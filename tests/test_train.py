@@ -30,7 +30,7 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     assert record["params"] == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
     assert record["precision"] == "fp32" and record["schedule"]["lost"] == []
     assert record["flops_per_image"] > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
-    assert record["data"]["label"] == "synthetic" and record["data"]["n_train"] == 48
+    assert record["data"]["label"] == "synthetic" and record["data"]["n_train"] == 24
     assert record["config"] == config.as_dict() and record["recipe"]["name"] == "seed"
     assert record["device"]["type"] == "cpu" and record["versions"]["torch"] == torch.__version__
     assert record["final"]["selected_by"] == "final_epoch" and record["final"]["epoch"] == 3
@@ -70,13 +70,13 @@ def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
 
 @pytest.mark.slow
 def test_validation_split_reports_the_best_validation_epoch(tmp_path):
-    record = training.train(tiny(tmp_path, val_size=16), progress=False)
+    record = training.train(tiny(tmp_path, val_size=8), progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / records.METRICS_FILE)))
     best = min(rows, key=lambda row: float(row["val_error"]))
     assert record["final"]["selected_by"] == "best_validation"
     assert record["final"]["epoch"] == int(best["epoch"])
     assert record["final"]["test_error"] == pytest.approx(float(best["test_error"]))
-    assert record["data"]["n_train"] == 32 and record["data"]["n_val"] == 16
+    assert record["data"]["n_train"] == 16 and record["data"]["n_val"] == 8
     assert (tmp_path / "run" / records.BEST_FILE).exists()
 
 
@@ -117,7 +117,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
 # ---------------------------------------------------------------- K runs as one stacked network
 
-STACK = dict(TINY, limit_train=32, epochs=3)  # 2 steps an epoch
+STACK = dict(TINY, limit_train=16, limit_test=16, epochs=3)  # 2 steps an epoch
 
 
 def stacked(tmp_path, seeds=(0, 1), prefix="k", **changes):
@@ -219,7 +219,7 @@ def test_a_stack_trains_each_run_as_it_would_train_alone(tmp_path):
         for ours, theirs in zip(*rows):
             for key in ("train_loss", "test_loss"):
                 assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=5e-3), (seed, key)
-            assert abs(float(ours["train_error"]) - float(theirs["train_error"])) <= 100 * 2 / 32 + 1e-9
+            assert abs(float(ours["train_error"]) - float(theirs["train_error"])) <= 100 * 2 / 16 + 1e-9
             assert abs(float(ours["test_error"]) - float(theirs["test_error"])) <= 100 * 2 / 16 + 1e-9
 
 
@@ -334,7 +334,7 @@ def test_a_fresh_runs_first_epoch_is_predicted_from_a_measured_step(tmp_path):
     record = training.train(tiny(tmp_path), progress=False, deadline=Asked(math.inf, step_seconds=2.0,
                                                                           setup_seconds=5.0))
     data = record["data"]
-    assert asked == [pytest.approx(5.0 + (48 / 16 + (data["n_test"] + data["n_val"]) / 16) * 2.0)]
+    assert asked == [pytest.approx(5.0 + (24 / 8 + (data["n_test"] + data["n_val"]) / 8) * 2.0)]
     assert record["status"] == "stopped" and record["epochs_done"] == 0
     training.train(tiny(tmp_path, "unmeasured"), progress=False, deadline=Asked(math.inf))
     assert asked[1] == 0.0
@@ -360,7 +360,7 @@ def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
 
 
 def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_path):
-    config = tiny(tmp_path, limit_train=40)  # 2 batches of 16 and one of 8
+    config = tiny(tmp_path, limit_train=20)  # 2 batches of 8 and one of 4
     device = select_device(config.device)
     stack = training.build_stack([config], [load_device_splits(config, device)], device)
     test = [stack.runs[0].splits.test]
@@ -383,7 +383,7 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
     stack = dataclasses.replace(stack, engine=engine, speedups=bf16)
     assert training.evaluate(stack, test) == reference  # no autocast, not the step module
     training.train_one_epoch(stack, 0, progress=False)
-    assert sizes == [16, 16]
+    assert sizes == [8, 8]
 
 
 def test_the_cli_stops_cleanly_and_says_how_far_it_got(tmp_path, capsys):

@@ -5,9 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RESULTS := results
-# The plan (reproresnet/reference.py: PLAN_TIERS, tier by tier, and PLANNED_SEEDS; a test holds these to it)
-ARCHS ?= preact_resnet110 preact_resnet164 wrn_16_4 resnet110 resnet164
-SEEDS ?= 0 1 2
+# The plan, read from reproresnet/reference.py (no dependency needed): PLAN_TIERS' networks tier by
+# tier, and PLANNED_SEEDS
+PLAN_OF = $(shell $(PYTHON) -c 'import reproresnet.reference as plan; print(*plan.$(1))')
+ARCHS ?= $(call PLAN_OF,PLANNED)
+SEEDS ?= $(call PLAN_OF,PLANNED_SEEDS)
 DATA_DIR ?= data
 # where `make reproduce` runs the sweep: local (this machine's GPUs) or slurm (with SWEEP_ARGS="--slurm-partition NAME ...")
 LAUNCHER ?= local

@@ -21,6 +21,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import ConfigError, choice, is_int, is_number, require
+
 SHORTCUTS = ("projection", "input_projection", "zero_pad")
 BOTTLENECK_STRIDES = ("1x1", "3x3")
 PREACT_STAGE1 = ("every_unit", "first_unit")  # which units of stage 1 begin with their own BN-ReLU
@@ -45,10 +47,6 @@ FAMILIES = {
     # in stages 2 and 3), so its depth is 2 + 2 * (3n + 4).
     "seed_wide": Family("seed_wrn_n{n}_k{width}", True, {"basic": (6, 10)}, (0, 2, 2)),
 }
-
-
-def _is_int(value, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def default_options(family: str, block: str) -> dict:
@@ -91,10 +89,10 @@ class ArchSpec:
         rules = FAMILIES[self.family].depth_rules
         if self.block not in rules:
             raise ValueError(f"block {self.block!r} is not one of {', '.join(map(repr, rules))}")
-        if not _is_int(self.width, 1):
+        if not (is_int(self.width) and self.width >= 1):
             raise ValueError(f"widening factor k must be an int >= 1, got {self.width!r}")
         per_unit, extra = rules[self.block]
-        if not _is_int(self.depth, per_unit + extra) or (self.depth - extra) % per_unit:
+        if not (is_int(self.depth) and self.depth >= per_unit + extra) or (self.depth - extra) % per_unit:
             valid = ", ".join(str(per_unit * n + extra) for n in (1, 2, 3))
             kind = f"{self.family} networks" if "wide" in self.family else f"{self.block} blocks"
             raise ValueError(f"depth {self.depth!r} is not {per_unit}n+{extra} for {kind}; valid: {valid}, ...")
@@ -120,28 +118,25 @@ class ArchSpec:
 
     def options(self, given: dict) -> dict:
         """Every option this network is built with: its source's defaults, then `given`, each
-        checked (ValueError naming the bad one and what would be accepted)."""
+        checked here, for a run's settings and the builder alike (ConfigError, a ValueError,
+        naming the bad one and what would be accepted)."""
         defaults = default_options(self.family, self.block)
         options = {**defaults, **given}
-        num_classes, dropout, bn_batch = options["num_classes"], options.get("dropout", 0.0), options["bn_batch"]
-        if not _is_int(num_classes, 2):
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if options["shortcut"] not in SHORTCUTS:
-            raise ValueError(f"shortcut {options['shortcut']!r} is not one of {SHORTCUTS}")
-        if options.get("bottleneck_stride", "1x1") not in BOTTLENECK_STRIDES:
-            raise ValueError(f"bottleneck_stride {options['bottleneck_stride']!r} is not one of "
-                             f"{BOTTLENECK_STRIDES}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"dropout={dropout!r} is not valid: expected a float in [0, 1)")
-        if bn_batch is not None and not _is_int(bn_batch, 1):
-            raise ValueError(f"bn_batch={bn_batch!r} is not valid: expected None or an int >= 1")
-        for name, accepted in (("preact_stage1", PREACT_STAGE1), ("layer_defaults", LAYER_DEFAULTS)):
-            if options.get(name, accepted[0]) not in accepted:
-                raise ValueError(f"{name}={options[name]!r} is not valid: expected one of {list(accepted)}")
+        num_classes, bn_batch = options["num_classes"], options["bn_batch"]
+        require(is_int(num_classes) and num_classes >= 2, "num_classes", num_classes, "an int >= 2")
+        choice("shortcut", options["shortcut"], SHORTCUTS)
+        for name, accepted in (("bottleneck_stride", BOTTLENECK_STRIDES), ("preact_stage1", PREACT_STAGE1),
+                               ("layer_defaults", LAYER_DEFAULTS)):
+            if name in options:
+                choice(name, options[name], accepted)
+        if "dropout" in options:
+            dropout = options["dropout"]
+            require(is_number(dropout) and 0 <= dropout < 1, "dropout", dropout, "a float in [0, 1)")
+        require(bn_batch is None or (is_int(bn_batch) and bn_batch >= 1), "bn_batch", bn_batch, "None or an int >= 1")
         unknown = sorted(set(given) - set(defaults))  # after the values: a bad value is named first
         if unknown:
-            raise ValueError(f"option(s) {', '.join(unknown)} do not apply to {self.family} {self.block}-block "
-                             f"networks; accepted: {', '.join(defaults)}")
+            raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to {self.family} {self.block}-block "
+                              f"networks; accepted: {', '.join(defaults)}")
         return options
 
 

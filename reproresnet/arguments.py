@@ -1,6 +1,8 @@
 """The command-line form of a run's settings: the argument types and the `train` flags, one per
 TrainConfig field, shared by the `train` command and the campaign's --train-args (which read them
-with the same parser). TrainConfig checks every value; these only turn text into numbers."""
+with the same parser). TrainConfig checks every run setting (`config`); these types only turn text
+into numbers, and check the few counts and times that are no run setting (--pack, --stop-after,
+the campaign's and the self-check's own numbers)."""
 
 from __future__ import annotations
 
@@ -45,6 +47,14 @@ def positive_number(text: str) -> float:
     value = number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a number > 0")
+    return value
+
+
+def non_negative_number(text: str) -> float:
+    """A finite number >= 0 (seconds a step may take, MiB allowed)."""
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: expected a number >= 0")
     return value
 
 

@@ -5,19 +5,25 @@ papermill parameter cell and the run record. `None` means "the recipe's (or the
 network's, or the device's) own choice": a recipe owns its optimiser, schedule,
 preprocessing, augmentation, validation split and network options, and a value given
 here wins over it. `resolved_recipe()` is the recipe with this run's values applied.
+
+Each field says what it is (`setting`): a run-time setting (where and how fast the run runs,
+in no experiment key), a recipe's value (checked by the recipe it resolves to, or by the
+network for its options), or an experiment setting with the rule its value is checked by.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
-from .recipes import (AUGMENTATIONS, MOMENTUM_FORMS, NORMALIZATIONS, PADDINGS, RECIPES, UNITS, WEIGHT_DECAY_SCOPES,
-                      Recipe, as_record, make_schedule, weight_decay_reach)
+from .checks import (BOOL, OPTIONAL_BOOL, OPTIONAL_POSITIVE_INT, POSITIVE_INT, ConfigError, Rule, is_int, one_of,
+                     require)
+from .checks import choice  # noqa: F401 (a setting's checks, as the engine asks them from here)
+from .recipes import MAX_EPOCHS, check_recipe  # noqa: F401 (the limits a run's recipe is checked by)
+from .recipes import RECIPES, Recipe, as_record, make_schedule, weight_decay_reach
 
 if TYPE_CHECKING:
     import torch
@@ -29,120 +35,88 @@ CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10's and CIFAR-100's training split
 # How records name CIFAR-10 and its JPEG mirror (data.DataSplits.label): a mirror's or a
 # stand-in's numbers are never called CIFAR-10 results.
 CIFAR10, JPEG_MIRROR = "CIFAR-10", "CIFAR-10 (JPEG mirror)"
-# Settings that say where and how fast a run runs, not what it computes: no experiment key
-# holds them (TrainConfig.experiment_key). bf16 is not one: precision is part of the result. (A
-# resume is still refused when the speedups these resolve to differ from the checkpoint's:
-# rundir.check_same_speedups.) The engine is one: a CUDA graph replays the kernels of the eager
-# step, so a run may change engines between processes.
-RUNTIME_SETTINGS = ("out", "device", "data_dir", "download", "channels_last", "compile", "engine",
-                    "eval_batch_size", "threads")
-# Settings a recipe owns; a value given in the config replaces the recipe's.
-RECIPE_OWNED = ("epochs", "batch_size", "lr", "weight_decay", "weight_decay_on", "milestones", "momentum_form",
-                "normalization", "augmentation", "padding", "val_size", *NETWORK_OPTIONS)
-
-
 # What a seed may be: numpy's seeds (0 to 2**32 - 1) and within torch.manual_seed's range, with
 # room for the seeds derived from it (train.epoch_seed, data._rng, distributed.process_seed).
 MAX_SEED = 2**32 - 1
-# Epochs a run may have: train.epoch_seed draws epoch e of seed s from s * 1_000_003 + e, so a
-# longer run would replay the next seed's draws.
-MAX_EPOCHS = 1_000_003
-# The largest float32: the optimizer applies the lr, weight decay and momentum to fp32 weights
-# as float32 scalars, and a larger one overflows inside the step.
-FLOAT32_MAX = 3.4028234663852886e38
+
+# The roles of a setting (`setting`).
+EXPERIMENT, RUNTIME, RECIPE = "experiment", "runtime", "recipe"
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names it and what would be accepted."""
+def setting(default=None, rule: Optional[Rule] = None, role: str = EXPERIMENT):
+    """A TrainConfig field: its default, the rule its value is checked by (none for a recipe's
+    value: the resolved recipe, or the network, checks it) and its role. A run-time setting says
+    where and how fast a run runs, not what it computes: no experiment key holds it."""
+    return dataclasses.field(default=default, metadata={"rule": rule, "role": role})
+
+
+_SEED = Rule(lambda value: is_int(value) and 0 <= value <= MAX_SEED,
+             f"an integer from 0 to {MAX_SEED} (2**32 - 1: what numpy and torch.manual_seed both take)")
+_DATASET = Rule(lambda value: isinstance(value, str) and value != "folder:"
+                and (value in DATASETS or value.startswith("folder:")), f"one of {list(DATASETS)}")
+_DEVICE = Rule(lambda value: isinstance(value, str) and (value in DEVICES or value.startswith("cuda:")),
+               f"one of {list(DEVICES)} or 'cuda:N'")
+_PATH = Rule(lambda value: isinstance(value, str) and value != "", "a run directory path")
+_FOLDER = Rule(lambda value: isinstance(value, str), "a folder path", optional=True)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "preact_resnet20"
-    out: str = "runs/preact_resnet20"
-    recipe: str = "seed"
-    epochs: Optional[int] = None          # None: the recipe's length, else a shortened run
-    batch_size: Optional[int] = None      # images per SGD step
-    lr: Optional[float] = None            # peak learning rate at `batch_size`
-    weight_decay: Optional[float] = None
-    weight_decay_on: Optional[str] = None  # all | weights | lasagne (recipes.DECAYED_ROLES)
-    milestones: Optional[tuple] = None    # lr decay points, in the recipe's units
-    momentum_form: Optional[str] = None   # pytorch | lasagne | reset: the momentum at a change of lr
-    seed: int = 0
-    dataset: str = "cifar10"              # cifar10 | cifar100 | folder:PATH | synthetic
-    data_dir: Optional[str] = None        # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
-    download: bool = False
-    limit_train: Optional[int] = None     # a fixed, seeded subset for quick runs
-    limit_test: Optional[int] = None
-    val_size: Optional[int] = None        # >0: hold out that many training images (the seed: 5000)
-    normalization: Optional[str] = None   # per_pixel_mean | per_pixel_mean_0_255 | range_0_1 | per_channel | gcn_zca
-    augmentation: Optional[str] = None    # per_image | per_batch | none
-    padding: Optional[str] = None         # zero | reflect: the crop's 4-pixel border
-    shortcut: Optional[str] = None        # network options; None: the recipe's, else the network's
-    bottleneck_stride: Optional[str] = None
-    dropout: Optional[float] = None
-    bn_batch: Optional[int] = None        # images per batch-norm statistic ("ghost" batch norm)
-    preact_stage1: Optional[str] = None   # every_unit | first_unit: which units of stage 1 pre-activate
-    layer_defaults: Optional[str] = None  # torch | lasagne: conv bias, initialisation, BN epsilon
-    device: str = "auto"
-    bf16: Optional[bool] = None           # None: on for CUDA, off for CPU
-    channels_last: Optional[bool] = None
-    compile: Optional[bool] = None        # torch.compile (eager engine); None: off
-    engine: Optional[str] = None          # eager | graph; None: graph on one CUDA device, else eager
-    eval_batch_size: int = 1000
-    threads: Optional[int] = None         # CPU threads of this process; None: chosen by cpu_threads
+    arch: str = setting("preact_resnet20", one_of(ARCHITECTURES))
+    out: str = setting("runs/preact_resnet20", _PATH, RUNTIME)
+    recipe: str = setting("seed", one_of(RECIPES))
+    epochs: Optional[int] = setting(role=RECIPE)      # None: the recipe's length, else a shortened run
+    batch_size: Optional[int] = setting(role=RECIPE)  # images per SGD step
+    lr: Optional[float] = setting(role=RECIPE)        # peak learning rate at `batch_size`
+    weight_decay: Optional[float] = setting(role=RECIPE)
+    weight_decay_on: Optional[str] = setting(role=RECIPE)  # all | weights | lasagne (recipes.DECAYED_ROLES)
+    milestones: Optional[tuple] = setting(role=RECIPE)     # lr decay points, in the recipe's units
+    momentum_form: Optional[str] = setting(role=RECIPE)    # pytorch | lasagne | reset: the momentum at a change of lr
+    seed: int = setting(0, _SEED)
+    dataset: str = setting("cifar10", _DATASET)       # cifar10 | cifar100 | folder:PATH | synthetic
+    data_dir: Optional[str] = setting(None, _FOLDER, RUNTIME)  # None: $REPRORESNET_DATA or ~/.cache/reproresnet/data
+    download: bool = setting(False, BOOL, RUNTIME)
+    limit_train: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT)  # a fixed, seeded subset for quick runs
+    limit_test: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT)
+    val_size: Optional[int] = setting(role=RECIPE)    # >0: hold out that many training images (the seed: 5000)
+    normalization: Optional[str] = setting(role=RECIPE)  # per_pixel_mean | per_pixel_mean_0_255 | range_0_1 | ...
+    augmentation: Optional[str] = setting(role=RECIPE)   # per_image | per_batch | none
+    padding: Optional[str] = setting(role=RECIPE)        # zero | reflect: the crop's 4-pixel border
+    shortcut: Optional[str] = setting(role=RECIPE)       # network options; None: the recipe's, else the network's
+    bottleneck_stride: Optional[str] = setting(role=RECIPE)
+    dropout: Optional[float] = setting(role=RECIPE)
+    bn_batch: Optional[int] = setting(role=RECIPE)       # images per batch-norm statistic ("ghost" batch norm)
+    preact_stage1: Optional[str] = setting(role=RECIPE)  # every_unit | first_unit: which units of stage 1 pre-activate
+    layer_defaults: Optional[str] = setting(role=RECIPE)  # torch | lasagne: conv bias, initialisation, BN epsilon
+    device: str = setting("auto", _DEVICE, RUNTIME)
+    # Precision is part of the result (no run-time setting): bf16 and fp32 runs are other experiments.
+    bf16: Optional[bool] = setting(None, OPTIONAL_BOOL)  # None: on for CUDA, off for CPU (`precision`)
+    channels_last: Optional[bool] = setting(None, OPTIONAL_BOOL, RUNTIME)
+    compile: Optional[bool] = setting(None, OPTIONAL_BOOL, RUNTIME)  # torch.compile (eager engine); None: off
+    # The engine is run-time: a CUDA graph replays the kernels of the eager step, so a run may
+    # change engines between processes. None: graph on one CUDA device, else eager.
+    engine: Optional[str] = setting(None, one_of(ENGINES, optional=True), RUNTIME)
+    eval_batch_size: int = setting(1000, POSITIVE_INT, RUNTIME)
+    threads: Optional[int] = setting(None, OPTIONAL_POSITIVE_INT, RUNTIME)  # this process's; None: cpu_threads
 
     def __post_init__(self):
+        """Each value checked once: a run's own settings by their rules, a recipe's values by the
+        recipe they resolve to, the network's options by the network (ArchSpec.options)."""
         if isinstance(self.milestones, list):
             object.__setattr__(self, "milestones", tuple(self.milestones))
-        self._check_types()
-        choice("recipe", self.recipe, RECIPES)
-        if self.engine is not None:
-            choice("engine", self.engine, ENGINES)
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise ConfigError(f"device={self.device!r} is not valid: expected one of {DEVICES} or 'cuda:N'")
-        if not self.dataset or not (self.dataset in DATASETS or self.dataset.startswith("folder:")) \
-                or self.dataset == "folder:":
-            raise ConfigError(f"dataset={self.dataset!r} is not valid: expected one of {list(DATASETS)}")
-        if not self.out:
-            raise ConfigError("out='' is not valid: expected a run directory path")
-        check_recipe(self.resolved_recipe())  # schedule, batch, data and optimiser values together
-        self.network_options()
-
-    def _check_types(self):
-        hints = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple}
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            kind = field.type.replace("Optional[", "").rstrip("]")
-            if value is None and field.type.startswith("Optional"):
-                continue
-            expected = hints[kind]
-            ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-            if expected is float:
-                ok = _is_number(value)
-                kind = "a finite number"
-            if not ok:
-                raise ConfigError(f"{field.name}={value!r} is not valid: expected {kind}"
-                                  f"{' or None' if field.type.startswith('Optional') else ''}, "
-                                  f"got {type(value).__name__}")
-        for name in ("limit_train", "limit_test", "eval_batch_size", "threads"):
-            _require(getattr(self, name) is None or getattr(self, name) > 0, name, getattr(self, name),
-                     "a positive integer")
-        _require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1: "
-                 f"what numpy and torch.manual_seed both take)")
+            if field.metadata["rule"] is not None:
+                field.metadata["rule"].check(field.name, getattr(self, field.name))
+        self.resolved_recipe()  # schedule, batch, data and optimiser values together
+        self.network_options()
 
     def resolved_recipe(self) -> Recipe:
         """The recipe as it applies to this network, with this run's values over it."""
         given = {name: getattr(self, name) for name in RECIPE_OWNED if getattr(self, name) is not None}
-        if "epochs" in given:
-            _require(_is_int(given["epochs"]) and 0 < given["epochs"] <= MAX_EPOCHS, "epochs", given["epochs"],
-                     _EPOCHS_ACCEPTED)
         return RECIPES[self.recipe].for_arch(self.arch).replace(**given)
 
     def model_options(self) -> dict:
         """Network options: the recipe's where the network has them, then this run's."""
-        if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"arch={self.arch!r} is not valid: expected one of {list(ARCHITECTURES)}")
         spec = ARCHITECTURES[self.arch]
         accepted = default_options(spec.family, spec.block)
         recipe = self.resolved_recipe().model_options()
@@ -152,18 +126,18 @@ class TrainConfig:
     def network_options(self) -> dict:
         """Every option the network is built with: its source's defaults, then `model_options`,
         each checked (`ArchSpec.options`)."""
-        options = self.model_options()  # names an unknown network
-        try:
-            return ARCHITECTURES[self.arch].options(options)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        return ARCHITECTURES[self.arch].options(self.model_options())
+
+    def precision(self, device: str) -> str:
+        """"bf16" or "fp32": the config's, else bf16 on a CUDA device (`device`: its type)."""
+        return "bf16" if (device == "cuda" if self.bf16 is None else self.bf16) else "fp32"
 
     def describe(self, train_size: Optional[int] = None) -> dict:
         """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
         recipe = self.resolved_recipe()
         if train_size is None:
             train_size = (self.limit_train or CIFAR_TRAIN_IMAGES) - recipe.val_size
-        _require(_is_int(train_size) and train_size > 0, "train_size", train_size, "a positive integer")
+        require(is_int(train_size) and train_size > 0, "train_size", train_size, "a positive integer")
         schedule = make_schedule(recipe, self.arch, train_size)
         network = self.network_options()
         skip = ("warmup_archs", "batch_size_for", *NETWORK_OPTIONS)
@@ -211,6 +185,18 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def _named(role: str) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata["role"] == role)
+
+
+# Settings that say where and how fast a run runs, not what it computes: no experiment key holds
+# them (TrainConfig.experiment_key). (A resume is still refused when the speedups these resolve
+# to differ from the checkpoint's: rundir.check_same_speedups.)
+RUNTIME_SETTINGS = _named(RUNTIME)
+# Settings a recipe owns; a value given in the config replaces the recipe's.
+RECIPE_OWNED = _named(RECIPE)
 
 
 def distinct(flag: str, values) -> None:
@@ -264,61 +250,6 @@ def recorded_differences(here: dict, there: dict) -> dict[str, tuple]:
     return {name: (keys[0].get(name), keys[1].get(name)) for name in names if keys[0].get(name) != keys[1].get(name)}
 
 
-def check_recipe(recipe: Recipe) -> Recipe:
-    """Every value of a (resolved) recipe, checked together; raises ConfigError naming the first bad one."""
-    _require(recipe.unit in UNITS, "unit", recipe.unit, f"one of {UNITS}")
-    _require(_is_int(recipe.length) and 0 < recipe.length <= MAX_EPOCHS, "epochs" if recipe.unit == "epoch"
-             else "length", recipe.length, _EPOCHS_ACCEPTED)
-    _require(_is_int(recipe.batch_size) and recipe.batch_size > 0, "batch_size", recipe.batch_size,
-             "a positive integer")
-    for field in ("lr", "gamma"):
-        value = getattr(recipe, field)
-        _require(_is_number(value) and 0 < value <= FLOAT32_MAX, field, value,
-                 f"a positive number up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to fp32 weights)")
-    for field in ("weight_decay", "momentum", "warmup_lr"):
-        value = getattr(recipe, field)
-        _require(_is_number(value) and 0 <= value <= FLOAT32_MAX, field, value,
-                 f"a number >= 0 and up to {FLOAT32_MAX:.4g} (float32's largest: the step applies it to fp32 weights)")
-    _require(all(_is_number(m) for m in recipe.milestones), "milestones", recipe.milestones, "numbers")
-    ordered = all(a < b for a, b in zip(recipe.milestones, recipe.milestones[1:]))
-    _require(ordered, "milestones", recipe.milestones, "strictly increasing values")
-    inside = all(0 < m < recipe.length for m in recipe.milestones)
-    _require(inside, "milestones", recipe.milestones, f"values between 1 and {recipe.length - 1} (or "
-             f"fractions strictly between 0 and {recipe.length}; the run is {recipe.length} {recipe.unit}s long)")
-    _require(_is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
-             recipe.warmup_length, f"a number in [0, {recipe.length})")
-    choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
-    choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
-    choice("normalization", recipe.normalization, NORMALIZATIONS)
-    choice("augmentation", recipe.augmentation, AUGMENTATIONS)
-    choice("padding", recipe.padding, PADDINGS)
-    _require(_is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
-             "0 or a positive integer")
-    return recipe
-
-
-_EPOCHS_ACCEPTED = (f"a positive integer up to {MAX_EPOCHS:,} (epoch e of seed s draws from s * {MAX_EPOCHS:,} + e: "
-                    f"a longer run would replay the next seed's draws)")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _require(ok: bool, name: str, value, accepted: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is not valid: expected {accepted}")
-
-
-def choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid: expected one of {list(choices)}")
-
-
 def select_device(requested: str) -> torch.device:
     import torch
     if requested == "auto":
@@ -340,7 +271,7 @@ def cpu_threads(requested: Optional[int] = None, jobs: int = 1, resumed: Optiona
     other (torch's default of one per core ran 5-14x slower than one thread at load 6 on 2 cores)."""
     cores = usable_cores()
     if requested is not None:
-        _require(_is_int(requested) and 1 <= requested <= cores, "threads", requested,
+        require(is_int(requested) and 1 <= requested <= cores, "threads", requested,
                  f"an integer from 1 to {cores} (the cores this process may use)")
         return requested, "requested"
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
@@ -366,64 +297,3 @@ def free_core_threads(cores: int, jobs: int, load: float) -> int:
     the `load` leaves free (`bench --thread-rules` compares it with torch's default and all cores)."""
     share, free = max(1, cores // max(jobs, 1)), max(1, cores - int(load))
     return min(share, free)
-
-
-# ---------------------------------------------------------------- ways to train (the self-check's variants)
-
-@dataclass(frozen=True)
-class Variant:
-    engine: str          # eager | graph
-    bf16: bool
-    channels_last: bool
-    stack: int           # networks trained as one (1: apart)
-
-    @property
-    def precision(self) -> str:
-        return "bf16" if self.bf16 else "fp32"
-
-    @property
-    def name(self) -> str:
-        return f"{self.engine}-{self.precision}-{'nhwc' if self.channels_last else 'nchw'}-k{self.stack}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Variant":
-        engine, precision, layout, stack = name.split("-")
-        return cls(engine, precision == "bf16", layout == "nhwc", int(stack[1:]))
-
-    def groups(self, configs: list) -> list[list]:
-        """`configs` in the stacks this variant trains them in: `stack` at a time, in order."""
-        return [configs[start:start + self.stack] for start in range(0, len(configs), self.stack)]
-
-    def configs(self, configs: list[TrainConfig]) -> list[TrainConfig]:
-        """`configs` set to train this way (engine, precision, layout; never torch.compile)."""
-        return [dataclasses.replace(config, engine=self.engine, bf16=self.bf16, channels_last=self.channels_last,
-                                    compile=False) for config in configs]
-
-
-def reference_variant() -> Variant:
-    return Variant("eager", False, False, 1)
-
-
-# The self-check's record (selfcheck.py), read here without torch: `campaign --status` says what it is worth.
-SELFCHECK_FORMAT = "reproresnet-selfcheck/3"
-
-
-def selfcheck_state(record) -> tuple[str, str]:
-    """(state, why) of a self-check record for a later campaign call: "complete" only if it is of
-    this format, every one of its checks ran, and the variant it chose passed (a later call reuses
-    it); else "old format", "cut short" (its budget ended it, or it was stopped before it wrote
-    "complete"), "failed" (its choice did not pass) or "unreadable": the next call checks again."""
-    try:
-        chosen = record["chosen"]["variant"]
-    except (TypeError, KeyError):
-        return "unreadable", "no chosen variant in it: checked again on the next call"
-    if record.get("format") != SELFCHECK_FORMAT:
-        return "old format", f"{record.get('format')!r}, not {SELFCHECK_FORMAT!r}: checked again on the next call"
-    if record.get("complete") is not True:
-        unchecked = record.get("unchecked") or []
-        return "cut short", ((f"by its budget, {len(unchecked)} check(s) not run ({', '.join(unchecked)})"
-                              if unchecked else "stopped before it ended") + ": checked again on the next call")
-    passed = next((r.get("ok") for r in record.get("variants", []) if r.get("variant") == chosen), None)
-    if passed is not True:
-        return "failed", f"its choice {chosen} did not pass: checked again on the next call"
-    return "complete", f"chose {chosen} ({record['chosen'].get('why', '')}); reused by later calls"

@@ -76,6 +76,14 @@ def joined(world: World, device: torch.device):
         dist.destroy_process_group()
 
 
+def check_deadline(world: World, deadline) -> None:
+    """A deadline stops a single-process run: each process would time its own epochs and might
+    stop at a different one."""
+    if deadline is not None and world.size > 1:
+        raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
+                          "and rerun it with --resume")
+
+
 def check_batches(world: World, batch_size: int, train_size: int) -> None:
     """Every batch, the epoch's last one included, must split evenly over the processes."""
     last = train_size % batch_size

@@ -2,17 +2,18 @@
 (Zagoruyko & Komodakis 2016); where the sources differ, the choice is a named option.
 
 The units and the network, built by one builder (`create`) from a spec of the registry
-(`architectures.ARCHITECTURES`, which states what each network is, without torch)."""
+(`architectures.ARCHITECTURES`, which states what each network is, without torch), and one
+factory per registered network, found by its name (`preact_resnet110(**options)`, as timm's);
+`build_model(name)` calls the same factories."""
 import functools
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .architectures import ARCHITECTURES, OPTIONS, ArchSpec, default_options
-
-
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
@@ -308,11 +309,144 @@ class UnknownArchitectureError(ValueError):
     pass
 
 
+# Each registered network's factory, by name (`register`).
+MODELS: dict[str, Callable[..., ResNet]] = {}
+
+
+def register(factory: Callable[..., ResNet]) -> Callable[..., ResNet]:
+    """A factory under its own name, which must name a network of the registry: its sizes and
+    options are the registry's (`ARCHITECTURES`), never restated here."""
+    if factory.__name__ not in ARCHITECTURES:
+        raise UnknownArchitectureError(f"factory {factory.__name__!r} names no registered network")
+    MODELS[factory.__name__] = factory
+    return factory
+
+
 def build_model(name: str, num_classes: int = 10, **options) -> nn.Module:
-    """Build a registered network by name; options as for its family (`default_options`)."""
-    if name not in ARCHITECTURES:
+    """Build a registered network by name, through its factory; options as for its family
+    (`default_options`)."""
+    if name not in MODELS:
         raise UnknownArchitectureError(f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}")
-    return create(ARCHITECTURES[name], num_classes=num_classes, **options)
+    return MODELS[name](num_classes=num_classes, **options)
+
+
+# ---------------------------------------------------------------- the registered networks, one factory each
+# Pre-activation ResNets (He et al. 2016, "Identity Mappings in Deep Residual Networks").
+
+@register
+def preact_resnet20(**options) -> ResNet:
+    return create(ARCHITECTURES["preact_resnet20"], **options)
+
+
+@register
+def preact_resnet32(**options) -> ResNet:
+    return create(ARCHITECTURES["preact_resnet32"], **options)
+
+
+@register
+def preact_resnet44(**options) -> ResNet:
+    return create(ARCHITECTURES["preact_resnet44"], **options)
+
+
+@register
+def preact_resnet56(**options) -> ResNet:
+    return create(ARCHITECTURES["preact_resnet56"], **options)
+
+
+@register
+def preact_resnet110(**options) -> ResNet:
+    """The seed's and the report's ResNet-110 (He et al. 2016, Table 3)."""
+    return create(ARCHITECTURES["preact_resnet110"], **options)
+
+
+@register
+def preact_resnet1202(**options) -> ResNet:
+    return create(ARCHITECTURES["preact_resnet1202"], **options)
+
+
+@register
+def preact_resnet164(**options) -> ResNet:
+    """Bottleneck units; the report's ResNet-164 (He et al. 2016, Table 3)."""
+    return create(ARCHITECTURES["preact_resnet164"], **options)
+
+
+@register
+def preact_resnet1001(**options) -> ResNet:
+    """Bottleneck units (He et al. 2016, Table 3)."""
+    return create(ARCHITECTURES["preact_resnet1001"], **options)
+
+
+# Original post-activation ResNets (He et al. 2015, "Deep Residual Learning for Image Recognition").
+
+@register
+def resnet20(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet20"], **options)
+
+
+@register
+def resnet32(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet32"], **options)
+
+
+@register
+def resnet44(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet44"], **options)
+
+
+@register
+def resnet56(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet56"], **options)
+
+
+@register
+def resnet110(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet110"], **options)
+
+
+@register
+def resnet1202(**options) -> ResNet:
+    return create(ARCHITECTURES["resnet1202"], **options)
+
+
+@register
+def resnet164(**options) -> ResNet:
+    """Bottleneck units."""
+    return create(ARCHITECTURES["resnet164"], **options)
+
+
+@register
+def resnet1001(**options) -> ResNet:
+    """Bottleneck units."""
+    return create(ARCHITECTURES["resnet1001"], **options)
+
+
+# Wide ResNets (Zagoruyko & Komodakis 2016): WRN-depth-k.
+
+@register
+def wrn_16_4(**options) -> ResNet:
+    """The network of the seed's table, with dropout 0.3."""
+    return create(ARCHITECTURES["wrn_16_4"], **options)
+
+
+@register
+def wrn_16_8(**options) -> ResNet:
+    return create(ARCHITECTURES["wrn_16_8"], **options)
+
+
+@register
+def wrn_28_10(**options) -> ResNet:
+    return create(ARCHITECTURES["wrn_28_10"], **options)
+
+
+@register
+def wrn_40_4(**options) -> ResNet:
+    return create(ARCHITECTURES["wrn_40_4"], **options)
+
+
+@register
+def seed_wrn_n2_k4(**options) -> ResNet:
+    """The seed's "WRN n=2 k=4" as its code builds it (ResNet_FullPre_Wide(n=2, k=4)): 22 layers."""
+    return create(ARCHITECTURES["seed_wrn_n2_k4"], **options)
 
 
 def count_parameters(model: nn.Module) -> int:

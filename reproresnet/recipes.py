@@ -3,8 +3,9 @@
 A `Recipe` is written in the units its source uses (epochs or iterations) and owns every
 choice its source makes: optimiser (and how its momentum meets a change of learning rate),
 schedule, batch-norm batch, preprocessing, augmentation, validation split and the network
-options. `config.TrainConfig` picks one, applies a run's
-explicit values over it and checks the result (config owns validation). `make_schedule`
+options, and checks its own values when it is made (`check_recipe`): its source's, a network's
+(`for_arch`) or a run's (`replace`, as `config.TrainConfig` applies a run's explicit values over
+it), each refused in one line that names it. `make_schedule`
 turns it into a `Schedule` in iterations; the learning rate is then a pure function of the
 iteration (`Schedule.lr_at`), easy to test and to plot.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .architectures import BOTTLENECK_NETWORKS, NETWORK_OPTIONS
+from .checks import choice, is_int, is_number, require
 
 UNITS = ("epoch", "iteration")
 # The parameter roles (engine.parameter_roles) and which of them each weight_decay_on scope decays.
@@ -38,6 +40,13 @@ AUGMENTATIONS = ("per_image", "per_batch", "none")
 PADDINGS = ("zero", "reflect")
 # What a change of learning rate does to the momentum (Schedule.momentum_scale_at says how).
 MOMENTUM_FORMS = ("pytorch", "lasagne", "reset")
+# Epochs a run may have: train.epoch_seed draws epoch e of seed s from s * 1_000_003 + e, so a
+# longer run would replay the next seed's draws.
+MAX_EPOCHS = 1_000_003
+# The largest float32: the optimizer applies the lr, weight decay and momentum to fp32 weights
+# as float32 scalars, and a larger one overflows inside the step.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_WHY = "float32's largest: the step applies it to fp32 weights"
 
 
 def weight_decay_reach(scope: str, spared: bool = True) -> str:
@@ -80,6 +89,9 @@ class Recipe:
     preact_stage1: Optional[str] = None
     layer_defaults: Optional[str] = None
 
+    def __post_init__(self):
+        check_recipe(self)
+
     def for_arch(self, arch: str) -> "Recipe":
         """The recipe as it applies to one network: its batch size and warm-up resolved."""
         warms_up = self.warmup_archs is None or arch in self.warmup_archs
@@ -88,7 +100,7 @@ class Recipe:
                                    warmup_length=self.warmup_length if warms_up else 0)
 
     def replace(self, **overrides) -> "Recipe":
-        """A copy with some fields overridden (config.TrainConfig checks the values). A new
+        """A copy with some fields overridden, checked as every recipe is. A new
         `epochs` keeps the schedule's shape: milestones and warm-up move to the same fraction
         of the new length, as fractional epochs, so that no decay merges with another and a
         warm-up does not round to nothing (make_schedule rounds them to iterations)."""
@@ -96,10 +108,11 @@ class Recipe:
         if epochs is not None:
             overrides.setdefault("length", epochs)
             overrides.setdefault("unit", "epoch")
+        if is_int(epochs) and epochs > 0:  # else the copy refuses its length, in epochs
             scale = epochs / self.length  # an iteration recipe is read at its nominal 50,000-image epoch
             overrides.setdefault("milestones", tuple(_tidy(m * scale) for m in self.milestones))
             overrides.setdefault("warmup_length", _tidy(self.warmup_length * scale))
-        if "milestones" in overrides:
+        if isinstance(overrides.get("milestones"), list):
             overrides["milestones"] = tuple(overrides["milestones"])
         return dataclasses.replace(self, **overrides)
 
@@ -108,6 +121,46 @@ class Recipe:
 
     def as_dict(self) -> dict:
         return as_record(self)
+
+
+def check_recipe(recipe: Recipe) -> Recipe:
+    """Every value of a recipe, checked together; raises ConfigError naming the first bad one.
+    (Its network options are the network's to check: architectures.ArchSpec.options.)"""
+    require(recipe.unit in UNITS, "unit", recipe.unit, f"one of {UNITS}")
+    require(is_int(recipe.length) and 0 < recipe.length <= MAX_EPOCHS, "epochs" if recipe.unit == "epoch"
+            else "length", recipe.length, EPOCHS_ACCEPTED)
+    require(is_int(recipe.batch_size) and recipe.batch_size > 0, "batch_size", recipe.batch_size,
+            "a positive integer")
+    for field in ("lr", "gamma"):
+        value = getattr(recipe, field)
+        require(is_number(value) and 0 < value <= FLOAT32_MAX, field, value,
+                f"a finite number (here a positive number up to {FLOAT32_MAX:.4g}, {FLOAT32_WHY})")
+    for field in ("weight_decay", "momentum", "warmup_lr"):
+        value = getattr(recipe, field)
+        require(is_number(value) and 0 <= value <= FLOAT32_MAX, field, value,
+                f"a finite number (here a number >= 0 and up to {FLOAT32_MAX:.4g}, {FLOAT32_WHY})")
+    milestones = recipe.milestones
+    require(isinstance(milestones, tuple) and all(is_number(m) for m in milestones), "milestones", milestones,
+            "numbers")
+    ordered = all(a < b for a, b in zip(milestones, milestones[1:]))
+    require(ordered, "milestones", milestones, "strictly increasing values")
+    inside = all(0 < m < recipe.length for m in milestones)
+    require(inside, "milestones", milestones, f"values between 1 and {recipe.length - 1} (or "
+            f"fractions strictly between 0 and {recipe.length}; the run is {recipe.length} {recipe.unit}s long)")
+    require(is_number(recipe.warmup_length) and 0 <= recipe.warmup_length < recipe.length, "warmup_length",
+            recipe.warmup_length, f"a number in [0, {recipe.length})")
+    choice("weight_decay_on", recipe.weight_decay_on, WEIGHT_DECAY_SCOPES)
+    choice("momentum_form", recipe.momentum_form, MOMENTUM_FORMS)
+    choice("normalization", recipe.normalization, NORMALIZATIONS)
+    choice("augmentation", recipe.augmentation, AUGMENTATIONS)
+    choice("padding", recipe.padding, PADDINGS)
+    require(is_int(recipe.val_size) and recipe.val_size >= 0, "val_size", recipe.val_size,
+            "0 or a positive integer")
+    return recipe
+
+
+EPOCHS_ACCEPTED = (f"a positive integer up to {MAX_EPOCHS:,} (epoch e of seed s draws from s * {MAX_EPOCHS:,} + e: "
+                   f"a longer run would replay the next seed's draws)")
 
 
 def _tidy(value: float):

@@ -12,7 +12,6 @@ trained it. metrics.csv holds one row per epoch (METRIC_COLUMNS).
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import os
@@ -24,14 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError, _is_number
+from .checks import is_number
+from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError
 
 RUN_FORMAT = "reproresnet-run/1"
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 LOCK_FILE = ".lock"  # "pid N on HOST" while a process writes the run (rundir.run_dir_lock)
-# The last GPU slot's bundle, committed beside results/ (bench/campaign.sh restores it): the
-# checkpoints of the unfinished runs it lists are what makes them resumable from a clone.
-CAMPAIGN_BUNDLE, BUNDLE_MANIFEST = "campaign-bundle", "bundle.json"
 METRIC_COLUMNS = (
     "epoch", "lr", "train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error",
     "seconds", "images_per_second", "peak_memory_mb",
@@ -214,7 +211,7 @@ _FIELD_CHECKS = (
     (("device",), lambda value: value is None or isinstance(value, dict), "an object or null"),
     (("device", "name"), _text_or_none, "text or null"),
     (("final",), lambda value: value is None or isinstance(value, dict), "an object or null"),
-    (("final", "test_error"), lambda value: value is None or _is_number(value), "a finite number or null"),
+    (("final", "test_error"), lambda value: value is None or is_number(value), "a finite number or null"),
 )
 
 
@@ -281,13 +278,6 @@ class RunRecord:
         process holds its lock: one left "running" by a killed process reads "stopped"."""
         status = self.record["status"]
         return "stopped" if status == "running" and not lock_held(self.run_dir) else status
-
-    @property
-    def resumable(self) -> bool:
-        """Its checkpoint is kept: beside its record, or in the committed campaign bundle of the
-        results directory's repository (checkpoints themselves are never committed in results/)."""
-        bundle = self.run_dir.resolve().parent.parent / CAMPAIGN_BUNDLE
-        return (self.run_dir / CHECKPOINT_FILE).exists() or self.run_dir.name in bundled_checkpoints(bundle)
 
     @property
     def label(self) -> str:
@@ -389,17 +379,6 @@ def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
             problems.append({"path": str(notebook), "problem": f"no {RUN_FILE} beside it: the notebook "
                              "stopped before the first epoch ended (its page shows why)"})
     return runs, problems
-
-
-@functools.lru_cache(maxsize=None)
-def bundled_checkpoints(bundle_dir: Path) -> frozenset[str]:
-    """The runs whose checkpoint a bundle's manifest lists (none if there is no readable one)."""
-    try:
-        files = json.loads((Path(bundle_dir) / BUNDLE_MANIFEST).read_text()).get("files", [])
-        paths = [Path(entry["path"]) for entry in files]
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return frozenset()
-    return frozenset(path.parent.name for path in paths if path.name == CHECKPOINT_FILE)
 
 
 def lock_owner(run_dir: Path) -> list[str] | None:

@@ -24,7 +24,8 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import records
@@ -417,6 +418,76 @@ def _papermill_output(path: Path) -> bool:
         return "papermill" in json.loads(path.read_bytes()).get("metadata", {})
     except (OSError, ValueError, AttributeError):
         return False
+
+
+@dataclass
+class Found:
+    """The run directories as `opened` found them: the runs still to train (fresh, or resumed from
+    their checkpoints), the records of the runs complete already, and the writer of their files."""
+    configs: list[TrainConfig]
+    to_train: list[TrainConfig]
+    checkpoints: list                  # of `to_train`: the checkpoint to continue from, or None
+    complete: dict                     # `out` -> the record of a run complete already
+    writer: Writer
+
+    def results(self, trained: list[dict]) -> list[dict]:
+        """Every run's record in `configs`' order: `trained` (those of `to_train`) and the complete."""
+        found = {**self.complete, **{config.out: record for config, record in zip(self.to_train, trained)}}
+        return [found[config.out] for config in self.configs]
+
+
+@contextmanager
+def opened(configs: list[TrainConfig], resume: bool, *, main: bool = True, writer: Writer | None = None,
+           background: bool = False):
+    """The run directories of `configs`, held while the runs train: each checked before anything
+    is written, then (by process 0, `main`) locked and rid of orphans, then prepared; runs resumed
+    as one stack must be at the same epoch. Every file is written before the locks are released; a
+    full disk names the next step. Yields what was found (`Found`); the writer is `writer` or our
+    own (in the background on CUDA: `background`)."""
+    run_dirs = [Path(config.out) for config in configs]
+    for run_dir in run_dirs:  # no lock in a folder that is not ours
+        check_run_dir(run_dir)
+    try:
+        with ExitStack() as held:
+            if main:
+                for run_dir in run_dirs:
+                    held.enter_context(run_dir_lock(run_dir))
+                    remove_orphans(run_dir)
+            if writer is None:  # the exit stack unwinds in reverse: the writes end, then the locks
+                writer = held.enter_context(Writer(background))
+            else:
+                held.callback(writer.flush)
+            found = Found(configs, [], [], {}, writer)
+            for config in configs:
+                # Every process decides from the same files: process 0 writes none before the first
+                # epoch ends, which needs the others (DDP's collectives).
+                checkpoint, complete = prepare(Path(config.out), config, resume, repair=main)
+                if complete is not None:
+                    found.complete[config.out] = complete
+                else:
+                    found.to_train.append(config)
+                    found.checkpoints.append(checkpoint)
+            check_same_epoch(found.to_train, found.checkpoints)
+            yield found
+    except DiskFull as full:
+        raise full.with_advice(_next_step(run_dirs)) from None
+
+
+def _next_step(run_dirs: list[Path]) -> str:
+    """What to do after a full disk: resume where an epoch was saved, else start again."""
+    epochs = min(how_far(run_dir)[0] for run_dir in run_dirs)
+    if epochs:
+        return f"free some space and rerun with --resume (the files of epoch {epochs} are intact)"
+    return "free some space and run again (no epoch was saved)"
+
+
+def last_threads(run_dir: Path) -> int | None:
+    """The CPU threads the run in `run_dir` last trained with; None before its first epoch."""
+    try:
+        threads = records.read_run(run_dir)["speed"]["segments"][-1]["threads"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and threads >= 1 else None
 
 
 def prepare(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = True) -> tuple[dict | None, dict | None]:

@@ -1,12 +1,15 @@
-"""The training loop: build a run (or a stack of runs), train an epoch through the engine,
-evaluate, hand each run's row to its record.
+"""The training loop: a run's life, top to bottom, in `train_runs`, for one run or a stack of
+runs: settings checked; CPU threads; the run directories held and prepared (fresh, resumed or
+complete: rundir.py); the data on the device (data.py); the network(s) built, stacked, wrapped
+for DDP, compiled, the engine chosen (`build_stack`); the records started (records.py); then
+each epoch trained through the engine, evaluated and checkpointed, until the last, a deadline
+or a divergence; the records returned.
 
 `train(config)` runs (or resumes) one run in `config.out`. `train_stack(configs)` trains K runs
 of one config, seeds apart, as one network (`stacked.StackedResNet`): each run keeps its own
 seed, data split, data order, augmentation draws, normaliser and run directory, and writes
 what it would have written alone, so a stacked run can be resumed alone and a lone run in a
-stack. How a step runs: engine.py; what a run record holds: records.py; how the files reach
-the disk and a run directory is resumed: rundir.py.
+stack. How a step runs: engine.py; what a run record holds: records.py.
 
 The random state of an epoch is derived from (seed, epoch), so a resumed run repeats exactly
 what an uninterrupted one would have done: bit for bit on a CPU (at the same thread count,
@@ -25,7 +28,6 @@ import math
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +35,9 @@ import torch
 from tqdm import tqdm
 
 from . import distributed, records, rundir
-from .config import MAX_EPOCHS, ConfigError, TrainConfig, check_stackable, cpu_threads, select_device
-from .data import (DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, load_device_splits,
-                   train_batches)
+from .config import ConfigError  # noqa: F401 (callers catch train.ConfigError)
+from .config import MAX_EPOCHS, TrainConfig, check_stackable, cpu_threads, select_device
+from .data import DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, train_batches
 from .engine import (Engine, Speedups, build_engine, check_compile_mode, compile_model, exact_fp32, make_optimizer,
                      resolve_engine, scale_momentum_, synchronize)
 from .models import build_model, network_size
@@ -117,6 +119,97 @@ class Stack:
         return len(self.runs)
 
 
+# ---------------------------------------------------------------- a run's life
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          deadline: float | Deadline | None = None, pack: int = 1, compile_mode: str = "default") -> dict:
+    """Train (or resume) the run `config` describes, in this process or, under torchrun, in each
+    of the job's; returns its run record, or raises TrainingDiverged.
+
+    `deadline` (a `time.time()` moment, or a Deadline): stop cleanly before an epoch that would
+    end after it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
+    [record] = train_runs([config], distributed.World.from_environment(), resume=resume, progress=progress,
+                          deadline=deadline, pack=pack, compile_mode=compile_mode)
+    if record["status"] == "diverged":
+        raise TrainingDiverged(record["message"])
+    return record
+
+
+def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,
+                progress: bool = False, deadline: float | Deadline | None = None, hard_stop: float | None = None,
+                writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
+    """Train (or resume) K runs of one config, seeds apart, as one stacked network in this
+    process, on `device` and the CPU threads the caller chose (the campaign, once per slot);
+    returns their records in `configs`' order. A run that diverges is recorded so and dropped;
+    the others go on. `sources`: the data sets already read, by `data.source_key`; `note`: why
+    they train this way (the campaign's choice), kept in each run's speed segment."""
+    return train_runs(configs, device=device, sources=sources, own_threads=False, resume=True, progress=progress,
+                      deadline=deadline, hard_stop=hard_stop, writer=writer, note=note)
+
+
+def train_runs(configs: list[TrainConfig], world: distributed.World = distributed.World(), *, resume: bool,
+               progress: bool, device: torch.device | None = None, own_threads: bool = True,
+               sources: dict | None = None, deadline: float | Deadline | None = None, hard_stop: float | None = None,
+               pack: int = 1, compile_mode: str = "default", writer: rundir.Writer | None = None,
+               note: str | None = None) -> list[dict]:
+    """The life of one run, or of K runs of one config trained as one stack, top to bottom;
+    returns their records in `configs`' order. `device`: None for the config's; `own_threads`:
+    choose this process's CPU threads (else keep the caller's)."""
+    # The settings: every refusal before anything is created.
+    check_stackable(configs)
+    check_compile_mode(compile_mode)
+    distributed.check_deadline(world, deadline)
+    device = device or select_device(configs[0].device)
+    resolve_engine(configs[0], device, world.size > 1)
+    speedups = Speedups.for_device(configs[0], device)
+    deadline = Deadline(deadline) if isinstance(deadline, (int, float)) else deadline
+    # CPU threads: a resume keeps those it trained with, which set the order of a CPU's sums.
+    threads, why = torch.get_num_threads(), "as the caller set them"
+    if own_threads:
+        threads, why = cpu_threads(configs[0].threads, jobs=pack,
+                                   resumed=rundir.last_threads(Path(configs[0].out)) if resume else None)
+        torch.set_num_threads(threads)
+    with distributed.joined(world, device) as world, \
+            rundir.opened(configs, resume, main=world.main, writer=writer, background=device.type == "cuda") as found:
+        device, progress = distributed.device_for(world, device), progress and world.main
+        if not found.to_train:
+            return found.results([])  # complete already: nothing to load or build
+        # A resume continues with the numerics, data-order generator and processes it began with.
+        for config, checkpoint in zip(found.to_train, found.checkpoints):
+            if checkpoint is not None:
+                rundir.check_same_speedups(Path(config.out), checkpoint, dataclasses.asdict(speedups), device.type)
+                distributed.check_resume(world, checkpoint, Path(config.out))
+        _say(progress, f"{configs[0].arch}: loading {configs[0].dataset} ...")
+        splits = device_splits(found.to_train, device, sources or {})
+        for config, split in zip(found.to_train, splits):
+            check_batch(config, split)
+        _say(progress, _data_line(configs[0], splits[0], device, threads, why))
+        stack = build_stack(found.to_train, splits, device, compile_mode, world, found.checkpoints)
+        _start_records(stack, found.checkpoints, pack, compile_mode, note)
+        _say(progress, _start_line(stack, found.checkpoints))
+        last_epoch_s = None
+        for epoch in range(len(stack.runs[0].metrics), stack.schedule.epochs):
+            active = [run for run in stack.runs if run.active]
+            if not active:
+                break
+            if deadline is not None and not deadline.allows(epoch, _predicted_seconds(last_epoch_s, stack, epoch, deadline)):
+                _stop(active, found.writer, f"stopped cleanly after epoch {epoch} of {stack.schedule.epochs} "
+                                            f"(deadline); resume to continue")
+                break
+            started = time.time()
+            try:
+                rows = _train_rows(stack, epoch, progress, hard_stop)
+            except HardStop:
+                _stop(active, found.writer, f"stopped at the hard stop during epoch {epoch + 1} of "
+                                            f"{stack.schedule.epochs}, which is lost; resume to continue from epoch {epoch}")
+                break
+            _stop_diverged(stack, rows, epoch, found.writer)
+            _evaluate_and_checkpoint(stack, rows, found.writer)
+            last_epoch_s = time.time() - started
+            _say_epoch(progress, stack)
+        return found.results([run.record for run in stack.runs])
+
+
 # ---------------------------------------------------------------- building
 
 def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: torch.device,
@@ -124,7 +217,8 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
                 checkpoints: list | None = None) -> Stack:
     """The runs of `configs` (one config, seeds apart) as one network on `device`, with its
     optimizer and engine: each network freshly initialised from its run's seed, or from its
-    run's checkpoint."""
+    run's checkpoint; stacked; wrapped for DDP under torchrun; compiled if asked; stepped by the
+    engine the config and device choose."""
     check_stackable(configs)
     config, checkpoints = configs[0], checkpoints or [None] * len(configs)
     speedups = Speedups.for_device(config, device)
@@ -132,19 +226,7 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     schedule = make_schedule(recipe, config.arch, len(splits[0].train.labels))
     distributed.check_batches(world, recipe.batch_size, len(splits[0].train.labels))
     runs = [Run(c, s, Normalizer.fit(s.train.images, recipe.normalization).to(device)) for c, s in zip(configs, splits)]
-    models = []
-    for run, checkpoint in zip(runs, checkpoints):
-        torch.manual_seed(run.config.seed)
-        model = build_model(config.arch, num_classes=len(run.splits.classes), **config.model_options()).to(device)
-        if checkpoint is not None:
-            rundir.check_same_speedups(run.run_dir, checkpoint, dataclasses.asdict(speedups), device.type)
-            distributed.check_resume(world, checkpoint, run.run_dir)
-            with rundir.fitting(run.run_dir):
-                model.load_state_dict(checkpoint["model"])
-        models.append(model)
-    model = models[0] if len(models) == 1 else StackedResNet.from_models(models)
-    if speedups.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = _network(runs, checkpoints, device, speedups.channels_last)
     optimizer = make_optimizer(model, recipe, speedups)
     states = [checkpoint["optimizer"] for checkpoint in checkpoints if checkpoint is not None]
     if states:
@@ -157,6 +239,21 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     engine = build_engine(resolve_engine(config, device, world.size > 1), model, optimizer, speedups,
                           recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1)
     return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, device, world)
+
+
+def _network(runs: list[Run], checkpoints: list, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """Each run's network, from its seed or its checkpoint; K of them as one StackedResNet."""
+    models = []
+    for run, checkpoint in zip(runs, checkpoints):
+        torch.manual_seed(run.config.seed)
+        model = build_model(run.config.arch, num_classes=len(run.splits.classes),
+                            **run.config.model_options()).to(device)
+        if checkpoint is not None:
+            with rundir.fitting(run.run_dir):
+                model.load_state_dict(checkpoint["model"])
+        models.append(model)
+    model = models[0] if len(models) == 1 else StackedResNet.from_models(models)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 # ---------------------------------------------------------------- one epoch, and evaluation
@@ -253,118 +350,6 @@ def evaluate(stack: Stack, sets: list[ImageSet]) -> list[tuple[float, float]]:
     return [(loss / n, 100.0 * wrong / n) for loss, wrong in zip(loss_sum.tolist(), errors.tolist())]
 
 
-# ---------------------------------------------------------------- the loop
-
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          deadline: float | Deadline | None = None, pack: int = 1, compile_mode: str = "default") -> dict:
-    """Train (or resume) the run `config` describes; returns its run record.
-
-    `deadline` (a `time.time()` moment, or a Deadline): stop cleanly before an epoch that would
-    end after it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
-    world = distributed.World.from_environment()  # several processes under torchrun; process 0 writes
-    if deadline is not None and world.size > 1:
-        # each process would time its own epochs and might stop at a different one
-        raise ConfigError("--stop-after/--stop-at stop single-process runs; under torchrun, stop the job "
-                          "and rerun it with --resume")
-    device = select_device(config.device)
-    resolve_engine(config, device, world.size > 1)  # refused before anything is created
-    check_compile_mode(compile_mode)
-    threads, why = cpu_threads(config.threads, jobs=pack, resumed=_last_threads(config.out) if resume else None)
-    torch.set_num_threads(threads)
-    try:
-        record = _train_one(config, device, world, threads, why, resume=resume, progress=progress,
-                            deadline=deadline, pack=pack, compile_mode=compile_mode)
-    except rundir.DiskFull as full:
-        raise full.with_advice(_next_step(Path(config.out))) from None
-    if record["status"] == "diverged":
-        raise TrainingDiverged(record["message"])
-    return record
-
-
-def _next_step(run_dir: Path) -> str:
-    """What to do after a full disk: resume where an epoch was saved, else start again."""
-    epochs, _ = rundir.how_far(run_dir)
-    if epochs:
-        return f"free some space and rerun with --resume (the files of epoch {epochs} are intact)"
-    return "free some space and run again (no epoch was saved)"
-
-
-def _train_one(config: TrainConfig, device: torch.device, world: distributed.World, threads: int, why: str, *,
-               progress: bool, **how) -> dict:
-    """`train`'s run in this process (of a torchrun job: `world`), after its checks."""
-    with distributed.joined(world, device) as world:
-        device = distributed.device_for(world, device)
-        progress = progress and world.main
-        _say(progress, f"{config.arch}: loading {config.dataset} ...")
-        splits = load_device_splits(config, device)  # bad input is refused before the run directory exists
-        check_batch(config, splits)
-        data = splits.describe()
-        _say(progress, f"{config.arch}: {data['n_train']:,} training, {data['n_val']:,} validation and "
-                       f"{data['n_test']:,} test images of {data['label']} on {device}; {threads} CPU "
-                       f"thread{'s' if threads > 1 else ''} ({why})")
-        [record] = _train_in([config], [splits], device, world, progress=progress, **how)
-    return record
-
-
-def _last_threads(run_dir: str) -> int | None:
-    """The CPU threads the run in `run_dir` last trained with; None before its first epoch."""
-    try:
-        threads = records.read_run(Path(run_dir))["speed"]["segments"][-1]["threads"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-    return threads if isinstance(threads, int) and threads >= 1 else None
-
-
-def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,
-                progress: bool = False, deadline: float | Deadline | None = None, hard_stop: float | None = None,
-                writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
-    """Train (or resume) K runs of one config, seeds apart, as one stacked network in this
-    process (single-process, `resume` implied); returns their records in `configs`' order. A
-    run that diverges is recorded so and dropped; the others go on. `sources`: the data sets
-    already read, by `data.source_key` (each run's splits are taken from them); `note`: why
-    they train this way (the campaign's choice), kept in each run's speed segment."""
-    sources = sources or {}
-    splits = device_splits(configs, device, sources)
-    return _train_in(configs, splits, device, distributed.World(), resume=True, progress=progress,
-                     deadline=deadline, hard_stop=hard_stop, writer=writer, note=note)
-
-
-def _train_in(configs: list[TrainConfig], splits: list[DataSplits], device: torch.device,
-              world: distributed.World, *, resume: bool, progress: bool, deadline: float | Deadline | None,
-              hard_stop: float | None = None, pack: int = 1, compile_mode: str = "default",
-              writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
-    """The runs in their directories: one writer each, resumed from their checkpoints, stopped
-    cleanly at `deadline`; returns their records, in `configs`' order."""
-    deadline = Deadline(deadline) if isinstance(deadline, (int, float)) else deadline
-    for config in configs:  # refused before anything is written: no lock in a folder that is not ours
-        rundir.check_run_dir(Path(config.out))
-    with ExitStack() as held:
-        if world.main:
-            for config in configs:
-                held.enter_context(rundir.run_dir_lock(Path(config.out)))
-                rundir.remove_orphans(Path(config.out))
-        # Every file is written before the locks are released (the exit stack unwinds in reverse).
-        if writer is None:
-            writer = held.enter_context(rundir.Writer(background=device.type == "cuda"))
-        else:
-            held.callback(writer.flush)
-        # Every process decides from the same files: process 0 writes none before the first
-        # epoch ends, which needs the others (DDP's collectives).
-        prepared = [rundir.prepare(Path(config.out), config, resume, repair=world.main) for config in configs]
-        done = {index: complete for index, (_, complete) in enumerate(prepared) if complete is not None}
-        todo = [index for index in range(len(configs)) if index not in done]
-        if todo:
-            checkpoints = [prepared[index][0] for index in todo]
-            rundir.check_same_epoch([configs[index] for index in todo], checkpoints)
-            stack = build_stack([configs[index] for index in todo], [splits[index] for index in todo], device,
-                                compile_mode, world, checkpoints)
-            _start_records(stack, checkpoints, pack, compile_mode, note)
-            _say(progress, _start_line(stack, checkpoints))
-            _train_epochs(stack, writer, progress, deadline, hard_stop)
-            done.update(zip(todo, (run.record for run in stack.runs)))
-        return [done[index] for index in range(len(configs))]
-
-
 def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str, note: str | None) -> None:
     """Each run's record, metrics and speed segments as this process starts it (or resumes it
     from its checkpoint), with a new speed segment for this process."""
@@ -409,31 +394,18 @@ def _say(progress: bool, line: str) -> None:
         tqdm.write(line)
 
 
-def _train_epochs(stack: Stack, writer: rundir.Writer, progress: bool, deadline: Deadline | None,
-                  hard_stop: float | None) -> None:
-    last_epoch_s = None
-    for epoch in range(len(stack.runs[0].metrics), stack.schedule.epochs):
-        active = [run for run in stack.runs if run.active]
-        if not active:
-            return
-        predicted = None if deadline is None else _predicted_seconds(last_epoch_s, stack, epoch, deadline)
-        if deadline is not None and not deadline.allows(epoch, predicted):
-            _stop(active, writer, f"stopped cleanly after epoch {epoch} of {stack.schedule.epochs} (deadline); "
-                                  f"resume to continue")
-            return
-        started = time.time()
-        try:
-            _epoch(stack, epoch, writer, progress, hard_stop)
-        except HardStop:
-            _stop(active, writer, f"stopped at the hard stop during epoch {epoch + 1} of {stack.schedule.epochs}, "
-                                  f"which is lost; resume to continue from epoch {epoch}")
-            return
-        last_epoch_s = time.time() - started
-        if progress:
-            for run in stack.runs:
-                if run.active:
-                    name = f"{run.run_dir.name}: " if stack.k > 1 else ""
-                    tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule))
+def _data_line(config: TrainConfig, splits: DataSplits, device: torch.device, threads: int, why: str) -> str:
+    data = splits.describe()
+    return (f"{config.arch}: {data['n_train']:,} training, {data['n_val']:,} validation and {data['n_test']:,} test "
+            f"images of {data['label']} on {device}; {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
+
+
+def _say_epoch(progress: bool, stack: Stack) -> None:
+    """Each active run's epoch in one line (named, in a stack)."""
+    for run in stack.runs:
+        if progress and run.active:
+            name = f"{run.run_dir.name}: " if stack.k > 1 else ""
+            tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule))
 
 
 def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, deadline: Deadline) -> float:
@@ -462,31 +434,19 @@ def _stop(runs: list[Run], writer: rundir.Writer, message: str) -> None:
 
 # ---------------------------------------------------------------- an epoch, and each run's row
 
-def _epoch(stack: Stack, epoch: int, writer: rundir.Writer, progress: bool, hard_stop: float | None) -> None:
-    """One epoch of training; the runs that diverged stop; the others are evaluated, and each
-    hands its row to its record and writes its files."""
+def _train_rows(stack: Stack, epoch: int, progress: bool, hard_stop: float | None) -> list[dict]:
+    """One epoch of training: each run's row (HardStop if the hard stop comes during it)."""
     if stack.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(stack.device)
     try:
-        rows = [{"epoch": epoch + 1, **row} for row in train_one_epoch(stack, epoch, progress, hard_stop=hard_stop)]
+        return [{"epoch": epoch + 1, **row} for row in train_one_epoch(stack, epoch, progress, hard_stop=hard_stop)]
     except RuntimeError as error:
         if "overflow" not in str(error):
             raise
         # A scalar of the step (the lr, weight decay, a momentum rescale) beyond the weights' float
         # type: the step cannot be taken, as if the loss had become infinite.
-        rows = [{"epoch": epoch + 1, "train_loss": math.inf, "overflow": str(error).splitlines()[0]}
+        return [{"epoch": epoch + 1, "train_loss": math.inf, "overflow": str(error).splitlines()[0]}
                 for _ in stack.runs]
-    _stop_diverged(stack, rows, epoch, writer)
-    if not any(run.active for run in stack.runs):
-        return
-    # Each run's state as it is now (for a background writer, as on CUDA, a copy).
-    models, optimizers = rundir.snapshot(member_states(stack.model, stack.optimizer, stack.k), writer.background)
-    _validate(stack, rows, models, writer)
-    _test(stack, rows)
-    for run, row, model, optimizer in zip(stack.runs, rows, models, optimizers):
-        if run.active:
-            _record(stack, run, row)
-            _checkpoint(stack, run, model, optimizer, writer)
 
 
 def _stop_diverged(stack: Stack, rows: list[dict], epoch: int, writer: rundir.Writer) -> None:
@@ -536,6 +496,20 @@ def _test(stack: Stack, rows: list[dict]) -> None:
         row.update(test_loss=loss, test_error=error)
         if stack.device.type == "cuda":
             row["peak_memory_mb"] = torch.cuda.max_memory_allocated(stack.device) / 2**20
+
+
+def _evaluate_and_checkpoint(stack: Stack, rows: list[dict], writer: rundir.Writer) -> None:
+    """The runs still active evaluated; each hands its row to its record and writes its files."""
+    if not any(run.active for run in stack.runs):
+        return
+    # Each run's state as it is now (for a background writer, as on CUDA, a copy).
+    models, optimizers = rundir.snapshot(member_states(stack.model, stack.optimizer, stack.k), writer.background)
+    _validate(stack, rows, models, writer)
+    _test(stack, rows)
+    for run, row, model, optimizer in zip(stack.runs, rows, models, optimizers):
+        if run.active:
+            _record(stack, run, row)
+            _checkpoint(stack, run, model, optimizer, writer)
 
 
 def _record(stack: Stack, run: Run, row: dict) -> None:

@@ -185,7 +185,7 @@ return Array.from(document.querySelectorAll('article table')).filter(t => t.offs
 });
 """
 INTERNAL_LINKS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
-# Every cell of a table computed from the records (html_table's data-source="records") that
+# Every cell of a table computed from the records (render.html's data-source="records") that
 # holds a number is a link to a record page, or is quoted (the papers', the seed's, the
 # library's), or holds note numbers or a network's title (`WRN-16-4`), or belongs to a record
 # page's own table (data-run).

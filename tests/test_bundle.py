@@ -283,8 +283,8 @@ def test_a_kill_at_every_file_operation_of_unbundle_then_unbundling_again_comple
 def test_the_committed_campaign_bundle_restores_and_its_checkpoints_load_as_plain_values(tmp_path):
     """The next GPU slot resumes these runs: their checkpoints load with weights_only=True (those
     written before checkpoints held their record get it from run.json)."""
-    committed = Path(__file__).resolve().parents[1] / "campaign-bundle"
-    if not (committed / "bundle.json").exists():
+    committed = Path(__file__).resolve().parents[1] / bundling.COMMITTED
+    if not (committed / bundling.MANIFEST).exists():
         pytest.skip("no campaign bundle is committed (bench/README.md: campaign-bundle/, removed)")
     done = bundling.unbundle(committed, tmp_path / "runs")  # checks that every checkpoint loads
     run_dirs = sorted({(tmp_path / "runs" / rel).parent for rel in done["restored"]
@@ -314,3 +314,17 @@ def test_unbundle_loads_each_bundled_checkpoint_once(tmp_path, monkeypatch):
     assert "a-seed0" in done["skipped"] and rundir.how_far(home / "b-seed0") == (1, False)
     staged = [path for path in loads if "reproresnet-unbundle-" in path]
     assert sorted(staged) == sorted(set(staged)) and len(staged) == 2
+
+
+def test_a_stopped_run_is_resumable_only_where_its_checkpoint_is_kept(tmp_path):
+    results = tmp_path / "repo" / "results"
+    for name in ("bundled", "beside", "gone"):
+        write_run(results / name, 5, status="stopped", checkpoint=False)
+    (results / "beside" / records.CHECKPOINT_FILE).write_bytes(b"weights")
+    committed = tmp_path / "repo" / bundling.COMMITTED
+    committed.mkdir()
+    (committed / bundling.MANIFEST).write_text(json.dumps({"files": [
+        {"path": "bundled/checkpoint.pt"}, {"path": "gone/metrics.csv"}, {"path": "_campaign/campaign.json"}]}))
+    kept = {name: bundling.checkpoint_kept(results / name) for name in ("bundled", "beside", "gone")}
+    assert kept == {"bundled": True, "beside": True, "gone": False}
+    assert bundling.bundled_checkpoints(tmp_path / "nowhere") == frozenset()

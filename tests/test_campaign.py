@@ -20,7 +20,8 @@ from reproresnet import records, rundir
 from reproresnet.campaign import slot as campaign
 from reproresnet.campaign import selfcheck
 from reproresnet import train as training
-from reproresnet.config import TrainConfig, selfcheck_state
+from reproresnet.campaign import selfcheck_state
+from reproresnet.config import TrainConfig
 from reproresnet.reference import ORIGINAL_UNITS, REPRODUCED
 from reproresnet.engine import EngineError
 from reproresnet.rundir import RunDirError
@@ -178,7 +179,7 @@ def test_a_fresh_run_after_one_stopped_for_the_deadline_is_not_started_and_gets_
 
 def test_a_step_is_predicted_from_the_self_check_and_scaled_to_networks_it_did_not_time(tmp_path):
     from reproresnet.architectures import row
-    from reproresnet.config import Variant
+    from reproresnet.campaign import Variant
     record = {"arch": "preact_resnet110", "batch_size": 64,
               "variants": [{"variant": "graph-bf16-nhwc-k3", "seconds_per_step": 0.006},
                            {"variant": "eager-fp32-nchw-k1", "seconds_per_step": 0.02}],
@@ -488,7 +489,7 @@ def test_a_complete_campaign_run_renders_its_page_without_training(tmp_path):
     cwd = os.getcwd()
     os.chdir(REPO)  # the notebook path and the kernel's imports are relative to the repository
     try:
-        outcomes = campaign.render_runs([run_dir, unfinished])
+        outcomes = bundling.render_runs([run_dir, unfinished])
     finally:
         os.chdir(cwd)
     assert [o["status"] for o in outcomes] == ["complete", "incomplete"], outcomes
@@ -514,6 +515,6 @@ def test_a_run_whose_settings_the_notebook_cannot_take_is_not_rendered(tmp_path,
     executed = []
     monkeypatch.setattr(launch, "execute_run", lambda notebook, run_dir, parameters, progress: executed.append(
         run_dir) or {"run": Path(run_dir).name, "status": "complete", "message": None})
-    outcomes = campaign.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
+    outcomes = bundling.render_runs([tmp_path / "other-lr", tmp_path / "defaults"], str(tmp_path / "thin.ipynb"))
     assert outcomes[0]["status"] == "failed" and outcomes[0]["message"].endswith("the recorded ['lr']")
     assert executed == [str(tmp_path / "defaults")]

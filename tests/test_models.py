@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reproresnet.architectures import ARCHITECTURES, BOTTLENECK_STRIDES, SHORTCUTS, ArchSpec
+from reproresnet import models
 from reproresnet.models import (
     GhostBatchNorm2d,
     UnknownArchitectureError,
@@ -14,16 +15,13 @@ from reproresnet.models import (
     count_parameters,
     create,
     describe_architectures,
+    preact_resnet20,
+    preact_resnet110,
+    preact_resnet164,
+    resnet20,
+    seed_wrn_n2_k4,
+    wrn_16_4,
 )
-
-
-def _factory(name):
-    return lambda **options: build_model(name, **options)
-
-
-preact_resnet20, preact_resnet110, preact_resnet164, resnet20, wrn_16_4, seed_wrn_n2_k4 = map(
-    _factory, ["preact_resnet20", "preact_resnet110", "preact_resnet164", "resnet20", "wrn_16_4",
-               "seed_wrn_n2_k4"])
 
 EXPECTED_NAMES = [
     "preact_resnet20", "preact_resnet32", "preact_resnet44", "preact_resnet56",
@@ -449,6 +447,20 @@ def test_generic_builders_accept_any_valid_depth():
 
 
 # --- bad inputs -----------------------------------------------------------------------------
+
+def test_every_registered_network_has_its_factory_by_name_and_build_model_goes_through_it(monkeypatch):
+    assert list(models.MODELS) == list(ARCHITECTURES)
+    assert all(getattr(models, name) is factory and factory.__name__ == name for name, factory in models.MODELS.items())
+    built = []
+    monkeypatch.setitem(models.MODELS, "preact_resnet20", lambda **options: built.append(options) or "net")
+    assert build_model("preact_resnet20", num_classes=100, dropout=0.0) == "net"
+    assert built == [{"num_classes": 100, "dropout": 0.0}]
+
+    def resnet19(**options):
+        return create(ArchSpec("original", "basic", 20), **options)
+    with pytest.raises(UnknownArchitectureError, match="'resnet19' names no registered network"):
+        models.register(resnet19)
+
 
 def test_unknown_architecture():
     with pytest.raises(UnknownArchitectureError, match="preact_resnet110") as info:

@@ -1,6 +1,5 @@
 """The run record's format: metrics.csv's columns, run.json read and its status (records.py)."""
 
-import json
 import platform
 
 import pytest
@@ -54,15 +53,3 @@ def test_a_run_is_running_only_while_a_live_process_holds_its_lock(tmp_path):
     assert run.status == "running"
     complete = records.RunRecord.read(_record(tmp_path / "done", status="complete"))
     assert complete.status == "complete"
-
-
-def test_a_stopped_run_is_resumable_only_where_its_checkpoint_is_kept(tmp_path):
-    results = tmp_path / "repo" / "results"
-    runs = {name: records.RunRecord.read(_record(results / name)) for name in ("bundled", "beside", "gone")}
-    (results / "beside" / records.CHECKPOINT_FILE).write_bytes(b"weights")
-    bundle = tmp_path / "repo" / records.CAMPAIGN_BUNDLE
-    bundle.mkdir()
-    (bundle / records.BUNDLE_MANIFEST).write_text(json.dumps({"files": [
-        {"path": "bundled/checkpoint.pt"}, {"path": "gone/metrics.csv"}, {"path": "_campaign/campaign.json"}]}))
-    assert {name: run.resumable for name, run in runs.items()} == {"bundled": True, "beside": True, "gone": False}
-    assert records.bundled_checkpoints(tmp_path / "nowhere") == frozenset()

@@ -237,6 +237,9 @@ def no_campaign(monkeypatch):
                  id="archs-repeated"),
     pytest.param(["--stack", "0"], ["--stack", "positive integer"], id="stack-zero"),
     pytest.param(["--budget", "0"], ["--budget", "number > 0"], id="budget-zero"),
+    pytest.param(["--min-start", "-1"], ["--min-start", "'-1'", "number >= 0"], id="min-start-negative"),
+    pytest.param(["--max-unfinished-mb", "-5"], ["--max-unfinished-mb", "'-5'", "number >= 0"],
+                 id="max-unfinished-negative"),
     pytest.param(["--train-args", "--epochs 1 --limit-train 64 --batch-size 1000000"],
                  ["batch_size=1000000", "--batch-size 64 or less"], id="batch-larger-than-the-training-split"),
 ])
@@ -245,6 +248,13 @@ def test_a_campaign_refuses_before_anything_is_created(tmp_path, capsys, no_camp
     code, err = run_cli(capsys, ["campaign", "--out", str(out), "--budget", "60", "--device", "cpu",
                                  "--dataset", "synthetic", *flags])
     assert_one_line(code, err, *words)
+    assert not out.exists()
+
+
+def test_a_campaign_without_a_budget_is_refused_unless_it_only_says_its_status(tmp_path, capsys, no_campaign):
+    out = tmp_path / "campaign"
+    code, err = run_cli(capsys, ["campaign", "--out", str(out), "--device", "cpu", "--dataset", "synthetic"])
+    assert_one_line(code, err, "--budget missing", "number > 0", "--status")
     assert not out.exists()
 
 
@@ -310,6 +320,7 @@ def test_campaign_status_needs_no_torch(tmp_path):
     pytest.param(["selfcheck", "--seeds", "1", "1"], ["--seeds 1 1", "1 given more than once"],
                  id="selfcheck-seeds-repeated"),
     pytest.param(["selfcheck", "--seeds", "-1"], ["seed=-1"], id="selfcheck-seed-negative"),
+    pytest.param(["selfcheck", "--seeds", "1.5"], ["--seeds", "'1.5' is not an integer"], id="selfcheck-seed-not-whole"),
 ])
 def test_bench_and_selfcheck_refuse_numbers_out_of_range(tmp_path, capsys, monkeypatch, args, words):
     from reproresnet.bench import measure as bench

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from reproresnet import architectures, recipes, records, reference
-from reproresnet.book import report
+from reproresnet.book import render, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +46,21 @@ def make_run(results, name, *, arch="preact_resnet110", label="CIFAR-10", status
 
 
 def row(table, network):
+    """The network's row as the book shows it (its label: `.name`, for `report.links`)."""
     rows = table[table["network"] == network]
     assert len(rows) == 1, table
-    return rows.iloc[0]
+    return report.shown(table).loc[rows.index[0]]
+
+
+def by_network(table):
+    """The table as the book shows it, indexed by network identifier."""
+    return report.shown(table).set_index(table["network"])
+
+
+def cells(html, tag="td"):
+    """(the book's classes, inner HTML) of each `tag` cell of a rendered table."""
+    return [(frozenset(classes.split()) & {"num", "text", "quoted"}, inner)
+            for classes, inner in re.findall(rf'<{tag} class="([^"]*)"\s*>(.*?)</{tag}>', html, re.S)]
 
 
 def test_error_table_shows_mean_std_and_n_over_two_cifar10_seeds(tmp_path):
@@ -62,9 +74,11 @@ def test_error_table_shows_mean_std_and_n_over_two_cifar10_seeds(tmp_path):
     assert line["n"] == "2"
     assert line[report.EACH_SEED] == "6.00 (seed 0), 7.00 (seed 1)"
     # every number links to its records: the mean to both, each seed's to its own
-    assert line[report.OURS].records == ("preact_resnet110-seed0", "preact_resnet110-seed1")
-    assert line[report.EACH_SEED].parts == (("6.00 (seed 0)", "preact_resnet110-seed0"),
-                                            ("7.00 (seed 1)", "preact_resnet110-seed1"))
+    assert report.links(table, line.name, report.OURS) == ("preact_resnet110-seed0", "preact_resnet110-seed1")
+    assert report.links(table, line.name, report.EACH_SEED) == ("preact_resnet110-seed0", "preact_resnet110-seed1")
+    html = report.html(table, "error-table")
+    for part, name in (("6.00 (seed 0)", "preact_resnet110-seed0"), ("7.00 (seed 1)", "preact_resnet110-seed1")):
+        assert f'href="../book/runs/{name}.html" title="record: {name}">{part}</a>' in html
     assert line[report.PAPER] == "6.37" and line[report.SEED] == "6.38"
     assert report.OURS.endswith("mean ± std") and report.SEED.endswith("single run")
     compute = row(report.compute_table(runs), "preact_resnet110")
@@ -95,10 +109,10 @@ def test_empty_results_every_network_not_run(tmp_path):
     runs, problems = report.load_runs(tmp_path / "does-not-exist")
     assert runs == [] and problems == []
     table = report.error_table(runs)
-    assert set(table[report.OURS]) == {"not run"}
+    assert set(report.shown(table)[report.OURS]) == {"not run"}
     assert "not run" in report.budget_summary(runs)
     assert report.other_runs_table(runs).empty
-    assert set(report.speed_table(runs)["our s/epoch"]) == {"not measured"}
+    assert set(report.shown(report.speed_table(runs))["our s/epoch"]) == {"not measured"}
 
 
 @pytest.mark.parametrize("label, limit_train, n_train", [
@@ -112,8 +126,8 @@ def test_runs_not_on_full_cifar10_never_land_in_the_cifar10_column(tmp_path, lab
     runs, _ = report.load_runs(tmp_path)
     errors = report.error_table(runs)
     assert row(errors, "preact_resnet110")[report.OURS] == "not run"
-    assert not errors.apply(lambda column: column.astype(str).str.contains("1.23")).any().any()
-    other = report.other_runs_table(runs)
+    assert not report.shown(errors).apply(lambda column: column.str.contains("1.23")).any().any()
+    other = report.shown(report.other_runs_table(runs))
     assert list(other["run"]) == ["preact_resnet110-seed0"]
     assert other.iloc[0]["data"] == f"{label}, {n_train:,} training images"  # says why it is not counted
     assert other.iloc[0]["test error (%)"] == "1.23"
@@ -124,7 +138,7 @@ def test_diverged_run_shows_where_it_diverged(tmp_path):
     make_run(tmp_path, "preact_resnet164-seed0", arch="preact_resnet164", status="diverged")
     runs, _ = report.load_runs(tmp_path)
     assert row(report.error_table(runs), "preact_resnet164")[report.OURS] == "1 run diverged after 2/200"
-    other = report.other_runs_table(runs)
+    other = report.shown(report.other_runs_table(runs))
     assert other.iloc[0]["status"] == "diverged after 2/200"
 
 
@@ -146,12 +160,13 @@ def test_unfinished_cifar10_run_says_where_it_stopped_and_shows_its_last_epoch(t
     (tmp_path / "wrn_16_4-seed0" / records.CHECKPOINT_FILE).write_bytes(b"weights")
     assert row(report.error_table(runs), "wrn_16_4")[report.OURS] == \
         "1 run stopped at 2/200 (interrupted), resumable"
-    other = report.other_runs_table(runs)
+    table = report.other_runs_table(runs)
+    other = report.shown(table)
     assert other.iloc[0]["test error (%)"] == "40.25 (epoch 2)"
     assert other.iloc[0]["status"] == "stopped at 2/200 (interrupted), resumable"
     # the budget stands beside the number: batch size, device and precision of the run
     assert other.iloc[0]["budget"] == "batch 64, NVIDIA H100, bf16 autocast"
-    assert all(cell.records == ("wrn_16_4-seed0",) for cell in other.iloc[0])  # each cell links to the run
+    assert all(report.links(table, 0, column) == ("wrn_16_4-seed0",) for column in table.columns)  # each links the run
 
 
 def test_runs_with_different_settings_are_not_averaged_together(tmp_path):
@@ -159,10 +174,10 @@ def test_runs_with_different_settings_are_not_averaged_together(tmp_path):
     make_run(tmp_path, "b", recipe="he2016", test_error=7.0, epochs=164)
     runs = report.load_runs(tmp_path)[0]
     table = report.error_table(runs)
-    lines = table[table["network"] == "preact_resnet110"]
+    lines = report.shown(table)[table["network"] == "preact_resnet110"]
     assert sorted(lines[report.OURS]) == ["6.00", "7.00"]
     compute = report.compute_table(runs)
-    assert sorted(compute[compute["network"] == "preact_resnet110"]["epochs"]) == ["164", "200"]
+    assert sorted(report.shown(compute)[compute["network"] == "preact_resnet110"]["epochs"]) == ["164", "200"]
 
 
 def test_seeds_asked_for_by_a_default_or_its_value_are_one_experiment(tmp_path):
@@ -356,22 +371,23 @@ def test_speed_table_gpu_seconds_per_epoch_from_runs_partial_ones_marked_and_gpu
     table = report.speed_table(report.load_runs(tmp_path)[0], bench)
     assert list(dict.fromkeys(table["network"])) == [*reference.PLANNED, "seed_wrn_n2_k4"]
     seed = report.SEED_SECONDS
-    by = {(line["network"], line["measured by"]): line for _, line in table.iterrows()}
+    shown = report.shown(table)
+    by = {(table.at[index, "network"], line["measured by"]): line for index, line in shown.iterrows()}
     done = by["preact_resnet110", "training, 2 runs"]
     assert (done["our s/epoch"], done["our images/s"]) == ("21.0", "2,400")
     assert done["measured on"] == "NVIDIA H100, batch 64, bf16 autocast" and done[seed] == "90 (batch 32)"
-    assert done["our s/epoch"].records == ("preact_resnet110-seed0", "preact_resnet110-seed1")
+    assert report.links(table, done.name, "our s/epoch") == ("preact_resnet110-seed0", "preact_resnet110-seed1")
     partial = by["preact_resnet110", "training, 3 runs, partial (2/200 epochs)"]
     assert partial["our s/epoch"] == "37.0" and partial["measured on"].endswith("3 runs packed")
     assert by["wrn_16_4", "benchmark"]["our s/epoch"] == "7.3"
-    assert by["wrn_16_4", "benchmark"]["our s/epoch"].records == ("bench-h100",)
+    assert report.links(table, by["wrn_16_4", "benchmark"].name, "our s/epoch") == ("bench-h100",)
     # CPU times (the CPU run, the CPU benchmark) are never set beside the seed's GTX 980
     assert set(table[table["network"] == "preact_resnet164"]["our s/epoch"]) == {"not measured"}
     assert len(table[table["network"] == "wrn_16_4"]) == 1
-    line = table[table["network"] == "preact_resnet164"].iloc[0]
+    line = shown[table["network"] == "preact_resnet164"].iloc[0]
     assert line["parameters: paper; exact"] == "1.7M; 1,703,258"  # the authors' log
-    assert table[table["network"] == "seed_wrn_n2_k4"].iloc[0]["parameters: paper; exact"] == "≈5.7M; 5,702,746"
-    assert list(dict.fromkeys(table[seed])) == ["90 (batch 32)", "183 (batch 48)", "—", "113 (batch 64)"]
+    assert shown[table["network"] == "seed_wrn_n2_k4"].iloc[0]["parameters: paper; exact"] == "≈5.7M; 5,702,746"
+    assert list(dict.fromkeys(shown[seed])) == ["90 (batch 32)", "183 (batch 48)", "—", "113 (batch 64)"]
 
 
 def test_benchmark_numbers_are_rounded_to_their_noise():
@@ -383,10 +399,11 @@ def test_benchmark_numbers_are_rounded_to_their_noise():
            "data_images_per_second": 33225.4, "data_images_per_second_range": [30714.1, 35341.3],
            "peak_memory_mb": None, "tflops": 0.0524}
     table = report.bench_table([{**bench_record([row]), "name": "bench-cpu"}])
-    assert list(table.iloc[0]) == ["preact_resnet110", "reproresnet", "NVIDIA H100", "128", "1,450", "34",
-                                   "33,000", report.MISSING, "0.052"]
-    assert isinstance(table.iloc[0, 0], report.Network)  # a name, shown by its title: no number to link
-    assert all(cell.records == ("bench-cpu",) for cell in table.iloc[0, 1:])
+    assert [table.iloc[0, 0], *report.shown(table).iloc[0, 1:]] == [
+        "preact_resnet110", "reproresnet", "NVIDIA H100", "128", "1,450", "34", "33,000", report.MISSING, "0.052"]
+    # a name, shown by its title: no number to link
+    assert report.shown(table).iloc[0, 0] == "Pre-act ResNet-110" and report.links(table, 0, "network") == ()
+    assert all(report.links(table, 0, column) == ("bench-cpu",) for column in table.columns[1:])
 
 
 def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
@@ -403,17 +420,18 @@ def test_benchmark_records_load_and_foreign_ones_are_problems(tmp_path):
 
 
 def test_html_table_carries_its_id_and_recipe_table_lists_every_recipe():
-    html = report.html_table(report.recipe_table(), "recipe-table")
+    html = report.html(report.recipe_table(), "recipe-table")
     assert 'id="recipe-table"' in html
     for index, name in enumerate(recipes.RECIPES, 1):  # a column each, its source a note
-        assert f'<th class="text">{name.replace("_", "_<wbr>")}</th>' in html  # a setting wraps, a network never
+        # a setting wraps, a network never
+        assert (frozenset({"text"}), name.replace("_", "_<wbr>")) in cells(html, "th")
         assert f'<li id="recipe-table-note-{index}">{name}: ' in html and f"note {index}" in html
 
 
 def test_run_summary_and_figure_of_one_run(tmp_path):
     run_dir = make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=5.4, epochs=3)
     summary = report.run_summary(records.read_run(run_dir))
-    assert summary.loc["test error (%)", ""] == "5.40"
+    assert report.shown(summary).loc["test error (%)", ""] == "5.40"
     figure = report.run_figure(run_dir)
     assert [line.get_ydata()[0] for line in gid_lines(figure.axes[0], "paper_error")] == [5.55]
 
@@ -430,10 +448,9 @@ def load_check_book():
 def write_page(build, figure="../_images/curves.png", with_file=True, error_table=True):
     page = build / "notebooks" / "results.html"
     page.parent.mkdir(parents=True)
-    errors = report.html_table(report.error_table([]), "error-table") if error_table else ""
-    speed = report.html_table(pd.DataFrame({"network": ["wrn_16_4"], "parameters: paper; exact": ["1"]}),
-                              "speed-table")
-    speed += report.html_table(report.compute_table([]), "compute-table")
+    errors = report.html(report.error_table([]), "error-table") if error_table else ""
+    speed = report.html(pd.DataFrame({"network": ["wrn_16_4"], "parameters: paper; exact": ["1"]}), "speed-table")
+    speed += report.html(report.compute_table([]), "compute-table")
     page.write_text(f"<html><body><main>{errors}{speed}<div class='cell tag_hide-input tag_training-curves'>"
                     f"<div class='output'><img alt='x' src='{figure}' /></div></div></main></body></html>")
     if with_file:
@@ -521,7 +538,7 @@ def test_compute_table_times_and_gpu_hours_of_the_runs_behind_the_error_table(tm
     make_run(tmp_path, "preact_resnet110-seed1", seed=1, seconds_per_epoch=27.0, epochs=200)
     make_run(tmp_path, "preact_resnet110-mirror", label="CIFAR-10 (JPEG mirror)", dataset="folder:/m",
              seconds_per_epoch=1000.0)  # not behind the table: not counted
-    table = report.compute_table(report.load_runs(tmp_path)[0]).set_index("network")
+    table = by_network(report.compute_table(report.load_runs(tmp_path)[0]))
     line = table.loc["preact_resnet110"]
     assert line[report.SEED_SECONDS] == "90 (batch 32)" and line[report.SEED_HOURS] == "5.0"
     assert line["our s/epoch (median)"] == "22.5" and line["runs"] == "2"
@@ -545,8 +562,9 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     line = row(table, "preact_resnet164")
     assert line[report.STATUS_PAPER] == f"{quoted['paper_error']:.2f}, {quoted['paper_statistic'][0]}"
     assert line[report.STATUS_SEED] == f"{quoted['seed_error']:.2f}"
-    assert set(table["ours, CIFAR-10 (%)"]) == set(table[report.STATUS_MIRROR]) == {report.NOT_RUN}
-    assert list(table["GPU-hours to finish (est.)"]) == ["not measured"] * 5 + ["not planned"]
+    shown = report.shown(table)
+    assert set(shown["ours, CIFAR-10 (%)"]) == set(shown[report.STATUS_MIRROR]) == {report.NOT_RUN}
+    assert list(shown["GPU-hours to finish (est.)"]) == ["not measured"] * 5 + ["not planned"]
 
     make_run(tmp_path, "wrn_16_4-seed0", arch="wrn_16_4", test_error=6.0)
     make_run(tmp_path, "wrn_16_4-seed1", arch="wrn_16_4", seed=1, test_error=6.5)
@@ -566,7 +584,7 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     table = report.status_table(runs)
     wrn = row(table, "wrn_16_4")
     assert wrn["ours, CIFAR-10 (%)"] == "6.25 ± 0.35 (2 of 3 seeds, 200 epochs)"
-    assert wrn["ours, CIFAR-10 (%)"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    assert report.links(table, wrn.name, "ours, CIFAR-10 (%)") == ("wrn_16_4-seed0", "wrn_16_4-seed1")
     resnet = row(table, "preact_resnet110")
     assert resnet[report.STATUS_MIRROR] == "3 runs stopped at 2/200 (deadline), resumable"
     assert resnet["ours, CIFAR-10 (%)"] == report.NOT_RUN
@@ -574,12 +592,13 @@ def test_status_table_and_line_say_where_the_plan_stands(tmp_path):
     # missing epochs of the plan at 37 s / 3 runs a GPU-epoch
     assert resnet["GPU-hours spent"] == f"{3 * 2 * 20 / 3 / 3600:.2g}"
     assert resnet["GPU-hours to finish (est.)"] == f"≈{(3 * 200 - 6) * 37 / 3 / 3600:.1f} (NVIDIA H100)"
-    assert resnet["GPU-hours spent"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
+    assert report.links(table, resnet.name, "GPU-hours spent") == \
+        tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
     # WRN-16-4 has no GPU time of its own: its last 200 epochs at ResNet-110's, scaled by their GFLOPs
     ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
     assert wrn["GPU-hours to finish (est.)"] == \
         f"≈{(3 * 200 - 2 * 200) * 37 / 3 * ratio / 3600:.1f} (estimated from preact_resnet110; NVIDIA H100)"
-    assert wrn["GPU-hours to finish (est.)"].records == resnet["GPU-hours spent"].records
+    assert report.links(table, wrn.name, "GPU-hours to finish (est.)") == report.links(table, resnet.name, "GPU-hours spent")
     # Their checkpoints gone, the 6 epochs done cannot be resumed: finishing is the whole plan again.
     for seed in (0, 1, 2):
         (tmp_path / f"preact_resnet110-jpeg-seed{seed}" / records.CHECKPOINT_FILE).unlink()
@@ -597,8 +616,10 @@ def test_gpu_seconds_share_a_packed_gpu_and_count_no_cpu_epochs(tmp_path):
     assert report.gpu_seconds(records.RunRecord.read(run_dir)) == pytest.approx(2 * 30 / 3 + 30 / 2)
 
 
-def _verdicts(tmp_path) -> dict:
-    return {line["claim"]: line for _, line in report.claims_table(report.load_runs(tmp_path)[0]).iterrows()}
+def _verdicts(tmp_path) -> tuple:
+    """The claims table, and its rows as the book shows them by claim."""
+    table = report.claims_table(report.load_runs(tmp_path)[0])
+    return table, {line["claim"]: line for _, line in report.shown(table).iterrows()}
 
 
 def test_claims_table_quotes_each_claim_and_tests_none_before_its_runs_are_complete(tmp_path):
@@ -613,13 +634,14 @@ def test_claims_table_quotes_each_claim_and_tests_none_before_its_runs_are_compl
             "ResNet-164 (original) reaches 5.93 % test error on CIFAR-10 (median of 5)"} <= set(expected)
     assert sum("The ReScience reproduction reports" in claim for claim in table["claim"]) == \
         sum(row["seed_error"] is not None for row in quoted)
-    by_claim = {line["claim"]: line for _, line in table.iterrows()}
+    by_claim = {line["claim"]: line for _, line in report.shown(table).iterrows()}
     wrn = by_claim["WRN-16-4 reaches 5.55 % test error on CIFAR-10 (not stated)"]
     assert wrn["ours on CIFAR-10 (%)"] == "wrn_16_4 6.10 ± 0.14 (2 of 3 seeds, 200 epochs)"
     assert wrn["verdict"] == "not tested yet (2 of 3 complete runs)"
-    assert wrn["verdict"].records == wrn["ours on CIFAR-10 (%)"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    assert report.links(table, wrn.name, "verdict") == report.links(table, wrn.name, "ours on CIFAR-10 (%)") == \
+        ("wrn_16_4-seed0", "wrn_16_4-seed1")
     assert wrn["tested by"] == "wrn_16_4: 3 complete CIFAR-10 runs"
-    assert wrn["tested by"].records == ("wrn_16_4-seed0", "wrn_16_4-seed1")
+    assert report.links(table, wrn.name, "tested by") == ("wrn_16_4-seed0", "wrn_16_4-seed1")
     compared = by_claim["Pre-act ResNet-110 (6.37 %) has lower error than ResNet-110 (original) (6.61 %)"]
     assert compared["verdict"] == "not tested yet: no complete run"
     assert compared["tested by"] == "preact_resnet110 and resnet110: 3 complete CIFAR-10 runs each"
@@ -642,17 +664,17 @@ def test_claims_are_decided_by_the_stated_rule_from_both_tiers(tmp_path):
     _complete(tmp_path, "resnet164", [5.0, 5.1, 5.2])          # the original unit lower: refuted
     _complete(tmp_path, "wrn_16_4", [5.5, 5.6, 5.7])
     _complete(tmp_path, "wrn_16_4", [1.0, 1.0, 1.1], label="CIFAR-10 (JPEG mirror)")  # tests nothing
-    verdicts = _verdicts(tmp_path)
+    table, verdicts = _verdicts(tmp_path)
     assert verdicts["Pre-act ResNet-110 reaches 6.37 % test error on CIFAR-10 (median of 5)"]["verdict"] == \
         "reproduced: 6.37 lies in 6.06–6.67"
     assert verdicts["The ReScience reproduction reports 6.38 % for Pre-act ResNet-110 (single run)"]["verdict"].startswith("reproduced")
     original = verdicts["ResNet-110 (original) reaches 6.61 % test error on CIFAR-10 (mean of 5)"]
     assert original["verdict"] == "not reproduced: 6.61 lies outside 6.80–7.20"
-    assert original["verdict"].records == tuple(f"resnet110-c10-seed{seed}" for seed in range(3))
+    assert report.links(table, original.name, "verdict") == tuple(f"resnet110-c10-seed{seed}" for seed in range(3))
     # 7.00 - 6.37 = +0.63 points against 2 * sqrt(0.0233/3 + 0.01/3) = 0.21
     comparison = verdicts["Pre-act ResNet-110 (6.37 %) has lower error than ResNet-110 (original) (6.61 %)"]
     assert comparison["verdict"] == "reproduced: +0.63 points, 2 standard errors 0.21"
-    assert set(comparison["verdict"].records) == {f"{arch}-c10-seed{seed}" for arch in ("preact_resnet110",
+    assert set(report.links(table, comparison.name, "verdict")) == {f"{arch}-c10-seed{seed}" for arch in ("preact_resnet110",
                                                                                           "resnet110") for seed in range(3)}
     assert verdicts["Pre-act ResNet-164 (5.46 %) has lower error than ResNet-164 (original) (5.93 %)"]["verdict"] == \
         "refuted: -0.90 points, 2 standard errors 0.16"
@@ -664,7 +686,7 @@ def test_claims_are_decided_by_the_stated_rule_from_both_tiers(tmp_path):
 
 def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_records(tmp_path):
     table = report.plan_table([])
-    assert [(line["tier"], line["network"]) for _, line in table.iterrows()] == \
+    assert [(line["tier"], network) for network, (_, line) in zip(table["network"], report.shown(table).iterrows())] == \
         [(str(tier), network) for tier, networks in enumerate(reference.PLAN_TIERS, 1) for network in networks]
     assert set(table["GPU-seconds per epoch, one run"]) == {report.NOT_MEASURED}  # and no total
     for seed in (0, 1, 2):  # three runs packed on one GPU: each epoch a third of the GPU's time
@@ -672,18 +694,21 @@ def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_record
                             label=report.JPEG_MIRROR, dataset="folder:/m"),
                    {"seconds_per_epoch": 36.0 + seed, "images_per_second": 1350, "pack": 3})
     runs = report.load_runs(tmp_path)[0]
-    table = report.plan_table(runs).set_index("network")
+    values = report.plan_table(runs)
+    table = by_network(values)
     measured = table.loc["preact_resnet110"]
     assert measured["GPU-seconds per epoch, one run"] == f"{37 / 3:.1f}"
     assert measured["GPU-hours, its runs"] == f"{3 * 200 * 37 / 3 / 3600:.1f}"
     assert measured["how the time is known"] == "measured (NVIDIA H100, bf16 autocast)"
-    assert measured["how the time is known"].records == measured["GPU-hours, its runs"].records
+    label = row(values, "preact_resnet110").name
+    assert report.links(values, label, "how the time is known") == report.links(values, label, "GPU-hours, its runs")
     ratio = architectures.row("wrn_16_4")["gflops"] / architectures.row("preact_resnet110")["gflops"]
     wrn = table.loc["wrn_16_4"]
     assert wrn["GPU-seconds per epoch, one run"] == f"{37 / 3 * ratio:.1f}"
     assert wrn["how the time is known"] == \
         f"estimated: preact_resnet110's 12.3 s × {ratio:.2f} (GFLOPs ratio; NVIDIA H100, bf16 autocast)"
-    assert wrn["GPU-hours, its runs"].records == tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
+    assert report.links(values, row(values, "wrn_16_4").name, "GPU-hours, its runs") == \
+        tuple(f"preact_resnet110-jpeg-seed{seed}" for seed in (0, 1, 2))
     hours = [3 * 200 * 37 / 3 * (architectures.row(n)["gflops"] / architectures.row("preact_resnet110")["gflops"])
              / 3600 for n in reference.PLANNED]
     assert table.loc["the whole plan", "GPU-hours, its runs"] == f"{sum(hours):.1f}"
@@ -694,36 +719,38 @@ def test_the_plan_table_costs_each_network_measured_or_estimated_from_the_record
 
 
 def test_html_table_right_aligns_number_columns_and_lists_the_notes():
-    table = pd.DataFrame({"network": ["a", "b"], "error (%)": ["6.50 ± 0.71", "not run"], "n": [2, 0],
-                          "each seed": ["6.00 (seed 0), 7.00 (seed 1)", "—"]})
-    table.attrs["notes"] = ["first <note>"]
-    html = report.html_table(table, "t")
-    assert '<th class="text">network</th><th class="num">error (%)</th><th class="num">n</th>' \
-           '<th class="text">each seed</th>' in html
-    assert '<td class="num">6.50 ± 0.71</td>' in html and '<td class="num">not run</td>' in html
+    seeds = render.cell(((6.0, 0), (7.0, 1)), format=lambda pairs: ", ".join(f"{e:.2f} (seed {s})" for e, s in pairs),
+                        worded=True)  # numbers in words: text
+    table = render.table([{"network": "a", "error (%)": (6.0, 7.0), "n": 2, "each seed": seeds},
+                          {"network": "b", "error (%)": report.NOT_RUN, "n": 0, "each seed": None}],
+                         formats={"error (%)": report.mean_std}, notes=["first <note>"])
+    html = report.html(table, "t")
+    assert [kind for kind, _ in cells(html, "th")] == [{"text"}, {"num"}, {"num"}, {"text"}]
+    assert [inner for _, inner in cells(html, "th")] == ["network", "error (%)", "n", "each seed"]
+    assert ({"num"}, "6.50 ± 0.71") in cells(html) and ({"num"}, "not run") in cells(html)
+    assert ({"text"}, "6.00 (seed 0), 7.00 (seed 1)") in cells(html)
     assert html.endswith('<ol class="table-notes"><li id="t-note-1">first &lt;note&gt;</li></ol>')
 
 
 def test_html_table_links_each_number_to_its_record_and_marks_quoted_ones():
     """What the browser test holds every table of the book to, cell by cell."""
-    table = pd.DataFrame({"network": ["preact_resnet110"], report.PAPER: ["6.37"],
-                          "ours": [report.linked("6.50 ± 0.71", [{"name": "r-seed0"}, {"name": "r-seed1"}])],
-                          report.EACH_SEED: [report.linked_parts([("6.00", {"name": "r-seed0"}),
-                                                                  ("7.00", {"name": "r-seed1"})])],
-                          report.NOTES: ["1, 2"]})
-    table.attrs.update(quoted=[report.PAPER], notes=["a", "b"])
-    html = report.html_table(table, "t")
-    assert '<td class="num quoted">6.37</td>' in html and 'data-source="records"' in html
+    both = [{"name": "r-seed0"}, {"name": "r-seed1"}]
+    table = render.table([{"network": "preact_resnet110", report.PAPER: 6.37, "ours": render.cell((6.0, 7.0), both),
+                           report.EACH_SEED: render.cell((6.0, 7.0), both), report.NOTES: (1, 2)}],
+                         formats={"ours": report.mean_std}, parts=[report.EACH_SEED], quoted=[report.PAPER],
+                         notes=["a", "b"])
+    html = report.html(table, "t")
+    assert ({"num", "quoted"}, "6.37") in cells(html) and 'data-source="records"' in html
     assert '<a class="record-link" href="../book/runs/r-seed0.html" title="records: r-seed0, r-seed1">' \
            '6.50 ± 0.71</a>' in html
     assert '<a class="record-link" href="../book/runs/r-seed0.html" title="record: r-seed0">6.00</a>, ' \
            '<a class="record-link" href="../book/runs/r-seed1.html" title="record: r-seed1">7.00</a>' in html
     assert '<a class="note-ref" href="#t-note-1">1</a>, <a class="note-ref" href="#t-note-2">2</a>' in html
     assert '<li id="t-note-2">b</li>' in html
-    assert 'href="r-seed0.html"' in report.html_table(table, "t", pages="")  # from another record's page
+    assert 'href="r-seed0.html"' in report.html(table, "t", pages="")  # from another record's page
     # a network's name never breaks at its underscore; a path may after a slash
     assert "preact_<wbr>" not in html
-    assert "results/<wbr>x/<wbr>run.json" in report.html_table(pd.DataFrame({"path": ["results/x/run.json"]}), "p")
+    assert "results/<wbr>x/<wbr>run.json" in report.html(pd.DataFrame({"path": ["results/x/run.json"]}), "p")
 
 
 def test_jpeg_mirror_runs_get_the_same_table_under_their_own_name(tmp_path):
@@ -758,8 +785,8 @@ def test_ablation_table_has_a_row_per_option_value_with_mean_std_and_n(tmp_path)
     make_run(tmp_path, "preact_resnet110-subset-seed0", limit_train=5000, n_train=5000)    # not the whole set
     table = report.ablation_table(report.load_runs(tmp_path)[0])
     assert list(table["settings"]) == ["recipe defaults", "shortcut=input_projection"]
-    assert list(table["test error (%): mean ± std"]) == ["6.50 ± 0.71", "6.50"]
-    assert list(table["n"]) == ["2", "1"]
+    assert list(report.shown(table)["test error (%): mean ± std"]) == ["6.50 ± 0.71", "6.50"]
+    assert list(report.shown(table)["n"]) == ["2", "1"]
 
 
 def test_tables_show_network_titles_with_the_identifier_on_hover_and_scroll_in_a_container(tmp_path):
@@ -768,14 +795,15 @@ def test_tables_show_network_titles_with_the_identifier_on_hover_and_scroll_in_a
     table = report.status_table(runs)
     assert list(table["network"]) == list(report.status_networks())  # computed with the identifiers
     assert report.STATUS_SEED.startswith("ReScience repr. (%)") and "seed" not in report.SEED.lower()
-    html = report.html_table(table, "status-table")
-    assert html.startswith('<div class="table-scroll"><table id="status-table"') and "</table></div>" in html
+    html = report.html(table, "status-table")
+    assert re.match(r'<div class="table-scroll">\s*<table id="status-table"', html)
+    assert re.search(r"</table>\s*</div>", html)
     assert '<span class="network" title="preact_resnet110">Pre-act ResNet-110</span>' in html
     assert '<span class="network" title="seed_wrn_n2_k4">ReScience &quot;WRN n=2, k=4&quot;</span>' in html
     # the status words ("stopped", "interrupted", "checkpoint not kept") are explained in one place
     assert f'<a href="../book/runs/{report.STATUS_WORDS}">status words</a>' in html
-    assert "status words" in report.html_table(report.other_runs_table(runs), "other-runs-table")
-    assert "status words" not in report.html_table(report.compute_table(runs), "compute-table")
+    assert "status words" in report.html(report.other_runs_table(runs), "other-runs-table")
+    assert "status words" not in report.html(report.compute_table(runs), "compute-table")
 
 
 def test_the_run_index_is_a_table_of_network_data_epochs_status_and_error(tmp_path):
@@ -783,9 +811,22 @@ def test_the_run_index_is_a_table_of_network_data_epochs_status_and_error(tmp_pa
     make_run(tmp_path, "preact_resnet110-jpeg-seed0", status="stopped", label=report.JPEG_MIRROR, dataset="folder:/m")
     table = report.run_index_table(report.load_runs(tmp_path)[0])
     assert list(table.columns) == ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
-    assert [list(row) for row in table.itertuples(index=False)] == [
+    shown = report.shown(table).assign(network=table["network"])  # the identifiers, shown by their titles
+    assert [list(row) for row in shown.itertuples(index=False)] == [
         ["preact_resnet110-jpeg-seed0", "preact_resnet110", "CIFAR-10 (JPEG mirror), 50,000 training images", "2/200",
          "stopped at 2/200 (interrupted), checkpoint not kept", "11.00 (epoch 2)"],
         ["wrn_16_4-seed0", "wrn_16_4", "CIFAR-10, 50,000 training images", "3/3", "complete", "5.40"]]
-    assert table.iloc[0]["test error (%)"].records == ("preact_resnet110-jpeg-seed0",)
-    assert isinstance(table.iloc[1]["network"], report.Network) and table.iloc[1]["network"].title == "WRN-16-4"
+    assert report.links(table, 0, "test error (%)") == ("preact_resnet110-jpeg-seed0",)
+    assert table.iloc[1]["network"] == "wrn_16_4" and report.shown(table).iloc[1]["network"] == "WRN-16-4"
+
+
+def test_thread_rules_round_each_row_to_its_own_noise_and_link_the_benchmark():
+    """Protects each row's rounding from another row's noise, and every number's link."""
+    rules = [{"arch": "preact_resnet20", "rule": "free cores", "threads": [2, 1, 2], "load_averages": [1.0, 1.5],
+              "images_per_second": 1448.9, "seconds_per_step": 1.0, "seconds_per_step_range": [0.963, 1.037]},
+             {"arch": "preact_resnet20", "rule": "all cores", "threads": [4], "load_averages": [2.0, 2.25],
+              "images_per_second": 1300.0, "seconds_per_step": 1.0, "seconds_per_step_range": [0.9997, 1.0003]}]
+    table = report.thread_rules_table({"name": "bench-cpu", "thread_rules": rules})
+    assert [list(row) for row in report.shown(table).iloc[:, 2:].itertuples(index=False)] == [
+        ["1–2", "1.0–1.5", "1,450", "1.00×"], ["4", "2.0–2.2", "1,300.0", "0.90×"]]
+    assert all(report.links(table, row, column) == ("bench-cpu",) for row in table.index for column in table.columns[2:])

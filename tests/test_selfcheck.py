@@ -13,7 +13,8 @@ import torch
 from reproresnet import engine as engine_module
 from reproresnet.campaign import selfcheck
 from reproresnet import train as training
-from reproresnet.config import TrainConfig, selfcheck_state
+from reproresnet.campaign import selfcheck_state
+from reproresnet.config import TrainConfig
 from reproresnet.engine import EagerEngine, GraphEngine, Speedups
 
 from conftest import ReplayByCalling

@@ -24,9 +24,15 @@ from matplotlib import rc_context
 
 from .. import bench as bench_record
 from .. import records
-from . import report
+from ..campaign import checkpoint_kept
 from .. import rundir
 from ..config import CIFAR10
+from . import render, runs as chosen
+from .figures import run_figure
+from .plan import status_line, status_table
+from .render import markdown_text
+from .speeds import bench_table, thread_rules_table
+from .tables import run_summary, speed_segments_table
 
 PAGES = Path("book/runs")
 README_START = "<!-- status: written by `make readme` from the records in results/; edits here are replaced -->"
@@ -38,10 +44,10 @@ def _download(label: str, path: Path, page_dir: Path) -> str:
 
 
 def _two_columns(table: pd.DataFrame, names: tuple[str, str], run: str) -> pd.DataFrame:
-    """A one-column table indexed by field, as two columns html_table shows (it leaves indexes out)."""
-    rows = pd.DataFrame({names[0]: list(table.index), names[1]: list(table.iloc[:, 0])})
-    rows.attrs.update(table.attrs, run=run)
-    return rows
+    """A one-column table indexed by field, as two columns `render.html` shows (it leaves indexes out)."""
+    rows = [{names[0]: field, names[1]: render.cell_of(table, field, table.columns[0])} for field in table.index]
+    kept = {name: value for name, value in table.attrs.items() if name not in render.CELL_ATTRS}
+    return render.table(rows, **{**kept, "run": run})
 
 
 def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
@@ -50,32 +56,30 @@ def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
     files = [(name, run.run_dir / name) for name in (records.RUN_FILE, records.METRICS_FILE, "train.ipynb")]
     downloads = ", ".join(_download(name, path, page_dir) for name, path in files if path.is_file())
     data = ("" if run.label == CIFAR10 else
-            f" It trained on {report.markdown_text(run.label)}, not on CIFAR-10: its numbers are never CIFAR-10 "
+            f" It trained on {markdown_text(run.label)}, not on CIFAR-10: its numbers are never CIFAR-10 "
             f"results.")
     given = {key: value for key, value in run.config.items() if value is not None}
-    settings = _two_columns(pd.DataFrame({"": [str(value) for value in given.values()]}, index=list(given)),
-                            ("setting", "value"), run.name)
-    text = report.markdown_text  # a record's strings are text, never Markdown or HTML
+    settings = render.table([{"setting": key, "value": str(value)} for key, value in given.items()], run=run.name)
+    text = markdown_text  # a record's strings are text, never Markdown or HTML
     parts = [f"# {text(run.name)}", "",
-             f"{text(run.arch)}, {report.run_status(run)}.{data} The record: {downloads}.", "",
+             f"{text(run.arch)}, {chosen.run_status(run)}.{data} The record: {downloads}.", "",
              *([_stop_text(run), ""] if run.status == "stopped" else []),
-             report.html_table(_two_columns(report.run_summary(run), ("", "this run"), run.name), "run-summary",
-                               pages=""), ""]
+             render.html(_two_columns(run_summary(run), ("", "this run"), run.name), "run-summary", pages=""), ""]
     if curves:
         parts += [f"![Error and training loss of {text(run.name)} against epoch]({run.name}.svg)", ""]
     parts += ["## Speed", "", "Each process that trained the run, as its record says:", "",
-              report.html_table(report.speed_segments_table(run), "run-speed", pages=""), "",
+              render.html(speed_segments_table(run), "run-speed", pages=""), "",
               "## Settings", "", "The settings of its `TrainConfig` that the run was given; the others are its "
               "recipe's (`python -m reproresnet recipe NAME --arch ARCH` prints them) or its device's:", "",
-              report.html_table(settings, "run-settings", pages=""), ""]
+              render.html(settings, "run-settings", pages=""), ""]
     return "\n".join(parts)
 
 
 def _stop_text(run: records.RunRecord) -> str:
     """Why a stopped run stopped, as its record says, and whether it can go on: a record written
     while its checkpoint existed says "resume to continue", which holds only while the checkpoint is kept."""
-    said = f"Its record says: “{report.markdown_text(run.record.get('message') or 'stopped')}”."
-    if run.resumable:
+    said = f"Its record says: “{markdown_text(run.record.get('message') or 'stopped')}”."
+    if checkpoint_kept(run.run_dir):
         return f"{said} Its checkpoint is kept: `train --resume` (or the campaign) continues it."
     return (f"{said} Its checkpoint was not kept (checkpoints are never committed under results/, and this run's "
             "is not in the campaign bundle), so it cannot be resumed: finishing it takes a fresh run from "
@@ -86,17 +90,17 @@ def _thread_rules(bench: dict) -> list[str]:
     """A CPU benchmark's comparison of thread rules, if it made one."""
     if not bench.get("thread_rules"):
         return []
-    table = report.thread_rules_table(bench)
+    table = thread_rules_table(bench)
     table.attrs["run"] = bench["name"]
     return ["## CPU thread rules", "",
             "The library's path, the rules alternating in rounds, under the load this machine had at the "
             f"time (its 1-minute load average, this benchmark's own threads included; {bench['load_at_start']:.1f} "
-            "when it began):", "", report.html_table(table, "bench-thread-rules", pages=""), ""]
+            "when it began):", "", render.html(table, "bench-thread-rules", pages=""), ""]
 
 
 def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     """One benchmark record's page: its table, rounded to its noise, and the text `bench` printed."""
-    table = report.bench_table([bench])
+    table = bench_table([bench])
     table.attrs["run"] = bench["name"]
     device = (bench.get("device") or {}).get("name", "an unknown device")
     printed = bench_record.format_bench(bench)
@@ -104,10 +108,10 @@ def bench_page(bench: dict, path: Path, page_dir: Path) -> str:
     baseline = any(row.get("path") == "baseline" for row in bench["rows"])
     against = ",".join([" against a plain PyTorch baseline"] * baseline +
                        [" under several CPU thread rules"] * bool(bench.get("thread_rules")))
-    return "\n".join([f"# {report.markdown_text(bench['name'])}", "",
-                      f"A benchmark on {report.markdown_text(device)}: our training path{against}. The record: "
+    return "\n".join([f"# {markdown_text(bench['name'])}", "",
+                      f"A benchmark on {markdown_text(device)}: our training path{against}. The record: "
                       f"{_download('bench.json', path, page_dir)}.",
-                      "", report.html_table(table, "bench-record", pages=""), "", *_thread_rules(bench),
+                      "", render.html(table, "bench-record", pages=""), "", *_thread_rules(bench),
                       "As `python -m reproresnet bench` prints it:", "", f"{fence}text", printed, fence, ""])
 
 
@@ -160,7 +164,7 @@ def _figure(run: records.RunRecord) -> bytes | None:
         return None
     buffer = io.BytesIO()
     with rc_context({"svg.hashsalt": run.name}):  # the same record, the same file
-        report.run_figure(run).savefig(buffer, format="svg", metadata={"Date": None})
+        run_figure(run).savefig(buffer, format="svg", metadata={"Date": None})
     return buffer.getvalue()
 
 
@@ -169,29 +173,13 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-ARCHITECTURES_PAGE = "notebooks/architectures.ipynb"  # the README's link from a network's title to its identifier
-
-
-def markdown_table(table: pd.DataFrame, link) -> str:
-    """A pipe table for GitHub's Markdown; each `Linked` cell links to `link(record name)`, and a
-    network shows its title, linked to the architectures page with its identifier as the link's title."""
-    def cell(value) -> str:
-        text = report.markdown_text(value)  # "|" included
-        if isinstance(value, report.Network) and value.title != value:
-            return f'[{value.title.replace("|", "/")}]({ARCHITECTURES_PAGE} "{value}")'  # the library's own words'
-        return f"[{text}]({link(value.records[0])})" if isinstance(value, report.Linked) and value.records else text
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def readme_status(results_dir: Path, runs: list[records.RunRecord] | None = None) -> str:
     """What the README shows between its markers: the status line and table, from the records
     (`runs`: those under `results_dir`, if already loaded)."""
     if runs is None:
         runs, _ = records.load_runs(results_dir)
-    table = markdown_table(report.status_table(runs), lambda name: f"{Path(results_dir).name}/{name}/")
-    return (f"{report.status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from; "
+    table = render.markdown(status_table(runs), lambda name: f"{Path(results_dir).name}/{name}/")
+    return (f"{status_line(runs)}\n\n{table}\n\nEach number links to the run record it comes from; "
             "the status words (deadline, checkpoint not kept, ...) are explained in "
             "[book/runs.md](book/runs.md#status-words).")
 

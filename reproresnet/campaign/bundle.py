@@ -16,6 +16,7 @@ not already further along (see `unbundle`).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -30,7 +31,13 @@ from .. import config, records, rundir
 from ..rundir import RunDirError
 
 FORMAT = "reproresnet-bundle/1"
-MANIFEST = records.BUNDLE_MANIFEST
+MANIFEST = "bundle.json"
+# The last GPU slot's bundle, committed beside results/ (bench/campaign.sh restores it): the
+# checkpoints of the unfinished runs it lists are what makes them resumable from a clone.
+COMMITTED = "campaign-bundle"
+# A committed bundle must stay under 40 MB (the repository's limit on a commit's files); 40 MiB of
+# raw checkpoints gzip to about 39 MB, so a slot starts no run that would leave more unfinished.
+MAX_UNFINISHED_MIB = 40.0
 MiB = 2**20
 MAX_FILES, MAX_FILE_BYTES, MAX_TOTAL_BYTES = 8, 16 * MiB, 64 * MiB
 CHECKPOINTS = (records.CHECKPOINT_FILE, records.BEST_FILE)
@@ -112,6 +119,26 @@ def bundle(src, out, *, name: str = "campaign", max_files: int = MAX_FILES,
                 "parts": parts, "files": listing}
     rundir.write_json(out / _manifest_name(name), manifest)
     return manifest
+
+
+def checkpoint_kept(run_dir: Path) -> bool:
+    """Whether a stopped run can resume: its checkpoint is kept beside its record, or in the
+    committed bundle of the results directory's repository (checkpoints themselves are never
+    committed in results/)."""
+    run_dir = Path(run_dir)
+    committed = run_dir.resolve().parent.parent / COMMITTED
+    return (run_dir / records.CHECKPOINT_FILE).exists() or run_dir.name in bundled_checkpoints(committed)
+
+
+@functools.lru_cache(maxsize=None)
+def bundled_checkpoints(bundle_dir: Path) -> frozenset[str]:
+    """The runs whose checkpoint a bundle's manifest lists (none if there is no readable one)."""
+    try:
+        files = json.loads((Path(bundle_dir) / MANIFEST).read_text()).get("files", [])
+        paths = [Path(entry["path"]) for entry in files]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return frozenset()
+    return frozenset(path.parent.name for path in paths if path.name == records.CHECKPOINT_FILE)
 
 
 def check_name(name: str) -> None:
@@ -350,6 +377,36 @@ def _describe(progress: tuple[int, bool]) -> str:
     return f"{epochs} epochs done" + (", complete" if complete else "")
 
 
+def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
+    """Each complete run's book page: `notebook` (default: the repository's train.ipynb)
+    executed by papermill with the run's own recorded settings, so `train(resume=True)` only
+    reads the complete run (no training). An unfinished run is not rendered (its notebook
+    would train it)."""
+    import papermill
+
+    from .. import launch
+    notebook = notebook or launch.DEFAULT_NOTEBOOK
+    names = set(papermill.inspect_notebook(notebook))
+    outcomes = []
+    for run_dir in map(Path, run_dirs):
+        record = records.read_run(run_dir)
+        if record["status"] != "complete":
+            outcome = {"run": run_dir.name, "status": "incomplete",
+                       "message": f"{record['epochs_done']}/{record['epochs_planned']} epochs: not rendered"}
+        else:
+            parameters = {k: v for k, v in record["config"].items() if k in names}
+            missing = list(config.differences(record["config"], launch.notebook_config(parameters)))  # no parameter for them
+            if missing:
+                outcome = {"run": run_dir.name, "status": "failed",
+                           "message": f"{notebook} has no parameter for the recorded {missing}"}
+            else:
+                outcome = launch.execute_run(notebook, str(run_dir), {**parameters, "run_dir": str(run_dir)},
+                                      progress=False)
+        print(f"{outcome['run']}: {outcome['status']}" + (f" ({outcome['message']})" if outcome["message"] else ""))
+        outcomes.append(outcome)
+    return outcomes
+
+
 def _parser(command: str, source: tuple[str, str], to: tuple[str, str]) -> argparse.ArgumentParser:
     """What both commands take: SOURCE --to TO [--name NAME] (metavar and help of each)."""
     parser = argparse.ArgumentParser(prog=f"python -m reproresnet {command}", description=__doc__,
@@ -402,7 +459,6 @@ def main_unbundle(argv: list[str] | None = None) -> int:
             return 1
         if not args.render:
             return 0
-        from .slot import render_runs
         run_dirs = sorted({Path(args.to) / Path(rel).parent for rel in done["restored"]
                            if Path(rel).name == records.RUN_FILE})
         outcomes = render_runs(run_dirs)

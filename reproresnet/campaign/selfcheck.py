@@ -55,7 +55,7 @@ precision. The device generator's augmentation statistics are checked last.
 `--budget` is kept: a check still running when it is spent is interrupted (SIGALRM) and listed
 as unchecked; "complete" (true only if nothing was cut) and the top-level "ok" are written
 last. A campaign reuses only a complete record of this format whose chosen variant passed
-(`config.selfcheck_state`). On a CPU the graph engine and bf16 are not tried (CUDA only) and
+(`variants.selfcheck_state`). On a CPU the graph engine and bf16 are not tried (CUDA only) and
 the check's batch is 8 images per network unless `--batch-size` is given.
 """
 
@@ -74,13 +74,13 @@ from pathlib import Path
 import torch
 
 from .. import records, rundir
-from ..config import (SELFCHECK_FORMAT, ConfigError, TrainConfig, Variant, cpu_threads, distinct, reference_variant,
-                     select_device, selfcheck_state)
+from ..config import ConfigError, TrainConfig, cpu_threads, distinct, select_device
 from ..data import PAD, augment, device_splits, load_sources
 from ..engine import WARMUP_STEPS, EagerEngine, exact_fp32, make_optimizer, synchronize
 from ..reference import PLANNED_SEEDS, REPRODUCED
 from ..stacked import merge_tensors, stacked_batch
 from ..train import Stack, build_stack, epoch_seed, run_batches, set_step_lr
+from .variants import SELFCHECK_FORMAT, Variant, reference_variant, selfcheck_state
 
 FORMAT = SELFCHECK_FORMAT
 TOLERANCE_FACTOR = 4.0  # a variant's distance from the exact step may be this many times its precision's floor
@@ -615,19 +615,19 @@ def jsonable(value):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..arguments import positive_integer, positive_number
+    from ..arguments import integer, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet selfcheck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REPRODUCED),
                         metavar="NAME", help="networks to check; the first is timed (default: the three of the report)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(PLANNED_SEEDS), metavar="K",
+    parser.add_argument("--seeds", nargs="+", type=integer, default=list(PLANNED_SEEDS), metavar="K",
                         help=f"seeds of each network; their number is the stack size (default: the plan's, "
                              f"{' '.join(map(str, PLANNED_SEEDS))})")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--dataset", default="synthetic", help="cifar10 | cifar100 | folder:PATH | synthetic "
                                                                "(default: synthetic)")
     parser.add_argument("--recipe", default="seed", help="the campaign's recipe (default: seed)")
-    parser.add_argument("--batch-size", type=int, help=f"images per step and network (default: the recipe's on "
+    parser.add_argument("--batch-size", type=integer, help=f"images per step and network (default: the recipe's on "
                                                        f"CUDA, {CPU_BATCH} on a CPU)")
     parser.add_argument("--precision", choices=("fp32", "bf16"), help="only variants of this precision")
     parser.add_argument("--timed-steps", type=positive_integer, help="default: 20 on CUDA, 2 on a CPU")

@@ -4,7 +4,7 @@ one process.
     python -m reproresnet campaign --out runs/campaign --budget 300 --dataset folder:data/mirror
 
 The plan is networks x seeds x one recipe x one data set (default: the plan of
-`reference.PLAN_TIERS`, seeds 0 1 2, recipe `seed`, CIFAR-10), each run a `TrainConfig`
+`reference.PLAN_TIERS` x `reference.PLANNED_SEEDS`, recipe `seed`, CIFAR-10), each run a `TrainConfig`
 (`--train-args` are `train` flags shared by every run; not the settings the plan sets). Its
 networks come in tiers: the seed's three networks, then the original units He et al. compare
 them with; a tier starts once every run of the tiers before it has finished (complete, or
@@ -33,15 +33,14 @@ on without it. Called again, here or on another machine after `bundle`/`unbundle
 where it stopped. One campaign per directory (flock).
 
 Unfinished runs leave checkpoints, which must travel back from a GPU slot: a new run does not
-start while the unfinished checkpoints would pass `--max-unfinished-mb` (default 40 MiB: gzipped
-in a bundle, about 39 MB, under the 40 MB a committed `campaign-bundle/` may hold).
+start while the unfinished checkpoints would pass `--max-unfinished-mb` (default
+`bundle.MAX_UNFINISHED_MIB`: gzipped in a bundle, under what a committed `campaign-bundle/` may hold).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -51,6 +50,9 @@ from pathlib import Path
 from .. import records, rundir
 from ..rundir import RunDirError
 from ..reference import PLAN_TIERS, PLANNED, PLANNED_SEEDS
+from .bundle import MAX_UNFINISHED_MIB
+from .process import deadlines, exit_without_teardown, process_start_time, seconds_left
+from .variants import Variant, selfcheck_state
 
 STATE_DIR = "_campaign"  # campaign-level files; holds no run.json, so the book never reads it as a run
 STATE_FILE = "campaign.json"
@@ -107,7 +109,7 @@ class Options:
     precision: str = "auto"          # auto: the self-check's choice (fp32 unless > 1.5x bf16's step time)
     min_start: float = 5.0
     selfcheck_budget: float = 30.0
-    max_unfinished_mb: float = 40.0  # MiB of raw checkpoints; a committed bundle must stay < 40 MB
+    max_unfinished_mb: float = MAX_UNFINISHED_MIB  # MiB of raw checkpoints of unfinished runs (bundle.py)
     reserve: float | None = None     # s kept at the end: None = 5% of the budget, 1 to 15 s
     log_epochs: bool = True
 
@@ -139,17 +141,6 @@ def checkpoint_mb(config, run_dir: Path) -> float:
     from ..models import default_parameter_count
     val_size = config.resolved_recipe().val_size
     return default_parameter_count(config.arch) * 4 * (3 if val_size else 2) / 2**20
-
-
-def process_start_time() -> float:
-    """When this process started (time.time() scale): the budget counts its imports too."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return min(time.time(), boot + ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, StopIteration, IndexError):
-        return time.time()
 
 
 # ---------------------------------------------------------------- the order of the work
@@ -220,9 +211,7 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     plan (`load_data`), leaving nothing behind."""
     start = time.time() if start is None else start
     out = Path(out)
-    reserve = options.reserve if options.reserve is not None else min(15.0, max(1.0, 0.05 * options.budget))
-    hard_stop = start + options.budget - reserve   # an epoch running then is abandoned
-    stop_at = hard_stop - reserve                   # the runs' clean-stop deadline
+    hard_stop, stop_at = deadlines(start, options.budget, options.reserve)
     with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
         device = _device(options, log)
         probed = _probe(out, plan.configs(out, device.type, "fp32"), device, options, log)  # a slot's first seconds
@@ -275,7 +264,7 @@ def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, ha
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
-    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    chosen = Variant.from_name(record["chosen"]["variant"])
     plan_configs = plan.configs(out, device.type, chosen.precision)
     _train_plan(out, plan_configs, plan.tiers(), record, device, sources, options, hard_stop, stop_at, outcomes,
                 writer, log)
@@ -308,22 +297,21 @@ def _probe(out: Path, plan: dict, device, options: Options, log) -> dict | None:
 def _selfcheck_record(out: Path, plan: dict, device, sources: dict, options: Options, precision: str | None,
                       stop_at: float, log) -> dict:
     """The self-check's record: an earlier call's if it is complete and its choice passed
-    (`config.selfcheck_state`; every call then trains the same way and at the same precision),
+    (`variants.selfcheck_state`; every call then trains the same way and at the same precision),
     else a new one within its budget."""
     from . import selfcheck
-    from ..config import selfcheck_state
     path = out / STATE_DIR / SELFCHECK_FILE
     record = _read_selfcheck(out)
     if record is not None:
         state, why = selfcheck_state(record)
-        chosen = selfcheck.Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
+        chosen = Variant.from_name(record["chosen"]["variant"]) if state == "complete" else None
         if chosen and precision in (None, chosen.precision) and options.stack in (None, chosen.stack):
             log(f"campaign: the self-check of {record['created']} {why}")
             return record
         log("campaign: the earlier self-check is not reused: " + (
             f"{state}, {why}" if chosen is None else f"it chose {chosen.name}, this call asks for "
                                                      f"precision {precision or 'auto'}, stack {options.stack or 'auto'}"))
-    budget = max(0.0, min(options.selfcheck_budget, stop_at - time.time() - options.min_start))
+    budget = min(options.selfcheck_budget, seconds_left(stop_at, kept=options.min_start))
     # The first network's variants now; the others just before they first train (_check_network).
     record = selfcheck.selfcheck({arch: configs for arch, configs in list(plan.items())[:1]}, device, sources,
                                  budget=budget, precision=precision, stack=options.stack, log=log,
@@ -339,7 +327,7 @@ def _check_network(out: Path, record: dict, configs: list, device, sources: dict
     arch = configs[0].arch
     if (record["networks"].get(arch) or {}).get("ok") is not None:
         return
-    chosen = selfcheck.Variant.from_name(record["chosen"]["variant"])
+    chosen = Variant.from_name(record["chosen"]["variant"])
     began = time.time()
     try:
         result = selfcheck.check_network(configs[:chosen.stack], device, sources, chosen)
@@ -381,7 +369,7 @@ def _why_not_start(outcomes: dict, options: Options, stop_at: float) -> str | No
     """Why no new stack (or group of a stack) starts now, if it does not."""
     if any(outcome.get("outcome") == "stopped" for outcome in outcomes.values()):
         return "not started: a run stopped for the deadline, and a new stack fits even less"
-    if time.time() + options.min_start >= stop_at:
+    if seconds_left(stop_at, kept=options.min_start) <= 0:
         return "not started: no time left"
     return None
 
@@ -434,7 +422,7 @@ def _train_group(group: list, variant, note: str, record: dict, device, sources:
                               deadline=Deadline(stop_at, step, options.min_start), hard_stop=hard_stop,
                               writer=writer, note=note)
     except EngineError as error:
-        eager = selfcheck.Variant("eager", variant.bf16, variant.channels_last, len(group))
+        eager = Variant("eager", variant.bf16, variant.channels_last, len(group))
         log(f"campaign: {variant.name} cannot run ({error}); falling back to {eager.name}")
         return again(group, eager, f"{eager.name}: fallback, {variant.name} failed: {error}")
     except Exception as error:  # noqa: BLE001 (recorded; the plan goes on)
@@ -494,7 +482,6 @@ def _read_selfcheck(out: Path) -> dict | None:
 def selfcheck_line(out: Path) -> str:
     """What the status table says of the self-check in `out`: complete (reused), cut short or
     failed (checked again on the next call), or none yet; torch-free."""
-    from ..config import selfcheck_state
     record = _read_selfcheck(Path(out))
     if record is None:
         return "self-check: none yet (the next call checks first)"
@@ -531,44 +518,13 @@ def _write_state(out: Path, plan: Plan, options: Options, start: float, rows: li
                               "status": rows, "calls": calls})
 
 
-def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
-    """Each complete run's book page: `notebook` (default: the repository's train.ipynb)
-    executed by papermill with the run's own recorded settings, so `train(resume=True)` only
-    reads the complete run (no training). An unfinished run is not rendered (its notebook
-    would train it)."""
-    import papermill
-
-    from ..config import differences
-    from .. import launch
-    notebook = notebook or launch.DEFAULT_NOTEBOOK
-    names = set(papermill.inspect_notebook(notebook))
-    outcomes = []
-    for run_dir in map(Path, run_dirs):
-        record = records.read_run(run_dir)
-        if record["status"] != "complete":
-            outcome = {"run": run_dir.name, "status": "incomplete",
-                       "message": f"{record['epochs_done']}/{record['epochs_planned']} epochs: not rendered"}
-        else:
-            parameters = {k: v for k, v in record["config"].items() if k in names}
-            missing = list(differences(record["config"], launch.notebook_config(parameters)))  # no parameter for them
-            if missing:
-                outcome = {"run": run_dir.name, "status": "failed",
-                           "message": f"{notebook} has no parameter for the recorded {missing}"}
-            else:
-                outcome = launch.execute_run(notebook, str(run_dir), {**parameters, "run_dir": str(run_dir)},
-                                      progress=False)
-        print(f"{outcome['run']}: {outcome['status']}" + (f" ({outcome['message']})" if outcome["message"] else ""))
-        outcomes.append(outcome)
-    return outcomes
-
-
 def _per_device(values: dict) -> str:
     """{"cuda": 3, "cpu": 1} as help text: "3 on CUDA, 1 on a CPU"."""
     return ", ".join(f"{value:g} on {'CUDA' if device == 'cuda' else 'a CPU'}" for device, value in values.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..arguments import integer, number, positive_integer, positive_number
+    from ..arguments import integer, non_negative_number, positive_integer, positive_number
     parser = argparse.ArgumentParser(prog="python -m reproresnet campaign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="the campaign directory (run directories in it)")
@@ -594,13 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument("--stack", type=positive_integer,
                          help="runs trained as one stacked network (default: all of a network's seeds, or apart if "
                               "the self-check finds that faster)")
-    runtime.add_argument("--min-start", type=number, help=f"seconds a new stack needs at least "
+    runtime.add_argument("--min-start", type=non_negative_number, help=f"seconds a new stack needs at least "
                          f"(default: {_per_device(DEFAULT_MIN_START)})")
-    runtime.add_argument("--selfcheck-budget", type=number,
+    runtime.add_argument("--selfcheck-budget", type=non_negative_number,
                          help=f"seconds the self-check may take (default: {_per_device(DEFAULT_SELFCHECK_BUDGET)})")
-    runtime.add_argument("--max-unfinished-mb", type=number, default=Options.max_unfinished_mb,
-                         help="MiB of checkpoints of unfinished runs; new runs wait above it (default: 40, "
-                              "which gzips to a bundle under the 40 MB a commit may hold)")
+    runtime.add_argument("--max-unfinished-mb", type=non_negative_number, default=Options.max_unfinished_mb,
+                         help=f"MiB of checkpoints of unfinished runs; new runs wait above it (default: "
+                              f"{Options.max_unfinished_mb:g}, which gzips to a bundle under the 40 MB a commit may hold)")
     runtime.add_argument("--status", action="store_true",
                          help="print what DIR holds and exit: the runs its last call planned, then any other run "
                               "directory in it (the plan flags are not read)")
@@ -608,37 +564,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The slot's steps: read the flags (each number by its type), say what the directory holds
+    (--status), or check the plan, train it within the budget counted from this process's
+    start, say where each run stands, and exit without the interpreter's teardown."""
     args = build_parser().parse_args(argv)
-    numbers = {"--min-start": args.min_start, "--selfcheck-budget": args.selfcheck_budget,
-               "--max-unfinished-mb": args.max_unfinished_mb}
-    bad = [f"{flag} {value}" for flag, value in numbers.items() if value is not None and value < 0]
-    if bad or (not args.status and args.budget is None):
-        print(f"reproresnet campaign: error: {', '.join(bad) or '--budget missing'} is not valid: expected "
-              f"numbers >= 0, and --budget unless --status", file=sys.stderr)
-        return 2
     if args.status:
-        rows = disk_status(Path(args.out))
-        print(format_status(rows) if rows else f"{args.out}: no runs (no run directory, no campaign record)")
-        print(selfcheck_line(Path(args.out)))
-        return 0
-    plan = Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
-                tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
+        return print_status(Path(args.out))
+    if args.budget is None:
+        return _error("--budget missing: expected the seconds this call may take (a number > 0), "
+                      "or --status")
     from ..config import ConfigError
     from ..data import DataError
+    plan = plan_of(args)
     try:
         plan.configs(args.out, "cpu", "fp32")  # every setting checked before anything runs
     except ConfigError as error:
-        print(f"reproresnet campaign: error: {error}", file=sys.stderr)
-        return 2
-    device = _device_type(args.device)
-    options = Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
-                      min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
-                      selfcheck_budget=DEFAULT_SELFCHECK_BUDGET[device] if args.selfcheck_budget is None
-                      else args.selfcheck_budget, max_unfinished_mb=args.max_unfinished_mb)
+        return _error(error)
     print(f"campaign: {len(plan.archs) * len(plan.seeds)} runs in {args.out}, budget {args.budget:g} s, "
           f"stack {args.stack or 'all seeds'}", flush=True)
     try:
-        rows = run_campaign(plan, args.out, options, log=lambda line: print(line, flush=True),
+        rows = run_campaign(plan, args.out, options_of(args), log=lambda line: print(line, flush=True),
                             start=process_start_time())
     except rundir.DiskFull as full:
         return _error(full.with_advice("free some space and call the campaign again: it continues where it stopped"))
@@ -646,10 +591,29 @@ def main(argv: list[str] | None = None) -> int:
         return _error(error)
     print(format_status(rows), flush=True)
     print(selfcheck_line(Path(args.out)), flush=True)
-    sys.stderr.flush()
-    # Everything is written (atomically, fsynced). Skip the interpreter's teardown: with torch
-    # imported it took 5 s and more on a loaded machine, and the budget includes the exit.
-    os._exit(0)
+    exit_without_teardown()
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    return Plan(tuple(args.archs), tuple(args.seeds), args.recipe, args.dataset, args.tag,
+                tuple(flag for flags in args.train_args for flag in shlex.split(flags)))
+
+
+def options_of(args: argparse.Namespace) -> Options:
+    """The call's options; the seconds left out default to the device's."""
+    device = _device_type(args.device)
+    return Options(budget=args.budget, stack=args.stack, device=args.device, precision=args.precision,
+                   min_start=DEFAULT_MIN_START[device] if args.min_start is None else args.min_start,
+                   selfcheck_budget=DEFAULT_SELFCHECK_BUDGET[device] if args.selfcheck_budget is None
+                   else args.selfcheck_budget, max_unfinished_mb=args.max_unfinished_mb)
+
+
+def print_status(out: Path) -> int:
+    """What `out` holds, and its self-check, without torch."""
+    rows = disk_status(out)
+    print(format_status(rows) if rows else f"{out}: no runs (no run directory, no campaign record)")
+    print(selfcheck_line(out))
+    return 0
 
 
 def _error(error) -> int:

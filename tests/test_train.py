@@ -299,7 +299,7 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
 def test_a_resume_keeps_the_threads_the_run_trained_with_unless_told_otherwise(tmp_path, monkeypatch):
     """On a CPU the thread count sets the last bits, so a resume keeps the count the run started
     with rather than the one today's load would choose (here: four idle cores)."""
-    config = tiny(tmp_path, epochs=3)
+    config = tiny(tmp_path, epochs=3, limit_train=8)  # a step an epoch: this test is about threads
     training.train(config, progress=False, deadline=AfterEpochs(1))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))

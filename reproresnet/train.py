@@ -187,24 +187,23 @@ def train_runs(configs: list[TrainConfig], world: distributed.World = distribute
         stack = build_stack(found.to_train, splits, device, compile_mode, world, found.checkpoints)
         _start_records(stack, found.checkpoints, pack, compile_mode, note)
         _say(progress, _start_line(stack, found.checkpoints))
-        last_epoch_s = None
-        for epoch in range(len(stack.runs[0].metrics), stack.schedule.epochs):
+        writer, epochs, last_epoch_s = found.writer, stack.schedule.epochs, None
+        for epoch in range(len(stack.runs[0].metrics), epochs):
             active = [run for run in stack.runs if run.active]
             if not active:
                 break
-            if deadline is not None and not deadline.allows(epoch, _predicted_seconds(last_epoch_s, stack, epoch, deadline)):
-                _stop(active, found.writer, f"stopped cleanly after epoch {epoch} of {stack.schedule.epochs} "
-                                            f"(deadline); resume to continue")
+            if _no_time_for(epoch, stack, deadline, last_epoch_s):
+                _stop(active, writer, f"stopped cleanly after epoch {epoch} of {epochs} (deadline); resume to continue")
                 break
             started = time.time()
             try:
                 rows = _train_rows(stack, epoch, progress, hard_stop)
             except HardStop:
-                _stop(active, found.writer, f"stopped at the hard stop during epoch {epoch + 1} of "
-                                            f"{stack.schedule.epochs}, which is lost; resume to continue from epoch {epoch}")
+                _stop(active, writer, f"stopped at the hard stop during epoch {epoch + 1} of {epochs}, which is lost; "
+                                      f"resume to continue from epoch {epoch}")
                 break
-            _stop_diverged(stack, rows, epoch, found.writer)
-            _evaluate_and_checkpoint(stack, rows, found.writer)
+            _stop_diverged(stack, rows, epoch, writer)
+            _evaluate_and_checkpoint(stack, rows, writer)
             last_epoch_s = time.time() - started
             _say_epoch(progress, stack)
         return found.results([run.record for run in stack.runs])
@@ -350,6 +349,8 @@ def evaluate(stack: Stack, sets: list[ImageSet]) -> list[tuple[float, float]]:
     return [(loss / n, 100.0 * wrong / n) for loss, wrong in zip(loss_sum.tolist(), errors.tolist())]
 
 
+# ---------------------------------------------------------------- the records started, and what is said
+
 def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str, note: str | None) -> None:
     """Each run's record, metrics and speed segments as this process starts it (or resumes it
     from its checkpoint), with a new speed segment for this process."""
@@ -408,6 +409,13 @@ def _say_epoch(progress: bool, stack: Stack) -> None:
             tqdm.write(name + _epoch_line(run.metrics[-1], stack.schedule))
 
 
+# ---------------------------------------------------------------- an epoch: its start, its rows, its end
+
+def _no_time_for(epoch: int, stack: Stack, deadline: Deadline | None, last_epoch_s: float | None) -> bool:
+    """The deadline leaves no time for the epoch, as `_predicted_seconds` predicts it."""
+    return deadline is not None and not deadline.allows(epoch, _predicted_seconds(last_epoch_s, stack, epoch, deadline))
+
+
 def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, deadline: Deadline) -> float:
     """How long the next epoch will take: this process's last epoch (training, evaluation and
     writes); for a process's first epoch, which also warms up and captures, the first epoch of
@@ -427,12 +435,11 @@ def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, dea
 
 
 def _stop(runs: list[Run], writer: rundir.Writer, message: str) -> None:
+    """The runs stopped before their last epoch (resumable): `message` says why, in each record."""
     for run in runs:
         run.record.update(records.stop_fields(run.speed, message))
         rundir.save(writer, run.run_dir, run.record, run.metrics, None)
 
-
-# ---------------------------------------------------------------- an epoch, and each run's row
 
 def _train_rows(stack: Stack, epoch: int, progress: bool, hard_stop: float | None) -> list[dict]:
     """One epoch of training: each run's row (HardStop if the hard stop comes during it)."""

@@ -20,7 +20,7 @@ from reproresnet import records, rundir
 from reproresnet.campaign import slot as campaign
 from reproresnet.campaign import selfcheck
 from reproresnet import train as training
-from reproresnet.campaign import selfcheck_state
+from reproresnet.campaign import process, selfcheck_state
 from reproresnet.config import TrainConfig
 from reproresnet.reference import ORIGINAL_UNITS, REPRODUCED
 from reproresnet.engine import EngineError
@@ -302,6 +302,16 @@ def test_a_check_cut_short_or_of_an_old_format_is_done_again_and_only_a_complete
     assert call_and_status().startswith("self-check of call 3: complete") and len(checks) == 3
     path.unlink()
     assert campaign.selfcheck_line(tmp_path) == "self-check: none yet (the next call checks first)"
+
+
+def test_a_budget_leaves_two_deadlines_a_reserve_apart_and_counts_from_the_process_start():
+    assert process.deadlines(100.0, 60.0) == (157.0, 154.0)  # the reserve: 5% of the budget,
+    assert process.deadlines(0.0, 10.0) == (9.0, 8.0)  # at least 1 s
+    assert process.deadlines(0.0, 1000.0) == (985.0, 970.0)  # and at most 15 s
+    assert process.deadlines(0.0, 60.0, reserve=10.0) == (50.0, 40.0)
+    assert process.seconds_left(time.time() + 100, kept=30) == pytest.approx(70, abs=5)
+    assert process.seconds_left(time.time() - 1) == 0.0
+    assert time.time() - 3600 < process.process_start_time() <= time.time()  # this test's own process
 
 
 def test_a_second_campaign_on_the_same_directory_is_refused(tmp_path):

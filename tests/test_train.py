@@ -202,6 +202,19 @@ def test_separate_runs_are_resumed_as_one_stack_from_exactly_their_state(tmp_pat
     assert built and built[0].k == 2
 
 
+def test_runs_at_different_epochs_are_refused_as_one_stack_before_any_data_is_loaded(tmp_path, monkeypatch):
+    """A stack resumes from one epoch: a run one epoch on beside a fresh one is refused in one
+    line, before any data is loaded; the fresh run's folder is left as it was (absent), the other
+    run's checkpoint untouched."""
+    ahead, fresh = stacked(tmp_path)
+    training.train(ahead, progress=False, deadline=AfterEpochs(1))
+    before = (tmp_path / "k0" / records.CHECKPOINT_FILE).read_bytes()
+    monkeypatch.setattr(training, "device_splits", lambda *args: pytest.fail("data loaded before the refusal"))
+    with pytest.raises(training.ConfigError, match="same epoch; epochs done: .*k0: 1, .*k1: 0"):
+        training.train_stack([ahead, fresh], torch.device("cpu"))
+    assert not (tmp_path / "k1").exists() and (tmp_path / "k0" / records.CHECKPOINT_FILE).read_bytes() == before
+
+
 def test_a_stack_trains_each_run_as_it_would_train_alone(tmp_path):
     """Stacked and separate runs of the same seeds, 3 epochs (6 steps) on a CPU in fp32: every
     metric agrees within 5e-3 relative (losses) and 2 images (errors). Not bit for bit: a grouped

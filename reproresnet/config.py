@@ -129,8 +129,8 @@ class TrainConfig:
         return ARCHITECTURES[self.arch].options(self.model_options())
 
     def precision(self, device: str) -> str:
-        """"bf16" or "fp32": the config's, else bf16 on a CUDA device (`device`: its type)."""
-        return "bf16" if (device == "cuda" if self.bf16 is None else self.bf16) else "fp32"
+        """"bf16" or "fp32" on a device of type `device` (`precision_for`)."""
+        return precision_for(self.bf16, device)
 
     def describe(self, train_size: Optional[int] = None) -> dict:
         """Every resolved value of this run, positions also in iterations: what `recipe` prints."""
@@ -185,6 +185,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}: expected some of {sorted(known)}")
         return cls(**data)
+
+
+def precision_for(bf16: Optional[bool], device: str) -> str:
+    """"bf16" or "fp32": as `bf16` says, else bf16 on a CUDA device (`device`: its type)."""
+    return "bf16" if (device == "cuda" if bf16 is None else bf16) else "fp32"
 
 
 def _named(role: str) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ kernels of an eager step. No inductor runs on the graph path: it starts in secon
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
@@ -43,9 +44,9 @@ class EngineError(RuntimeError):
 
 @dataclass(frozen=True)
 class Speedups:
-    """The fast path's numeric and layout switches, each on by default on CUDA only (compile:
-    off unless asked for)."""
-    bf16: bool
+    """The fast path's layout and kernel switches, each on by default on CUDA only (compile: off
+    unless asked for). They change how fast a step runs, not what it computes within rounding;
+    the precision, which does, is the run's setting (`TrainConfig.precision`), beside them."""
     channels_last: bool
     compile: bool
     fused_optimizer: bool
@@ -54,15 +55,25 @@ class Speedups:
     def for_device(cls, config: TrainConfig, device: torch.device) -> "Speedups":
         cuda = device.type == "cuda"
         pick = lambda value, default: default if value is None else value  # noqa: E731
-        return cls(pick(config.bf16, cuda), pick(config.channels_last, cuda), pick(config.compile, False), cuda)
+        return cls(pick(config.channels_last, cuda), pick(config.compile, False), cuda)
 
-    def autocast(self, device: torch.device):
-        # cache_enabled=False: autocast's cache of cast weights must not live across a CUDA graph's
-        # capture (torch's CUDA graph notes); each weight is cast once per forward anyway.
-        return torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
 
-    def precision(self) -> str:
-        return "bf16 autocast" if self.bf16 else "fp32"
+def autocast(precision: str, device: torch.device):
+    """The forward pass's precision: bf16 autocast, or fp32 as the weights are."""
+    # cache_enabled=False: autocast's cache of cast weights must not live across a CUDA graph's
+    # capture (torch's CUDA graph notes); each weight is cast once per forward anyway.
+    return torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if precision == "bf16" else nullcontext()
+
+
+def precision_words(precision: str) -> str:
+    """How records name a precision ("bf16 autocast" or "fp32")."""
+    return "bf16 autocast" if precision == "bf16" else "fp32"
+
+
+def switches(precision: str, speedups: Speedups) -> dict:
+    """The precision and the speedups as checkpoints and records hold them, under "speedups"
+    ({"bf16": ..., "channels_last": ..., ...}): what a resume must find again."""
+    return {"bf16": precision == "bf16", **dataclasses.asdict(speedups)}
 
 
 @contextmanager
@@ -157,11 +168,12 @@ def scale_momentum_(optimizer: torch.optim.Optimizer, factor: float) -> None:
             state["momentum_buffer"].mul_(factor)
 
 
-def train_step(model, optimizer, images, labels, speedups: Speedups):
-    """One SGD step of the K networks in `model` on images `[B, 3K, H, W]` and labels `[K, B]`;
-    returns their summed losses `[K]` and numbers of errors `[K]`, left on the device. The loss
-    minimised is the sum of the K mean losses, so that each network's gradient is its own."""
-    with speedups.autocast(images.device):
+def train_step(model, optimizer, images, labels, precision: str = "fp32"):
+    """One SGD step of the K networks in `model` on images `[B, 3K, H, W]` and labels `[K, B]`,
+    its forward pass in `precision` ("fp32" or "bf16"); returns their summed losses `[K]` and
+    numbers of errors `[K]`, left on the device. The loss minimised is the sum of the K mean
+    losses, so that each network's gradient is its own."""
+    with autocast(precision, images.device):
         logits = model(images)
         loss, losses, errors = stacked_loss(logits.view(len(images), len(labels), -1), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -173,13 +185,15 @@ def train_step(model, optimizer, images, labels, speedups: Speedups):
 class Engine:
     """Runs `train_step` on one model and optimizer; `set_lr` before each step. With the fused
     SGD (CUDA) the learning rate is a 0-d fp32 tensor on the device, which the fused kernel
-    reads when it runs: the same for an eager step and a graph replay."""
+    reads when it runs: the same for an eager step and a graph replay. Its steps run in
+    `precision` (`train_step`)."""
 
     name = "engine"
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, speedups: Speedups,
-                 batch_size: int):
+                 batch_size: int, precision: str = "fp32"):
         self.model, self.optimizer, self.speedups, self.batch_size = model, optimizer, speedups, batch_size
+        self.precision = precision
         self.lr_tensor = None
         if speedups.fused_optimizer:
             device = next(model.parameters()).device
@@ -200,7 +214,7 @@ class Engine:
                 group["lr"] = lr
 
     def eager_step(self, images, labels):
-        return train_step(self.model, self.optimizer, images, labels, self.speedups)
+        return train_step(self.model, self.optimizer, images, labels, self.precision)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -214,14 +228,14 @@ class EagerEngine(Engine):
     name = "eager"
 
     def __init__(self, model, optimizer, speedups: Speedups, batch_size: int, step_model=None,
-                 partial_through_step_model: bool = False):
-        super().__init__(model, optimizer, speedups, batch_size)
+                 partial_through_step_model: bool = False, precision: str = "fp32"):
+        super().__init__(model, optimizer, speedups, batch_size, precision)
         self.step_model = step_model if step_model is not None else model
         self.partial_through_step_model = partial_through_step_model
 
     def step(self, images, labels):
         full = labels.shape[1] == self.batch_size or self.partial_through_step_model
-        return train_step(self.step_model if full else self.model, self.optimizer, images, labels, self.speedups)
+        return train_step(self.step_model if full else self.model, self.optimizer, images, labels, self.precision)
 
 
 @contextmanager
@@ -280,11 +294,12 @@ class GraphEngine(Engine):
 
     name = "graph"
 
-    def __init__(self, model, optimizer, speedups: Speedups, batch_size: int, graphs=CudaGraphs):
+    def __init__(self, model, optimizer, speedups: Speedups, batch_size: int, graphs=CudaGraphs,
+                 precision: str = "fp32"):
         fused = all(group.get("fused") for group in optimizer.param_groups)
         if not fused or (graphs is CudaGraphs and next(model.parameters()).device.type != "cuda"):
             raise EngineError("the graph engine needs a model on a CUDA device and the fused SGD")
-        super().__init__(model, optimizer, speedups, batch_size)
+        super().__init__(model, optimizer, speedups, batch_size, precision)
         self.graphs, self.warmed_up = graphs, 0
         self.images = self.labels = self.replay = None
 
@@ -308,7 +323,7 @@ class GraphEngine(Engine):
 
 
 def build_engine(name: str, model, optimizer, speedups: Speedups, batch_size: int, step_model=None,
-                 partial_through_step_model: bool = False) -> Engine:
+                 partial_through_step_model: bool = False, precision: str = "fp32") -> Engine:
     if name == "graph":
-        return GraphEngine(model, optimizer, speedups, batch_size)
-    return EagerEngine(model, optimizer, speedups, batch_size, step_model, partial_through_step_model)
+        return GraphEngine(model, optimizer, speedups, batch_size, precision=precision)
+    return EagerEngine(model, optimizer, speedups, batch_size, step_model, partial_through_step_model, precision)

@@ -39,7 +39,7 @@ from .config import ConfigError  # noqa: F401 (callers catch train.ConfigError)
 from .config import MAX_EPOCHS, TrainConfig, check_stackable, cpu_threads, select_device
 from .data import DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, train_batches
 from .engine import (Engine, Speedups, build_engine, check_compile_mode, compile_model, exact_fp32, make_optimizer,
-                     resolve_engine, scale_momentum_, synchronize)
+                     precision_words, resolve_engine, scale_momentum_, switches, synchronize)
 from .models import build_model, network_size
 from .recipes import Recipe, Schedule, make_schedule
 from .stacked import (DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, member_states, merge_optimizer_states, nonfinite,
@@ -111,6 +111,7 @@ class Stack:
     optimizer: torch.optim.Optimizer
     engine: Engine
     speedups: Speedups
+    precision: str                   # "fp32" or "bf16": the run's (TrainConfig.precision)
     device: torch.device
     world: distributed.World = distributed.World()  # the processes of a torchrun run
 
@@ -177,7 +178,8 @@ def train_runs(configs: list[TrainConfig], world: distributed.World = distribute
         # A resume continues with the numerics, data-order generator and processes it began with.
         for config, checkpoint in zip(found.to_train, found.checkpoints):
             if checkpoint is not None:
-                rundir.check_same_speedups(Path(config.out), checkpoint, dataclasses.asdict(speedups), device.type)
+                rundir.check_same_speedups(Path(config.out), checkpoint,
+                                          switches(config.precision(device.type), speedups), device.type)
                 distributed.check_resume(world, checkpoint, Path(config.out))
         _say(progress, f"{configs[0].arch}: loading {configs[0].dataset} ...")
         splits = device_splits(found.to_train, device, sources or {})
@@ -220,7 +222,7 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     engine the config and device choose."""
     check_stackable(configs)
     config, checkpoints = configs[0], checkpoints or [None] * len(configs)
-    speedups = Speedups.for_device(config, device)
+    speedups, precision = Speedups.for_device(config, device), config.precision(device.type)
     recipe = config.resolved_recipe()
     schedule = make_schedule(recipe, config.arch, len(splits[0].train.labels))
     distributed.check_batches(world, recipe.batch_size, len(splits[0].train.labels))
@@ -236,8 +238,9 @@ def build_stack(configs: list[TrainConfig], splits: list[DataSplits], device: to
     step_model = distributed.wrap(model, world, device)
     step_model = compile_model(step_model, compile_mode) if speedups.compile else step_model
     engine = build_engine(resolve_engine(config, device, world.size > 1), model, optimizer, speedups,
-                          recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1)
-    return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, device, world)
+                          recipe.batch_size // world.size, step_model, partial_through_step_model=world.size > 1,
+                          precision=precision)
+    return Stack(runs, recipe, schedule, model, optimizer, engine, speedups, precision, device, world)
 
 
 def _network(runs: list[Run], checkpoints: list, device: torch.device, channels_last: bool) -> torch.nn.Module:
@@ -363,8 +366,8 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
             name=run.run_dir.name, config=config.as_dict(), recipe=stack.recipe.as_dict(),
             schedule=stack.schedule.as_dict(), data={**run.splits.describe(), "normalization": stack.recipe.normalization,
                                                      "augmentation": stack.recipe.augmentation},
-            precision=stack.speedups.precision(), provenance=provenance,
-            speedups=dataclasses.asdict(stack.speedups), params=params, flops=flops,
+            precision=precision_words(stack.precision), provenance=provenance,
+            speedups=switches(stack.precision, stack.speedups), params=params, flops=flops,
             distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs)
         if checkpoint is not None:
             run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
@@ -372,7 +375,7 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
         run.speed.append(records.speed_segment(
             len(run.metrics) + 1, device=stack.device.type,
             gpu=torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
-            pack=pack, threads=torch.get_num_threads(), precision=stack.speedups.precision(),
+            pack=pack, threads=torch.get_num_threads(), precision=precision_words(stack.precision),
             channels_last=stack.speedups.channels_last, engine=stack.engine.name, stacked=stack.k,
             compile_mode=compile_mode if stack.speedups.compile else None,
             stacked_note=DIFFERS_FROM_SEPARATE_RUNS if stack.k > 1 else None, chosen=note))
@@ -532,7 +535,7 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
         rundir.save(writer, run.run_dir, run.record, run.metrics, {
             "model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
             "config": run.config.as_dict(), "started": run.record["started"], "speed": copy.deepcopy(run.speed),
-            "speedups": dataclasses.asdict(stack.speedups), "generator_device": stack.device.type,
+            "speedups": switches(stack.precision, stack.speedups), "generator_device": stack.device.type,
             "world_size": stack.world.size})
 
 

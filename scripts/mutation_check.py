@@ -151,6 +151,9 @@ MUTATIONS = [
              "weight_decay: Optional[float] = setting(role=RECIPE)", "weight_decay: Optional[float] = setting()",
              "--weight-decay never reaches the recipe", T),
     # ---- training loop: optimizer, schedule, evaluation, summary
+    Mutation("engine-precision-ignored", "reproresnet/engine.py",
+             "with autocast(precision, images.device):", 'with autocast("fp32", images.device):',
+             "a bf16 run's steps run in fp32", E),
     Mutation("nesterov-dropped", "reproresnet/engine.py",
              "nesterov=recipe.nesterov", "nesterov=False",
              "Nesterov momentum never reaches the optimizer", T),

@@ -21,7 +21,7 @@ from reproresnet.stacked import StackedResNet, stack_inputs
 
 from conftest import ReplayByCalling
 
-FUSED = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=True)
+FUSED = Speedups(channels_last=False, compile=False, fused_optimizer=True)
 
 
 def _networks(k: int):
@@ -98,7 +98,7 @@ def test_the_graph_engine_needs_cuda_and_the_fused_sgd_and_names_a_failed_captur
     recipe = get_recipe("seed")
     with pytest.raises(EngineError, match="CUDA device and the fused SGD"):
         GraphEngine(model, make_optimizer(model, recipe, FUSED), FUSED, 8)  # real CUDA graphs, CPU model
-    plain = Speedups(False, False, False, False)
+    plain = Speedups(False, False, False)
     with pytest.raises(EngineError, match="fused SGD"):
         GraphEngine(model, make_optimizer(model, recipe, plain), plain, 8, graphs=ReplayByCalling())
 
@@ -190,3 +190,20 @@ def test_an_alarm_during_the_capture_is_raised_right_after_it_not_inside(monkeyp
     assert rang == [False]  # once, after the capture
     assert engine.replay is not None and len(graphs.captured) == 1
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, set()) & {signal.SIGALRM}  # unblocked again
+
+
+def test_precision_is_the_runs_setting_not_a_speedup_and_the_engine_steps_in_it():
+    """bf16 changes what a run computes: the config says it (on by default on CUDA only), the
+    record keeps it beside the speedups, and an engine's every step runs its forward pass in it."""
+    assert (TrainConfig().precision("cuda"), TrainConfig().precision("cpu")) == ("bf16", "fp32")
+    assert (TrainConfig(bf16=False).precision("cuda"), TrainConfig(bf16=True).precision("cpu")) == ("fp32", "bf16")
+    assert "bf16" not in Speedups.__dataclass_fields__
+    plain = Speedups(False, False, False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 10))
+    seen = []
+    model[1].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    images, labels = torch.randn(4, 3, 4, 4), torch.randint(0, 10, (1, 4))
+    for precision in ("bf16", "fp32"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        EagerEngine(model, optimizer, plain, 4, precision=precision).step(images, labels)
+    assert seen == [torch.bfloat16, torch.float32]

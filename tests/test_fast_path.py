@@ -28,7 +28,7 @@ from reproresnet.recipes import get_recipe
 from reproresnet.engine import Speedups, compile_model, make_optimizer, train_step
 
 REPO = Path(__file__).resolve().parents[1]
-PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=False)
+PLAIN = Speedups(channels_last=False, compile=False, fused_optimizer=False)
 
 # Small members of each block family, so that the checks stay fast on a CPU.
 NETWORKS = {
@@ -47,22 +47,22 @@ def _batch(batch_size=16, seed=0):
                               generator=generator, device="cpu"))
 
 
-def _loss_and_grads(model, images, labels, speedups):
+def _loss_and_grads(model, images, labels, speedups, precision="fp32"):
     """Mean loss and the gradients of one `train_step`; lr=0 leaves the weights as they were."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     if speedups.channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    loss_sum, _ = train_step(model, optimizer, images, labels.unsqueeze(0), speedups)  # one network: labels [1, B]
+    loss_sum, _ = train_step(model, optimizer, images, labels.unsqueeze(0), precision)  # one network: labels [1, B]
     return loss_sum.item() / len(labels), [p.grad.detach().float().clone() for p in model.parameters()]
 
 
-def _twin_runs(name, speedups):
+def _twin_runs(name, speedups, precision="fp32"):
     torch.manual_seed(0)
     model = NETWORKS[name]()
     twin = copy.deepcopy(model)
     images, labels = _batch()
-    return _loss_and_grads(model, images, labels, PLAIN), _loss_and_grads(twin, images, labels, speedups)
+    return _loss_and_grads(model, images, labels, PLAIN), _loss_and_grads(twin, images, labels, speedups, precision)
 
 
 def _relative(a, b):
@@ -87,7 +87,7 @@ def _cosine(grads, reference):
 def test_channels_last_fp32_matches_plain(name):
     """channels_last in fp32: loss and the classifier's gradient within 1e-4 relative; the whole
     gradient's cosine similarity > 0.9999 (switched ReLUs, above)."""
-    (loss, grads), (fast_loss, fast_grads) = _twin_runs(name, Speedups(False, True, False, False))
+    (loss, grads), (fast_loss, fast_grads) = _twin_runs(name, Speedups(True, False, False))
     assert abs(fast_loss - loss) <= 1e-4 * abs(loss)
     for fast, plain in zip(fast_grads[-2:], grads[-2:]):  # fc weight and bias
         assert _relative(fast, plain) <= 1e-4
@@ -104,7 +104,7 @@ def test_channels_last_is_exact_in_float64(name):
     twin = copy.deepcopy(model)
     images, labels = _batch()
     loss, grads = _loss_and_grads(model, images.double(), labels, PLAIN)
-    fast_loss, fast_grads = _loss_and_grads(twin, images.double(), labels, Speedups(False, True, False, False))
+    fast_loss, fast_grads = _loss_and_grads(twin, images.double(), labels, Speedups(True, False, False))
     assert abs(fast_loss - loss) <= 1e-9 * abs(loss)
     errors = [_relative(fast, plain) for fast, plain in zip(fast_grads, grads)]
     assert max(errors) <= 1e-9, f"largest gradient error {max(errors):.2e} (tensor {errors.index(max(errors))})"
@@ -119,7 +119,7 @@ def test_bf16_autocast_close_to_plain(name, channels_last):
     fp32 step on inputs and weights merely rounded to bf16 (0.96-0.998 on these networks, so bf16
     costs no more than its rounding must). A cosine > 0.99 on the whole gradient is out of reach
     for any bf16 step here: the rounding alone switches ReLUs (above)."""
-    (loss, grads), (fast_loss, fast_grads) = _twin_runs(name, Speedups(True, channels_last, False, False))
+    (loss, grads), (fast_loss, fast_grads) = _twin_runs(name, Speedups(channels_last, False, False), "bf16")
     assert abs(fast_loss - loss) <= 2e-2 * abs(loss)
     assert _cosine(fast_grads[-2:], grads[-2:]) > 0.99
     torch.manual_seed(0)
@@ -142,7 +142,7 @@ def test_fused_sgd_matches_plain_sgd():
     model = build_model("preact_resnet20")
     twin = copy.deepcopy(model)
     try:
-        fused = make_optimizer(twin, recipe, Speedups(False, False, False, fused_optimizer=True))
+        fused = make_optimizer(twin, recipe, Speedups(False, False, fused_optimizer=True))
     except RuntimeError as error:
         pytest.skip(f"fused SGD is not available on this device with torch {torch.__version__}: {error}")
     plain = make_optimizer(model, recipe, PLAIN)
@@ -191,7 +191,7 @@ _COMPILE_CHECK = textwrap.dedent("""
     import json, torch
     from reproresnet.bench import measure as bench
     from reproresnet.models import build_model
-    from reproresnet.engine import Speedups, compile_model, train_step
+    from reproresnet.engine import compile_model, train_step
     torch.manual_seed(0)
     eager = build_model("preact_resnet20")
     twin = build_model("preact_resnet20")
@@ -200,11 +200,10 @@ _COMPILE_CHECK = textwrap.dedent("""
     data = bench.synthetic_train_set(64)
     images = (data.images[:16].float() / 255 - 0.5)
     labels = data.labels[:16]
-    plain = Speedups(False, False, False, False)
     results = []
     for model in (eager, compiled):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        loss, _ = train_step(model, optimizer, images, labels.unsqueeze(0), plain)
+        loss, _ = train_step(model, optimizer, images, labels.unsqueeze(0), "fp32")
         results.append((loss.item(), [p.grad.clone() for p in model.parameters()]))
     (loss, grads), (closs, cgrads) = results
     flat = lambda tensors: torch.cat([t.flatten() for t in tensors])

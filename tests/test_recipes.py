@@ -257,7 +257,7 @@ def test_weight_decay_applies_only_where_the_scope_says(scope):
     for p in model.parameters():  # non-zero BN shift and biases, so decay would show
         torch.nn.init.normal_(p)
     recipe = get_recipe("seed").replace(weight_decay=0.1, weight_decay_on=scope, momentum=0.0, nesterov=False)
-    optimizer = make_optimizer(model, recipe, Speedups(False, False, False, False))
+    optimizer = make_optimizer(model, recipe, Speedups(False, False, False))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -273,7 +273,7 @@ def test_a_parameter_without_a_role_is_refused():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2))
     model.register_parameter("scale", torch.nn.Parameter(torch.ones(1)))
     with pytest.raises(TypeError, match="Sequential.scale has no weight-decay role"):
-        make_optimizer(model, get_recipe("seed"), Speedups(False, False, False, False))
+        make_optimizer(model, get_recipe("seed"), Speedups(False, False, False))
 
 
 def test_each_recipe_keeps_its_weight_decay_scope():
@@ -300,7 +300,7 @@ def test_seed_code_step_decays_every_bn_gamma_and_no_beta_nor_bias(recipe_name):
     after = {}
     for decay in (0.0, 0.5):
         model = copy.deepcopy(start)
-        optimizer = make_optimizer(model, recipe.replace(weight_decay=decay), Speedups(False, False, False, False))
+        optimizer = make_optimizer(model, recipe.replace(weight_decay=decay), Speedups(False, False, False))
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         optimizer.step()
         after[decay] = dict(model.named_parameters())

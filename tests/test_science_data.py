@@ -82,7 +82,7 @@ def test_training_batches_never_hold_a_validation_image(tmp_path, cifar_root, mo
     run = run_for(tmp_path, cifar_root, monkeypatch, val_size=5, augmentation="none", batch_size=4)
     seen = []
 
-    def step(model, optimizer, images, labels, speedups):
+    def step(model, optimizer, images, labels, precision):
         seen.append(images)
         return torch.zeros(()), torch.zeros((), dtype=torch.long)
 

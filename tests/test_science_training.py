@@ -52,7 +52,7 @@ def recorded_lrs(run, epochs):
     """The lr the optimizer holds at each step of those epochs (the step itself is skipped)."""
     seen = {}
 
-    def step(model, optimizer, images, labels, speedups):
+    def step(model, optimizer, images, labels, precision):
         seen.setdefault("lrs", []).append({group["lr"] for group in optimizer.param_groups})
         return torch.zeros(()), torch.zeros((), dtype=torch.long)
 
@@ -115,7 +115,7 @@ def test_make_optimizer_takes_every_value_from_the_recipe(momentum, nesterov, we
     """Protects against hard-coded optimizer values that happen to equal the presets' (0.9, True, 1e-4)."""
     model = nn.Linear(3, 2)
     recipe = RECIPES["seed"].replace(momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, lr=0.37)
-    speedups = engine.Speedups(False, False, False, False)
+    speedups = engine.Speedups(False, False, False)
     [group] = engine.make_optimizer(model, recipe, speedups).param_groups
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == \
         (0.37, momentum, nesterov, weight_decay)
@@ -328,7 +328,7 @@ def pytorch_nesterov(params, grads_per_step, lrs, momentum, weight_decay):
 
 def train_on_known_gradients(run, epochs, grads):
     """Whole epochs of `train_one_epoch` in which each step takes the next of `grads` as its gradient."""
-    def step(model, optimizer, images, labels, speedups):
+    def step(model, optimizer, images, labels, precision):
         for p, g in zip(model.parameters(), next(grads)):
             p.grad = g.clone()
         optimizer.step()
@@ -390,7 +390,7 @@ def test_a_training_step_descends_the_mean_cross_entropy():
     residual = (probabilities - F.one_hot(labels, 5).double()) / 6
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loss_sum, errors = engine.train_step(model, optimizer, x, labels.unsqueeze(0),  # one network: labels [1, B]
-                                         engine.Speedups(False, False, False, False))
+                                         engine.Speedups(False, False, False))
     assert loss_sum.item() == pytest.approx(6 * hand_loss.item(), rel=1e-12)
     assert errors.item() == (logits.argmax(1) != labels).sum().item()
     torch.testing.assert_close(model[1].weight.detach(), weight - residual.T @ x.flatten(1))

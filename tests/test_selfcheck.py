@@ -104,11 +104,13 @@ def graphs(monkeypatch):
         lambda cls, config, device: dataclasses.replace(for_device(cls, config, device), fused_optimizer=True)))
     monkeypatch.setattr(training, "resolve_engine", lambda config, device, distributed: config.engine or "eager")
 
-    def build(name, model, optimizer, speedups, batch_size, step_model=None, partial_through_step_model=False):
+    def build(name, model, optimizer, speedups, batch_size, step_model=None, partial_through_step_model=False,
+              precision="fp32"):
         if name != "graph":
-            return EagerEngine(model, optimizer, speedups, batch_size, step_model, partial_through_step_model)
+            return EagerEngine(model, optimizer, speedups, batch_size, step_model, partial_through_step_model, precision)
         stand_in = holder["class"]()
-        engine = stand_in.engine = GraphEngine(model, optimizer, speedups, batch_size, graphs=stand_in)
+        engine = stand_in.engine = GraphEngine(model, optimizer, speedups, batch_size, graphs=stand_in,
+                                               precision=precision)
         return engine
 
     monkeypatch.setattr(training, "build_engine", build)

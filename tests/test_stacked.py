@@ -26,7 +26,7 @@ from reproresnet.engine import Speedups, make_optimizer
 
 K, BATCH, SIZE = 3, 8, 8
 TOLERANCE = 1e-11
-PLAIN = Speedups(bf16=False, channels_last=False, compile=False, fused_optimizer=False)
+PLAIN = Speedups(channels_last=False, compile=False, fused_optimizer=False)
 
 # Every family at its smallest depth, with each shortcut and batch-norm variant.
 FAMILIES = {

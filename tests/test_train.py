@@ -391,9 +391,9 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
             assert len(images) == config.batch_size, "a partial batch reached the compiled module"
             return self.model(images)
 
-    bf16 = dataclasses.replace(stack.speedups, bf16=True)
-    engine = EagerEngine(stack.model, stack.optimizer, bf16, config.batch_size, FullBatchesOnly(stack.model))
-    stack = dataclasses.replace(stack, engine=engine, speedups=bf16)
+    engine = EagerEngine(stack.model, stack.optimizer, stack.speedups, config.batch_size, FullBatchesOnly(stack.model),
+                         precision="bf16")
+    stack = dataclasses.replace(stack, engine=engine, precision="bf16")
     assert training.evaluate(stack, test) == reference  # no autocast, not the step module
     training.train_one_epoch(stack, 0, progress=False)
     assert sizes == [8, 8]

@@ -25,9 +25,10 @@ from .. import records, rundir
 from ..architectures import ARCHITECTURES
 from .baseline import BaselinePath, queued_batches
 from ..config import (CIFAR_TRAIN_IMAGES, MAX_SEED, ConfigError, TrainConfig, cpu_threads, free_core_threads,
-                     load_average, select_device, usable_cores)
+                     load_average, precision_for, select_device, usable_cores)
 from ..data import DataSplits, ImageSet
-from ..engine import COMPILE_MODES, Speedups, check_compile_mode, compile_counter, synchronize
+from ..engine import (COMPILE_MODES, Speedups, check_compile_mode, compile_counter, precision_words, switches,
+                      synchronize)
 from ..models import UnknownArchitectureError, flops_per_image
 from ..reference import REPRODUCED
 from ..train import build_stack, run_batches, train_one_epoch
@@ -160,7 +161,7 @@ class LibraryPath:
         splits = DataSplits.one_set(data.to(device))
         self.name, self.networks = name, networks
         self.stack = build_stack(configs, [splits] * networks, device, s.compile_mode)
-        self.model, self.precision, self.engine = self.stack.model, self.stack.speedups.precision(), \
+        self.model, self.precision, self.engine = self.stack.model, precision_words(self.stack.precision), \
             self.stack.engine.name
         self.full_batches, self.epoch, self.losses = len(data) // s.batch_size, 0, []
 
@@ -219,11 +220,12 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
     device = select_device(str(settings.device))
     out = Path(settings.out or Path("results") / f"bench-{device_slug(device)}" / "bench.json")
     s = dataclasses.replace(settings, out=str(out)).resolved(device)
-    speedups = Speedups.for_device(s, device)  # as build_run picks them from the same three switches
+    # as build_stack picks them from the same switches
+    speedups = switches(precision_for(s.bf16, device.type), Speedups.for_device(s, device))
     out.parent.mkdir(parents=True, exist_ok=True)
     record = bench_record.new_record(
         provenance=records.provenance(device), batch_size=s.batch_size, steps=s.steps, warmup_steps=s.warmup_steps,
-        settings={**dataclasses.asdict(s), "speedups": dataclasses.asdict(speedups),
+        settings={**dataclasses.asdict(s), "speedups": speedups,
                   "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
                   "cpu_count": os.cpu_count()},
         unavailable=[] if device.type == "cuda" or not s.graph else [
@@ -234,7 +236,7 @@ def benchmark(settings: BenchSettings, log: Callable[[str], None] | None = None)
         record.update(thread_rules=[], load_at_start=load_average())
     rundir.write_json(out, record)
     log(f"benchmark on {record['device']['name']} ({device}): batch {s.batch_size}, {s.warmup_steps} warm-up + "
-        f"{s.steps} timed steps in {s.rounds} rounds; speedups {dataclasses.asdict(speedups)}; record: {out}")
+        f"{s.steps} timed steps in {s.rounds} rounds; speedups {speedups}; record: {out}")
     data = synthetic_train_set(s.train_images, s.seed)
     threads = torch.get_num_threads()  # torch's default, unless this process chose before
     torch.set_num_threads(s.threads)
@@ -301,7 +303,7 @@ def _bench_arch(arch: str, data: ImageSet, device: torch.device, s: BenchSetting
         warnings = bench_record.compiled(
             rows[0], graphs=compile_counter("stats", "unique_graphs") - graphs, during_timing=timing_graphs,
             cudagraph_skips=compile_counter("inductor", "cudagraph_skips") - skips,
-            speedups=dataclasses.asdict(paths[0].stack.speedups))
+            speedups=switches(paths[0].stack.precision, paths[0].stack.speedups))
         log("; ".join(f"{arch}: {row['path']} {row['images_per_second']:.0f} img/s" for row in rows))
         for warning in warnings:
             log(f"{arch}: WARNING: {warning}")

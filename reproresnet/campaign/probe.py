@@ -64,7 +64,7 @@ def capture_check(device, graphs=CudaGraphs, n: int = 1 << 16) -> dict:
     torch.manual_seed(0)
     model = _Dropped(n, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=LRS[0], momentum=MOMENTUM, fused=True)
-    engine = Engine(model, optimizer, Speedups(False, False, False, fused_optimizer=True), n)
+    engine = Engine(model, optimizer, Speedups(channels_last=False, compile=False, fused_optimizer=True), n)
     x = torch.ones(n, device=device)
 
     def step():

@@ -323,7 +323,7 @@ def _in_float64(stack: Stack) -> Stack:
     model = stack.model.double()
     speedups = dataclasses.replace(stack.speedups, fused_optimizer=False)
     optimizer = make_optimizer(model, stack.recipe, speedups)
-    engine = EagerEngine(model, optimizer, speedups, stack.recipe.batch_size)
+    engine = EagerEngine(model, optimizer, speedups, stack.recipe.batch_size, precision=stack.precision)
     return dataclasses.replace(stack, model=model, optimizer=optimizer, engine=engine, speedups=speedups)
 
 

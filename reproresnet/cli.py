@@ -34,16 +34,16 @@ def _train(args: argparse.Namespace) -> int:
     except (DataError, EngineError, TrainingDiverged) as error:
         print(f"reproresnet: error: {error}", file=sys.stderr)
         return 2
-    final = record["final"]
+    final = record.final
     if final is None:  # stopped cleanly before the end
-        print(f"{record['arch']}: {record['epochs_done']}/{record['epochs_planned']} epochs; "
-              f"{record['message']}; record in {config.out}")
+        print(f"{record.arch}: {record.epochs_done}/{record.epochs_planned} epochs; "
+              f"{record.message}; record in {config.out}")
         return 0
-    print(f"{record['arch']} on {record['data']['label']}: test error {final['test_error']:.2f}% "
-          f"(epoch {final['epoch']}, {final['selected_by']}), {final['seconds_per_epoch']:.1f} s/epoch "
-          f"on {record['device']['name']}; record in {config.out}")
-    if record["message"]:  # a complete run's only message: its checkpoint is damaged
-        print(f"reproresnet: note: {record['message']}", file=sys.stderr)
+    print(f"{record.arch} on {record.data.label}: test error {final.test_error:.2f}% "
+          f"(epoch {final.epoch}, {final.selected_by}), {final.seconds_per_epoch:.1f} s/epoch "
+          f"on {record.device.name}; record in {config.out}")
+    if record.message:  # a complete run's only message: its checkpoint is damaged
+        print(f"reproresnet: note: {record.message}", file=sys.stderr)
     return 0
 
 

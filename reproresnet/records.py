@@ -1,7 +1,9 @@
-"""What a run record holds: `run.json` and `metrics.csv`, written (`new_record`, then
-`epoch_fields`, the speed segments and `stop_fields` as epochs end) and read (`read_run`,
-`RunRecord`, `load_runs`) here: the one format that training, the sweep, the campaign and
-the report share. How the files reach the disk: rundir.py. Needs no torch.
+"""What a run record holds: `run.json` (`Record`, typed, with its JSON form: this module is
+the only code that knows its keys, and the text of a run directory's lock line) and
+`metrics.csv`, written (`Record.start`, then `Record.after_epoch`, the speed segments and
+`Record.stop` as epochs end) and read (`read_run`, `RunRecord`, `load_runs`) here: the one
+format that training, the sweep, the campaign and the report share. A record of an earlier
+format is read through `migrate`. How the files reach the disk: rundir.py. Needs no torch.
 
 run.json holds the run's config, recipe, schedule, data, network size, precision and
 provenance; its status (running; stopped, resumable; complete; diverged), epochs done and
@@ -19,14 +21,18 @@ import platform
 import re
 import statistics
 import subprocess
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .checks import is_number
 from .config import CIFAR10, CIFAR_TRAIN_IMAGES, ConfigError
 
-RUN_FORMAT = "reproresnet-run/1"
+RUN_FORMAT = "reproresnet-run/2"
+# Earlier formats `migrate` reads: /1 wrote a deadline stop as "running" and speed segments
+# without threads, engine or stacking.
+OLD_RUN_FORMATS = ("reproresnet-run/1",)
 RUN_FILE, METRICS_FILE, CHECKPOINT_FILE, BEST_FILE = "run.json", "metrics.csv", "checkpoint.pt", "best.pt"
 LOCK_FILE = ".lock"  # "pid N on HOST" while a process writes the run (rundir.run_dir_lock)
 METRIC_COLUMNS = (
@@ -61,37 +67,224 @@ SPEED_NOTE = ("one segment per process that trained this run; seconds_per_epoch 
               "process, whose images_per_second is this run's own share; threads = this process's CPU threads")
 
 
-def new_record(*, name: str, config: dict, recipe: dict, schedule: dict, data: dict, precision: str,
-               provenance: dict, speedups: dict, params: int, flops: int, distributed: dict, epochs: int) -> dict:
-    """A run's record as it starts, before its first epoch: what it trains and on what, where and
-    how (`provenance`: the device, versions and git state), and how far it is."""
-    return {
-        "format": RUN_FORMAT,
-        "status": "running",
-        "name": name,
-        "arch": config["arch"],
-        "config": config,
-        "recipe": recipe,
-        "schedule": schedule,
-        "data": data,
-        "precision": precision,  # bf16 and fp32 runs are different experiments
-        **provenance,
-        "device": {**provenance["device"], "speedups": speedups},
-        "params": params,
-        "flops_per_image": flops,
-        "distributed": distributed,
-        "epochs_planned": epochs,
-        "epochs_done": 0,
-        "final": None,
-        "message": None,
-        "started": now(),
-        "updated": now(),
-    }
+def _known(cls, data: dict) -> dict:
+    """The entries of a JSON object that are fields of the dataclass `cls` (others are left out)."""
+    names = {item.name for item in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass
+class Data:
+    """The data a run saw (data.DataSplits.describe, with the recipe's preprocessing)."""
+    dataset: str | None = None
+    label: str | None = None  # CIFAR10, JPEG_MIRROR, ...: what its numbers may be called
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    classes: list | None = None
+    normalization: str | None = None
+    augmentation: str | None = None
+
+
+@dataclass
+class Device:
+    """Where a run trained (describe_device): its type and name, the speedups it used, and the
+    rest of what describe_device says of it (`about`: capability, memory, cores)."""
+    type: str | None = None
+    name: str | None = None
+    speedups: dict | None = None
+    about: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Device":
+        known = _known(cls, data)
+        return cls(**{**known, "about": {key: value for key, value in data.items() if key not in known}})
+
+    def to_json(self) -> dict:
+        shown = {"type": self.type, "name": self.name, **self.about}
+        return shown if self.speedups is None else {**shown, "speedups": self.speedups}
+
+
+@dataclass
+class Final:
+    """A complete run's reported result (`summarize`)."""
+    test_error: float | None = None
+    epoch: int | None = None
+    selected_by: str | None = None  # final_epoch | best_validation
+    seconds_per_epoch: float | None = None
+    images_per_second: float | None = None
+
+
+@dataclass
+class SpeedSegment:
+    """How one process trained a run from `first_epoch` on (`start`): the context of its s/epoch,
+    which is filled in as its epochs end (`timed`). `chosen`: why it trains this way (the
+    campaign's self-check)."""
+    first_epoch: int
+    last_epoch: int | None = None
+    started: str | None = None
+    device: str | None = None  # the device's type: cuda, cpu
+    gpu: str | None = None
+    pack: int = 1              # runs sharing the device
+    threads: int | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    engine: str | None = None
+    stacked: int = 1           # runs trained as one stacked network in this process
+    compile_mode: str | None = None
+    first_epoch_seconds: float | None = None
+    seconds_per_epoch: float | None = None
+    images_per_second: float | None = None
+    epochs_timed: int = 0
+    stacked_note: str | None = None
+    chosen: str | None = None
+
+    @classmethod
+    def start(cls, first_epoch: int, **context) -> "SpeedSegment":
+        return cls(first_epoch, started=now(), **context)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SpeedSegment":
+        return cls(**_known(cls, data))
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {key: value for key, value in data.items()
+                if value is not None or key not in ("stacked_note", "chosen")}
+
+    def timed(self, metrics: list[dict]) -> None:
+        """The process's s/epoch and img/s: the medians of its epochs after its first."""
+        self.last_epoch = metrics[-1]["epoch"]
+        if self.last_epoch == self.first_epoch:  # its training time includes compilation
+            self.first_epoch_seconds = metrics[-1]["seconds"]
+        timed = [row for row in metrics if self.first_epoch < row["epoch"] <= self.last_epoch]
+        if timed:
+            self.seconds_per_epoch = statistics.median(row["seconds"] for row in timed)
+            self.images_per_second = statistics.median(row["images_per_second"] for row in timed)
+            self.epochs_timed = len(timed)
+
+
+@dataclass(kw_only=True)
+class Record:
+    """A run's record, `run.json`: what it trains and on what (config, recipe, schedule, data),
+    where and how (`device`, `versions`, `git`: provenance), how far it is (status, epochs), its
+    reported result (`final`) and one speed segment per process that trained it. Its JSON form:
+    `to_json`, `from_json` (which checks it: a record is data from elsewhere)."""
+    status: str  # one of STATUSES
+    name: str | None = None
+    arch: str
+    config: dict  # TrainConfig.as_dict
+    recipe: dict | None = None  # Recipe.as_dict
+    schedule: dict | None = None  # Schedule.as_dict
+    data: Data = field(default_factory=Data)
+    precision: str | None = None  # bf16 and fp32 runs are different experiments
+    device: Device | None = None
+    versions: dict | None = None
+    git: dict | None = None  # commit, dirty
+    params: int | None = None
+    flops_per_image: int | None = None
+    distributed: dict | None = None  # distributed.World.describe
+    epochs_planned: int
+    epochs_done: int = 0
+    final: Final | None = None
+    message: str | None = None
+    started: str | None = None
+    updated: str | None = None
+    speed: list[SpeedSegment] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, *, name: str, config: dict, recipe: dict, schedule: dict, data: dict, precision: str,
+              provenance: dict, speedups: dict, params: int, flops: int, distributed: dict, epochs: int,
+              started: str | None = None, epochs_done: int = 0) -> "Record":
+        """A run's record as a process starts it, before its next epoch: what it trains and on what,
+        where and how (`provenance`: the device, versions and git state), and how far it is (a
+        resumed run: when it `started`, its `epochs_done`)."""
+        return cls(status="running", name=name, arch=config["arch"], config=config, recipe=recipe,
+                   schedule=schedule, data=Data(**data), precision=precision,
+                   device=Device.from_json({**provenance["device"], "speedups": speedups}),
+                   versions=provenance["versions"], git=provenance["git"], params=params, flops_per_image=flops,
+                   distributed=distributed, epochs_planned=epochs, epochs_done=epochs_done,
+                   started=started or now(), updated=now())
+
+    def after_epoch(self, metrics: list[dict], speed: list[SpeedSegment], val_size: int) -> None:
+        """The fields that change with each epoch, once `metrics` are done."""
+        done = len(metrics) == self.epochs_planned
+        warmup = {segment.first_epoch for segment in speed}
+        self.epochs_done, self.status, self.message = len(metrics), "complete" if done else "running", None
+        self.final = Final(**summarize(metrics, val_size, warmup)) if done else None
+        self.speed = speed
+
+    def stop(self, speed: list[SpeedSegment], message: str) -> None:
+        """Stopped before its end, resumable, `message` saying why; the speed segment of a process
+        that trained nothing is left out."""
+        self.status, self.message = "stopped", message
+        self.speed = speed[:-1] if speed and speed[-1].last_epoch is None else speed
+
+    def diverge(self, message: str) -> None:
+        self.status, self.message = "diverged", message
+
+    def to_json(self) -> dict:
+        fields = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)}
+        return {"format": RUN_FORMAT, **fields, "data": dataclasses.asdict(self.data),
+                "device": self.device and self.device.to_json(),
+                "final": self.final and dataclasses.asdict(self.final),
+                "speed": {"segments": [segment.to_json() for segment in self.speed], "note": SPEED_NOTE}}
+
+    @classmethod
+    def from_json(cls, data) -> "Record":
+        """The record a run.json's JSON value holds, of this format or an earlier one (`migrate`);
+        ValueError, in one line, if it is not ours, lacks a field a reader needs, or holds a value
+        a reader does not expect (`check_record`: the field, its value, what is accepted)."""
+        if not isinstance(data, dict) or data.get("format") not in (RUN_FORMAT, *OLD_RUN_FORMATS):
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"format {found!r} is not {RUN_FORMAT!r}")
+        data = migrate(data)
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"field(s) {', '.join(missing)} missing")
+        if not isinstance(data["data"], dict) or not isinstance(data["config"], dict):
+            raise ValueError("'data' and 'config' must be objects")
+        check_record(data)
+        values = _known(cls, data)
+        return cls(**{**values, "data": Data(**_known(Data, data["data"])),
+                      "device": data.get("device") and Device.from_json(data["device"]),
+                      "final": data.get("final") and Final(**_known(Final, data["final"])),
+                      "speed": [SpeedSegment.from_json(segment) for segment in _segments(data)]})
+
+
+def _segments(data: dict) -> list[dict]:
+    """The speed segments of a run.json's JSON value: ValueError unless a list of objects each
+    with its first epoch."""
+    segments = (data.get("speed") or {"segments": []})
+    segments = segments.get("segments") if isinstance(segments, dict) else segments
+    if not isinstance(segments, list) or not all(isinstance(s, dict) and _is_count(s.get("first_epoch"))
+                                                   for s in segments):
+        raise ValueError(f"field 'speed.segments' = {_shown(segments)} is not valid: expected a list of "
+                         "objects, each with its first_epoch (an integer >= 0)")
+    return segments
+
+
+def migrate(data: dict) -> dict:
+    """A run.json's JSON value of an earlier format (OLD_RUN_FORMATS) as this format has it (a
+    copy); one of this format as it is. reproresnet-run/1: a deadline stop written before the
+    status "stopped" existed says "running" with the message "stopped cleanly ..."; its speed
+    segments predate threads (not recorded: null), engines (null) and stacking (1: one network)."""
+    if data.get("format") == RUN_FORMAT:
+        return data
+    data = {**data, "format": RUN_FORMAT}
+    if data.get("status") == "running" and str(data.get("message") or "").startswith("stopped cleanly"):
+        data["status"] = "stopped"
+    speed = data.get("speed")
+    if isinstance(speed, dict) and isinstance(speed.get("segments"), list):
+        data["speed"] = {**speed, "segments": [{"threads": None, "engine": None, "stacked": 1, **segment}
+                                               if isinstance(segment, dict) else segment
+                                               for segment in speed["segments"]]}
+    return data
 
 
 def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
-    """The run's reported result: the final epoch (He et al.), or the epoch of the best
-    validation error when a validation split was held out (the seed's protocol). Speed
+    """The run's reported result (`Final`'s fields): the final epoch (He et al.), or the epoch of
+    the best validation error when a validation split was held out (the seed's protocol). Speed
     leaves out `warmup_epochs` (1-based), the first epoch of every process: it compiles."""
     if val_size:
         chosen = min(metrics, key=lambda row: row["val_error"])
@@ -103,51 +296,6 @@ def summarize(metrics: list[dict], val_size: int, warmup_epochs=(1,)) -> dict:
     return {"test_error": chosen["test_error"], "epoch": chosen["epoch"], "selected_by": selected_by,
             "seconds_per_epoch": statistics.median(row["seconds"] for row in timed),
             "images_per_second": statistics.median(row["images_per_second"] for row in timed)}
-
-
-def epoch_fields(metrics: list[dict], speed: list[dict], epochs: int, val_size: int) -> dict:
-    """The fields of a run record that change with each epoch, once `metrics` are done."""
-    done = len(metrics) == epochs
-    warmup = {segment["first_epoch"] for segment in speed}
-    return {"epochs_done": len(metrics), "status": "complete" if done else "running", "message": None,
-            "final": summarize(metrics, val_size, warmup) if done else None,
-            "speed": {"segments": speed, "note": SPEED_NOTE}}
-
-
-def stop_fields(speed: list[dict], message: str) -> dict:
-    """The fields of a run record stopped before its end, resumable, `message` saying why; the
-    speed segment of a process that trained nothing is left out."""
-    segments = speed[:-1] if speed and speed[-1]["last_epoch"] is None else speed
-    return {"status": "stopped", "message": message, "speed": {"segments": segments, "note": SPEED_NOTE}}
-
-
-def speed_segment(first_epoch: int, *, device: str, gpu: str | None, pack: int, threads: int, precision: str,
-                  channels_last: bool, engine: str, stacked: int, compile_mode: str | None,
-                  stacked_note: str | None = None, chosen: str | None = None) -> dict:
-    """How one process trains a run from `first_epoch` on: the context of its s/epoch, which is
-    filled in as its epochs end (`update_speed`). `chosen`: why it trains this way (the
-    campaign's self-check)."""
-    segment = {"first_epoch": first_epoch, "last_epoch": None, "started": now(), "device": device, "gpu": gpu,
-               "pack": pack, "threads": threads, "precision": precision, "channels_last": channels_last,
-               "engine": engine, "stacked": stacked, "compile_mode": compile_mode, "first_epoch_seconds": None,
-               "seconds_per_epoch": None, "images_per_second": None, "epochs_timed": 0}
-    if stacked_note:
-        segment["stacked_note"] = stacked_note
-    if chosen:
-        segment["chosen"] = chosen
-    return segment
-
-
-def update_speed(segment: dict, metrics: list[dict]) -> None:
-    """The process's s/epoch and img/s in its `segment`: the medians of its epochs after its first."""
-    segment["last_epoch"] = metrics[-1]["epoch"]
-    if segment["last_epoch"] == segment["first_epoch"]:  # its training time includes compilation
-        segment["first_epoch_seconds"] = metrics[-1]["seconds"]
-    timed = [row for row in metrics if segment["first_epoch"] < row["epoch"] <= segment["last_epoch"]]
-    if timed:
-        segment.update(seconds_per_epoch=statistics.median(row["seconds"] for row in timed),
-                       images_per_second=statistics.median(row["images_per_second"] for row in timed),
-                       epochs_timed=len(timed))
 
 
 # ---------------------------------------------------------------- read
@@ -228,37 +376,35 @@ def check_record(record: dict) -> None:
                              f"expected {rule}")
 
 
-def read_run(run_dir: Path) -> dict:
-    """The run record of `run_dir`; ValueError if it is missing, corrupt, not ours, or lacks
-    a field a reader needs."""
+def read_run(run_dir: Path) -> Record:
+    """The run record of `run_dir`; ValueError, naming the file, if it is missing, corrupt, not
+    ours, or lacks a field a reader needs (`Record.from_json`)."""
     path = Path(run_dir) / RUN_FILE
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable JSON run record ({error})") from error
-    if not isinstance(record, dict) or record.get("format") != RUN_FORMAT:
-        found = record.get("format") if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path}: format {found!r} is not {RUN_FORMAT!r}")
-    missing = [key for key in _REQUIRED if key not in record]
-    if missing:
-        raise ValueError(f"{path}: field(s) {', '.join(missing)} missing")
-    if not isinstance(record["data"], dict) or not isinstance(record["config"], dict):
-        raise ValueError(f"{path}: 'data' and 'config' must be objects")
     try:
-        check_record(record)
+        return Record.from_json(data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    if record["status"] == "running" and str(record.get("message") or "").startswith("stopped cleanly"):
-        record["status"] = "stopped"  # a deadline stop written before the status "stopped" existed
-    return record
+
+
+def is_run_json(content: bytes) -> bool:
+    """The bytes are a run.json of ours, by its format's marker (of this format or an earlier one)."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("format") in (RUN_FORMAT, *OLD_RUN_FORMATS)
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One run directory and its parsed `run.json`."""
+    """One run directory and its record, `run.json`."""
 
     run_dir: Path
-    record: dict
+    record: Record
 
     @classmethod
     def read(cls, run_dir) -> "RunRecord":
@@ -266,46 +412,45 @@ class RunRecord:
 
     @property
     def name(self) -> str:
-        return self.record.get("name") or self.run_dir.name
+        return self.record.name or self.run_dir.name
 
     @property
     def arch(self) -> str:
-        return self.record["arch"]
+        return self.record.arch
 
     @property
     def status(self) -> str:
         """running, stopped (resumable), complete or diverged. A run is "running" only while a
         process holds its lock: one left "running" by a killed process reads "stopped"."""
-        status = self.record["status"]
+        status = self.record.status
         return "stopped" if status == "running" and not lock_held(self.run_dir) else status
 
     @property
     def label(self) -> str:
-        return self.record["data"].get("label") or self.record["data"].get("dataset") or "unknown"
+        return self.record.data.label or self.record.data.dataset or "unknown"
 
     @property
     def config(self) -> dict:
-        return self.record["config"]
+        return self.record.config
 
     @property
     def device(self) -> str:
-        return (self.record.get("device") or {}).get("name") or "unknown device"
+        return (self.record.device and self.record.device.name) or "unknown device"
 
     @property
     def batch_size(self):
-        return (self.record.get("recipe") or {}).get("batch_size", self.config.get("batch_size"))
+        return (self.record.recipe or {}).get("batch_size", self.config.get("batch_size"))
 
     @property
     def test_error(self) -> float | None:
-        final = self.record.get("final") or {}
-        return final.get("test_error")
+        return self.record.final and self.record.final.test_error
 
     @property
     def full_training_set(self) -> bool:
         """Trained on the whole training split (no `limit_train`, not the small synthetic set)."""
-        data = self.record["data"]
+        data = self.record.data
         return self.config.get("limit_train") is None and \
-            data.get("n_train", 0) + data.get("n_val", 0) >= CIFAR_TRAIN_IMAGES
+            (data.n_train or 0) + (data.n_val or 0) >= CIFAR_TRAIN_IMAGES
 
     def is_result_on(self, label: str) -> bool:
         """A complete run on the whole of the data set `label` names: what a results table averages."""
@@ -381,27 +526,40 @@ def load_runs(results_dir) -> tuple[list[RunRecord], list[dict]]:
     return runs, problems
 
 
-def lock_owner(run_dir: Path) -> list[str] | None:
-    """The words of the "pid N on HOST" line the lock's holder wrote (rundir.run_dir_lock), or
+def lock_line() -> str:
+    """The line the holder of a run directory's lock writes in it (rundir.run_dir_lock)."""
+    return f"pid {os.getpid()} on {platform.node()}"
+
+
+def parse_lock_line(text: str) -> tuple[int, str] | None:
+    """(pid, host) of a `lock_line`, or None where `text` is not of its shape."""
+    words = text.split()
+    if len(words) == 4 and words[0] == "pid" and words[1].isdigit() and words[2] == "on":
+        return int(words[1]), words[3]
+    return None
+
+
+def lock_owner(run_dir: Path) -> tuple[int, str] | None:
+    """(pid, host) of the process that holds, or last held, the run's lock (`lock_line`), or
     None where there is no lock file or its line is not of that shape."""
     try:
-        owner = (Path(run_dir) / LOCK_FILE).read_text().split()
+        return parse_lock_line((Path(run_dir) / LOCK_FILE).read_text())
     except OSError:
         return None
-    return owner if len(owner) == 4 and owner[0] == "pid" and owner[1].isdigit() else None
 
 
 def lock_held(run_dir: Path) -> bool:
-    """Whether a live process holds the run's lock, read from the "pid N on HOST" its holder
-    wrote (reading, not locking: a probe would make a starting writer fail). A lock written
-    on another host cannot be checked from here and counts as held."""
+    """Whether a live process holds the run's lock, read from the `lock_line` its holder wrote
+    (reading, not locking: a probe would make a starting writer fail). A lock written on
+    another host cannot be checked from here and counts as held."""
     owner = lock_owner(run_dir)
     if owner is None:
         return False
-    if owner[3] != platform.node():
+    pid, host = owner
+    if host != platform.node():
         return True
     try:
-        os.kill(int(owner[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's

@@ -13,11 +13,11 @@ what is behind it. Needs torch only to save and load checkpoints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import fcntl
 import json
 import os
-import platform
 import queue
 import re
 import tempfile
@@ -230,7 +230,7 @@ def run_dir_lock(run_dir: Path):
         try:
             handle.seek(0)
             handle.truncate()
-            handle.write(f"pid {os.getpid()} on {platform.node()}")  # records.lock_held reads it
+            handle.write(records.lock_line())  # records.lock_held reads it
             handle.flush()
         except OSError as error:  # a full disk
             raise _unwritable(run_dir, error) from error
@@ -294,26 +294,27 @@ def _remove_created(directories: list[Path]) -> None:
 
 
 def _lock_owner(handle) -> str:
-    """The "pid N on HOST" line the holder writes just after it takes the lock: on a busy
+    """The line the holder writes just after it takes the lock (records.lock_line): on a busy
     machine it may not be there yet, so wait for it a little."""
     deadline = time.monotonic() + 10
     while True:
         handle.seek(0)
         owner = handle.read().strip()
-        if owner.startswith("pid ") and " on " in owner or time.monotonic() > deadline:
+        if records.parse_lock_line(owner) or time.monotonic() > deadline:
             return owner or "another process"
         time.sleep(0.01)
 
 
 # ---------------------------------------------------------------- saving an epoch
 
-def save(writer: Writer, run_dir: Path, record: dict, metrics: list[dict], checkpoint: dict | None) -> None:
+def save(writer: Writer, run_dir: Path, record: records.Record, metrics: list[dict],
+         checkpoint: dict | None) -> None:
     """The run's files, in the writer's order: the checkpoint first, holding the record as plain
     JSON values (the source of truth a resumption rebuilds metrics.csv and run.json from), then
     metrics.csv, then run.json. What is handed to the writer is a copy (the files' bytes): training
     goes on while a background writer works."""
-    record["updated"] = records.now()
-    content = records.json_bytes(record)
+    record.updated = records.now()
+    content = records.json_bytes(record.to_json())
     if checkpoint is not None:
         writer.submit(write_checkpoint, run_dir / CHECKPOINT_FILE, {**checkpoint, "record": json.loads(content)})
     writer.submit(write_bytes, run_dir / METRICS_FILE, records.metrics_bytes(metrics))
@@ -344,7 +345,7 @@ def how_far(run_dir: Path, checkpoint: dict | None = None) -> tuple[int, bool]:
     found = [(0, False)]
     try:
         record = records.read_run(run_dir)
-        found.append((record["epochs_done"], record["status"] == "complete"))
+        found.append((record.epochs_done, record.status == "complete"))
     except ValueError:
         pass
     if checkpoint is None and (Path(run_dir) / CHECKPOINT_FILE).exists():
@@ -353,8 +354,7 @@ def how_far(run_dir: Path, checkpoint: dict | None = None) -> tuple[int, bool]:
         except ValueError:
             pass
     if checkpoint is not None:
-        status = (checkpoint.get("record") or {}).get("status")
-        found.append((len(checkpoint.get("metrics", [])), status == "complete"))
+        found.append((len(checkpoint.get("metrics", [])), _checkpoint_complete(checkpoint)))
     return max(found)
 
 
@@ -390,10 +390,9 @@ def holds_run(run_dir: Path) -> bool:
     """The folder holds a run of ours, by our formats' own markers: a run.json whose format is
     ours, or a checkpoint holding what a run's checkpoint holds (file names alone are not enough)."""
     try:
-        record = json.loads((Path(run_dir) / RUN_FILE).read_bytes())
-        if isinstance(record, dict) and record.get("format") == records.RUN_FORMAT:
+        if records.is_run_json((Path(run_dir) / RUN_FILE).read_bytes()):
             return True
-    except (OSError, ValueError):
+    except OSError:
         pass
     if not (Path(run_dir) / CHECKPOINT_FILE).is_file():
         return False
@@ -405,9 +404,8 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def _our_lock(run_dir: Path) -> bool:
-    """The folder holds the lock a process of ours wrote ("pid N on HOST", run_dir_lock)."""
-    owner = records.lock_owner(run_dir)
-    return owner is not None and owner[2] == "on"
+    """The folder holds the lock a process of ours wrote (records.lock_line, run_dir_lock)."""
+    return records.lock_owner(run_dir) is not None
 
 
 def _papermill_output(path: Path) -> bool:
@@ -427,10 +425,10 @@ class Found:
     configs: list[TrainConfig]
     to_train: list[TrainConfig]
     checkpoints: list                  # of `to_train`: the checkpoint to continue from, or None
-    complete: dict                     # `out` -> the record of a run complete already
+    complete: dict                     # `out` -> the record (records.Record) of a run complete already
     writer: Writer
 
-    def results(self, trained: list[dict]) -> list[dict]:
+    def results(self, trained: list[records.Record]) -> list[records.Record]:
         """Every run's record in `configs`' order: `trained` (those of `to_train`) and the complete."""
         found = {**self.complete, **{config.out: record for config, record in zip(self.to_train, trained)}}
         return [found[config.out] for config in self.configs]
@@ -484,13 +482,14 @@ def _next_step(run_dirs: list[Path]) -> str:
 def last_threads(run_dir: Path) -> int | None:
     """The CPU threads the run in `run_dir` last trained with; None before its first epoch."""
     try:
-        threads = records.read_run(run_dir)["speed"]["segments"][-1]["threads"]
-    except (ValueError, KeyError, IndexError, TypeError):
+        threads = records.read_run(run_dir).speed[-1].threads
+    except (ValueError, IndexError):
         return None
     return threads if isinstance(threads, int) and threads >= 1 else None
 
 
-def prepare(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = True) -> tuple[dict | None, dict | None]:
+def prepare(run_dir: Path, config: TrainConfig, resume: bool,
+            repair: bool = True) -> tuple[dict | None, records.Record | None]:
     """(the checkpoint to continue from, the record of a complete run); (None, None) for a
     fresh run. Refuses to mix two runs in one directory. The checkpoint is the source of truth:
     a record or metrics.csv behind it or unreadable is rewritten from it (if `repair`)."""
@@ -505,31 +504,33 @@ def prepare(run_dir: Path, config: TrainConfig, resume: bool, repair: bool = Tru
         record = records.read_run(run_dir)
     except ValueError:
         record = None  # unreadable: the checkpoint decides
-    complete = record is not None and record["status"] == "complete"
+    complete = record is not None and record.status == "complete"
     try:
         checkpoint = load_checkpoint(checkpoint_path, record) if checkpoint_path.exists() else None
     except RunDirError as damaged:
         if not complete:
             raise RunDirError(f"{damaged}; delete it to start the run again") from damaged
-        _check_same_settings(run_dir, record["config"], config)
-        return None, {**record, "message": f"{damaged}: damaged, but the run is complete and no longer needs it"}
-    saved = checkpoint["config"] if checkpoint else record["config"] if record else None
+        _check_same_settings(run_dir, record.config, config)
+        return None, dataclasses.replace(record, message=f"{damaged}: damaged, but the run is complete and no "
+                                                         "longer needs it")
+    saved = checkpoint["config"] if checkpoint else record.config if record else None
     if saved is not None:
         _check_same_settings(run_dir, saved, config)
-    ahead = complete and checkpoint is not None and record["epochs_done"] > len(checkpoint["metrics"])
+    ahead = complete and checkpoint is not None and record.epochs_done > len(checkpoint["metrics"])
     if checkpoint is not None and checkpoint["record"] is not None and not ahead:
         record = checkpoint["record"]
         if repair:
             write_unless_same(run_dir / METRICS_FILE, records.metrics_bytes(checkpoint["metrics"]))
-            write_unless_same(record_path, records.json_bytes(record))
-    if record is not None and record["status"] == "complete":
+            write_unless_same(record_path, records.json_bytes(record.to_json()))
+    if record is not None and record.status == "complete":
         return None, record
     return checkpoint, None  # None: killed before its first epoch ended, so start again
 
 
-def load_checkpoint(path: Path, record: dict | None) -> dict:
-    """The checkpoint at `path`, never unpickling anything but tensors and plain values; one
-    written before checkpoints held their run record gets it from `record` (run.json)."""
+def load_checkpoint(path: Path, record: records.Record | None) -> dict:
+    """The checkpoint at `path`, never unpickling anything but tensors and plain values, its run
+    record and speed segments typed (records.Record); one written before checkpoints held their
+    run record gets it from `record` (run.json)."""
     try:
         checkpoint = read_checkpoint(path)
     except ValueError as error:
@@ -537,11 +538,29 @@ def load_checkpoint(path: Path, record: dict | None) -> dict:
     wrong = [key for key, kind in CHECKPOINT_FIELDS.items() if not isinstance(checkpoint.get(key), kind)]
     if wrong:
         raise RunDirError(f"{path} is not a checkpoint of a run: {', '.join(wrong)} missing or of the wrong type")
+    try:
+        checkpoint["speed"] = [records.SpeedSegment.from_json(segment) for segment in checkpoint.get("speed", [])]
+        if checkpoint.get("record") is not None:
+            checkpoint["record"] = records.Record.from_json(checkpoint["record"])
+    except (TypeError, ValueError) as error:
+        raise RunDirError(f"{path} is not a checkpoint of a run: its record or speed segments are not "
+                          f"valid ({_first_sentence(error)})") from None
     if "record" not in checkpoint:
-        checkpoint["record"] = record and {**record, **records.epoch_fields(
-            checkpoint["metrics"], checkpoint.get("speed", []), record["epochs_planned"],
-            record.get("recipe", {}).get("val_size", 0))}
+        checkpoint["record"] = record and dataclasses.replace(record)
+        if record:
+            checkpoint["record"].after_epoch(checkpoint["metrics"], checkpoint["speed"],
+                                             (record.recipe or {}).get("val_size", 0))
     return checkpoint
+
+
+def _checkpoint_complete(checkpoint: dict) -> bool:
+    """The run record a checkpoint holds (as read, or as `load_checkpoint` typed it) says complete."""
+    record = checkpoint.get("record")
+    try:
+        return (record if isinstance(record, records.Record) else records.Record.from_json(record)).status \
+            == "complete"
+    except ValueError:
+        return False
 
 
 def _check_same_settings(run_dir: Path, saved: dict, requested: TrainConfig) -> None:

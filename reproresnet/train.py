@@ -90,9 +90,9 @@ class Run:
     config: TrainConfig
     splits: DataSplits
     normalizer: Normalizer
-    record: dict | None = None
+    record: records.Record | None = None
     metrics: list = dataclasses.field(default_factory=list)
-    speed: list = dataclasses.field(default_factory=list)  # one segment per process: records.speed_segment
+    speed: list = dataclasses.field(default_factory=list)  # one records.SpeedSegment per process
     active: bool = True
 
     @property
@@ -123,7 +123,8 @@ class Stack:
 # ---------------------------------------------------------------- a run's life
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
-          deadline: float | Deadline | None = None, pack: int = 1, compile_mode: str = "default") -> dict:
+          deadline: float | Deadline | None = None, pack: int = 1,
+          compile_mode: str = "default") -> records.Record:
     """Train (or resume) the run `config` describes, in this process or, under torchrun, in each
     of the job's; returns its run record, or raises TrainingDiverged.
 
@@ -131,14 +132,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     end after it. `pack` (runs sharing the device) and `compile_mode` go into the record's speed."""
     [record] = train_runs([config], distributed.World.from_environment(), resume=resume, progress=progress,
                           deadline=deadline, pack=pack, compile_mode=compile_mode)
-    if record["status"] == "diverged":
-        raise TrainingDiverged(record["message"])
+    if record.status == "diverged":
+        raise TrainingDiverged(record.message)
     return record
 
 
 def train_stack(configs: list[TrainConfig], device: torch.device, sources: dict | None = None, *,
                 progress: bool = False, deadline: float | Deadline | None = None, hard_stop: float | None = None,
-                writer: rundir.Writer | None = None, note: str | None = None) -> list[dict]:
+                writer: rundir.Writer | None = None, note: str | None = None) -> list[records.Record]:
     """Train (or resume) K runs of one config, seeds apart, as one stacked network in this
     process, on `device` and the CPU threads the caller chose (the campaign, once per slot);
     returns their records in `configs`' order. A run that diverges is recorded so and dropped;
@@ -152,7 +153,7 @@ def train_runs(configs: list[TrainConfig], world: distributed.World = distribute
                progress: bool, device: torch.device | None = None, own_threads: bool = True,
                sources: dict | None = None, deadline: float | Deadline | None = None, hard_stop: float | None = None,
                pack: int = 1, compile_mode: str = "default", writer: rundir.Writer | None = None,
-               note: str | None = None) -> list[dict]:
+               note: str | None = None) -> list[records.Record]:
     """The life of one run, or of K runs of one config trained as one stack, top to bottom;
     returns their records in `configs`' order. `device`: None for the config's; `own_threads`:
     choose this process's CPU threads (else keep the caller's)."""
@@ -362,17 +363,17 @@ def _start_records(stack: Stack, checkpoints: list, pack: int, compile_mode: str
         config = run.config
         params, flops = network_size(config.arch, len(run.splits.classes),
                                      tuple(sorted(config.model_options().items())))
-        run.record = records.new_record(
+        run.record = records.Record.start(
             name=run.run_dir.name, config=config.as_dict(), recipe=stack.recipe.as_dict(),
             schedule=stack.schedule.as_dict(), data={**run.splits.describe(), "normalization": stack.recipe.normalization,
                                                      "augmentation": stack.recipe.augmentation},
             precision=precision_words(stack.precision), provenance=provenance,
             speedups=switches(stack.precision, stack.speedups), params=params, flops=flops,
-            distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs)
+            distributed=stack.world.describe(stack.recipe.batch_size), epochs=stack.schedule.epochs,
+            started=checkpoint and checkpoint["started"], epochs_done=len(checkpoint["metrics"]) if checkpoint else 0)
         if checkpoint is not None:
-            run.record.update(started=checkpoint["started"], epochs_done=len(checkpoint["metrics"]))
             run.metrics, run.speed = checkpoint["metrics"], checkpoint.get("speed", [])
-        run.speed.append(records.speed_segment(
+        run.speed.append(records.SpeedSegment.start(
             len(run.metrics) + 1, device=stack.device.type,
             gpu=torch.cuda.get_device_name(stack.device) if stack.device.type == "cuda" else None,
             pack=pack, threads=torch.get_num_threads(), precision=precision_words(stack.precision),
@@ -386,7 +387,7 @@ def _start_line(stack: Stack, checkpoints: list) -> str:
     config, record = stack.runs[0].config, stack.runs[0].record
     together = f", {stack.k} runs as one stacked network" if stack.k > 1 else ""
     epochs = stack.schedule.epochs
-    return (f"{config.arch}: built, {record['params']:,} parameters, {record['precision']}, {stack.engine.name} "
+    return (f"{config.arch}: built, {record.params:,} parameters, {record.precision}, {stack.engine.name} "
             f"engine{', compiled during its first epoch' if stack.speedups.compile else ''}{together}; " +
             (f"resuming after epoch {len(checkpoints[0]['metrics'])} of {epochs}" if checkpoints[0]
              else f"training {epochs} epoch{'s' if epochs > 1 else ''}"))
@@ -427,7 +428,7 @@ def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, dea
     if last_epoch_s is not None:
         return last_epoch_s
     run = next(run for run in stack.runs if run.active)
-    firsts = [s["first_epoch_seconds"] for s in run.speed if s.get("first_epoch_seconds") is not None]
+    firsts = [s.first_epoch_seconds for s in run.speed if s.first_epoch_seconds is not None]
     if firsts or run.metrics:
         steady = statistics.median(row["seconds"] for row in run.metrics) if run.metrics else 0.0
         return max(firsts[-1] if firsts else 0.0, steady)
@@ -440,7 +441,7 @@ def _predicted_seconds(last_epoch_s: float | None, stack: Stack, epoch: int, dea
 def _stop(runs: list[Run], writer: rundir.Writer, message: str) -> None:
     """The runs stopped before their last epoch (resumable): `message` says why, in each record."""
     for run in runs:
-        run.record.update(records.stop_fields(run.speed, message))
+        run.record.stop(run.speed, message)
         rundir.save(writer, run.run_dir, run.record, run.metrics, None)
 
 
@@ -463,7 +464,7 @@ def _stop_diverged(stack: Stack, rows: list[dict], epoch: int, writer: rundir.Wr
     for run, problem in zip(stack.runs, _divergence(stack, rows)):
         if run.active and problem:
             kept = f"the checkpoint of epoch {epoch} is kept" if epoch else "no checkpoint was saved"
-            run.record.update(status="diverged", message=f"{problem} in epoch {epoch + 1}; {kept}")
+            run.record.diverge(f"{problem} in epoch {epoch + 1}; {kept}")
             run.active = False
             if stack.world.main:
                 rundir.save(writer, run.run_dir, run.record, run.metrics, None)
@@ -525,8 +526,8 @@ def _evaluate_and_checkpoint(stack: Stack, rows: list[dict], writer: rundir.Writ
 def _record(stack: Stack, run: Run, row: dict) -> None:
     """The epoch's row into the run's metrics, speed and record (status, epochs done, result)."""
     run.metrics = run.metrics + [row]
-    records.update_speed(run.speed[-1], run.metrics)
-    run.record.update(records.epoch_fields(run.metrics, run.speed, stack.schedule.epochs, stack.recipe.val_size))
+    run.speed[-1].timed(run.metrics)
+    run.record.after_epoch(run.metrics, run.speed, stack.recipe.val_size)
 
 
 def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: rundir.Writer) -> None:
@@ -534,7 +535,7 @@ def _checkpoint(stack: Stack, run: Run, model: dict, optimizer: dict, writer: ru
     if stack.world.main:
         rundir.save(writer, run.run_dir, run.record, run.metrics, {
             "model": model, "optimizer": optimizer, "metrics": copy.deepcopy(run.metrics),
-            "config": run.config.as_dict(), "started": run.record["started"], "speed": copy.deepcopy(run.speed),
+            "config": run.config.as_dict(), "started": run.record.started, "speed": [segment.to_json() for segment in run.speed],
             "speedups": switches(stack.precision, stack.speedups), "generator_device": stack.device.type,
             "world_size": stack.world.size})
 

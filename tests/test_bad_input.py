@@ -82,7 +82,7 @@ def interrupted(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         _interrupt_in_epoch(patch, 2)
         assert cli.main(argv(out)) == 130
-    assert records.read_run(out)["epochs_done"] == 1
+    assert records.read_run(out).epochs_done == 1
     return out
 
 
@@ -192,7 +192,7 @@ def test_subset_larger_than_the_data(tmp_path, capsys, changes, words):
     assert_nothing_left(out)
     if "--limit-train" in changes:  # the same --out is usable at once, without --resume
         assert run_cli(capsys, argv(out, {"--epochs": "1"}))[0] == 0
-        assert records.read_run(out)["status"] == "complete"
+        assert records.read_run(out).status == "complete"
 
 
 def _cifar(data_dir, **changes) -> dict:
@@ -388,14 +388,14 @@ def test_full_disk_after_the_first_epoch(tmp_path, capsys, monkeypatch, referenc
     # The previous epoch's files are whole (the checkpoint may be epoch 2's if it was saved
     # before the disk filled up), and no temporary file is left.
     monkeypatch.undo()
-    assert records.read_run(out)["epochs_done"] == 1 and records.read_run(out)["status"] == "running"
+    assert records.read_run(out).epochs_done == 1 and records.read_run(out).status == "running"
     assert len(metrics_rows(out)) == (2 if fills_in == records.RUN_FILE else 1)
     assert len(checkpoint(out)["metrics"]) == (1 if fills_in == records.CHECKPOINT_FILE else 2)
     assert sorted(path.name for path in out.iterdir()) == [".lock", *sorted(RUN_FILES[:3])]
 
     # Space freed: the run resumes and ends exactly as an uninterrupted one.
     assert run_cli(capsys, argv(out, resume=True))[0] == 0
-    assert records.read_run(out)["status"] == "complete"
+    assert records.read_run(out).status == "complete"
     assert_same_weights(out, reference)
 
 
@@ -483,8 +483,8 @@ def test_a_complete_run_reports_its_result_and_says_its_checkpoint_is_damaged(tm
     capsys.readouterr()
     assert cli.main(argv(out, {"--epochs": "1"}, resume=True)) == 0
     printed = capsys.readouterr()
-    final = records.read_run(out)["final"]
-    assert f"test error {final['test_error']:.2f}%" in printed.out
+    final = records.read_run(out).final
+    assert f"test error {final.test_error:.2f}%" in printed.out
     assert "damaged" in printed.err and "no longer needs it" in printed.err and "delete" not in printed.err
     assert len(printed.err.strip().splitlines()) == 1 and not marker.exists() and snapshot(out) == before
 
@@ -526,7 +526,7 @@ def test_resume_may_change_where_it_runs(tmp_path, capsys, interrupted, referenc
     out = tmp_path / "moved"
     shutil.copytree(interrupted, out)
     assert run_cli(capsys, argv(out, {"--device": "auto"}, resume=True))[0] == 0
-    assert records.read_run(out)["status"] == "complete"
+    assert records.read_run(out).status == "complete"
     assert_same_weights(out, reference)
 
 
@@ -540,11 +540,11 @@ def test_ctrl_c_keeps_the_finished_epochs_and_resume_equals_an_uninterrupted_run
     _interrupt_in_epoch(monkeypatch, 3)
     code, err = run_cli(capsys, argv(out, dropout))
     assert code == 130 and "interrupted" in err and "--resume" in err
-    assert records.read_run(out)["epochs_done"] == 2 and len(checkpoint(out)["metrics"]) == 2
+    assert records.read_run(out).epochs_done == 2 and len(checkpoint(out)["metrics"]) == 2
     monkeypatch.undo()
     assert run_cli(capsys, argv(out, dropout, resume=True))[0] == 0
     assert_same_weights(out, whole)
-    assert records.read_run(out)["final"]["test_error"] == records.read_run(whole)["final"]["test_error"]
+    assert records.read_run(out).final.test_error == records.read_run(whole).final.test_error
 
 
 # ---------------------------------------------------------------- divergence
@@ -554,8 +554,8 @@ def _assert_diverged(out: Path, err: str, epoch: int) -> dict | None:
     message = err.strip().splitlines()[-1].removeprefix("reproresnet: error: ")
     assert f"epoch {epoch}" in message and any(word in message for word in ("nan", "inf", "finite")), err
     record = records.read_run(out)
-    assert record["status"] == "diverged" and record["message"] == message
-    assert record["epochs_done"] == epoch - 1 == len(metrics_rows(out))
+    assert record.status == "diverged" and record.message == message
+    assert record.epochs_done == epoch - 1 == len(metrics_rows(out))
     if epoch == 1:
         assert not (out / records.CHECKPOINT_FILE).exists()
         return None
@@ -571,7 +571,7 @@ def test_huge_learning_rate_diverges_with_a_clear_message(tmp_path, capsys):
     code, err = run_cli(capsys, argv(out, {"--lr": "1e6"}))
     assert code == 2 and "Traceback" not in err, err
     record = records.read_run(out)
-    _assert_diverged(out, err, record["epochs_done"] + 1)
+    _assert_diverged(out, err, record.epochs_done + 1)
 
 
 @pytest.mark.slow
@@ -596,5 +596,5 @@ def test_divergence_keeps_the_last_good_checkpoint_and_can_be_resumed(tmp_path, 
     _assert_diverged(out, err, 2)
     monkeypatch.undo()
     assert run_cli(capsys, argv(out, resume=True))[0] == 0  # from the kept epoch-1 checkpoint
-    assert records.read_run(out)["status"] == "complete"
+    assert records.read_run(out).status == "complete"
     assert_same_weights(out, reference)

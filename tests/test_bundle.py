@@ -293,8 +293,8 @@ def test_the_committed_campaign_bundle_restores_and_its_checkpoints_load_as_plai
     for run_dir in run_dirs:
         record = records.read_run(run_dir)
         checkpoint = rundir.load_checkpoint(run_dir / records.CHECKPOINT_FILE, record)
-        assert checkpoint["record"]["epochs_done"] == len(checkpoint["metrics"]) >= record["epochs_done"]
-        assert checkpoint["record"]["config"] == record["config"] == checkpoint["config"]
+        assert checkpoint["record"].epochs_done == len(checkpoint["metrics"]) >= record.epochs_done
+        assert checkpoint["record"].config == record.config == checkpoint["config"]
 
 
 def test_unbundle_loads_each_bundled_checkpoint_once(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def _fake_training(calls: list, behaviour):
             Path(config.out).mkdir(parents=True, exist_ok=True)
             record = _fake_record(config, status, done, message, planned=3)
             rundir.write_json(Path(config.out) / records.RUN_FILE, record)
-            results.append(record)
+            results.append(records.Record.from_json(record))
         return results
     return train_stack
 
@@ -362,7 +362,7 @@ def _campaign(out: Path, budget: float) -> subprocess.Popen:
 def _check_equal_to_reference(out: Path, reference_dir: Path, seeds=(0, 1)) -> None:
     for seed in seeds:
         ours = out / f"preact_resnet20-fp32-seed{seed}"
-        assert records.read_run(ours)["status"] == "complete"
+        assert records.read_run(ours).status == "complete"
         assert same_run(ours, reference_dir / f"preact_resnet20-seed{seed}")
 
 
@@ -426,7 +426,7 @@ def test_a_campaign_of_stacks_gives_each_seed_its_train_run(tmp_path):
         ours, theirs = (metrics_without_timing(d) for d in (out / f"preact_resnet20-fp32-seed{seed}",
                                                          tmp_path / "alone" / f"seed{seed}"))
         record = records.read_run(out / f"preact_resnet20-fp32-seed{seed}")
-        assert record["status"] == "complete" and record["speed"]["segments"][-1]["stacked"] == 3, output
+        assert record.status == "complete" and record.speed[-1].stacked == 3, output
         assert len(ours) == len(theirs) == 2
         for mine, other in zip(ours, theirs):
             assert mine["lr"] == other["lr"]
@@ -472,7 +472,7 @@ def test_a_campaign_killed_at_any_file_operation_and_called_again_equals_the_uni
     _checked(whole, "eager-fp32-nchw-k1")
     counted = Faults()
     called(whole, counted)
-    assert all(records.read_run(whole / name)["status"] == "complete" for name in names)
+    assert all(records.read_run(whole / name).status == "complete" for name in names)
     assert len(counted.operations) > 20
     for n in range(1, len(counted.operations) + 1):
         out = tmp_path / f"killed-at-{n}"

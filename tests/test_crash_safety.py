@@ -246,8 +246,8 @@ def _check_run_dir(run_dir: Path) -> dict:
         done["metrics"] = len(_metrics_rows(run_dir))
     if (run_dir / records.RUN_FILE).exists():
         record = records.read_run(run_dir)  # ValueError if it is not a whole run record
-        done["run"] = record["epochs_done"]
-        assert record["status"] in ("running", "complete")
+        done["run"] = record.epochs_done
+        assert record.status in ("running", "complete")
     ck, rows, run = done.get("checkpoint", 0), done.get("metrics", 0), done.get("run", 0)
     assert run <= rows <= ck, f"records out of step in {run_dir}: {done}"
     return {"epochs": ck, "orphans": orphans}
@@ -284,9 +284,9 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert without_timing(got["metrics"]) == without_timing(want["metrics"])
     assert without_timing(_metrics_rows(run_dir)) == without_timing(_metrics_rows(reference))
     record, reference_record = records.read_run(run_dir), records.read_run(reference)
-    assert record["status"] == "complete" and record["epochs_done"] == reference_record["epochs_done"]
+    assert record.status == "complete" and record.epochs_done == reference_record.epochs_done
     for key in ("test_error", "epoch", "selected_by"):
-        assert record["final"][key] == reference_record["final"][key]
+        assert getattr(record.final, key) == getattr(reference_record.final, key)
 
 
 def test_the_fault_injector_reaches_every_write_of_every_epoch(short_run):
@@ -366,8 +366,8 @@ def test_a_checkpoint_without_its_record_resumes_from_run_json(tmp_path, short_r
     torch.save(checkpoint, out / records.CHECKPOINT_FILE)
     _behind(out)
     record = training.train(TrainConfig(out=str(out), **SHORT), resume=True, progress=False)
-    assert record["status"] == "complete" and record == records.read_run(out)
-    assert record["final"] == records.read_run(reference)["final"]
+    assert record.status == "complete" and record == records.read_run(out)
+    assert record.final == records.read_run(reference).final
     assert without_timing(_metrics_rows(out)) == without_timing(_metrics_rows(reference))
 
 
@@ -491,8 +491,8 @@ def test_sigkill_at_two_dozen_points_then_resume_equals_an_uninterrupted_run(tmp
     assert without_timing(_metrics_rows(chained)) == without_timing(_metrics_rows(reference))
 
     record, reference_record = records.read_run(chained), records.read_run(reference)
-    assert record["status"] == "complete" and record["epochs_done"] == EPOCHS
-    assert {k: v for k, v in record["config"].items() if k != "out"} == \
-           {k: v for k, v in reference_record["config"].items() if k != "out"}
+    assert record.status == "complete" and record.epochs_done == EPOCHS
+    assert {k: v for k, v in record.config.items() if k != "out"} == \
+           {k: v for k, v in reference_record.config.items() if k != "out"}
     for key in ("test_error", "epoch", "selected_by"):
-        assert record["final"][key] == reference_record["final"][key]
+        assert getattr(record.final, key) == getattr(reference_record.final, key)

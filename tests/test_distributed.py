@@ -101,8 +101,8 @@ def test_two_processes_record_their_world_and_a_killed_rank_restarts_from_the_ch
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     _finish(_torchrun(reference, log=tmp_path / "reference.log"), tmp_path / "reference.log")
     record = records.read_run(reference)
-    assert record["status"] == "complete"
-    assert record["distributed"] == {"world_size": 2, "backend": "gloo", "batch_per_process": 32,
+    assert record.status == "complete"
+    assert record.distributed == {"world_size": 2, "backend": "gloo", "batch_per_process": 32,
                                      "note": "the same seed gives the same run for the same world size"}
     assert [row["epoch"] for row in _rows(reference)] == [1, 2, 3]
     assert not (reference / records.BEST_FILE).exists() and not list(reference.glob(".*.tmp"))
@@ -113,7 +113,7 @@ def test_two_processes_record_their_world_and_a_killed_rank_restarts_from_the_ch
     while True:
         assert process.poll() is None, "the run ended before a rank could be killed:\n" + log.read_text()[-4000:]
         try:
-            done = records.read_run(killed)["epochs_done"]
+            done = records.read_run(killed).epochs_done
         except ValueError:
             done = 0
         if done >= 1:
@@ -122,10 +122,10 @@ def test_two_processes_record_their_world_and_a_killed_rank_restarts_from_the_ch
     assert done < 3
     os.kill(_rank_pid(process.pid, 1), signal.SIGKILL)
     assert process.wait(timeout=300) != 0
-    assert records.read_run(killed)["status"] == "running"
+    assert records.read_run(killed).status == "running"
 
     _finish(_torchrun(killed, "--resume", log=log), log)
-    assert records.read_run(killed)["status"] == "complete"
+    assert records.read_run(killed).status == "complete"
     # the same world size and seed: the same run, to the bit, as if never interrupted
     assert _rows(killed) == _rows(reference)
     got, want = (torch.load(d / records.CHECKPOINT_FILE, weights_only=False)["model"] for d in (killed, reference))

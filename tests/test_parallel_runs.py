@@ -121,8 +121,8 @@ def test_a_second_process_on_a_busy_run_dir_is_refused(tmp_path, capsys):
     # The winner's run is whole and is the winner's.
     assert {path.name for path in out.iterdir()} == RUN_FILES
     record = records.read_run(out)
-    assert record["status"] == "complete" and record["epochs_done"] == 2
-    assert record["config"] == expected_config(args)
+    assert record.status == "complete" and record.epochs_done == 2
+    assert record.config == expected_config(args)
     # The lock went with the process: the directory is free again.
     code, err = run_cli(capsys, args)
     assert code == 0, err
@@ -154,11 +154,11 @@ def test_two_runs_in_different_directories_at_once(tmp_path):
         assert {path.name for path in out.iterdir()} == RUN_FILES  # nothing of the other run
         assert lock_owner(out) == child.pid
         record = records.read_run(out)
-        assert record["config"] == config and record["name"] == out.name
-        assert record["status"] == "complete" and record["epochs_done"] == config["epochs"]
+        assert record.config == config and record.name == out.name
+        assert record.status == "complete" and record.epochs_done == config["epochs"]
         checkpoint = torch.load(out / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
         assert checkpoint["config"] == config and len(checkpoint["metrics"]) == config["epochs"]
         lrs = [float(line.split(",")[1]) for line in (out / records.METRICS_FILE).read_text().splitlines()[1:]]
         # each run's own lr, decayed twice by its end (the seed's milestones, scaled)
-        assert record["recipe"]["lr"] == record["schedule"]["lr"] == config["lr"]
+        assert record.recipe["lr"] == record.schedule["lr"] == config["lr"]
         assert len(lrs) == config["epochs"] and lrs[-1] == pytest.approx(config["lr"] * 0.01)

@@ -1,6 +1,9 @@
 """The run record's format: metrics.csv's columns, run.json read and its status (records.py)."""
 
+import json
+import os
 import platform
+from pathlib import Path
 
 import pytest
 
@@ -36,9 +39,44 @@ def _record(run_dir, **fields):
 
 
 def test_a_deadline_stop_written_before_the_stopped_status_reads_as_stopped(tmp_path):
-    old = _record(tmp_path / "old", message="stopped cleanly after epoch 5 of 200 (deadline); resume to continue")
-    assert records.read_run(old)["status"] == "stopped"
-    assert records.read_run(_record(tmp_path / "killed"))["status"] == "running"  # as written: no lock is read
+    """Through the one migration (records.migrate) from reproresnet-run/1; in the current format
+    a record says what it says."""
+    stopped = "stopped cleanly after epoch 5 of 200 (deadline); resume to continue"
+    old = _record(tmp_path / "old", format="reproresnet-run/1", message=stopped)
+    assert records.read_run(old).status == "stopped"
+    assert records.read_run(_record(tmp_path / "new", message=stopped)).status == "running"  # as written
+    assert records.read_run(_record(tmp_path / "killed")).status == "running"  # as written: no lock is read
+
+
+def test_a_record_of_the_first_format_reads_through_the_one_migration(tmp_path):
+    segment = {"first_epoch": 1, "last_epoch": 5, "device": "cuda", "pack": 3, "seconds_per_epoch": 36.9}
+    old = _record(tmp_path / "old", format="reproresnet-run/1", speed={"segments": [segment], "note": "old"})
+    record = records.read_run(old)
+    assert [(s.threads, s.engine, s.stacked, s.pack, s.seconds_per_epoch) for s in record.speed] == \
+        [(None, None, 1, 3, 36.9)]
+    written = record.to_json()
+    assert written["format"] == records.RUN_FORMAT != "reproresnet-run/1"
+    assert records.Record.from_json(written) == record  # the JSON form reads back as it was
+    assert records.migrate(written) is written  # a record of this format is not migrated
+
+
+def test_every_committed_record_is_of_the_current_format():
+    """The committed records were migrated once (records.migrate): they read without it."""
+    results = sorted(Path(__file__).resolve().parents[1].glob(f"results/*/{records.RUN_FILE}"))
+    assert results
+    for path in results:
+        data = json.loads(path.read_text())
+        assert data["format"] == records.RUN_FORMAT, path
+        assert records.Record.from_json(data).to_json() == data, path  # written as to_json writes it
+
+
+def test_the_lock_line_is_written_and_read_in_one_place(tmp_path):
+    pid, host = records.parse_lock_line(records.lock_line())
+    assert records.parse_lock_line(records.lock_line()) == (os.getpid(), platform.node())
+    for other in ("", "pid x on host", "pid 12 at host", "pid 12 on", "someone else's file"):
+        assert records.parse_lock_line(other) is None, other
+    with rundir.run_dir_lock(tmp_path / "run"):
+        assert records.lock_owner(tmp_path / "run") == (pid, host)
 
 
 def test_a_run_is_running_only_while_a_live_process_holds_its_lock(tmp_path):

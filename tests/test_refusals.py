@@ -130,7 +130,7 @@ def test_a_learning_rate_that_overflows_the_weights_is_a_recorded_divergence(tmp
     code, err = run_cli(capsys, argv(out, {"--lr": "3e38"}))
     assert_one_line(code, err, "in epoch 1", "no checkpoint was saved")
     record = records.read_run(out)
-    assert record["status"] == "diverged" and record["epochs_done"] == 0
+    assert record.status == "diverged" and record.epochs_done == 0
 
 
 def test_a_step_that_overflows_is_a_recorded_divergence(tmp_path, capsys, monkeypatch):
@@ -140,7 +140,7 @@ def test_a_step_that_overflows_is_a_recorded_divergence(tmp_path, capsys, monkey
     out = tmp_path / "run"
     code, err = run_cli(capsys, argv(out))
     assert_one_line(code, err, "the SGD step overflowed", "cannot be converted", "in epoch 1")
-    assert records.read_run(out)["status"] == "diverged"
+    assert records.read_run(out).status == "diverged"
 
 
 def _full_disk_at(monkeypatch, name: str) -> None:

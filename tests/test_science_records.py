@@ -89,9 +89,9 @@ def test_glued_numbers_equal_the_run_record(executed):
     record = records.read_run(run_dir)
     glued = {key: ast.literal_eval(output["data"][output["metadata"]["scrapbook"]["mime_prefix"] + "text/plain"])
              for key, output in glued_outputs(notebook).items() if key in GLUED_NUMBERS}
-    assert glued["test_error"] == pytest.approx(record["final"]["test_error"], rel=1e-12)
-    assert glued["seconds_per_epoch"] == pytest.approx(record["final"]["seconds_per_epoch"], rel=1e-12)
-    assert glued["params"] == record["params"]
+    assert glued["test_error"] == pytest.approx(record.final.test_error, rel=1e-12)
+    assert glued["seconds_per_epoch"] == pytest.approx(record.final.seconds_per_epoch, rel=1e-12)
+    assert glued["params"] == record.params
 
 
 def test_record_metrics_and_checkpoint_agree_on_the_reported_epoch(executed):
@@ -99,17 +99,17 @@ def test_record_metrics_and_checkpoint_agree_on_the_reported_epoch(executed):
     metrics.csv and in the checkpoint, which is the source of truth."""
     _, run_dir = executed
     record = records.read_run(run_dir)
-    assert record["status"] == "complete" and record["epochs_done"] == 2
+    assert record.status == "complete" and record.epochs_done == 2
     checkpoint = torch.load(run_dir / records.CHECKPOINT_FILE, map_location="cpu", weights_only=False)
     rows = checkpoint["metrics"]
     best = min(rows, key=lambda row: row["val_error"])  # first of equals, as the seed kept its snapshot
-    assert record["final"]["epoch"] == best["epoch"] and record["final"]["selected_by"] == "best_validation"
-    assert record["final"]["test_error"] == best["test_error"]
+    assert record.final.epoch == best["epoch"] and record.final.selected_by == "best_validation"
+    assert record.final.test_error == best["test_error"]
     with open(run_dir / records.METRICS_FILE) as file:
         csv_rows = list(csv.DictReader(file))
     assert [int(row["epoch"]) for row in csv_rows] == [1, 2]
     for csv_row, row in zip(csv_rows, rows):
         for key in ("lr", "train_loss", "train_error", "val_error", "test_loss", "test_error"):
             assert math.isclose(float(csv_row[key]), row[key], rel_tol=1e-5, abs_tol=1e-9), key
-    assert record["data"]["n_train"] == 32 and record["data"]["n_val"] == 8 and record["data"]["n_test"] == 16
-    assert record["params"] == sum(p.numel() for p in build_model("preact_resnet20").parameters())
+    assert record.data.n_train == 32 and record.data.n_val == 8 and record.data.n_test == 16
+    assert record.params == sum(p.numel() for p in build_model("preact_resnet20").parameters())

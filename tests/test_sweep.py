@@ -341,12 +341,12 @@ def _interrupt_once_checkpointed(run_dir: Path, sent: list) -> None:
             record = records.read_run(run_dir)
         except ValueError:
             record = {"status": None, "epochs_done": 0}
-        if record["status"] == "complete":
+        if record.status == "complete":
             return  # too late: the test's assertions say so
-        if record["epochs_done"] >= 1:
+        if record.epochs_done >= 1:
             kernel = int((run_dir / ".lock").read_text().split()[1])  # "pid N on HOST", written by train()
             os.kill(_parent_pid(kernel), signal.SIGUSR2)  # the job's process, which started the kernel
-            sent.append(record["epochs_done"])
+            sent.append(record.epochs_done)
             return
         time.sleep(0.05)
 
@@ -381,7 +381,7 @@ def test_local_sweep_of_two_runs_requeues_an_interrupted_one_which_resumes_then_
     assert "epoch   1/4" in _printed(other / "train.ipynb")
     for run_dir in (interrupted, other):
         record = records.read_run(run_dir)
-        assert record["status"] == "complete" and record["epochs_done"] == 4
+        assert record.status == "complete" and record.epochs_done == 4
         assert [int(line.split(",")[0]) for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]] == [
             1, 2, 3, 4]
         executed = nbformat.read(run_dir / "train.ipynb", as_version=4)

@@ -26,19 +26,19 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     record = training.train(config, progress=False)
     run_dir = tmp_path / "run"
     assert record == records.read_run(run_dir)
-    assert record["status"] == "complete" and record["epochs_done"] == record["epochs_planned"] == 3
-    assert record["params"] == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
-    assert record["precision"] == "fp32" and record["schedule"]["lost"] == []
-    assert record["flops_per_image"] > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
-    assert record["data"]["label"] == "synthetic" and record["data"]["n_train"] == 24
-    assert record["config"] == config.as_dict() and record["recipe"]["name"] == "seed"
-    assert record["device"]["type"] == "cpu" and record["versions"]["torch"] == torch.__version__
-    assert record["final"]["selected_by"] == "final_epoch" and record["final"]["epoch"] == 3
+    assert record.status == "complete" and record.epochs_done == record.epochs_planned == 3
+    assert record.params == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
+    assert record.precision == "fp32" and record.schedule["lost"] == []
+    assert record.flops_per_image > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
+    assert record.data.label == "synthetic" and record.data.n_train == 24
+    assert record.config == config.as_dict() and record.recipe["name"] == "seed"
+    assert record.device.type == "cpu" and record.versions["torch"] == torch.__version__
+    assert record.final.selected_by == "final_epoch" and record.final.epoch == 3
     rows = list(csv.DictReader(open(run_dir / records.METRICS_FILE)))
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3]
-    assert float(rows[-1]["test_error"]) == pytest.approx(record["final"]["test_error"])
+    assert float(rows[-1]["test_error"]) == pytest.approx(record.final.test_error)
     # the seed's decays at 80 and 120 of 200 epochs, scaled to 3: epochs 1.2 and 1.8, iterations 4 and 5
-    assert record["schedule"]["milestones"] == [4, 5]
+    assert record.schedule["milestones"] == [4, 5]
     assert [float(row["lr"]) for row in rows] == pytest.approx([0.1, 0.001, 0.001])  # each epoch's last step
     assert not list(run_dir.glob(".*.tmp"))
 
@@ -73,10 +73,10 @@ def test_validation_split_reports_the_best_validation_epoch(tmp_path):
     record = training.train(tiny(tmp_path, val_size=8), progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / records.METRICS_FILE)))
     best = min(rows, key=lambda row: float(row["val_error"]))
-    assert record["final"]["selected_by"] == "best_validation"
-    assert record["final"]["epoch"] == int(best["epoch"])
-    assert record["final"]["test_error"] == pytest.approx(float(best["test_error"]))
-    assert record["data"]["n_train"] == 16 and record["data"]["n_val"] == 8
+    assert record.final.selected_by == "best_validation"
+    assert record.final.epoch == int(best["epoch"])
+    assert record.final.test_error == pytest.approx(float(best["test_error"]))
+    assert record.data.n_train == 16 and record.data.n_val == 8
     assert (tmp_path / "run" / records.BEST_FILE).exists()
 
 
@@ -88,7 +88,7 @@ def test_cli_train_and_list(tmp_path, capsys):
                      "--device", "cpu", "--quiet"])
     assert code == 0
     assert "preact_resnet20 on synthetic: test error" in capsys.readouterr().out
-    assert records.read_run(out)["config"]["batch_size"] == 32
+    assert records.read_run(out).config["batch_size"] == 32
     # without --quiet: what is loaded and built, and where, before the first progress bar
     code = cli.main(["train", "--arch", "preact_resnet20", "--out", str(tmp_path / "loud"), "--dataset", "synthetic",
                      "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1",
@@ -99,7 +99,7 @@ def test_cli_train_and_list(tmp_path, capsys):
         "preact_resnet20: 64 training, 0 validation and 32 test images of synthetic on cpu; 1 CPU thread (requested)",
         "preact_resnet20: built, 269,722 parameters, fp32, eager engine; training 1 epoch"]
     assert lines[3].startswith("epoch   1/1")
-    assert records.read_run(tmp_path / "loud")["speed"]["segments"][0]["threads"] == 1
+    assert records.read_run(tmp_path / "loud").speed[0].threads == 1
 
     assert cli.main(["list", "--json"]) == 0
     listing = {row["name"]: row["params"] for row in json.loads(capsys.readouterr().out)}
@@ -160,9 +160,9 @@ def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tm
     first = training.train_stack(configs, device, deadline=AfterEpochs(1))
     alone = training.train(TrainConfig(out=str(tmp_path / "alone"), seed=0, **STACK), progress=False,
                            deadline=AfterEpochs(1))
-    assert [(r["status"], r["epochs_done"]) for r in first + [alone]] == [("stopped", 1)] * 3
-    segment = first[0]["speed"]["segments"][-1]
-    assert (segment["stacked"], segment["engine"]) == (2, "eager") and "dropout" in segment["stacked_note"]
+    assert [(r.status, r.epochs_done) for r in first + [alone]] == [("stopped", 1)] * 3
+    segment = first[0].speed[-1]
+    assert (segment.stacked, segment.engine) == (2, "eager") and "dropout" in segment.stacked_note
     ours, lone = checkpoint(tmp_path / "k0"), checkpoint(tmp_path / "alone")
     assert ours.keys() == lone.keys() and all(_same_structure(ours[key], lone[key]) for key in ("model", "optimizer"))
     assert ours["optimizer"]["param_groups"] == lone["optimizer"]["param_groups"]
@@ -176,8 +176,8 @@ def test_a_stacked_run_writes_what_a_separate_run_writes_and_is_resumed_alone(tm
                                ["momentum_buffer"]) for i in checkpoint_["optimizer"]["state"])
     for seed, config in enumerate(configs):
         record = training.train(config, resume=True, progress=False)
-        assert record["status"] == "complete" and record["epochs_done"] == 3
-        assert [(s["first_epoch"], s["stacked"]) for s in record["speed"]["segments"]] == [(1, 2), (2, 1)]
+        assert record.status == "complete" and record.epochs_done == 3
+        assert [(s.first_epoch, s.stacked) for s in record.speed] == [(1, 2), (2, 1)]
         assert checkpoint(tmp_path / f"k{seed}")["metrics"][0] == saved[seed]["metrics"][0]  # the stack's epoch kept
 
 
@@ -192,8 +192,8 @@ def test_separate_runs_are_resumed_as_one_stack_from_exactly_their_state(tmp_pat
     monkeypatch.setattr(training, "build_stack", lambda *args, **kwargs: built.append(real_build(*args, **kwargs))
                         or built[-1])
     records_ = training.train_stack(configs, device)
-    assert [(r["status"], r["epochs_done"]) for r in records_] == [("complete", 3)] * 2
-    assert [(s["first_epoch"], s["stacked"]) for s in records_[0]["speed"]["segments"]] == [(1, 1), (2, 2)]
+    assert [(r.status, r.epochs_done) for r in records_] == [("complete", 3)] * 2
+    assert [(s.first_epoch, s.stacked) for s in records_[0].speed] == [(1, 1), (2, 2)]
     # the stack began from the two checkpoints, merged (its state after training differs; rebuild it)
     again = real_build(configs, [load_device_splits(c, device) for c in configs], device,
                        checkpoints=saved)
@@ -226,7 +226,7 @@ def test_a_stack_trains_each_run_as_it_would_train_alone(tmp_path):
     together = training.train_stack(stacked(tmp_path, seeds=(0, 1, 2)), device)
     for seed, record in enumerate(together):
         alone = training.train(stacked(tmp_path, seeds=(seed,), prefix="alone")[0], progress=False)
-        assert record["status"] == alone["status"] == "complete"
+        assert record.status == alone.status == "complete"
         rows = [list(csv.DictReader(open(tmp_path / f"{prefix}{seed}" / records.METRICS_FILE)))
                 for prefix in ("k", "alone")]
         for ours, theirs in zip(*rows):
@@ -266,9 +266,9 @@ def test_a_nan_in_one_run_of_a_stack_stops_that_run_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "train_one_epoch", poisoned)
     ours = training.train_stack(stacked(tmp_path), device)
-    assert [r["status"] for r in ours] == ["complete", "diverged"] == [clean[0]["status"], "diverged"]
-    assert ours[1]["epochs_done"] == 1 and records.read_run(tmp_path / "k1") == ours[1]
-    assert ours[1]["message"] == ("weights became non-finite (stem.weight) in epoch 2; "
+    assert [r.status for r in ours] == ["complete", "diverged"] == [clean[0].status, "diverged"]
+    assert ours[1].epochs_done == 1 and records.read_run(tmp_path / "k1") == ours[1]
+    assert ours[1].message == ("weights became non-finite (stem.weight) in epoch 2; "
                                   "the checkpoint of epoch 1 is kept")
     assert len(checkpoint(tmp_path / "k1")["metrics"]) == 1
     a, b = weights(tmp_path / "k0"), weights(tmp_path / "clean0")
@@ -283,8 +283,8 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
 
     config = tiny(tmp_path, "split", epochs=4)
     stopped = training.train(config, progress=False, deadline=AfterEpochs(2))
-    assert stopped["status"] == "stopped" and stopped["epochs_done"] == 2 and stopped["final"] is None
-    assert stopped["message"].startswith("stopped cleanly after epoch 2 of 4")
+    assert stopped.status == "stopped" and stopped.epochs_done == 2 and stopped.final is None
+    assert stopped.message.startswith("stopped cleanly after epoch 2 of 4")
     assert records.read_run(tmp_path / "split") == stopped
     checkpoint = torch.load(tmp_path / "split" / records.CHECKPOINT_FILE, weights_only=False)
     assert len(checkpoint["metrics"]) == 2
@@ -293,20 +293,20 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
     assert checkpoint["generator_device"] == "cpu"
 
     resumed = training.train(config, resume=True, progress=False, pack=2)
-    assert resumed["status"] == "complete" and resumed["message"] is None
+    assert resumed.status == "complete" and resumed.message is None
     assert same_run(tmp_path / "whole", tmp_path / "split")
-    assert resumed["final"]["test_error"] == whole["final"]["test_error"]
+    assert resumed.final.test_error == whole.final.test_error
     # one speed segment per process; each leaves its first epoch out of s/epoch
-    segments = resumed["speed"]["segments"]
-    assert [(s["first_epoch"], s["last_epoch"], s["epochs_timed"], s["pack"]) for s in segments] == \
+    segments = resumed.speed
+    assert [(s.first_epoch, s.last_epoch, s.epochs_timed, s.pack) for s in segments] == \
         [(1, 2, 1, 1), (3, 4, 1, 2)]
-    assert all(s["precision"] == "fp32" and s["compile_mode"] is None and s["gpu"] is None for s in segments)
-    assert all(s["threads"] == torch.get_num_threads() for s in segments)  # this process's CPU threads
+    assert all(s.precision == "fp32" and s.compile_mode is None and s.gpu is None for s in segments)
+    assert all(s.threads == torch.get_num_threads() for s in segments)  # this process's CPU threads
     metrics = checkpoint["metrics"] + torch.load(tmp_path / "split" / records.CHECKPOINT_FILE,
                                                  weights_only=False)["metrics"][2:]
-    assert resumed["final"]["seconds_per_epoch"] == pytest.approx(
+    assert resumed.final.seconds_per_epoch == pytest.approx(
         (metrics[1]["seconds"] + metrics[3]["seconds"]) / 2)  # epochs 2 and 4; 1 and 3 warmed up
-    assert "first" in resumed["speed"]["note"]
+    assert "first" in resumed.to_json()["speed"]["note"]
 
 
 def test_a_resume_keeps_the_threads_the_run_trained_with_unless_told_otherwise(tmp_path, monkeypatch):
@@ -319,17 +319,17 @@ def test_a_resume_keeps_the_threads_the_run_trained_with_unless_told_otherwise(t
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     unset = dataclasses.replace(config, threads=None)
     record = training.train(unset, resume=True, progress=False, deadline=AfterEpochs(2))
-    assert [s["threads"] for s in record["speed"]["segments"]] == [1, 1]
+    assert [s.threads for s in record.speed] == [1, 1]
     record = training.train(dataclasses.replace(config, threads=2), resume=True, progress=False)
-    assert [s["threads"] for s in record["speed"]["segments"]] == [1, 1, 2]  # a choice given is kept
+    assert [s.threads for s in record.speed] == [1, 1, 2]  # a choice given is kept
 
 
 def test_a_deadline_already_passed_trains_nothing_and_says_so(tmp_path):
     record = training.train(tiny(tmp_path), progress=False, deadline=time.time() - 1)
-    assert record["epochs_done"] == 0 and record["status"] == "stopped"
-    assert "stopped cleanly after epoch 0" in record["message"]
+    assert record.epochs_done == 0 and record.status == "stopped"
+    assert "stopped cleanly after epoch 0" in record.message
     assert not (tmp_path / "run" / records.CHECKPOINT_FILE).exists()
-    assert training.train(tiny(tmp_path), resume=True, progress=False)["status"] == "complete"
+    assert training.train(tiny(tmp_path), resume=True, progress=False).status == "complete"
 
 
 def test_a_fresh_runs_first_epoch_is_predicted_from_a_measured_step(tmp_path):
@@ -346,14 +346,14 @@ def test_a_fresh_runs_first_epoch_is_predicted_from_a_measured_step(tmp_path):
 
     record = training.train(tiny(tmp_path), progress=False, deadline=Asked(math.inf, step_seconds=2.0,
                                                                           setup_seconds=5.0))
-    data = record["data"]
-    assert asked == [pytest.approx(5.0 + (24 / 8 + (data["n_test"] + data["n_val"]) / 8) * 2.0)]
-    assert record["status"] == "stopped" and record["epochs_done"] == 0
+    data = record.data
+    assert asked == [pytest.approx(5.0 + (24 / 8 + (data.n_test + data.n_val) / 8) * 2.0)]
+    assert record.status == "stopped" and record.epochs_done == 0
     training.train(tiny(tmp_path, "unmeasured"), progress=False, deadline=Asked(math.inf))
     assert asked[1] == 0.0
     late = training.train(tiny(tmp_path, "late"), progress=False,
                           deadline=training.Deadline(time.time() + 60, step_seconds=30.0))
-    assert late["epochs_done"] == 0 and "stopped cleanly after epoch 0" in late["message"]
+    assert late.epochs_done == 0 and "stopped cleanly after epoch 0" in late.message
 
 
 def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
@@ -367,7 +367,7 @@ def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
     checkpoint["generator_device"] = "cuda"
     torch.save(checkpoint, path)
     record = records.read_run(tmp_path / "run")
-    rundir.write_json(tmp_path / "run" / records.RUN_FILE, {**record, "status": "running"})
+    rundir.write_json(tmp_path / "run" / records.RUN_FILE, {**record.to_json(), "status": "running"})
     with pytest.raises(RunDirError, match=r"speedups .*'bf16': True.* drawn on cuda.* on cpu"):
         training.train(config, resume=True, progress=False)
 

@@ -6,6 +6,7 @@ and leaves everything as it was."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -136,7 +137,7 @@ def test_a_damaged_name_never_chooses_where_a_page_is_written(tmp_path):
     results, pages = tmp_path / "results", tmp_path / "book" / "runs"
     run_dir = make_run(results, "a-seed0")
     for name in ("../../X", "/tmp/X", "..", "a\\b"):
-        run = records.RunRecord(run_dir, {**records.read_run(run_dir), "name": name})
+        run = records.RunRecord(run_dir, dataclasses.replace(records.read_run(run_dir), name=name))
         with pytest.raises(ValueError, match="outside"):
             book_pages.write_pages(results, pages, [run])
     assert not (tmp_path / "X.md").exists() and not (tmp_path / "X.svg").exists() and not pages.exists()

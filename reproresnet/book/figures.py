@@ -38,19 +38,19 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
     return curves
 
 
-def _budget_title(record: dict, note: str = "") -> str:
+def _budget_title(record: records.Record, note: str = "") -> str:
     """The network, data set and budget of a run, in two lines; `note` ends the first."""
-    data = record["data"]
-    name = record["arch"]
+    data = record.data
+    name = record.arch
     name = name if network_title(name) == name else f"{network_title(name)} ({name})"
-    return (f"{name} on {data.get('label', '?')}: {record['epochs_done']} of {record['epochs_planned']} "
-            f"epochs{note}\n{data.get('n_train', 0):,} training images, batch "
-            f"{(record.get('recipe') or {}).get('batch_size', '?')}, {(record.get('device') or {}).get('name', '?')}")
+    return (f"{name} on {data.label or '?'}: {record.epochs_done} of {record.epochs_planned} "
+            f"epochs{note}\n{data.n_train or 0:,} training images, batch "
+            f"{(record.recipe or {}).get('batch_size', '?')}, {(record.device and record.device.name) or '?'}")
 
 
-def lr_drops(record: dict) -> list[float]:
+def lr_drops(record: records.Record) -> list[float]:
     """The epochs at which the run's learning rate drops: its schedule's milestones."""
-    schedule = record.get("schedule") or {}
+    schedule = record.schedule or {}
     per_epoch = schedule.get("iterations_per_epoch")
     return [milestone / per_epoch for milestone in schedule.get("milestones", [])] if per_epoch else []
 
@@ -138,7 +138,7 @@ def plot_curves(source, paper_error: float | None = None, title: str | None = No
                      "0.55" if context else "black", ", CIFAR-10" if context else "")
     records_ = [record for _, _, record in curves if record is not None]
     done = max(int(metrics["epoch"].max()) for _, metrics, _ in curves)
-    planned = max([record["epochs_planned"] for record in records_] + [done])
+    planned = max([record.epochs_planned for record in records_] + [done])
     drops = sorted({drop for record in records_ for drop in lr_drops(record) if drop <= done})
     for axes in (error_axes, loss_axes):
         for index, drop in enumerate(drops):
@@ -182,7 +182,7 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
     if not mine:
         return None
     # The longest run and its repeats with the same setting: one data set and budget per figure.
-    anchor = max(mine, key=lambda run: run.record["epochs_done"])
+    anchor = max(mine, key=lambda run: run.record.epochs_done)
     same = [run for run in mine if run.label == anchor.label and chosen.experiment(run) == chosen.experiment(anchor)]
     return plot_curves(same, title=_budget_title(anchor.record, " (not a CIFAR-10 result)"),
                        **_references(anchor))

@@ -78,7 +78,7 @@ def run_page(run: records.RunRecord, page_dir: Path, curves: bool) -> str:
 def _stop_text(run: records.RunRecord) -> str:
     """Why a stopped run stopped, as its record says, and whether it can go on: a record written
     while its checkpoint existed says "resume to continue", which holds only while the checkpoint is kept."""
-    said = f"Its record says: “{markdown_text(run.record.get('message') or 'stopped')}”."
+    said = f"Its record says: “{markdown_text(run.record.message or 'stopped')}”."
     if checkpoint_kept(run.run_dir):
         return f"{said} Its checkpoint is kept: `train --resume` (or the campaign) continues it."
     return (f"{said} Its checkpoint was not kept (checkpoints are never committed under results/, and this run's "

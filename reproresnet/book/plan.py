@@ -32,7 +32,7 @@ def _standing(runs: list[RunRecord], network: str, label: str):
     group = chosen.best_group(mine)
     complete = [run for run in group if run.is_result_on(label)]
     parts = [f"{mean_std([run.test_error for run in complete])} ({len(complete)} of {len(PLANNED_SEEDS)} seeds, "
-             f"{join(run.record['epochs_done'] for run in complete)} epochs)"] if complete else []
+             f"{join(run.record.epochs_done for run in complete)} epochs)"] if complete else []
     rest = [run for run in group if run not in complete]
     return cell("; ".join(parts + ([chosen.unfinished_text(rest)] if rest else [])), group)
 
@@ -50,8 +50,8 @@ def _gpu_hours(runs: list[RunRecord], network: str) -> tuple:
     cost = chosen.epoch_cost(runs, network)
     if cost is None:
         return spent_cell, NOT_MEASURED
-    planned = max((run.record["epochs_planned"] for run in mine), default=chosen.planned_epochs(network))
-    done = max((sum(min(run.record["epochs_done"], planned) for run in chosen.best_group(group)[:len(PLANNED_SEEDS)]
+    planned = max((run.record.epochs_planned for run in mine), default=chosen.planned_epochs(network))
+    done = max((sum(min(run.record.epochs_done, planned) for run in chosen.best_group(group)[:len(PLANNED_SEEDS)]
                     if chosen.continues(run)) for group in plans if group), default=0)
     needed = (len(PLANNED_SEEDS) * planned - done) * cost.seconds
     how = cost.gpus if cost.measured_on is None else f"estimated from {cost.measured_on}; {cost.gpus}"
@@ -239,7 +239,7 @@ def budget_summary(runs: list[RunRecord]) -> str:
                 f"\"{NOT_RUN}\" in the CIFAR-10 column.")
     per_network = ", ".join(f"{markdown_text(arch)} × {n}" for arch, n in
                             pd.Series([run.arch for run in counted]).value_counts(sort=False).items())
-    epochs = join(run.record["epochs_done"] for run in counted)
+    epochs = join(run.record.epochs_done for run in counted)
     return (f"The CIFAR-10 column averages {len(counted)} complete run(s) ({per_network}) of "
             f"{epochs} epochs (recipe {markdown_text(join(chosen.recipe_text(run) for run in counted))}) on "
             f"{markdown_text(join(run.device for run in counted))}.")

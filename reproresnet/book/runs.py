@@ -19,7 +19,7 @@ from datetime import datetime
 from .. import architectures
 from ..campaign import checkpoint_kept
 from ..config import CIFAR10, JPEG_MIRROR, TrainConfig, recorded_key
-from ..records import RunRecord
+from ..records import RunRecord, SpeedSegment
 from ..reference import PLANNED, REFERENCE
 
 
@@ -75,7 +75,7 @@ def plan_runs(runs: list[RunRecord], network: str, label: str) -> list[RunRecord
 def best_group(runs: list[RunRecord]) -> list[RunRecord]:
     """Of the runs' settings, the one furthest along: most complete runs, then most epochs."""
     return max(groups(runs), key=lambda group: (sum(run.status == "complete" for run in group),
-                                                 sum(run.record["epochs_done"] for run in group)))
+                                                 sum(run.record.epochs_done for run in group)))
 
 
 def tested(runs: list[RunRecord], network: str) -> list[RunRecord]:
@@ -85,7 +85,7 @@ def tested(runs: list[RunRecord], network: str) -> list[RunRecord]:
 
 def is_real_data(run: RunRecord) -> bool:
     """Trained on real images (CIFAR, the JPEG mirror, an image folder), not the synthetic stand-in."""
-    return run.record["data"].get("dataset") != "synthetic" and run.label != "synthetic"
+    return run.record.data.dataset != "synthetic" and run.label != "synthetic"
 
 
 # ---------------------------------------------------------------- where a run stands
@@ -93,9 +93,9 @@ def is_real_data(run: RunRecord) -> bool:
 def run_status(run: RunRecord) -> str:
     """Where one run stands, in words: "complete", "stopped at 5/200 (deadline), resumable"
     (or "..., checkpoint not kept"), "running, 7/200", "diverged in epoch 9"."""
-    done, planned = run.record["epochs_done"], run.record["epochs_planned"]
+    done, planned = run.record.epochs_done, run.record.epochs_planned
     if run.status == "stopped":
-        why = "deadline" if "(deadline)" in str(run.record.get("message") or "") else "interrupted"
+        why = "deadline" if "(deadline)" in str(run.record.message or "") else "interrupted"
         kept = "resumable" if checkpoint_kept(run.run_dir) else "checkpoint not kept"
         return f"stopped at {done}/{planned} ({why}), {kept}"
     if run.status == "running":
@@ -122,31 +122,31 @@ def unfinished_text(group: list[RunRecord]) -> str:
 def wall_seconds(run: RunRecord) -> float | None:
     """From the run's first start to its last write: evaluation and any pause included."""
     try:
-        return (datetime.fromisoformat(run.record["updated"]) -
-                datetime.fromisoformat(run.record["started"])).total_seconds()
+        return (datetime.fromisoformat(run.record.updated) -
+                datetime.fromisoformat(run.record.started)).total_seconds()
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def segments(run: RunRecord) -> list[dict]:
+def segments(run: RunRecord) -> list[SpeedSegment]:
     """The run's speed segments: one per process that trained it, as its record says."""
-    return (run.record.get("speed") or {}).get("segments") or []
+    return run.record.speed
 
 
-def segment_of(run: RunRecord, epoch: int) -> dict:
+def segment_of(run: RunRecord, epoch: int) -> SpeedSegment:
     """The speed segment (one process's share of the run) that trained `epoch`, or the run's device."""
     for segment in segments(run):
-        if segment.get("first_epoch", 0) <= epoch <= (segment.get("last_epoch") or segment.get("first_epoch", 0)):
+        if segment.first_epoch <= epoch <= (segment.last_epoch or segment.first_epoch):
             return segment
-    return {"device": (run.record.get("device") or {}).get("type")}
+    return SpeedSegment(0, device=run.record.device and run.record.device.type)
 
 
-def sharing(segment: dict) -> tuple[int, int]:
+def sharing(segment: SpeedSegment) -> tuple[int, int]:
     """(packed processes, seeds stacked in one network) of a segment: 1 each when it ran alone."""
-    return segment.get("pack") or 1, segment.get("stacked") or 1
+    return segment.pack or 1, segment.stacked or 1
 
 
-def share(segment: dict) -> int:
+def share(segment: SpeedSegment) -> int:
     """Runs that shared the GPU with this one: packed processes, or seeds stacked in one network."""
     pack, stacked = sharing(segment)
     return pack * stacked
@@ -160,13 +160,13 @@ def gpu_seconds(run: RunRecord) -> float:
     if metrics is None or "seconds" not in metrics:
         return 0.0
     return float(sum(seconds / share(segment) for epoch, seconds in zip(metrics["epoch"], metrics["seconds"])
-                     if (segment := segment_of(run, int(epoch))).get("device") == "cuda"))
+                     if (segment := segment_of(run, int(epoch))).device == "cuda"))
 
 
-def gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, dict]]:
+def gpu_segments(runs: list[RunRecord]) -> list[tuple[RunRecord, SpeedSegment]]:
     """Every timed GPU segment of `runs` (a process's steady-state seconds per epoch)."""
     return [(run, segment) for run in runs for segment in segments(run)
-            if segment.get("device") == "cuda" and segment.get("seconds_per_epoch")]
+            if segment.device == "cuda" and segment.seconds_per_epoch]
 
 
 def planned_epochs(network: str) -> float:
@@ -201,10 +201,10 @@ def measured_cost(runs: list[RunRecord], network: str) -> EpochCost | None:
     timed = gpu_segments([run for label in (CIFAR10, JPEG_MIRROR) for run in plan_runs(runs, network, label)])
     if not timed:
         return None
-    return EpochCost(statistics.median(segment["seconds_per_epoch"] / share(segment) for _, segment in timed),
+    return EpochCost(statistics.median(segment.seconds_per_epoch / share(segment) for _, segment in timed),
                      tuple({run.name: run for run, _ in timed}.values()),
-                     join(segment.get("gpu") or run.device for run, segment in timed),
-                     join(segment.get("precision") for _, segment in timed))
+                     join(segment.gpu or run.device for run, segment in timed),
+                     join(segment.precision for _, segment in timed))
 
 
 def epoch_cost(runs: list[RunRecord], network: str) -> EpochCost | None:

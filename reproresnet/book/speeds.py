@@ -80,17 +80,17 @@ def _training_speeds(timed: list[tuple[RunRecord, dict]]) -> list[tuple[tuple, l
     median images/s, where, by what) and the runs behind them."""
     groups: dict[tuple, list] = {}
     for run, segment in timed:
-        key = (segment.get("gpu") or run.device, run.batch_size, segment.get("precision"), *chosen.sharing(segment))
+        key = (segment.gpu or run.device, run.batch_size, segment.precision, *chosen.sharing(segment))
         groups.setdefault(key, []).append((run, segment))
     speeds = []
     for (gpu, batch, precision, pack, stacked), members in groups.items():
         group = list({run.name: run for run, _ in members}.values())
         shared = ", ".join(f"{n} {what}" for n, what in ((pack, "runs packed"), (stacked, "seeds stacked")) if n > 1)
         unfinished = [run for run in group if run.status != "complete"]
-        epochs = chosen.join(f"{run.record['epochs_done']}/{run.record['epochs_planned']}" for run in unfinished)
+        epochs = chosen.join(f"{run.record.epochs_done}/{run.record.epochs_planned}" for run in unfinished)
         by = f"training, {chosen.count(len(group), 'run')}" + (f", partial ({epochs} epochs)" if unfinished else "")
-        speeds.append(((statistics.median(s["seconds_per_epoch"] for _, s in members),
-                        statistics.median(s["images_per_second"] for _, s in members),
+        speeds.append(((statistics.median(s.seconds_per_epoch for _, s in members),
+                        statistics.median(s.images_per_second for _, s in members),
                         f"{gpu}, batch {batch}, {precision}" + (f", {shared}" if shared else ""), by), group))
     return speeds
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .. import architectures
 from ..config import CIFAR10, RECIPE_OWNED, ConfigError, TrainConfig
-from ..records import RunRecord
+from ..records import Record, RunRecord
 from ..recipes import RECIPES, weight_decay_reach
 from ..reference import PLANNED, QUOTED_PRECISION, REFERENCE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC, reference
 from . import runs as chosen
@@ -60,7 +60,7 @@ def _warmup(recipe, arch: str) -> str:
 def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
     """How the run's recorded recipe differs from the library's recipe for the paper, or None."""
     name = quoted.get("paper_recipe")
-    ours = run.record.get("recipe") or {}
+    ours = run.record.recipe or {}
     if name not in RECIPES or not ours:
         return None
     paper = RECIPES[name].for_arch(run.arch).as_dict()  # resolved for this network, as records store it
@@ -89,22 +89,22 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
 def _data_note(run: RunRecord, quoted: dict) -> str | None:
     """How the run's data differs from the paper's (all 50,000 training images, per-image
     augmentation, the paper's normalization), or None."""
-    data = run.record["data"]
+    data = run.record.data
     differences = []
-    if data.get("n_val"):
-        differences.append(f"trained on {data.get('n_train', 0):,} images with {data['n_val']:,} held out to choose "
-                           f"the reported epoch ({(run.record.get('final') or {}).get('selected_by', '?')}); "
+    if data.n_val:
+        differences.append(f"trained on {data.n_train or 0:,} images with {data.n_val:,} held out to choose "
+                           f"the reported epoch ({(run.record.final and run.record.final.selected_by) or '?'}); "
                            "the papers train on all 50,000")
-    normalization, paper_normalization = data.get("normalization"), quoted.get("paper_normalization")
+    normalization, paper_normalization = data.normalization, quoted.get("paper_normalization")
     if normalization and paper_normalization and normalization != paper_normalization:
         differences.append(f"inputs normalized {normalization} instead of {paper_normalization}")
-    if data.get("augmentation") not in (None, "per_image"):
+    if data.augmentation not in (None, "per_image"):
         differences.append(f"crop and flip drawn {data['augmentation'].replace('_', ' ')} instead of per image")
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
 def _precision_note(run: RunRecord) -> str:
-    return f"{run.arch}, precision: {run.record.get('precision', 'not recorded')} (the runs' records)."
+    return f"{run.arch}, precision: {run.record.precision or 'not recorded'} (the runs' records)."
 
 
 def _seed_network_note(quoted: dict) -> str | None:
@@ -216,15 +216,15 @@ def compute_table(runs: list[RunRecord]) -> pd.DataFrame:
                 SEED_HOURS: None if seconds is None else seconds * SEED_EPOCHS}
         for group in groups or [[]]:
             walls = [wall for wall in map(chosen.wall_seconds, group) if wall is not None]
-            per_epoch = [run.record["final"]["seconds_per_epoch"] for run in group
-                         if (run.record.get("final") or {}).get("seconds_per_epoch") is not None]
+            per_epoch = [run.record.final.seconds_per_epoch for run in group
+                         if run.record.final and run.record.final.seconds_per_epoch is not None]
 
             def of_group(value):  # every cell with a number: one without runs says so instead
                 return cell(value, group) if group else None
             rows.append({**seed, "our device": of_group(chosen.join(run.device for run in group)) or NOT_RUN,
                          "our s/epoch (median)": cell(statistics.median(per_epoch), group) if per_epoch
                          else None if group else NOT_MEASURED,
-                         "epochs": of_group(tuple(dict.fromkeys(run.record["epochs_done"] for run in group))),
+                         "epochs": of_group(tuple(dict.fromkeys(run.record.epochs_done for run in group))),
                          "wall time per run (h, median)": cell(statistics.median(walls), group) if walls else None,
                          "GPU-hours, all runs": of_group(sum(map(chosen.gpu_seconds, group))),
                          "runs": of_group(len(group))})
@@ -249,9 +249,9 @@ def _with_runs(value, runs):
 
 
 def _data_text(run: RunRecord, test_images: bool = False) -> str:
-    data = run.record["data"]
-    return f"{run.label}, {data.get('n_train', 0):,} training images" + \
-        (f", {data.get('n_test', 0):,} test images" if test_images else "")
+    data = run.record.data
+    return f"{run.label}, {data.n_train or 0:,} training images" + \
+        (f", {data.n_test or 0:,} test images" if test_images else "")
 
 
 def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
@@ -261,7 +261,7 @@ def other_runs_table(runs: list[RunRecord]) -> pd.DataFrame:
     columns = ["run", "data", "budget", "status", "test error (%)"]
     rows = [{column: _with_runs(value, [run]) for column, value in zip(columns, (
                 run.name, _data_text(run, run.config.get("limit_test") is not None),
-                f"batch {run.batch_size}, {run.device}, {run.record.get('precision', 'precision not recorded')}",
+                f"batch {run.batch_size}, {run.device}, {run.record.precision or 'precision not recorded'}",
                 chosen.run_status(run), last_test_error(run)))}
             for run in runs if not run.is_cifar10_result]
     return table(rows, columns=columns, status_words=True)
@@ -272,7 +272,7 @@ def run_index_table(runs: list[RunRecord]) -> pd.DataFrame:
     its network, data, epochs done of planned, status and last test error."""
     columns = ["run", "network", "data", "epochs done / planned", "status", "test error (%)"]
     rows = [{"run": cell(run.name, [run]), "network": run.arch, "data": cell(_data_text(run), [run]),
-             "epochs done / planned": cell((run.record["epochs_done"], run.record["epochs_planned"]), [run]),
+             "epochs done / planned": cell((run.record.epochs_done, run.record.epochs_planned), [run]),
              "status": cell(chosen.run_status(run), [run]), "test error (%)": _with_runs(last_test_error(run), [run])}
             for run in sorted(runs, key=lambda run: run.name)]
     return table(rows, columns=columns, formats={"epochs done / planned": _done_of}, status_words=True)
@@ -301,7 +301,7 @@ def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
     recipe's own, as mean ± std (sample std) over seeds, with n and each seed's value."""
     complete = [run for run in runs if chosen.is_real_data(run) and run.is_result_on(run.label)]
     rows = [{"network": group[0].arch, "data set": group[0].label, "recipe": chosen.recipe_text(group[0]),
-             "epochs": cell(tuple(dict.fromkeys(run.record["epochs_done"] for run in group)), group),
+             "epochs": cell(tuple(dict.fromkeys(run.record.epochs_done for run in group)), group),
              "settings": _departures(group[0]),
              "test error (%): mean ± std": cell(tuple(run.test_error for run in group), group),
              "n": cell(len(group), group), EACH_SEED: _seeds_cell(group)}
@@ -316,39 +316,38 @@ def ablation_table(runs: list[RunRecord]) -> pd.DataFrame:
 
 def run_summary(record) -> pd.DataFrame:
     """One run at a glance, as a one-column table: a RunRecord, or the record `train` returns."""
-    run = record if isinstance(record, RunRecord) else RunRecord(Path(record["config"].get("out") or "."), record)
+    run = record if isinstance(record, RunRecord) else RunRecord(Path(record.config.get("out") or "."), record)
     record = run.record
-    final = record.get("final") or {}
-    data = record["data"]
+    data = record.data
     gpu = chosen.gpu_seconds(run)
-    rows = {"network": cell(record["arch"], network=True), "data set": data.get("label"),
-            "train / val / test images": cell((data.get("n_train", 0), data.get("n_val", 0), data.get("n_test", 0)),
+    rows = {"network": cell(record.arch, network=True), "data set": data.label,
+            "train / val / test images": cell((data.n_train or 0, data.n_val or 0, data.n_test or 0),
                                               format=lambda counts: " / ".join(f"{n:,}" for n in counts), worded=True),
-            "recipe": f"{record['config'].get('recipe')}, batch {(record.get('recipe') or {}).get('batch_size')}",
-            "epochs done / planned": cell((record["epochs_done"], record["epochs_planned"]),
+            "recipe": f"{record.config.get('recipe')}, batch {(record.recipe or {}).get('batch_size')}",
+            "epochs done / planned": cell((record.epochs_done, record.epochs_planned),
                                           format=lambda done: "{} / {}".format(*done), worded=True),
-            "status": chosen.run_status(run), "device": (record.get("device") or {}).get("name"),
-            "precision": record.get("precision"), "parameters": record.get("params", 0),
-            "test error (%)": last_test_error(run), "selected by": final.get("selected_by"),
+            "status": chosen.run_status(run), "device": record.device and record.device.name,
+            "precision": record.precision, "parameters": record.params or 0,
+            "test error (%)": last_test_error(run), "selected by": record.final and record.final.selected_by,
             "seconds per epoch": _seconds_per_epoch(run),
             "GPU-hours": cell(gpu, format=hours) if gpu else None,
-            "code (git commit)": _commit(record), "torch": (record.get("versions") or {}).get("torch")}
+            "code (git commit)": _commit(record), "torch": (record.versions or {}).get("torch")}
     return table([{"": value} for value in rows.values()], index=list(rows), run=run.name, status_words=True)
 
 
 def _seconds_per_epoch(run: RunRecord):
     """The run's training seconds per epoch: its final record's, else (unfinished) the median of
     its speed segments' steady-state epochs, which the speed table lists one by one."""
-    final = (run.record.get("final") or {}).get("seconds_per_epoch")
+    final = run.record.final and run.record.final.seconds_per_epoch
     if final is not None:
         return cell(final, format=one_decimal)
-    timed = [s["seconds_per_epoch"] for s in chosen.segments(run) if s.get("seconds_per_epoch") is not None]
+    timed = [s.seconds_per_epoch for s in chosen.segments(run) if s.seconds_per_epoch is not None]
     return cell(statistics.median(timed), format=lambda s: f"{s:.1f} (so far; the speed table below)",
                 worded=True) if timed else None
 
 
-def _commit(record: dict) -> str | None:
-    git = record.get("git") or {}
+def _commit(record: Record) -> str | None:
+    git = record.git or {}
     if not git.get("commit"):
         return None
     return git["commit"][:12] + (", with uncommitted changes" if git.get("dirty") else "")
@@ -360,12 +359,12 @@ def speed_segments_table(run: RunRecord) -> pd.DataFrame:
     columns = ["epochs", "device", "sharing the device", "CPU threads", "precision, compile", "s/epoch",
                "images/s", "first epoch (s)"]
     rows = [dict(zip(columns, (
-                f"{s.get('first_epoch')}-{s.get('last_epoch') or s.get('first_epoch')}",
-                s.get("gpu") or s.get("device"),
+                f"{s.first_epoch}-{s.last_epoch or s.first_epoch}",
+                s.gpu or s.device,
                 ", ".join(f"{n} {what}" for n, what in zip(chosen.sharing(s), ("packed", "stacked")) if n > 1)
                 or "alone",
-                s.get("threads") or None, f"{s.get('precision')}, {s.get('compile_mode') or 'eager'}",
-                s.get("seconds_per_epoch"), s.get("images_per_second"), s.get("first_epoch_seconds"))))
+                s.threads or None, f"{s.precision}, {s.compile_mode or 'eager'}",
+                s.seconds_per_epoch, s.images_per_second, s.first_epoch_seconds)))
             for s in chosen.segments(run)]
     return table(rows, columns=columns, formats={"s/epoch": one_decimal, "images/s": lambda n: f"{n:,.0f}",
                                                  "first epoch (s)": one_decimal}, run=run.name)

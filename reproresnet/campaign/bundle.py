@@ -74,7 +74,7 @@ def bundled_files(src: Path, exclude: Path | None = None) -> list[Path]:
 
 def _complete(run_dir: Path) -> bool:
     try:
-        return records.read_run(run_dir).get("status") == "complete"
+        return records.read_run(run_dir).status == "complete"
     except ValueError:
         return False
 
@@ -286,10 +286,10 @@ def _unpack(bundle_dir: Path, manifest: dict, expected: dict, staging: Path) -> 
             run = PurePosixPath(rel).parent
             record = _bundled_record(staging, PurePosixPath(rel))
             saved = bundled.get(run, Bundled()).config
-            changed = config.recorded_differences(record["config"], saved) if isinstance(saved, dict) else {}
+            changed = config.recorded_differences(record.config, saved) if isinstance(saved, dict) else {}
             if changed:
                 raise BundleError(f"the bundle's {rel} and its checkpoint are other experiments ({_changes(changed)})")
-            bundled[run] = Bundled(bundled.get(run, Bundled()).progress, record["config"])
+            bundled[run] = Bundled(bundled.get(run, Bundled()).progress, record.config)
     return bundled
 
 
@@ -301,7 +301,7 @@ class Bundled:
     config: dict | None = None
 
 
-def _bundled_record(staging: Path, rel: PurePosixPath) -> dict:
+def _bundled_record(staging: Path, rel: PurePosixPath) -> records.Record:
     """The bundle's run.json at `rel`, read as every reader reads a record (records.read_run)."""
     try:
         return records.read_run(staging / rel.parent)
@@ -317,7 +317,7 @@ def _local_config(run_dir: Path) -> dict | None:
     """The config of the run of ours in `run_dir`, from its record or else its checkpoint; None
     if neither can be read."""
     try:
-        return records.read_run(run_dir)["config"]
+        return records.read_run(run_dir).config
     except ValueError:
         pass
     try:
@@ -390,12 +390,12 @@ def render_runs(run_dirs, notebook: str | None = None) -> list[dict]:
     outcomes = []
     for run_dir in map(Path, run_dirs):
         record = records.read_run(run_dir)
-        if record["status"] != "complete":
+        if record.status != "complete":
             outcome = {"run": run_dir.name, "status": "incomplete",
-                       "message": f"{record['epochs_done']}/{record['epochs_planned']} epochs: not rendered"}
+                       "message": f"{record.epochs_done}/{record.epochs_planned} epochs: not rendered"}
         else:
-            parameters = {k: v for k, v in record["config"].items() if k in names}
-            missing = list(config.differences(record["config"], launch.notebook_config(parameters)))  # no parameter for them
+            parameters = {k: v for k, v in record.config.items() if k in names}
+            missing = list(config.differences(record.config, launch.notebook_config(parameters)))  # no parameter for them
             if missing:
                 outcome = {"run": run_dir.name, "status": "failed",
                            "message": f"{notebook} has no parameter for the recorded {missing}"}

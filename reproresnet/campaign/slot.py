@@ -121,15 +121,15 @@ def run_state(run_dir: Path) -> dict:
     except ValueError:
         return {"status": "not started", "epochs_done": 0, "epochs_planned": None}
     record = run.record
-    speed = [s for s in (record.get("speed") or {}).get("segments", []) if s.get("seconds_per_epoch")]
+    speed = [segment for segment in record.speed if segment.seconds_per_epoch]
     test_error = run.test_error
     if test_error is None and (last := run.last_test_error()):
         test_error = last[1]
-    return {"status": record.get("status"), "epochs_done": record.get("epochs_done", 0),
-            "epochs_planned": record.get("epochs_planned"), "test_error": test_error,
-            "seconds_per_epoch": speed[-1]["seconds_per_epoch"] if speed else None,
-            "engine": f"{speed[-1].get('engine', '?')}/{speed[-1].get('stacked', 1)}" if speed else None,
-            "message": record.get("message"), "device": (record.get("device") or {}).get("name")}
+    return {"status": record.status, "epochs_done": record.epochs_done,
+            "epochs_planned": record.epochs_planned, "test_error": test_error,
+            "seconds_per_epoch": speed[-1].seconds_per_epoch if speed else None,
+            "engine": f"{speed[-1].engine or '?'}/{speed[-1].stacked}" if speed else None,
+            "message": record.message, "device": record.device and record.device.name}
 
 
 def checkpoint_mb(config, run_dir: Path) -> float:
@@ -444,16 +444,16 @@ def _train_group(group: list, variant, note: str, record: dict, device, sources:
             f"({outcomes[Path(config.out).name]['detail']})")
 
 
-def _outcome(record: dict, epochs_before: int) -> dict:
-    status, done = record["status"], record["epochs_done"]
+def _outcome(record: records.Record, epochs_before: int) -> dict:
+    status, done = record.status, record.epochs_done
     if status == "complete":
         return {"outcome": "complete", "detail": f"{done} epochs done"}
     if status == "diverged":
-        return {"outcome": "diverged", "detail": record.get("message") or "diverged"}
+        return {"outcome": "diverged", "detail": record.message or "diverged"}
     if done <= epochs_before:
-        return {"outcome": "stopped" if (record.get("message") or "").startswith("stopped") else "stuck",
-                "detail": f"no epoch done in this call: {record.get('message') or 'the loop trained nothing'}"}
-    return {"outcome": "stopped", "detail": record.get("message") or f"{done} epochs done"}
+        return {"outcome": "stopped" if (record.message or "").startswith("stopped") else "stuck",
+                "detail": f"no epoch done in this call: {record.message or 'the loop trained nothing'}"}
+    return {"outcome": "stopped", "detail": record.message or f"{done} epochs done"}
 
 
 def status_rows(plan_configs: dict, outcomes: dict | None = None) -> list[dict]:

@@ -297,8 +297,8 @@ class _Board:
     def show(self, task: NotebookTask, job) -> None:
         try:
             record = records.read_run(task.run_dir)
-            epochs = f", epoch {record['epochs_done']}/{record['epochs_planned']}"
-        except (ValueError, KeyError):
+            epochs = f", epoch {record.epochs_done}/{record.epochs_planned}"
+        except ValueError:
             epochs = ""
         stand = f"job {job.job_id} {job.state}{epochs}"
         if self.last.get(task.name) != stand:

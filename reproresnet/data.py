@@ -12,6 +12,7 @@ or corrupt file) is checked here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -307,6 +308,18 @@ def _read_image(path: str) -> torch.Tensor:
 # ---------------------------------------------------------------- synthetic stand-in
 
 def _synthetic(seed: int, choose: Callable):
+    """The synthetic set's kept images (`choose`'s subsets of `_synthetic_set`, copies)."""
+    images, labels = _synthetic_set(seed)
+    n_train = SYNTHETIC_SIZES["train"]
+    train, test = ImageSet(images[:n_train], labels[:n_train]), ImageSet(images[n_train:], labels[n_train:])
+    classes = [f"grating_{c * 18:03d}deg" for c in range(10)]
+    return train.subset(choose(len(train), "train")), test.subset(choose(len(test), "test")), classes, "synthetic"
+
+
+# Made once per seed in a process: 6,000 images cost ~0.4 CPU-seconds, which each run of a stack,
+# the self-check and every test that trains would pay again. Callers get subsets (copies) only.
+@functools.lru_cache(maxsize=4)
+def _synthetic_set(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ten classes of noisy, translated Gabor patches: learnable, but not trivially.
 
     Class c fixes the grating's orientation (c * 18 degrees) and frequency (3, 4 or 5 cycles
@@ -345,12 +358,7 @@ def _synthetic(seed: int, choose: Callable):
     noise = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
     images = noise.mul_(0.12).add_(background.view(n, 3, 1, 1))  # in place: 18M floats
     images.addcmul_(0.4 * tint.view(n, 3, 1, 1), patch.unsqueeze(1))
-    images = images.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-
-    n_train = SYNTHETIC_SIZES["train"]
-    train, test = ImageSet(images[:n_train], labels[:n_train]), ImageSet(images[n_train:], labels[n_train:])
-    classes = [f"grating_{c * 18:03d}deg" for c in range(10)]
-    return train.subset(choose(len(train), "train")), test.subset(choose(len(test), "test")), classes, "synthetic"
+    return images.clamp_(0, 1).mul_(255).round_().to(torch.uint8), labels
 
 
 # ---------------------------------------------------------------- normalisation, augmentation, batching

@@ -20,6 +20,15 @@ from torchvision import datasets
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
 
+
+def pytest_runtest_setup(item):
+    """Each test and its fixtures compute in one CPU thread, as its tiny runs train (`--threads 1`):
+    on the shared 2-core machine a second thread spins against the other work, at several times
+    the CPU time (config.cpu_threads), and a test would otherwise inherit whatever count the test
+    before it left."""
+    torch.set_num_threads(1)
+
+
 # ---------------------------------------------------------------- the graph engine on a CPU
 
 
@@ -81,8 +90,8 @@ def without_timing(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------- training in this process
 
 # The tiny run the in-process training tests train (test_train, test_campaign): preact_resnet20
-# on 96 synthetic images, on the CPU, in one thread.
-TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=96, limit_test=48, batch_size=32,
+# on 24 synthetic images (3 steps of 8 an epoch), on the CPU, in one thread.
+TINY = dict(arch="preact_resnet20", dataset="synthetic", limit_train=24, limit_test=8, batch_size=8,
             device="cpu", epochs=3, threads=1)
 
 

@@ -129,7 +129,7 @@ def _fake_training(calls: list, behaviour):
 
 
 PLAN = campaign.Plan(archs=("preact_resnet20", "resnet20"), seeds=(0, 1), dataset="synthetic",
-                     train_args=("--epochs", "3", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32"))
+                     train_args=("--epochs", "3", "--limit-train", "64", "--limit-test", "32", "--batch-size", "8"))
 
 
 def test_no_stack_starts_after_one_stopped_for_the_deadline(tmp_path, monkeypatch):
@@ -165,7 +165,7 @@ def test_a_fresh_run_after_one_stopped_for_the_deadline_is_not_started_and_gets_
     record["variants"][0]["seconds_per_step"] = 0.25
     (tmp_path / campaign.STATE_DIR).mkdir()
     rundir.write_json(tmp_path / campaign.STATE_DIR / campaign.SELFCHECK_FILE,
-                      {**record, "arch": "preact_resnet20", "batch_size": 32})
+                      {**record, "arch": "preact_resnet20", "batch_size": 8})
     logged = []
     rows = campaign.run_campaign(dataclasses.replace(PLAN, archs=("preact_resnet20",)), tmp_path,
                                  campaign.Options(budget=60, device="cpu", min_start=4), log=logged.append)

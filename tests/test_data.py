@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import cifar
 
+from reproresnet import data
 from reproresnet.data import (
     CIFAR10_CLASSES, DATA_DIR_ENV, DataError, ImageSet, Normalizer, augment,
     default_data_dir, eval_batches, load_splits, train_batches,
@@ -216,11 +217,24 @@ def test_synthetic_shapes_balance_and_label(synthetic):
 
 
 def test_synthetic_is_deterministic_per_seed(synthetic):
+    data._synthetic_set.cache_clear()  # made again, not the fixture's images kept for the process
     again = load_splits("synthetic", limit_train=5000)
     assert torch.equal(again.train.images, synthetic.train.images)
     assert torch.equal(again.test.labels, synthetic.test.labels)
     other = load_splits("synthetic", seed=1)
     assert not torch.equal(other.train.images, synthetic.train.images)
+
+
+def test_a_split_is_its_callers_own_copy_of_the_synthetic_set_made_once():
+    """A subset and a whole split (the test split here) alike: writing into them changes no later load."""
+    first = load_splits("synthetic", limit_train=10)
+    kept = first.train.images.clone(), first.test.images.clone()
+    first.train.images.zero_()
+    first.test.images.zero_()
+    first.test.labels.fill_(-1)
+    again = load_splits("synthetic", limit_train=10)
+    assert torch.equal(again.train.images, kept[0]) and torch.equal(again.test.images, kept[1])
+    assert again.test.labels.min() >= 0
 
 
 def test_limits_are_seeded_subsets(synthetic):

@@ -830,3 +830,12 @@ def test_thread_rules_round_each_row_to_its_own_noise_and_link_the_benchmark():
     assert [list(row) for row in report.shown(table).iloc[:, 2:].itertuples(index=False)] == [
         ["1–2", "1.0–1.5", "1,450", "1.00×"], ["4", "2.0–2.2", "1,300.0", "0.90×"]]
     assert all(report.links(table, row, column) == ("bench-cpu",) for row in table.index for column in table.columns[2:])
+
+
+def test_a_note_says_how_crops_and_flips_were_drawn(tmp_path):
+    run_dir = make_run(tmp_path, "wrn_16_4-batch", arch="wrn_16_4", recipe="wrn2016")
+    record = json.loads((run_dir / records.RUN_FILE).read_text())
+    record["data"]["augmentation"] = "per_batch"
+    (run_dir / records.RUN_FILE).write_text(json.dumps(record))
+    notes = notes_of(report.error_table(report.load_runs(tmp_path)[0]), "wrn_16_4")
+    assert any("crop and flip drawn per batch instead of per image" in note for note in notes)

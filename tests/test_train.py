@@ -30,7 +30,7 @@ def test_a_run_writes_its_record_metrics_and_checkpoint(tmp_path):
     assert record.params == count_parameters(build_model("preact_resnet20")) == 269_722  # option A shortcuts
     assert record.precision == "fp32" and record.schedule["lost"] == []
     assert record.flops_per_image > 4e7  # preact_resnet20: about 41 MFLOPs (82 M multiply-adds x 2)
-    assert record.data.label == "synthetic" and record.data.n_train == 96
+    assert record.data.label == "synthetic" and record.data.n_train == 24
     assert record.config == config.as_dict() and record.recipe["name"] == "seed"
     assert record.device.type == "cpu" and record.versions["torch"] == torch.__version__
     assert record.final.selected_by == "final_epoch" and record.final.epoch == 3
@@ -70,13 +70,13 @@ def test_existing_run_needs_resume_and_the_same_settings(tmp_path):
 
 @pytest.mark.slow
 def test_validation_split_reports_the_best_validation_epoch(tmp_path):
-    record = training.train(tiny(tmp_path, val_size=32), progress=False)
+    record = training.train(tiny(tmp_path, val_size=8), progress=False)
     rows = list(csv.DictReader(open(tmp_path / "run" / records.METRICS_FILE)))
     best = min(rows, key=lambda row: float(row["val_error"]))
     assert record.final.selected_by == "best_validation"
     assert record.final.epoch == int(best["epoch"])
     assert record.final.test_error == pytest.approx(float(best["test_error"]))
-    assert record.data.n_train == 64 and record.data.n_val == 32
+    assert record.data.n_train == 16 and record.data.n_val == 8
     assert (tmp_path / "run" / records.BEST_FILE).exists()
 
 
@@ -117,7 +117,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
 
 # ---------------------------------------------------------------- K runs as one stacked network
 
-STACK = dict(TINY, limit_train=64, epochs=3)
+STACK = dict(TINY, limit_train=16, limit_test=16, epochs=3)  # 2 steps an epoch
 
 
 def stacked(tmp_path, seeds=(0, 1), prefix="k", **changes):
@@ -232,8 +232,8 @@ def test_a_stack_trains_each_run_as_it_would_train_alone(tmp_path):
         for ours, theirs in zip(*rows):
             for key in ("train_loss", "test_loss"):
                 assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=5e-3), (seed, key)
-            assert abs(float(ours["train_error"]) - float(theirs["train_error"])) <= 100 * 2 / 64 + 1e-9
-            assert abs(float(ours["test_error"]) - float(theirs["test_error"])) <= 100 * 2 / 48 + 1e-9
+            assert abs(float(ours["train_error"]) - float(theirs["train_error"])) <= 100 * 2 / 16 + 1e-9
+            assert abs(float(ours["test_error"]) - float(theirs["test_error"])) <= 100 * 2 / 16 + 1e-9
 
 
 def test_a_stack_evaluates_each_run_as_it_would_alone(tmp_path):
@@ -246,7 +246,7 @@ def test_a_stack_evaluates_each_run_as_it_would_alone(tmp_path):
     together = training.evaluate(training.build_stack(configs, splits, device), [s.test for s in splits])
     for config, split, (loss, error) in zip(configs, splits, together):
         [(alone_loss, alone_error)] = training.evaluate(training.build_stack([config], [split], device), [split.test])
-        assert loss == pytest.approx(alone_loss, rel=1e-5) and abs(error - alone_error) <= 100 / 48 + 1e-9
+        assert loss == pytest.approx(alone_loss, rel=1e-5) and abs(error - alone_error) <= 100 / 16 + 1e-9
 
 
 def test_a_nan_in_one_run_of_a_stack_stops_that_run_only(tmp_path, monkeypatch):
@@ -312,7 +312,7 @@ def test_a_deadline_stops_at_an_epoch_boundary_and_the_resumed_run_is_exact(tmp_
 def test_a_resume_keeps_the_threads_the_run_trained_with_unless_told_otherwise(tmp_path, monkeypatch):
     """On a CPU the thread count sets the last bits, so a resume keeps the count the run started
     with rather than the one today's load would choose (here: four idle cores)."""
-    config = tiny(tmp_path, epochs=3)
+    config = tiny(tmp_path, epochs=3, limit_train=8)  # a step an epoch: this test is about threads
     training.train(config, progress=False, deadline=AfterEpochs(1))
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
@@ -347,7 +347,7 @@ def test_a_fresh_runs_first_epoch_is_predicted_from_a_measured_step(tmp_path):
     record = training.train(tiny(tmp_path), progress=False, deadline=Asked(math.inf, step_seconds=2.0,
                                                                           setup_seconds=5.0))
     data = record.data
-    assert asked == [pytest.approx(5.0 + (96 / 32 + (data.n_test + data.n_val) / 32) * 2.0)]
+    assert asked == [pytest.approx(5.0 + (24 / 8 + (data.n_test + data.n_val) / 8) * 2.0)]
     assert record.status == "stopped" and record.epochs_done == 0
     training.train(tiny(tmp_path, "unmeasured"), progress=False, deadline=Asked(math.inf))
     assert asked[1] == 0.0
@@ -373,7 +373,7 @@ def test_resuming_with_other_speedups_or_generator_device_is_refused(tmp_path):
 
 
 def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_path):
-    config = tiny(tmp_path, limit_train=80)  # 2 batches of 32 and one of 16
+    config = tiny(tmp_path, limit_train=20)  # 2 batches of 8 and one of 4
     device = select_device(config.device)
     stack = training.build_stack([config], [load_device_splits(config, device)], device)
     test = [stack.runs[0].splits.test]
@@ -396,7 +396,7 @@ def test_evaluation_is_fp32_and_eager_and_the_last_partial_batch_is_eager(tmp_pa
     stack = dataclasses.replace(stack, engine=engine, precision="bf16")
     assert training.evaluate(stack, test) == reference  # no autocast, not the step module
     training.train_one_epoch(stack, 0, progress=False)
-    assert sizes == [32, 32]
+    assert sizes == [8, 8]
 
 
 def test_the_cli_stops_cleanly_and_says_how_far_it_got(tmp_path, capsys):

@@ -165,6 +165,16 @@ def test_the_chained_attack_leaves_the_readme_alone(tmp_path, capsys):
     assert list((repository / "book" / "runs").iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def two_paged_runs(tmp_path_factory) -> Path:
+    """results/ with runs a and b, and pages/ with their pages, written once (copy before changing)."""
+    folder = tmp_path_factory.mktemp("paged")
+    make_run(folder / "results", "a-seed0")
+    make_run(folder / "results", "b-seed0")
+    book_pages.write_pages(folder / "results", folder / "pages")
+    return folder
+
+
 @pytest.mark.parametrize("damage, words", [
     pytest.param(bytes(range(1, 128)) * 3, "not a readable metrics table", id="binary-that-decodes"),
     pytest.param(b"\x00\xff\xfe" * 50, "not a readable metrics table", id="binary"),
@@ -172,11 +182,10 @@ def test_the_chained_attack_leaves_the_readme_alone(tmp_path, capsys):
     pytest.param(b"epoch,test_error\n1,high\n", "'test_error' not numbers", id="words-for-numbers"),
 ])
 def test_pages_writes_the_new_pages_before_it_removes_the_old_and_a_damaged_metrics_csv_changes_nothing(
-        tmp_path, capsys, damage, words):
+        tmp_path, capsys, two_paged_runs, damage, words):
+    shutil.copytree(two_paged_runs, tmp_path, dirs_exist_ok=True)
     results, pages = tmp_path / "results", tmp_path / "pages"
-    make_run(results, "a-seed0")
-    broken = make_run(results, "b-seed0")
-    book_pages.write_pages(results, pages)
+    broken = results / "b-seed0"
     before = {path.name: path.read_bytes() for path in pages.iterdir()}
     assert sorted(before) == ["a-seed0.md", "a-seed0.svg", "b-seed0.md", "b-seed0.svg"]
     (broken / records.METRICS_FILE).write_bytes(damage)

@@ -19,6 +19,7 @@ Needs pandas' output formatting (jinja2 for `Styler`, tabulate for `to_markdown`
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import string
@@ -246,30 +247,42 @@ def html(table: pd.DataFrame, table_id: str, pages: str = RECORD_PAGES) -> str:
     The notes follow the table as a numbered list, each note number linking to its note.
     `source` and `run` become data attributes: the browser test holds every number of a
     "records" table to a link or one of these."""
-    numbers, quoted = number_columns(table), set(table.attrs.get("quoted", ()))
+    numbers = number_columns(table)
     frame = table.reset_index(drop=True)
     frame.attrs = {**table.attrs, **_positional(table)}
     styler = _Styler(frame, cell_ids=False).hide(axis="index")
-    for position, column in enumerate(frame.columns):
-        for row in frame.index:
-            styler.format(_cell_html(frame, row, column, column in numbers, table_id, pages),
-                          subset=pd.IndexSlice[[row], [column]])
+    for row, column in itertools.product(frame.index, frame.columns):
+        styler.format(_cell_html(frame, row, column, column in numbers, table_id, pages),
+                      subset=pd.IndexSlice[[row], [column]])
     styler.format_index(lambda name: _wrappable(str(name), name, name in numbers, header=True), axis="columns")
-    styler.set_td_classes(pd.DataFrame(
-        {column: [("num" if column in numbers else "text") + (" quoted" if column in quoted else "")] * len(frame)
-         for column in frame.columns}, index=frame.index))
+    styler.set_td_classes(_td_classes(frame, numbers))
     run = f' data-run="{escape(table.attrs["run"])}"' if "run" in table.attrs else ""
     styler.set_table_attributes(f'class="report-table" data-source="{table.attrs.get("source", "records")}"{run}')
     rendered = styler.to_html(table_id=table_id, header_classes={
         f"col{position}": " num" if column in numbers else " text" for position, column in enumerate(frame.columns)})
     # no blank line: one would end the HTML block of a record's Markdown page
     body = "\n".join(line for line in rendered.splitlines() if line.strip())
+    return body + _notes_html(table, table_id) + _status_words_html(table, pages)
+
+
+def _td_classes(frame: pd.DataFrame, numbers: set) -> pd.DataFrame:
+    """Each cell's classes: `num` or `text` by its column, and `quoted` in a quoted column."""
+    quoted = set(frame.attrs.get("quoted", ()))
+    return pd.DataFrame({column: [("num" if column in numbers else "text") + (" quoted" if column in quoted else "")]
+                         * len(frame) for column in frame.columns}, index=frame.index)
+
+
+def _notes_html(table: pd.DataFrame, table_id: str) -> str:
     notes = "".join(f'<li id="{table_id}-note-{n}">{escape(note)}</li>'
                     for n, note in enumerate(table.attrs.get("notes", []), 1))
-    words = (f'<p class="table-notes status-words">What each status word (complete, stopped, deadline, resumable, '
-             f'checkpoint not kept, ...) means: <a href="{pages}{STATUS_WORDS}">status words</a>.</p>'
-             if table.attrs.get("status_words") else "")
-    return body + (f'<ol class="table-notes">{notes}</ol>' if notes else "") + words
+    return f'<ol class="table-notes">{notes}</ol>' if notes else ""
+
+
+def _status_words_html(table: pd.DataFrame, pages: str) -> str:
+    if not table.attrs.get("status_words"):
+        return ""
+    return (f'<p class="table-notes status-words">What each status word (complete, stopped, deadline, resumable, '
+            f'checkpoint not kept, ...) means: <a href="{pages}{STATUS_WORDS}">status words</a>.</p>')
 
 
 def _positional(table: pd.DataFrame) -> dict:

@@ -9,6 +9,7 @@ is listed apart, labeled for what it is.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..records import Record, RunRecord
 from ..recipes import RECIPES, weight_decay_reach
 from ..reference import PLANNED, QUOTED_PRECISION, REFERENCE, SEED_DEVICE, SEED_EPOCHS, SEED_STATISTIC, reference
 from . import runs as chosen
-from .render import NOT_MEASURED, NOT_RUN, cell, hours, mean_std, one_decimal, table
+from .render import NOT_MEASURED, NOT_RUN, Cell, cell, hours, mean_std, one_decimal, table
 
 # The error table's columns, each naming the statistic its numbers are.
 PAPER, PAPER_STATISTIC = "original paper (%)", "paper's statistic"
@@ -77,7 +78,7 @@ def _recipe_note(run: RunRecord, quoted: dict) -> str | None:
             differences.append(f"{label} {ours[field]} instead of {paper.get(field)}")
     if "warmup_length" in ours:
         warm = {"warmup_lr", "warmup_length", "warmup_archs", "unit"}
-        recorded = RECIPES[name].replace(**{key: value for key, value in ours.items() if key in warm})
+        recorded = dataclasses.replace(RECIPES[name], **{key: value for key, value in ours.items() if key in warm})
         if _warmup(recorded, run.arch) != _warmup(RECIPES[name], run.arch):
             differences.append(f"warm-up {_warmup(recorded, run.arch)} instead of {_warmup(RECIPES[name], run.arch)}")
     if not differences:
@@ -99,7 +100,7 @@ def _data_note(run: RunRecord, quoted: dict) -> str | None:
     if normalization and paper_normalization and normalization != paper_normalization:
         differences.append(f"inputs normalized {normalization} instead of {paper_normalization}")
     if data.augmentation not in (None, "per_image"):
-        differences.append(f"crop and flip drawn {data['augmentation'].replace('_', ' ')} instead of per image")
+        differences.append(f"crop and flip drawn {data.augmentation.replace('_', ' ')} instead of per image")
     return f"{run.arch}, data: " + "; ".join(differences) + "." if differences else None
 
 
@@ -245,7 +246,7 @@ def last_test_error(run: RunRecord):
 
 def _with_runs(value, runs):
     """`value` (a value, or a `cell` with its own format) computed from `runs`."""
-    return cell(value.value, runs, value.format, value.worded) if hasattr(value, "records") else cell(value, runs)
+    return cell(value.value, runs, value.format, value.worded) if isinstance(value, Cell) else cell(value, runs)
 
 
 def _data_text(run: RunRecord, test_images: bool = False) -> str:

@@ -260,7 +260,6 @@ def load_data(plan: Plan, out: Path, device, log) -> dict:
 
 def _campaign(plan: Plan, out: Path, options: Options, device, sources: dict, hard_stop: float, stop_at: float,
               outcomes: dict, writer: rundir.Writer, log) -> dict:
-    from . import selfcheck
     precision = None if options.precision == "auto" else options.precision
     check_configs = plan.configs(out / STATE_DIR / "selfcheck", device.type, precision or "fp32")
     record = _selfcheck_record(out, check_configs, device, sources, options, precision, stop_at, log)
@@ -407,7 +406,6 @@ def _train_group(group: list, variant, note: str, record: dict, device, sources:
     """One stack trained until done or the deadline; a failing stack is retried run by run,
     a failing engine replaced by the eager one at the same precision. A fresh run's first
     epoch is predicted from the self-check's step time, its setup from `--min-start`."""
-    from . import selfcheck
     from ..engine import EngineError
     from ..train import Deadline, train_stack
     before = {config.out: run_state(Path(config.out))["epochs_done"] for config in group}

@@ -1,4 +1,4 @@
-"""The benchmark record's arithmetic (bench_record.py); its shape as a real benchmark writes it: tests/test_bench.py."""
+"""The benchmark record's arithmetic (bench/record.py); its shape as a real benchmark writes it: tests/test_bench.py."""
 
 from reproresnet.bench import record as bench_record
 

@@ -119,7 +119,7 @@ def synthetic_train_set(n: int = CIFAR_TRAIN_IMAGES, seed: int = 0) -> ImageSet:
 
 class TimedPath(Protocol):
     """What the benchmark times: the library's paths (`LibraryPath`) and the plain baseline
-    (`bench_baseline.BaselinePath`)."""
+    (`baseline.BaselinePath`)."""
     name: str
     model: torch.nn.Module
     precision: str

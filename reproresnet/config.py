@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Optional
 from .architectures import ARCHITECTURES, NETWORK_OPTIONS, default_options
 from .checks import (BOOL, OPTIONAL_BOOL, OPTIONAL_POSITIVE_INT, POSITIVE_INT, ConfigError, Rule, is_int, one_of,
                      require)
-from .checks import choice  # noqa: F401 (a setting's checks, as the engine asks them from here)
-from .recipes import MAX_EPOCHS, check_recipe  # noqa: F401 (the limits a run's recipe is checked by)
 from .recipes import RECIPES, Recipe, as_record, make_schedule, weight_decay_reach
 
 if TYPE_CHECKING:

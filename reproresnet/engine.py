@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError, TrainConfig, choice
+from .checks import choice
+from .config import ConfigError, TrainConfig
 from .recipes import DECAYED_ROLES, Recipe
 from .stacked import stacked_loss
 

@@ -36,12 +36,12 @@ from tqdm import tqdm
 
 from . import distributed, records, rundir
 from .config import ConfigError  # noqa: F401 (callers catch train.ConfigError)
-from .config import MAX_EPOCHS, TrainConfig, check_stackable, cpu_threads, select_device
+from .config import TrainConfig, check_stackable, cpu_threads, select_device
 from .data import DataSplits, ImageSet, Normalizer, check_batch, device_splits, eval_batches, train_batches
 from .engine import (Engine, Speedups, build_engine, check_compile_mode, compile_model, exact_fp32, make_optimizer,
                      precision_words, resolve_engine, scale_momentum_, switches, synchronize)
 from .models import build_model, network_size
-from .recipes import Recipe, Schedule, make_schedule
+from .recipes import MAX_EPOCHS, Recipe, Schedule, make_schedule
 from .stacked import (DIFFERS_FROM_SEPARATE_RUNS, StackedResNet, member_states, merge_optimizer_states, nonfinite,
                       stacked_batch, stacked_loss)
 

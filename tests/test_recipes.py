@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 import torch
 
 from reproresnet.cli import main
-from reproresnet.config import ConfigError, TrainConfig, check_recipe
+from reproresnet.config import ConfigError, TrainConfig
 from reproresnet.models import build_model
-from reproresnet.recipes import RECIPES, get_recipe, make_schedule
+from reproresnet.recipes import RECIPES, check_recipe, get_recipe, make_schedule
 from reproresnet.train import Speedups, make_optimizer
 
 CIFAR_TRAIN = 50_000

@@ -18,7 +18,8 @@ from conftest import argv, fake_record, run_cli
 from reproresnet import records, rundir
 from reproresnet.campaign import slot as campaign
 from reproresnet import train as training
-from reproresnet.config import MAX_EPOCHS, MAX_SEED
+from reproresnet.config import MAX_SEED
+from reproresnet.recipes import MAX_EPOCHS
 
 
 def assert_one_line(code: int, err: str, *words: str) -> None:

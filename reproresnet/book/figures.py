@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 from matplotlib import ticker
@@ -30,7 +29,7 @@ def _curve_sources(source) -> list[tuple[str, pd.DataFrame, dict | None]]:
         if isinstance(item, pd.DataFrame):
             curves.append(("", item, None))
             continue
-        run = item if isinstance(item, RunRecord) else RunRecord(Path(item), records.read_run(item))
+        run = item if isinstance(item, RunRecord) else RunRecord.read(item)
         metrics = run.metrics()
         if metrics is None:
             raise ValueError(f"{run.run_dir / records.METRICS_FILE}: no metrics to plot")
@@ -191,7 +190,7 @@ def curves_for_network(runs: list[RunRecord], network: str) -> Figure | None:
 def run_figure(run) -> Figure:
     """One run's curves (a run directory or its RunRecord), with the paper's and the seed's
     errors as `_references` draws them."""
-    run = run if isinstance(run, RunRecord) else RunRecord(Path(run), records.read_run(run))
+    run = run if isinstance(run, RunRecord) else RunRecord.read(run)
     return plot_curves(run, **_references(run))
 
 

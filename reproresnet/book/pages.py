@@ -168,11 +168,6 @@ def _figure(run: records.RunRecord) -> bytes | None:
     return buffer.getvalue()
 
 
-def _write(path: Path, text: str) -> Path:
-    rundir.write_atomic(path, lambda file: file.write(text.encode()))
-    return path
-
-
 def readme_status(results_dir: Path, runs: list[records.RunRecord] | None = None) -> str:
     """What the README shows between its markers: the status line and table, from the records
     (`runs`: those under `results_dir`, if already loaded)."""
@@ -200,7 +195,7 @@ def update_readme(readme: Path, results_dir: Path, runs: list[records.RunRecord]
     tail = rest.partition(README_END)[2]
     new = f"{head}{README_START}\n{readme_status(results_dir, runs)}\n{README_END}{tail}"
     if new != text:
-        _write(readme, new)
+        rundir.write_bytes(readme, new.encode())
     return new != text
 
 

@@ -22,8 +22,6 @@ from .tables import SEED_SECONDS, _seed_seconds
 def _bench_rows(benches) -> list[dict]:
     if benches is None:
         return []
-    if isinstance(benches, dict):
-        benches = [benches]
     return [{**row, "device": (bench.get("device") or {}).get("name", "unknown device"),
              "device_type": (bench.get("device") or {}).get("type"), "batch_size": bench.get("batch_size"),
              "bench": bench}

@@ -22,30 +22,28 @@ def imports() -> dict[str, set[str]]:
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(path) for path in paths}
 
-    def known(dotted: str) -> set[str]:  # 'bench.record.load' -> 'bench.record'
+    def deepest(dotted: str) -> set[str]:  # 'bench.record.load' -> {'bench.record'}; {} if none
         parts = dotted.split(".")
-        return {".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules}
+        return next(({".".join(parts[:n])} for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in modules), set())
 
     graph = {}
     for path in paths:
         name = module_name(path)
-        package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
-        package = [] if name == "__init__" else package
+        # The package a relative import starts from: the module's own (a package's __init__: itself).
+        package = [] if name == "__init__" else name.split(".")[:None if path.name == "__init__.py" else -1]
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("reproresnet")):
                 if node.level:
-                    base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
-                    stem = ".".join(base + ([node.module] if node.module else []))
+                    stem = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
                 else:
                     stem = node.module.partition(".")[2]
-                targets = [f"{stem}.{alias.name}".strip(".") for alias in node.names]
-                for target in targets:
-                    found |= set(sorted(known(target), key=len)[-1:]) or set(sorted(known(stem), key=len)[-1:])
+                for alias in node.names:
+                    found |= deepest(f"{stem}.{alias.name}".strip(".")) or deepest(stem)
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("reproresnet."):
-                        found |= set(sorted(known(alias.name.partition(".")[2]), key=len)[-1:])
+                        found |= deepest(alias.name.partition(".")[2])
         graph[name] = found - {name}
     return graph
 

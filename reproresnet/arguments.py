@@ -149,8 +149,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--compile-mode", default="default", help="torch.compile mode (default: default)")
 
 
-def fields() -> list[str]:
-    return [field.name for field in dataclasses.fields(TrainConfig)]
+FIELDS = frozenset(field.name for field in dataclasses.fields(TrainConfig))  # the run settings' names
 
 
 def default(name: str):
@@ -159,7 +158,7 @@ def default(name: str):
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's settings from `train` arguments; the others say how this process runs."""
-    return TrainConfig(**{key: value for key, value in vars(args).items() if key in fields()})
+    return TrainConfig(**{key: value for key, value in vars(args).items() if key in FIELDS})
 
 
 def train_settings(flags: list[str], owned: dict[str, str]) -> dict:
@@ -182,11 +181,11 @@ def train_settings(flags: list[str], owned: dict[str, str]) -> dict:
         args = vars(parser.parse_args(["--arch", "-", "--out", "-", *flags]))
     except (argparse.ArgumentError, SystemExit) as error:
         raise ConfigError(f"train flags {text!r} cannot be read: {error}") from None
-    process = [name for name, value in args.items() if name not in fields() and value != parser.get_default(name)]
+    process = [name for name, value in args.items() if name not in FIELDS and value != parser.get_default(name)]
     if process:
         raise ConfigError(f"{', '.join(map(flag, process))} in the train flags {text!r} are not run settings: "
                           f"the campaign sets them")
-    return {name: value for name, value in args.items() if name in fields() and name not in ("arch", "out")}
+    return {name: value for name, value in args.items() if name in FIELDS and name not in ("arch", "out")}
 
 
 def flag(setting: str) -> str:

@@ -214,8 +214,9 @@ def run_campaign(plan: Plan, out, options: Options, log=print, start: float | No
     hard_stop, stop_at = deadlines(start, options.budget, options.reserve)
     with rundir.run_dir_lock(out), rundir.Writer(background=_device_type(options.device) == "cuda") as writer:
         device = _device(options, log)
-        probed = _probe(out, plan.configs(out, device.type, "fp32"), device, options, log)  # a slot's first seconds
-        sources = load_data(plan, out, device, log)  # refused: the lock goes, and a folder it made
+        configs = plan.configs(out, device.type, "fp32")  # each network's runs
+        probed = _probe(out, configs, device, options, log)  # a slot's first seconds
+        sources = load_data(configs, device, log)  # refused: the lock goes, and a folder it made
         (out / STATE_DIR).mkdir(exist_ok=True)
         if probed is not None:
             rundir.write_json(out / STATE_DIR / PROBE_FILE, probed)
@@ -245,12 +246,12 @@ def _device(options: Options, log):
     return device
 
 
-def load_data(plan: Plan, out: Path, device, log) -> dict:
-    """The plan's data sets on `device` by `data.source_key`, each read once; every run's
-    subsets and batch checked against its data set (ConfigError, DataError)."""
+def load_data(plan_configs: dict, device, log) -> dict:
+    """The data sets of the plan's runs (`Plan.configs`) on `device` by `data.source_key`, each
+    read once; every run's subsets and batch checked against its data set (ConfigError, DataError)."""
     from ..data import check_batch, load_device_splits, load_sources, source_key
     began = time.time()
-    configs = [config for configs in plan.configs(out, device.type, "fp32").values() for config in configs]
+    configs = [config for configs in plan_configs.values() for config in configs]
     sources = load_sources(configs, device)
     for config in configs:  # its subsets and batch fit its data set
         check_batch(config, load_device_splits(config, device, sources[source_key(config)]))
